@@ -1,0 +1,37 @@
+"""imgcls: image classification from a folder of labelled images to a validated, portable model
+and predictions over millions of images.
+
+The public API is imported lazily (module ``__getattr__``), so ``import imgcls`` is cheap and a
+command pays only for what it uses.
+
+>>> import imgcls
+>>> "resnet50" in imgcls.list_models()
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "create_model": "imgcls.models",
+    "list_models": "imgcls.models",
+    "summarize_arch": "imgcls.models",
+}
+
+__all__ = ["__version__", "create_model", "list_models", "summarize_arch"]
+
+if TYPE_CHECKING:
+    from imgcls.models import create_model, list_models, summarize_arch
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imgcls' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,5 @@
+"""``python -m imgcls``: the same as the ``imgcls`` command."""
+
+from imgcls.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Typed configuration: dataclasses the command line fills, saved with every run (YAML).
+
+The preprocessing config travels with the weights (timm's ``pretrained_cfg`` keys), so train,
+evaluate, predict, export and serve all build their transforms from the model directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from imgcls.errors import UserError
+
+T = TypeVar("T")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PreprocessConfig:
+    """How pixels become a model input, in timm's ``pretrained_cfg`` vocabulary.
+
+    Evaluation transform: resize the shorter side to ``size / crop_pct``, center-crop ``size``,
+    scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel. ``resize_mode`` 'pad'
+    letterboxes the whole frame into the square instead of cropping (wide camera-trap frames).
+    """
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    crop_mode: str = "center"
+    resize_mode: str = "crop"
+
+    @property
+    def image_size(self) -> int:
+        return int(self.input_size[-1])
+
+    def with_size(self, size: int | None) -> PreprocessConfig:
+        if not size:
+            return self
+        return dataclasses.replace(self, input_size=(self.input_size[0], size, size))
+
+    def to_pretrained_cfg(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+            "crop_mode": self.crop_mode,
+            "resize_mode": self.resize_mode,
+        }
+
+    @classmethod
+    def from_pretrained_cfg(cls, cfg: dict[str, Any]) -> PreprocessConfig:
+        default = cls()
+        return cls(
+            input_size=tuple(cfg.get("input_size", default.input_size)),
+            mean=tuple(cfg.get("mean", default.mean)),
+            std=tuple(cfg.get("std", default.std)),
+            interpolation=str(cfg.get("interpolation") or default.interpolation),
+            crop_pct=float(cfg.get("crop_pct") or default.crop_pct),
+            crop_mode=str(cfg.get("crop_mode") or default.crop_mode),
+            resize_mode=str(cfg.get("resize_mode") or default.resize_mode),
+        )
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build: a registry name plus the family's options."""
+
+    arch: str = "resnet18"
+    pretrained: str | None = None
+    norm: str | None = None
+    attn: str | None = None
+    drop_rate: float = 0.0
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass (nested) to plain YAML/JSON-able values; tuples become lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated field type, with a clear error when it cannot be."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        for a in non_none:
+            try:
+                return _coerce(a, value, where)
+            except (TypeError, ValueError, UserError):
+                continue
+        raise UserError(f"{where}: cannot use {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)  # type: ignore[arg-type]
+    if origin is tuple:
+        return tuple(_coerce(args[0] if args else Any, v, where) for v in value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(args[0] if args else Any, v, where) for v in value]
+    if origin is dict or tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "1", "on"):
+            return True
+        if str(value).lower() in ("false", "no", "0", "off"):
+            return False
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            return tp(value)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{where}: expected {tp.__name__}, got {value!r}") from e
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build a dataclass from a mapping; unknown keys are an error naming the valid ones."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def dump_yaml(obj: Any, path: Path) -> None:
+    from imgcls.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise UserError(f"config file not found: {p}") from e
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping at the top level")
+    return data

@@ -1,0 +1,96 @@
+"""The command line: output contracts and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from imgcls.cli import main
+from imgcls.models import create_model
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_json_lists_every_architecture_with_real_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert {
+        "lenet",
+        "alexnet",
+        "vgg16_c",
+        "seresnet50",
+        "convnextv2_tiny",
+        "efficientnet_b3",
+    } <= set(rows)
+    lenet = rows["lenet"]
+    assert lenet["params"] == sum(p.numel() for p in create_model("lenet").parameters())
+    assert lenet["input_size"] == [3, 32, 32] and lenet["macs"] > 0
+    assert rows["resnet50"]["pretrained"] == ["timm", "torchvision"]
+    assert rows["vgg16_c"]["pretrained"] == []
+
+
+def test_models_table_and_pattern(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models", "vgg1?_bn")
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()[1:] if line.startswith("vgg")]
+    assert names == ["vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
+    code, _, err = run(capsys, "models", "nothing-like-this")
+    assert code == 2 and err.startswith("imgcls: error:")
+
+
+def test_summary_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "summary", "lenet", "--input-size", "3", "32", "32", "--num-classes", "10", "--json"
+    )
+    assert code == 0
+    d = json.loads(out)
+    assert d["total_params"] == 62_006 and d["arch"] == "lenet"
+
+
+def test_summary_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "summary", "vgg11_lrn")
+    assert code == 0
+    assert "LocalResponseNorm" in out and "Total params: 132,863,336" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["summary", "resnet19"], "unknown architecture"),
+        (["summary", "alexnet", "--norm", "batch"], "no norm option"),
+        (["summary", "alexnet", "--input-size", "3", "8", "8"], "cannot run at input size"),
+        (["summary", "resnet18", "--input-size", "1", "32", "32"], "--input-size"),
+        (["summary"], "required"),
+        (["summary", "resnet18", "--norm", "weird"], "invalid choice"),
+    ],
+)
+def test_errors_are_one_line_and_non_zero(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_python_dash_m_and_help() -> None:
+    r = subprocess.run([sys.executable, "-m", "imgcls", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "summary" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "imgcls", "summary", "--help"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "examples:" in r.stdout

@@ -1,0 +1,119 @@
+"""The probability core against torch's reference losses and hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from imgcls import probability as P
+
+
+def test_softmax_matches_torch_and_sums_to_one() -> None:
+    z = np.random.default_rng(0).normal(size=(5, 7)) * 10
+    p = P.softmax(z)
+    np.testing.assert_allclose(p, torch.softmax(torch.tensor(z), -1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-12)
+    assert isinstance(P.softmax(torch.tensor(z)), torch.Tensor)
+
+
+def test_softmax_is_stable_for_extreme_logits() -> None:
+    z = np.array([[1e4, 0.0, -1e4], [-1e4, -1e4, -1e4]])
+    p = P.softmax(z)
+    assert np.all(np.isfinite(p))
+    np.testing.assert_allclose(p[0], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(p[1], [1 / 3] * 3)
+    np.testing.assert_allclose(P.log_softmax(z)[0], [0.0, -1e4, -2e4])
+    s = P.sigmoid(np.array([-1000.0, 0.0, 1000.0]))
+    np.testing.assert_allclose(s, [0.0, 0.5, 1.0])
+
+
+def test_categorical_likelihood_by_hand() -> None:
+    q = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]])
+    y = np.array([0, 2, 1])
+    assert P.likelihood(y, q) == pytest.approx(0.7 * 0.8 * 0.4)
+    assert P.log_likelihood(y, q) == pytest.approx(math.log(0.7) + math.log(0.8) + math.log(0.4))
+    onehot = np.eye(3)[y]
+    assert P.likelihood(onehot, q) == pytest.approx(0.7 * 0.8 * 0.4)  # one-hot = integer labels
+    assert P.nll(y, q) == pytest.approx(-(math.log(0.7) + math.log(0.8) + math.log(0.4)) / 3)
+    assert P.nll(y, q, reduction="sum") == pytest.approx(-P.log_likelihood(y, q))
+    np.testing.assert_allclose(P.cross_entropy(onehot, q), P.nll(y, q, reduction="none"))
+
+
+def test_bernoulli_likelihood_by_hand() -> None:
+    y = np.array([[1, 0, 1], [0, 1, 1]])
+    q = np.array([[0.9, 0.2, 0.6], [0.3, 0.5, 0.99]])
+    expected = 0.9 * 0.8 * 0.6 * 0.7 * 0.5 * 0.99
+    assert P.likelihood(y, q) == pytest.approx(expected)
+    # binary vector of one image: 1-D arrays of the same shape are Bernoulli
+    assert P.likelihood(np.array([1, 0]), np.array([0.9, 0.2])) == pytest.approx(0.9 * 0.8)
+    # same values as torch's binary cross-entropy summed per example
+    bce = F.binary_cross_entropy(
+        torch.tensor(q), torch.tensor(y, dtype=torch.float64), reduction="none"
+    )
+    np.testing.assert_allclose(P.nll(y, q, reduction="none"), bce.sum(-1).numpy(), rtol=1e-12)
+
+
+def test_nll_equals_torch_cross_entropy_on_logits() -> None:
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(16, 5, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 5, (16,), generator=g)
+    ref = F.cross_entropy(z, y)
+    assert float(P.nll(y, P.softmax(z))) == pytest.approx(float(ref), rel=1e-10)
+    assert float(P.nll_from_logits(y, z)) == pytest.approx(float(ref), rel=1e-10)
+    assert float(P.nll_from_logits(y.numpy(), z.numpy())) == pytest.approx(float(ref), rel=1e-10)
+    ym = (torch.rand(16, 5, generator=g) > 0.5).double()
+    ref_bce = F.binary_cross_entropy_with_logits(z, ym, reduction="none").sum(-1).mean()
+    assert float(P.nll_from_logits(ym, z, multilabel=True)) == pytest.approx(float(ref_bce))
+
+
+def test_nll_from_logits_is_exact_where_probabilities_round_to_zero() -> None:
+    z = np.array([[0.0, 800.0]])
+    assert P.nll_from_logits(np.array([0]), z) == pytest.approx(800.0)
+    assert np.isfinite(P.nll(np.array([0]), P.softmax(z)))  # clipped, finite, but not exact
+
+
+def test_product_underflows_log_does_not() -> None:
+    q = np.full((3000, 2), 0.5)
+    y = np.zeros(3000, dtype=int)
+    assert float(np.prod(q[:, 0])) == 0.0
+    assert P.likelihood(y, q) == 0.0
+    assert P.log_likelihood(y, q) == pytest.approx(3000 * math.log(0.5))
+
+
+def test_cross_entropy_is_minimised_by_the_true_distribution() -> None:
+    p = np.array([0.2, 0.5, 0.3])
+    for q in ([0.3, 0.4, 0.3], [0.1, 0.8, 0.1], [1 / 3] * 3):
+        assert P.cross_entropy(p, np.array(q)) > P.cross_entropy(p, p)
+    assert P.entropy_bits(np.array([0.5, 0.5])) == pytest.approx(1.0)
+
+
+def test_numpy_and_torch_agree() -> None:
+    q = np.array([[0.6, 0.4], [0.25, 0.75]])
+    y = np.array([1, 1])
+    for fn in (P.likelihood, P.log_likelihood, P.nll):
+        a = fn(y, q)
+        b = fn(torch.tensor(y), torch.tensor(q))
+        assert isinstance(b, torch.Tensor)
+        assert float(a) == pytest.approx(float(b))
+
+
+def test_shape_mismatch_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        P.likelihood(np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="reduction"):
+        P.nll(np.array([0]), np.array([[1.0]]), reduction="max")  # type: ignore[arg-type]
+
+
+def test_worked_examples_in_the_docs_are_true() -> None:
+    import doctest
+
+    import imgcls
+    from imgcls.models import factory
+
+    for module in (P, imgcls, factory):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
