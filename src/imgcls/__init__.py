@@ -20,11 +20,14 @@ _API = {
     "create_model": "imgcls.models",
     "list_models": "imgcls.models",
     "summarize_arch": "imgcls.models",
+    "train": "imgcls.api",
+    "load": "imgcls.api",
 }
 
-__all__ = ["__version__", "create_model", "list_models", "summarize_arch"]
+__all__ = ["__version__", "create_model", "list_models", "load", "summarize_arch", "train"]
 
 if TYPE_CHECKING:
+    from imgcls.api import load, train
     from imgcls.models import create_model, list_models, summarize_arch
 
 

@@ -99,6 +99,128 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- train
+#: help for every training option; the options themselves come from imgcls.config's dataclasses
+TRAIN_HELP = {
+    "data": "training data: class folders, train/val/test folders, IDX folder, .csv, COCO .json",
+    "val_data": "separate validation data (same kinds of SPEC)",
+    "image_root": "base folder for relative paths in .csv / .json files",
+    "val_split": "share of the training images held out for validation (default 0.2)",
+    "split_by": "keep groups (location, sequence or any column) on one side of the split",
+    "image_size": "input size in pixels (default: the model's own)",
+    "resize_mode": "crop (shorter side, center crop) or pad (letterbox the whole frame)",
+    "augment": "none, flip, light, standard, strong, small or auto (default)",
+    "mixup": "mixup alpha (0 = off)",
+    "cutmix": "cutmix alpha (0 = off)",
+    "cache": "decoded-image cache: disk (default, reused across runs), memory or none",
+    "cache_dir": "folder of the disk cache (default ~/.cache/imgcls/decoded)",
+    "workers": "decoding threads / processes (default: the cores)",
+    "max_skipped": "stop when a larger share of the files is unusable (default 0.5)",
+    "max_pixels": "refuse images with more pixels (default 100 million)",
+    "arch": "architecture (see 'imgcls models'); auto: resnet18, or lenet for tiny images",
+    "pretrained": "auto (published weights when there are), none, timm, torchvision, or a model "
+    "directory / weights file",
+    "norm": "normalization: batch, group, layer, instance, none (ResNet, VGG, LeNet)",
+    "attn": "channel attention: se, eca, cbam, none (ResNet, VGG, LeNet)",
+    "drop_rate": "dropout before the classifier",
+    "freeze": "backbone: train the classifier only; none (default)",
+    "head_epochs": "first train the classifier alone for N epochs (default 1 when fine-tuning)",
+    "optimizer": "adamw (default) or sgd",
+    "lr": "learning rate (default 1e-3 for adamw, 0.1 per 256 images for sgd)",
+    "weight_decay": "weight decay on conv/linear weights (default 0.05 adamw, 5e-4 sgd)",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum for SGD",
+    "schedule": "cosine (default), onecycle or constant, after warm-up",
+    "warmup": "share of the steps spent warming up (default 0.05)",
+    "backbone_lr_mult": "backbone rate relative to the classifier's (default 0.1 when fine-tuning)",
+    "clip_grad": "clip the gradient norm to this value",
+    "accumulate": "batches per optimiser step",
+    "label_smoothing": "label smoothing for multi-class (default 0.1)",
+    "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.999)",
+    "out": "run directory (created; must be new unless --resume)",
+    "task": "auto, multiclass, binary or multilabel",
+    "positive": "binary task: the positive class",
+    "epochs": "number of epochs (default 10)",
+    "time_budget": "plan the run to end within this wall time, e.g. 10m, 1h30m",
+    "batch_size": "images per batch (default 64)",
+    "seed": "random seed (splits, initialisation, augmentation)",
+    "deterministic": "bit-exact repeatability where the kernels allow it",
+    "precision": "auto (bf16 where fast), bf16, fp16 (GPU) or fp32",
+    "device": "auto, cpu or cuda",
+    "channels_last": "channels-last memory format (default: on for conv nets)",
+    "compile": "torch.compile the model",
+    "threads": "intra-op threads (default: the cores)",
+    "balance": "class imbalance: none, weights (loss) or sampler",
+    "early_stopping": "stop after N epochs without improvement (0 = off)",
+    "monitor": "metric for the best model and early stopping (default: top1 or mAP)",
+    "checkpoint_minutes": "also checkpoint within an epoch this often (default 10)",
+    "tta": "final validation with flip test-time augmentation",
+}
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    """One option per field of the config dataclasses; unset options stay None, so a YAML file
+    given with --config fills them and the command line overrides it."""
+    import dataclasses
+    import typing
+
+    from imgcls.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+    for title, cls in (
+        ("data", DataConfig),
+        ("model", ModelConfig),
+        ("optimisation", OptimConfig),
+        ("run", TrainConfig),
+    ):
+        group = p.add_argument_group(f"{title} options")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            tp = hints[f.name]
+            args = [t for t in typing.get_args(tp) if t is not type(None)] or [tp]
+            kind = args[0]
+            help_text = TRAIN_HELP.get(f.name, "")
+            if kind is bool:
+                group.add_argument(
+                    flag,
+                    dest=f.name,
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=help_text,
+                )
+            else:
+                group.add_argument(
+                    flag,
+                    dest=f.name,
+                    type=kind,
+                    default=None,
+                    metavar=f.name.upper(),
+                    help=help_text,
+                )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from imgcls.api import train
+
+    started = getattr(args, "_started", time.monotonic())
+    options = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("handler", "config", "resume", "command", "out", "_started")
+    }
+    import os
+
+    run = train(out=args.out, config=args.config, resume=args.resume, started=started, **options)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    model = run / "model"
+    print(f"model: {model}")
+    print(f"evaluate it: imgcls evaluate --model {model} --data {options.get('data') or '...'}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     from imgcls.demo import run_demo
@@ -150,6 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(
         sub,
+        "train",
+        "Train a classifier (multi-class, binary or multi-label), fine-tuning pretrained weights.",
+        "  imgcls train --data photos/ --out runs/photos\n"
+        "  imgcls train --data photos/ --arch convnext_tiny --epochs 5 --out runs/cnx\n"
+        "  imgcls train --data /usr/share/datasets/fashion-mnist --time-budget 10m --out runs/fm\n"
+        "  imgcls train --data labels.csv --task multilabel --out runs/ml\n"
+        "  imgcls train --data cct.json --split-by location --out runs/ct\n"
+        "  imgcls train --config recipe.yaml --lr 0.01 --out runs/b   # YAML plus overrides\n"
+        "  imgcls train --out runs/photos --resume                      # continue a killed run\n"
+        "  torchrun --nproc_per_node 2 -m imgcls train --data photos/ --out runs/ddp",
+        _cmd_train,
+    )
+    p.add_argument("--config", help="YAML file with data/model/optim/train sections")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+    )
+    _add_config_options(p)
+
+    p = _add(
+        sub,
         "demo",
         "The main job on an embedded dataset (scikit-learn's handwritten digits).",
         "  imgcls demo\n  imgcls demo --out demo-run",
@@ -160,8 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from imgcls.runtime import process_started
+
+    started = process_started()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._started = started
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

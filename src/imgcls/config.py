@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +50,7 @@ class PreprocessConfig:
         return dataclasses.replace(self, input_size=(self.input_size[0], size, size))
 
     def to_pretrained_cfg(self) -> dict[str, Any]:
+        """timm's keys (``resize_mode`` is imgcls's own and travels beside them)."""
         return {
             "input_size": list(self.input_size),
             "mean": list(self.mean),
@@ -57,7 +58,6 @@ class PreprocessConfig:
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
             "crop_mode": self.crop_mode,
-            "resize_mode": self.resize_mode,
         }
 
     @classmethod
@@ -75,14 +75,89 @@ class PreprocessConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where the images are and how they become batches."""
+
+    data: str = ""
+    val_data: str | None = None
+    image_root: str | None = None
+    val_split: float = 0.2
+    split_by: str | None = None
+    image_size: int | None = None  # default: the model's own input size
+    resize_mode: str | None = None  # crop | pad (letterbox); default: crop
+    augment: str = "auto"  # none | flip | light | standard | strong | small | auto
+    mixup: float = 0.0  # Beta(alpha, alpha) mixing of image pairs; 0 = off
+    cutmix: float = 0.0
+    cache: str = "disk"  # disk | memory | none
+    cache_dir: str | None = None
+    workers: int | None = None  # decoding threads / processes; default: the cores
+    max_skipped: float = 0.5  # stop when a larger share of the files is unusable
+    max_pixels: int = 100_000_000
+
+
+@dataclass
 class ModelConfig:
     """Which network to build: a registry name plus the family's options."""
 
-    arch: str = "resnet18"
-    pretrained: str | None = None
+    arch: str = "auto"  # auto: resnet18, or a small-image net for images of 64 px or less
+    pretrained: str | None = "auto"  # auto | none | timm | torchvision | PATH
     norm: str | None = None
     attn: str | None = None
     drop_rate: float = 0.0
+    freeze: str = "none"  # none | backbone (train the classifier only)
+    head_epochs: int | None = None  # staged fine-tuning: epochs with the backbone frozen first
+
+
+@dataclass
+class OptimConfig:
+    """The optimiser and its schedule."""
+
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float | None = None  # default: 1e-3 (adamw) or 0.1 per 256 images (sgd)
+    weight_decay: float | None = None  # default: 0.05 (adamw) or 5e-4 (sgd)
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: str = "cosine"  # cosine | onecycle | constant
+    warmup: float = 0.05  # share of all steps spent warming up
+    backbone_lr_mult: float | None = None  # default: 0.1 with pretrained weights, else 1
+    clip_grad: float | None = None  # max gradient norm
+    accumulate: int = 1  # batches per optimiser step
+    label_smoothing: float = 0.1
+    ema: float = 0.0  # decay of the weights' moving average (e.g. 0.999); 0 = off
+
+
+@dataclass
+class TrainConfig:
+    """The run: task, length, precision, device and where the results go."""
+
+    out: str = ""
+    task: str = "auto"  # auto | multiclass | binary | multilabel
+    positive: str | None = None  # binary: the positive class (default: the second name)
+    epochs: int | None = None  # default 10 (or as many as --time-budget allows)
+    time_budget: str | None = None  # e.g. 10m: plan the schedule to end on time
+    batch_size: int = 64
+    seed: int = 0
+    deterministic: bool = False
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    channels_last: bool | None = None  # default: on for conv nets
+    compile: bool = False
+    threads: int | None = None
+    balance: str = "none"  # none | weights | sampler
+    early_stopping: int = 0  # patience in epochs; 0 = off
+    monitor: str = "auto"  # val_top1 | val_loss | val_mAP | ... ; auto by task
+    checkpoint_minutes: float = 10.0  # also checkpoint within an epoch this often
+    tta: bool = False  # final validation with horizontal-flip test-time augmentation
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; saved as RUN_DIR/config.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def to_dict(obj: Any) -> Any:

@@ -1,0 +1,79 @@
+"""The Python API behind ``imgcls.train``, ``imgcls.load`` ...: composes the library's parts the
+way the command line does, for notebooks and scripts."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from imgcls.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    from_dict,
+    load_yaml,
+)
+from imgcls.errors import UserError
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def _owner(key: str) -> str:
+    for section, cls in _SECTIONS.items():
+        if key in {f.name for f in dataclasses.fields(cls)}:
+            return section
+    raise UserError(f"unknown training option {key!r}")
+
+
+def make_run_config(config: str | Path | dict[str, Any] | None = None, **options: Any) -> RunConfig:
+    """A :class:`RunConfig` from a YAML file (or mapping) with keyword overrides
+    (``epochs=3``, ``arch="resnet18"``, ``lr=0.01`` ...; each goes to its section)."""
+    base: dict[str, Any] = {}
+    if config is not None:
+        base = dict(load_yaml(config)) if not isinstance(config, dict) else dict(config)
+    sections: dict[str, dict[str, Any]] = {s: dict(base.pop(s, {}) or {}) for s in _SECTIONS}
+    for key, value in base.items():  # flat keys in the YAML are allowed too
+        sections[_owner(key)][key] = value
+    for key, value in options.items():
+        if value is not None:
+            sections[_owner(key)][key] = value
+    return RunConfig(**{s: from_dict(cls, sections[s], s) for s, cls in _SECTIONS.items()})
+
+
+def train(
+    data: str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    config: str | Path | dict[str, Any] | None = None,
+    resume: bool = False,
+    started: float | None = None,
+    **options: Any,
+) -> Path:
+    """Train a classifier and return the run directory (``RUN_DIR/model`` is the best model).
+
+    Takes the options of ``imgcls train`` as keywords: ``imgcls.train("photos/", out="runs/a",
+    arch="resnet18", epochs=5, pretrained="none")``.
+    """
+    from imgcls.engine.fit import fit
+    from imgcls.report.plots import plot_curves
+
+    if data is not None:
+        options["data"] = str(data)
+    cfg = make_run_config(config, out=str(out) if out is not None else None, **options)
+    if not cfg.data.data and not resume:
+        raise UserError("no training data given (--data SPEC)")
+
+    def curves(run: Path, history: list[dict[str, Any]]) -> None:
+        plot_curves(history, run / "curves.png")
+
+    return fit(cfg, resume=resume, started=started, on_epoch_end=curves)
+
+
+def load(model: str | Path, **kwargs: Any) -> Any:
+    """A :class:`~imgcls.predict.Classifier` for a model directory or an exported ``.onnx``."""
+    from imgcls.predict import Classifier
+
+    return Classifier.load(model, **kwargs)

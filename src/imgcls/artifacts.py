@@ -1,0 +1,182 @@
+"""The model directory: ``config.json`` + ``model.safetensors`` in timm's hub layout.
+
+``config.json`` holds ``architecture``, ``num_classes``, ``label_names``, ``model_args`` and a
+``pretrained_cfg`` with the preprocessing (``input_size``, ``mean``, ``std``, ``interpolation``,
+``crop_pct``) exactly as timm writes them, so for timm architectures
+``timm.create_model("local-dir:MODEL", pretrained=True)`` loads the directory unchanged. imgcls
+adds its own keys beside them: ``task``, ``positive_class``, ``thresholds``, ``imgcls``
+(registry name and options, resize mode) and ``provenance`` (data, run, metrics, time).
+Both files are written atomically; weights are read with safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgcls.config import PreprocessConfig
+from imgcls.errors import UserError
+from imgcls.io import atomic_write_text, atomic_write_with
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class ModelInfo:
+    """What a model directory says about its model."""
+
+    arch: str
+    num_outputs: int
+    label_names: list[str]
+    task: str = "multiclass"
+    positive_class: str | None = None
+    thresholds: list[float] = field(default_factory=list)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    norm: str | None = None
+    attn: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def make_task(self) -> Any:
+        from imgcls.tasks import Task
+
+        positive = 1
+        if self.task == "binary" and self.positive_class in self.label_names:
+            positive = self.label_names.index(self.positive_class)
+        return Task(
+            self.task, list(self.label_names), positive=positive, thresholds=list(self.thresholds)
+        )
+
+
+def _timm_args(model: nn.Module) -> dict[str, Any] | None:
+    """timm's reconstruction arguments when timm can rebuild the model from JSON, else None."""
+    try:
+        from timm.models._input import get_model_args
+    except ImportError:
+        return None
+    if not hasattr(model, "_model_args") and not hasattr(model, "default_cfg"):
+        return None
+    try:
+        args = get_model_args(model)
+        json.dumps(args)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return args
+
+
+def save_model(
+    model: nn.Module,
+    folder: str | Path,
+    *,
+    label_names: list[str],
+    preprocess: PreprocessConfig,
+    task: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``folder/config.json`` and ``folder/model.safetensors`` (atomically)."""
+    from safetensors.torch import save_file
+
+    from imgcls.models.registry import get_entry
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    arch: dict[str, Any] = dict(getattr(model, "imgcls_arch", {}) or {})
+    if "arch" not in arch:
+        raise ValueError("save_model needs a model built by imgcls.create_model")
+    entry = get_entry(arch["arch"])
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    num_outputs = int(arch["num_classes"])
+    timm_args = _timm_args(model) if entry.timm_name else None
+    pretrained_cfg = {
+        **preprocess.to_pretrained_cfg(),
+        "num_classes": num_outputs,
+        "classifier": cfg.get("classifier", "fc"),
+        "first_conv": cfg.get("first_conv"),
+    }
+    config: dict[str, Any] = {
+        "architecture": entry.timm_name or entry.name,
+        "num_classes": num_outputs,
+        "label_names": list(label_names),
+    }
+    if timm_args is not None:
+        config["model_args"] = timm_args
+    config["pretrained_cfg"] = {k: v for k, v in pretrained_cfg.items() if v is not None}
+    config.update(task or {"task": "multiclass"})
+    from imgcls import __version__
+
+    config["imgcls"] = {
+        "version": __version__,
+        "arch": entry.name,
+        "norm": arch.get("norm"),
+        "attn": arch.get("attn"),
+        "resize_mode": preprocess.resize_mode,
+        "timm_loadable": timm_args is not None,
+    }
+    config["provenance"] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(provenance or {})}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_with(out / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def read_info(folder: str | Path) -> ModelInfo:
+    path = Path(folder)
+    cfg_file = path / CONFIG
+    if not path.is_dir():
+        raise UserError(f"model not found: {folder} (expected a model directory or an .onnx file)")
+    if not cfg_file.is_file() or not (path / WEIGHTS).is_file():
+        raise UserError(f"{folder}: not a model directory (needs {CONFIG} and {WEIGHTS})")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        extra = cfg.get("imgcls", {})
+        pre = dict(cfg.get("pretrained_cfg", {}))
+        pre["resize_mode"] = extra.get("resize_mode", "crop")
+        return ModelInfo(
+            arch=str(extra.get("arch") or cfg["architecture"]),
+            num_outputs=int(cfg["num_classes"]),
+            label_names=[str(n) for n in cfg.get("label_names") or []],
+            task=str(cfg.get("task", "multiclass")),
+            positive_class=cfg.get("positive_class"),
+            thresholds=[float(t) for t in cfg.get("thresholds", [])],
+            preprocess=PreprocessConfig.from_pretrained_cfg(pre),
+            norm=extra.get("norm"),
+            attn=extra.get("attn"),
+            provenance=dict(cfg.get("provenance", {})),
+            path=path,
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{cfg_file}: malformed model config ({e})") from None
+
+
+def load_model(
+    folder: str | Path, *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the network of a model directory and load its weights (strictly)."""
+    from safetensors.torch import load_file
+
+    from imgcls.models.factory import build_model
+
+    info = read_info(folder)
+    assert info.path is not None
+    model, _ = build_model(info.arch, num_classes=info.num_outputs, norm=info.norm, attn=info.attn)
+    try:
+        state = load_file(str(info.path / WEIGHTS), device=str(device))
+    except Exception as e:
+        raise UserError(f"{info.path / WEIGHTS}: unreadable weights ({e})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(
+            f"{info.path}: weights do not match {info.arch} ({str(e).splitlines()[0]})"
+        ) from None
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    cfg.update(info.preprocess.to_pretrained_cfg())
+    setattr(model, "pretrained_cfg", cfg)  # noqa: B010
+    return model.eval(), info

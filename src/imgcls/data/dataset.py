@@ -1,0 +1,158 @@
+"""From a data SPEC to ready-to-train rows: index the source, split, decode once, count skips.
+
+A bad file never stops a run: it is skipped and listed with its reason. The run stops with a
+clear error only when nothing usable is left, or when the skipped share of all candidate files
+exceeds ``max_skipped`` (default one half: most likely the wrong folder or a broken disk).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from imgcls.config import PreprocessConfig
+from imgcls.data.image import MAX_PIXELS
+from imgcls.data.loaders import PixelSource
+from imgcls.data.sources import load_source
+from imgcls.data.splits import Splits, make_splits, splits_csv
+from imgcls.data.store import build_store
+from imgcls.data.table import DataTable, make_targets
+from imgcls.data.transforms import square_size
+from imgcls.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def concat_val(train: DataTable, val: DataTable) -> DataTable:
+    """Append a separate validation source to a training source (classes matched by name)."""
+    if train.pixels is not None or val.pixels is not None:
+        raise UserError("--val-data cannot be combined with in-memory (IDX) data")
+    known = set(train.class_names)
+    keep = []
+    skipped = list(val.skipped)
+    for i in range(len(val)):
+        names = val.label_names(i)
+        missing = [n for n in names if n not in known]
+        if missing:
+            skipped.append((val.paths[i], f"class {missing[0]!r} is not in the training data"))
+        else:
+            keep.append(i)
+    labels = [val.label_names(i) for i in keep]
+    v_targets = make_targets(labels, train.class_names, train.multilabel)
+    columns = {
+        k: list(col) + [val.columns.get(k, [""] * len(val))[i] for i in keep]
+        for k, col in train.columns.items()
+    }
+    train_split = train.split if train.split is not None else ["train"] * len(train)
+    split: list[str | None] = ["test" if s == "test" else "train" for s in train_split]
+    split += ["val"] * len(keep)
+    boxes = None
+    if train.boxes is not None or val.boxes is not None:
+        tb = train.boxes if train.boxes is not None else np.full((len(train), 4), np.nan)
+        vb = val.boxes[keep] if val.boxes is not None else np.full((len(keep), 4), np.nan)
+        boxes = np.concatenate([tb, vb])
+    return replace(
+        train,
+        paths=train.paths + [val.paths[i] for i in keep],
+        targets=np.concatenate([train.targets, v_targets]),
+        split=split,
+        columns=columns,
+        boxes=boxes,
+        skipped=train.skipped + skipped,
+    )
+
+
+@dataclass
+class TrainingData:
+    table: DataTable  # the rows training uses (train + val)
+    splits: Splits
+    source: PixelSource
+    skipped: list[tuple[str, str]]
+    splits_csv: str  # every row of the source with its split, test rows included
+
+    @property
+    def candidates(self) -> int:
+        return len(self.table) + len(self.table.skipped)
+
+
+def check_skipped(skipped: int, total: int, max_skipped: float) -> None:
+    if total and skipped >= total:
+        raise UserError(f"none of the {total} files is usable (see skipped.csv for the reasons)")
+    if total and skipped / total > max_skipped:
+        raise UserError(
+            f"{skipped} of {total} files ({100 * skipped / total:.0f}%) cannot be used, more than "
+            f"--max-skipped {max_skipped:g}; see skipped.csv for the reasons"
+        )
+
+
+def prepare_training_data(
+    spec: str | Path,
+    cfg: PreprocessConfig,
+    *,
+    val_spec: str | Path | None = None,
+    multilabel: bool | None = None,
+    image_root: str | Path | None = None,
+    val_split: float = 0.2,
+    split_by: str | None = None,
+    seed: int = 0,
+    cache: str = "disk",
+    cache_dir: str | Path | None = None,
+    workers: int = 2,
+    max_pixels: int | None = MAX_PIXELS,
+    max_skipped: float = 0.5,
+    progress: Callable[[int], None] | None = None,
+    table: DataTable | None = None,
+) -> TrainingData:
+    """Index, split and (unless ``cache='none'``) decode the training and validation rows."""
+    if table is None:
+        table = load_source(spec, multilabel=multilabel, image_root=image_root)
+        if val_spec:
+            table = concat_val(
+                table, load_source(val_spec, multilabel=table.multilabel, image_root=image_root)
+            )
+    splits = make_splits(table, val_split=val_split, split_by=split_by, seed=seed)
+    listing = splits_csv(table, splits)
+    # decode only what training uses (train + val); the test split stays untouched
+    used = np.sort(np.concatenate([splits.train, splits.val]))
+    if len(splits.test):
+        table = table.subset(used)
+        remap = np.full(int(used.max()) + 1, -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        splits = Splits(
+            train=remap[splits.train], val=remap[splits.val], test=np.zeros(0, np.int64)
+        )
+    skipped = list(table.skipped)
+    store = None
+    if cache != "none" or table.pixels is not None:
+        store, bad = build_store(
+            table,
+            cfg,
+            cache=cache,
+            cache_dir=cache_dir,
+            workers=workers,
+            max_pixels=max_pixels,
+            progress=progress,
+        )
+        skipped.extend(bad)
+        check_skipped(len(skipped), len(table) + len(table.skipped), max_skipped)
+        ok = store.ok
+        splits = Splits(
+            train=splits.train[ok[splits.train]], val=splits.val[ok[splits.val]], test=splits.test
+        )
+        if len(splits.train) == 0:
+            raise UserError("no usable training images (see skipped.csv for the reasons)")
+    source = PixelSource(
+        table=table,
+        store=store,
+        cfg=cfg,
+        size=square_size(cfg),
+        workers=workers,
+        max_pixels=max_pixels,
+    )
+    return TrainingData(
+        table=table, splits=splits, source=source, skipped=skipped, splits_csv=listing
+    )

@@ -1,0 +1,242 @@
+"""Batches for training and validation.
+
+Each epoch's order is a permutation drawn from ``(seed, epoch)`` and each batch's augmentation
+from ``(seed, epoch, step)``, so a run resumed at any step sees exactly the batches an
+uninterrupted run would, whatever the worker count. Under ``torch.distributed`` every rank
+takes every ``world``-th row of the same permutation (equal batch counts on all ranks).
+
+Pixels come from a :class:`~imgcls.data.store.Store` (decoded once, in memory or memory-mapped)
+or, with ``cache="none"``, are decoded again every epoch by DataLoader worker processes; either
+way augmentation runs on whole uint8 batches in the training process (one ``grid_sample``).
+A background thread prepares the next batch while the model computes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgcls.config import PreprocessConfig
+from imgcls.data.image import MAX_PIXELS, ImageError
+from imgcls.data.store import Store, decode_square
+from imgcls.data.table import DataTable
+from imgcls.data.transforms import BatchAugment, Normalize, center_batch, to_nchw
+
+
+def batch_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    mixed = np.random.SeedSequence([seed, epoch, step]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(mixed))
+
+
+def epoch_order(
+    rows: np.ndarray,
+    seed: int,
+    epoch: int,
+    *,
+    shuffle: bool = True,
+    weights: np.ndarray | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> np.ndarray:
+    """The rows this rank visits in ``epoch``: a permutation, or a weighted draw with
+    replacement (``weights`` per row, for class-balanced sampling)."""
+    rng = np.random.default_rng([seed, epoch, 7919])
+    if weights is not None:
+        p = weights / weights.sum()
+        order = rng.choice(rows, size=len(rows), replace=True, p=p)
+    elif shuffle:
+        order = rng.permutation(rows)
+    else:
+        order = np.asarray(rows)
+    if world > 1:
+        per_rank = len(order) // world
+        order = order[rank::world][:per_rank]
+    return order
+
+
+def batches_of(order: np.ndarray, batch_size: int, drop_last: bool) -> list[np.ndarray]:
+    n = len(order)
+    if drop_last and n >= batch_size:
+        n = (n // batch_size) * batch_size
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    """For ``cache='none'``: decode a row to its uint8 square in a worker process."""
+
+    def __init__(
+        self, table: DataTable, cfg: PreprocessConfig, size: int, max_pixels: int | None
+    ) -> None:
+        self.paths = table.paths
+        self.boxes = table.boxes
+        self.cfg = cfg
+        self.size = size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+        box = self.boxes[i] if self.boxes is not None else None
+        try:
+            return (
+                i,
+                decode_square(
+                    self.paths[i], self.cfg, self.size, max_pixels=self.max_pixels, box=box
+                ),
+                None,
+            )
+        except ImageError as e:
+            return i, None, str(e)
+        except Exception as e:
+            return i, None, f"cannot decode ({type(e).__name__}: {e})"
+
+
+def _collate(
+    items: list[tuple[int, np.ndarray | None, str | None]],
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    good = [(i, a) for i, a, _ in items if a is not None]
+    bad = [(i, r or "") for i, a, r in items if a is None]
+    rows = np.array([i for i, _ in good], dtype=np.int64)
+    pixels = np.stack([a for _, a in good]) if good else np.zeros((0, 1, 1, 3), np.uint8)
+    return rows, pixels, bad
+
+
+@dataclass
+class PixelSource:
+    """Where uint8 squares come from: a store, or files decoded by worker processes."""
+
+    table: DataTable
+    store: Store | None
+    cfg: PreprocessConfig
+    size: int
+    workers: int = 2
+    max_pixels: int | None = MAX_PIXELS
+    #: rows found unusable while streaming (cache='none'), with their reason
+    found_bad: dict[int, str] = field(default_factory=dict)
+
+    def batches(self, plan: list[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(rows, uint8 (B, C, S, S)) for each planned batch; unusable rows are dropped."""
+        if self.store is not None:
+            for rows in plan:
+                rows = rows[self.store.ok[rows]]
+                yield rows, self.store.gather(rows)
+            return
+        dataset = _DecodeDataset(self.table, self.cfg, self.size, self.max_pixels)
+        loader: Any = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=[r.tolist() for r in plan],
+            num_workers=self.workers,
+            collate_fn=_collate,
+            prefetch_factor=2 if self.workers else None,
+        )
+        for rows, pixels, bad in loader:
+            for i, reason in bad:
+                self.found_bad[i] = reason
+            yield rows, to_nchw(pixels)
+
+
+def _prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Run ``it`` in a background thread, ``depth`` items ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+            return
+        q.put(done)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+@dataclass
+class TrainBatches:
+    """The training batches of each epoch: (x normalised float, y targets, rows)."""
+
+    source: PixelSource
+    targets: torch.Tensor
+    rows: np.ndarray
+    batch_size: int
+    augment: BatchAugment
+    seed: int = 0
+    weights: np.ndarray | None = None
+    rank: int = 0
+    world: int = 1
+
+    def plan(self, epoch: int) -> list[np.ndarray]:
+        order = epoch_order(
+            self.rows, self.seed, epoch, weights=self.weights, rank=self.rank, world=self.world
+        )
+        return batches_of(order, self.batch_size, drop_last=True)
+
+    def __len__(self) -> int:
+        return len(self.plan(0))
+
+    def epoch(
+        self, epoch: int, start_step: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+        plan = self.plan(epoch)[start_step:]
+
+        def produce() -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+            for step, (rows, pixels) in enumerate(self.source.batches(plan), start=start_step):
+                g = batch_generator(self.seed, epoch, step)
+                yield self.augment(pixels, g), self.targets[torch.from_numpy(rows)], rows
+
+        yield from _prefetch(produce())
+
+
+@dataclass
+class EvalBatches:
+    """Validation batches in row order, with the evaluation transform (center crop)."""
+
+    source: PixelSource
+    targets: torch.Tensor
+    rows: np.ndarray
+    batch_size: int
+    cfg: PreprocessConfig
+    rank: int = 0
+    world: int = 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+        rows = self.rows[self.rank :: self.world] if self.world > 1 else self.rows
+        plan = batches_of(rows, self.batch_size, drop_last=False)
+        normalize = Normalize(self.cfg)
+
+        def produce() -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+            for r, pixels in self.source.batches(plan):
+                yield (
+                    normalize(center_batch(pixels, self.cfg)),
+                    self.targets[torch.from_numpy(r)],
+                    r,
+                )
+
+        yield from _prefetch(produce())

@@ -1,0 +1,53 @@
+"""Data sources, detected from the ``--data SPEC``: one reader per kind.
+
+- a folder of class sub-folders, or one holding ``train/ val/ test/`` class-folder trees;
+- a folder of MNIST-format IDX files;
+- a ``.csv`` manifest;
+- a ``.json`` in COCO Camera Traps format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imgcls.data.sources.coco import is_coco_camera_traps, load_json, read_coco
+from imgcls.data.sources.folder import read_folder
+from imgcls.data.sources.idx import is_idx_dir, read_idx
+from imgcls.data.sources.manifest import read_manifest
+from imgcls.data.table import DataTable
+from imgcls.errors import UserError
+
+__all__ = ["load_source"]
+
+
+def load_source(
+    spec: str | Path, *, multilabel: bool | None = None, image_root: str | Path | None = None
+) -> DataTable:
+    """Index the labelled images named by ``spec`` (see the module docstring).
+
+    ``multilabel``: force (True) or forbid (False) multi-label reading of CSV / COCO sources;
+    None infers it from the data. ``image_root``: base folder for relative paths in CSV / JSON
+    files (default: the file's own folder).
+    """
+    path = Path(spec).expanduser()
+    root = Path(image_root).expanduser() if image_root else None
+    if not path.exists():
+        raise UserError(f"data not found: {spec}")
+    if path.is_dir():
+        if is_idx_dir(path):
+            return read_idx(path)
+        return read_folder(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return read_manifest(path, multilabel=multilabel, image_root=root)
+    if suffix == ".json":
+        data = load_json(path)
+        if is_coco_camera_traps(data):
+            return read_coco(path, multilabel=multilabel, image_root=root, data=data)
+        raise UserError(
+            f"{path}: a JSON file that is not COCO Camera Traps (images/annotations/categories)"
+        )
+    raise UserError(
+        f"{spec}: not a data source (expected a folder, a .csv manifest or a "
+        "COCO Camera Traps .json)"
+    )

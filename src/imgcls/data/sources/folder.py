@@ -1,0 +1,97 @@
+"""Class-folder trees (ImageFolder layout): ``ROOT/CLASS/**/FILE``, and the variant with
+``ROOT/train|val|test/CLASS/**/FILE`` whose splits are taken as given.
+
+Every non-hidden file is a candidate (the extension does not decide, the decoder does), so a
+stray ``notes.txt`` is listed as skipped with its reason rather than silently dropped. Class
+names are the folder names in sorted order, as torchvision's ImageFolder orders them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from imgcls.data.table import SPLIT_ALIASES, DataTable
+from imgcls.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name not in ("__MACOSX", "Thumbs.db", "desktop.ini")
+
+
+def _files_under(folder: Path) -> list[str]:
+    """All visible files below ``folder`` (sorted; symlinked folders followed once)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f))
+    return out
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p.name))
+
+
+def split_folders(root: Path) -> dict[str, Path] | None:
+    """{'train': ROOT/train, ...} when ROOT holds only split folders (including train)."""
+    subs = _subdirs(root)
+    if not subs:
+        return None
+    names = {p.name.lower() for p in subs}
+    if not names <= set(SPLIT_ALIASES) or "train" not in {SPLIT_ALIASES[n] for n in names}:
+        return None
+    return {SPLIT_ALIASES[p.name.lower()]: p for p in subs}
+
+
+def read_folder(root: Path) -> DataTable:
+    splits = split_folders(root)
+    trees = splits if splits is not None else {"": root}
+    per_class: dict[str, list[tuple[str, str]]] = {}  # class -> [(path, split)]
+    skipped: list[tuple[str, str]] = []
+    empty: set[str] = set()
+    for split, tree in trees.items():
+        for f in sorted(p for p in tree.iterdir() if p.is_file() and _visible(p.name)):
+            skipped.append((str(f), "not inside a class folder"))
+        for class_dir in _subdirs(tree):
+            files = _files_under(class_dir)
+            if not files:
+                empty.add(class_dir.name)
+                continue
+            per_class.setdefault(class_dir.name, []).extend((f, split) for f in files)
+    for name in sorted(empty - set(per_class)):
+        log.warning("class folder %r holds no files: left out of the classes", name)
+    if not per_class:
+        raise UserError(
+            f"{root}: no class folders with files (expected ROOT/CLASS/IMAGE files, or "
+            "ROOT/train/CLASS/... with val/ and test/ beside it)"
+        )
+    class_names = sorted(per_class)
+    paths: list[str] = []
+    targets: list[int] = []
+    split_col: list[str | None] = []
+    for k, name in enumerate(class_names):
+        for path, split in per_class[name]:
+            paths.append(os.path.abspath(path))
+            targets.append(k)
+            split_col.append(split or None)
+    order = np.argsort(np.array(paths, dtype=object), kind="stable")
+    return DataTable(
+        kind="split-folders" if splits is not None else "folder",
+        root=root,
+        paths=[paths[i] for i in order],
+        targets=np.array(targets, dtype=np.int64)[order],
+        class_names=class_names,
+        split=[split_col[i] for i in order] if splits is not None else None,
+        skipped=skipped,
+    )

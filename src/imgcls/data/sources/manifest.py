@@ -1,0 +1,97 @@
+"""CSV manifests: ``path,label`` plus optional ``split``, ``location``, ``sequence``,
+``datetime`` and any other columns (usable with ``--split-by COLUMN``).
+
+Multi-label rows join their labels with ``;`` (``cat;dog``); an empty label is a multi-label row
+with no positive label. Relative paths resolve against the CSV's folder, or ``image_root``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from imgcls.data.table import SPLIT_ALIASES, DataTable, make_targets
+from imgcls.errors import UserError
+
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "filepath")
+LABEL_COLUMNS = ("label", "labels", "class", "category", "species")
+KNOWN = ("split", "location", "sequence", "datetime")
+
+
+def _pick(header: list[str], names: tuple[str, ...]) -> str | None:
+    lower = {h.strip().lower(): h for h in header}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+def parse_labels(text: str) -> list[str]:
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def read_manifest(
+    path: Path, *, multilabel: bool | None = None, image_root: Path | None = None
+) -> DataTable:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text CSV file") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: malformed CSV ({e})") from None
+    path_col, label_col = _pick(header, PATH_COLUMNS), _pick(header, LABEL_COLUMNS)
+    if path_col is None or label_col is None:
+        raise UserError(
+            f"{path}: needs a 'path' and a 'label' column (found: {', '.join(header) or 'nothing'})"
+        )
+    base = image_root or path.parent
+    labels = [parse_labels(r.get(label_col) or "") for r in rows]
+    if multilabel is None:
+        multilabel = any(len(lab) > 1 for lab in labels)
+    extra = [h for h in header if h not in (path_col, label_col)]
+    split_col = _pick(header, ("split",))
+    keep: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    splits: list[str | None] = []
+    for i, row in enumerate(rows):
+        line = i + 2  # header is line 1
+        raw = (row.get(path_col) or "").strip()
+        if not raw:
+            skipped.append((f"{path.name}:{line}", "empty path"))
+            continue
+        if not multilabel and len(labels[i]) != 1:
+            why = "no label" if not labels[i] else f"several labels ({'; '.join(labels[i])})"
+            skipped.append((str((base / raw).resolve()), f"{why} in a single-label manifest"))
+            continue
+        split = None
+        if split_col is not None and (row.get(split_col) or "").strip():
+            value = (row.get(split_col) or "").strip().lower()
+            if value not in SPLIT_ALIASES:
+                skipped.append((str((base / raw).resolve()), f"unknown split {value!r}"))
+                continue
+            split = SPLIT_ALIASES[value]
+        keep.append(i)
+        splits.append(split)
+    if not keep:
+        raise UserError(f"{path}: no usable rows")
+    class_names = sorted({n for i in keep for n in labels[i]})
+    if not class_names:
+        raise UserError(f"{path}: no labels in the '{label_col}' column")
+    columns = {
+        (h.strip().lower() if h.strip().lower() in KNOWN else h): [
+            (rows[i].get(h) or "").strip() for i in keep
+        ]
+        for h in extra
+        if h != split_col
+    }
+    return DataTable(
+        kind="csv",
+        root=path.parent,
+        paths=[str((base / rows[i][path_col].strip()).resolve()) for i in keep],
+        targets=make_targets([labels[i] for i in keep], class_names, multilabel),
+        class_names=class_names,
+        multilabel=multilabel,
+        split=splits if any(s is not None for s in splits) else None,
+        columns=columns,
+        skipped=skipped,
+    )

@@ -1,0 +1,110 @@
+"""Train / validation / test splits.
+
+Splits that come with the data (``train/ val/ test/`` folders, a ``split`` column, the IDX
+``t10k`` files) are kept. Where there is no validation split, one is carved out of the training
+rows: stratified by class (each class keeps its share), fixed by the seed; or grouped with
+``split_by`` (``location``, ``sequence`` or any column) so that no group is on both sides — the
+leak-free split for camera traps, where neighbouring frames of one site look alike — stratified
+as far as the groups allow (scikit-learn's ``StratifiedGroupKFold``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from imgcls.data.table import DataTable
+from imgcls.errors import UserError
+
+
+@dataclass
+class Splits:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def names(self, n: int) -> list[str]:
+        out = [""] * n
+        for name in ("train", "val", "test"):
+            for i in getattr(self, name):
+                out[int(i)] = name
+        return out
+
+
+def _stratified(keys: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Rows for the validation side: round(fraction * n) of every class, at random."""
+    val: list[int] = []
+    for k in np.unique(keys):
+        rows = np.flatnonzero(keys == k)
+        rng.shuffle(rows)
+        take = round(len(rows) * fraction)
+        # both sides see every class of 2+ images; a singleton stays in training
+        take = min(max(take, 1), len(rows) - 1) if len(rows) >= 2 else 0
+        val.extend(rows[:take].tolist())
+    return np.array(sorted(val), dtype=np.int64)
+
+
+def _grouped(
+    keys: np.ndarray, groups: Sequence[str], fraction: float, seed: int, column: str
+) -> np.ndarray:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    # rows without a group value are groups of their own
+    labels = [g if g else f"\0row{i}" for i, g in enumerate(groups)]
+    n_groups = len(set(labels))
+    folds = max(2, round(1 / fraction))
+    if n_groups < 2:
+        raise UserError(f"--split-by {column}: only one group, cannot split without a leak")
+    folds = min(folds, n_groups)
+    codes = {g: i for i, g in enumerate(sorted(set(labels)))}
+    group_ids = np.array([codes[g] for g in labels])
+    # StratifiedGroupKFold wants every class to appear; rare classes only trigger a warning.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        _, val = next(splitter.split(np.zeros(len(keys)), keys, group_ids))
+    return np.sort(val).astype(np.int64)
+
+
+def make_splits(
+    table: DataTable, *, val_split: float = 0.2, split_by: str | None = None, seed: int = 0
+) -> Splits:
+    """Assign every row to train, val or test (see the module docstring)."""
+    if not 0.0 <= val_split < 1.0:
+        raise UserError(f"--val-split must be in [0, 1), not {val_split}")
+    n = len(table)
+    given = table.split if table.split is not None else [None] * n
+    test = np.array([i for i, s in enumerate(given) if s == "test"], dtype=np.int64)
+    val = np.array([i for i, s in enumerate(given) if s == "val"], dtype=np.int64)
+    train = np.array([i for i, s in enumerate(given) if s not in ("test", "val")], dtype=np.int64)
+    if split_by and split_by not in table.columns:
+        have = ", ".join(sorted(table.columns)) or "none"
+        raise UserError(f"--split-by {split_by}: the data has no such column (columns: {have})")
+    if len(val) == 0 and val_split > 0 and len(train) > 1:
+        keys = table.stratify_key()[train]
+        if split_by:
+            groups = [table.columns[split_by][i] for i in train]
+            picked = _grouped(keys, groups, val_split, seed, split_by)
+        else:
+            picked = _stratified(keys, val_split, np.random.default_rng(seed))
+        val = train[picked]
+        train = np.setdiff1d(train, val)
+    if len(train) == 0:
+        raise UserError("no training images left after splitting")
+    return Splits(train=train, val=val, test=test)
+
+
+def splits_csv(table: DataTable, splits: Splits) -> str:
+    """``path,split`` for every row, in the table's order."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "split"])
+    for path, name in zip(table.paths, splits.names(len(table)), strict=True):
+        w.writerow([path, name])
+    return buf.getvalue()

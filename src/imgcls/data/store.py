@@ -1,0 +1,213 @@
+"""Decode once: every training image becomes the uint8 ``S x S`` square of the evaluation
+transform (:func:`imgcls.data.transforms.prepare_square`), held in one array.
+
+- ``cache="disk"`` writes the array as a ``.npy`` file under ``$XDG_CACHE_HOME/imgcls/decoded``
+  (or ``--cache-dir``) and memory-maps it, so later epochs and later runs on the same files read
+  decoded pixels instead of decoding JPEGs again. The key covers every file's path, size and
+  modification time plus the square's size and resampling: a changed file means a new cache.
+- ``cache="memory"`` builds the same array in RAM for this run only.
+- Images held in memory by their source (IDX) are used as they are.
+
+Decoding runs on a thread pool: Pillow releases the GIL while it decodes and resizes. Files that
+cannot be used are reported with their reason, never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgcls.config import PreprocessConfig
+from imgcls.data.image import MAX_PIXELS, ImageError, read_image
+from imgcls.data.table import DataTable
+from imgcls.data.transforms import prepare_square, square_size, to_nchw
+
+log = logging.getLogger(__name__)
+_FORMAT = 1  # bump when the stored pixels would change for the same files
+
+
+@dataclass
+class Store:
+    """uint8 squares (N, S, S, C), row i = table row i; ``ok[i]`` False for unusable rows."""
+
+    array: np.ndarray
+    ok: np.ndarray
+    path: Path | None = None
+
+    def gather(self, rows: np.ndarray) -> torch.Tensor:
+        """uint8 (B, C, S, S) for table rows ``rows`` (sorted reads are kinder to a memmap)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        batch = np.empty((len(rows), *self.array.shape[1:]), dtype=np.uint8)
+        batch[order] = self.array[rows[order]]
+        return to_nchw(batch)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "imgcls" / "decoded"
+
+
+def _key(table: DataTable, size: int, cfg: PreprocessConfig, max_pixels: int | None) -> str:
+    h = hashlib.sha256()
+    h.update(f"{_FORMAT}|{size}|{cfg.interpolation}|{cfg.resize_mode}|{max_pixels}\n".encode())
+    boxes = table.boxes
+    for i, p in enumerate(table.paths):
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}|{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        box = "" if boxes is None else ",".join(f"{v:.6f}" for v in boxes[i])
+        h.update(f"{p}|{stamp}|{box}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def decode_square(
+    path: str,
+    cfg: PreprocessConfig,
+    size: int,
+    *,
+    max_pixels: int | None = MAX_PIXELS,
+    crop: Callable[[Image.Image, np.ndarray], Image.Image] | None = None,
+    box: np.ndarray | None = None,
+) -> np.ndarray:
+    """One file -> uint8 (size, size, 3); raises ImageError."""
+    img = read_image(path, min_size=size if box is None else None, max_pixels=max_pixels)
+    if crop is not None and box is not None and not np.isnan(box).any():
+        img = crop(img, box)
+    return prepare_square(img, cfg, size)
+
+
+def _fill(
+    table: DataTable,
+    array: np.ndarray,
+    cfg: PreprocessConfig,
+    size: int,
+    *,
+    workers: int,
+    max_pixels: int | None,
+    crop: Callable[[Image.Image, np.ndarray], Image.Image] | None,
+    progress: Callable[[int], None] | None,
+) -> list[str | None]:
+    """Decode every row into ``array``; returns a reason per row (None = decoded)."""
+    reasons: list[str | None] = [None] * len(table)
+
+    def work(i: int) -> tuple[int, str | None]:
+        box = table.boxes[i] if table.boxes is not None else None
+        try:
+            array[i] = decode_square(
+                table.paths[i], cfg, size, max_pixels=max_pixels, crop=crop, box=box
+            )
+            return i, None
+        except ImageError as e:
+            return i, str(e)
+        except Exception as e:  # a decoder bug must not stop the run either
+            return i, f"cannot decode ({type(e).__name__}: {e})"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for done, (i, reason) in enumerate(pool.map(work, range(len(table))), start=1):
+            reasons[i] = reason
+            if progress is not None and (done % 64 == 0 or done == len(table)):
+                progress(done)
+    return reasons
+
+
+def build_store(
+    table: DataTable,
+    cfg: PreprocessConfig,
+    *,
+    cache: str = "disk",
+    cache_dir: str | Path | None = None,
+    workers: int = 2,
+    max_pixels: int | None = MAX_PIXELS,
+    crop: Callable[[Image.Image, np.ndarray], Image.Image] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Store, list[tuple[str, str]]]:
+    """Decode ``table`` into a :class:`Store`; returns it and the (path, reason) skips."""
+    if table.pixels is not None:
+        px = table.pixels if table.pixels.ndim == 4 else table.pixels[..., None]
+        return Store(array=px, ok=np.ones(len(table), dtype=bool)), []
+    size = square_size(cfg)
+    shape = (len(table), size, size, 3)
+    if cache == "memory":
+        array = np.zeros(shape, dtype=np.uint8)
+        reasons = _fill(
+            table,
+            array,
+            cfg,
+            size,
+            workers=workers,
+            max_pixels=max_pixels,
+            crop=crop,
+            progress=progress,
+        )
+        return _finish(table, array, reasons, None)
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = _key(table, size, cfg, max_pixels)
+    data_file, meta_file = folder / f"{key}.npy", folder / f"{key}.json"
+    if data_file.is_file() and meta_file.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            reasons = json.loads(meta_file.read_text(encoding="utf-8"))["reasons"]
+            array = np.load(data_file, mmap_mode="r")
+            if array.shape == shape and len(reasons) == len(table):
+                log.info("decoded-image cache hit: %s", data_file)
+                if progress is not None:
+                    progress(len(table))
+                return _finish(table, array, reasons, data_file)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.{time.time_ns()}.npy.tmp"
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    except OSError as e:
+        log.warning("decoded-image cache unavailable (%s): decoding into memory", e)
+        return build_store(
+            table,
+            cfg,
+            cache="memory",
+            workers=workers,
+            max_pixels=max_pixels,
+            crop=crop,
+            progress=progress,
+        )
+    try:
+        reasons = _fill(
+            table,
+            array,
+            cfg,
+            size,
+            workers=workers,
+            max_pixels=max_pixels,
+            crop=crop,
+            progress=progress,
+        )
+        array.flush()
+        del array
+        os.replace(tmp, data_file)
+        from imgcls.io import atomic_write_text
+
+        atomic_write_text(meta_file, json.dumps({"shape": list(shape), "reasons": reasons}))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return _finish(table, np.load(data_file, mmap_mode="r"), reasons, data_file)
+
+
+def _finish(
+    table: DataTable, array: np.ndarray, reasons: list[str | None], path: Path | None
+) -> tuple[Store, list[tuple[str, str]]]:
+    ok = np.array([r is None for r in reasons], dtype=bool)
+    skipped = [(table.paths[i], r) for i, r in enumerate(reasons) if r is not None]
+    return Store(array=array, ok=ok, path=path), skipped

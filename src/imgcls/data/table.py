@@ -1,0 +1,118 @@
+"""The dataset index every source produces: one row per image, stored column by column (a
+million rows cost a few hundred MB of Python strings, not a million objects)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+@dataclass
+class DataTable:
+    """Labelled images from one source.
+
+    ``targets`` is an int64 vector of class indices (multi-class, binary) or a uint8 multi-hot
+    matrix (N, K) for multi-label data. ``paths`` are absolute file paths, or ids such as
+    ``train-images-idx3-ubyte#17`` for images held in ``pixels`` (uint8, (N, H, W[, C])).
+    ``split`` holds the split each row came with (train/val/test) or None when the source has
+    none. ``columns`` carries optional per-image metadata (location, sequence, datetime...).
+    ``boxes`` (N, 4) holds normalised x, y, w, h crop boxes for detection crops, NaN = whole image.
+    ``skipped`` lists (path, reason) for inputs the source itself could not use.
+    """
+
+    kind: str
+    root: Path
+    paths: list[str]
+    targets: np.ndarray
+    class_names: list[str]
+    multilabel: bool = False
+    split: list[str | None] | None = None
+    columns: dict[str, list[str]] = field(default_factory=dict)
+    pixels: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> DataTable:
+        """Rows ``index`` (in that order); ``skipped`` is kept whole."""
+        idx = np.asarray(index, dtype=np.int64)
+        return replace(
+            self,
+            paths=[self.paths[i] for i in idx],
+            targets=self.targets[idx],
+            split=[self.split[i] for i in idx] if self.split is not None else None,
+            columns={k: [v[i] for i in idx] for k, v in self.columns.items()},
+            pixels=self.pixels[idx] if self.pixels is not None else None,
+            boxes=self.boxes[idx] if self.boxes is not None else None,
+        )
+
+    def rows_in_split(self, name: str) -> np.ndarray:
+        if self.split is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.array([i for i, s in enumerate(self.split) if s == name], dtype=np.int64)
+
+    def available_splits(self) -> list[str]:
+        if self.split is None:
+            return []
+        present = {s for s in self.split if s}
+        return [s for s in SPLITS if s in present]
+
+    def label_names(self, i: int) -> list[str]:
+        if self.multilabel:
+            return [self.class_names[k] for k in np.flatnonzero(self.targets[i])]
+        return [self.class_names[int(self.targets[i])]]
+
+    def class_counts(self) -> dict[str, int]:
+        if self.multilabel:
+            sums = self.targets.sum(axis=0)
+            return {n: int(c) for n, c in zip(self.class_names, sums, strict=True)}
+        counts = Counter(int(t) for t in self.targets)
+        return {n: counts.get(i, 0) for i, n in enumerate(self.class_names)}
+
+    def stratify_key(self) -> np.ndarray:
+        """One class per row for stratification (the rarest label of a multi-label row)."""
+        if not self.multilabel:
+            return self.targets
+        freq = self.targets.sum(axis=0)
+        keys = np.full(len(self), -1, dtype=np.int64)
+        for i in range(len(self)):
+            on = np.flatnonzero(self.targets[i])
+            if on.size:
+                keys[i] = int(on[np.argmin(freq[on])])
+        return keys
+
+
+def make_targets(
+    labels: Sequence[Sequence[str]], class_names: Sequence[str], multilabel: bool
+) -> np.ndarray:
+    """Label names per row -> int64 indices (multi-class) or a uint8 multi-hot matrix."""
+    index = {n: i for i, n in enumerate(class_names)}
+    if multilabel:
+        out = np.zeros((len(labels), len(class_names)), dtype=np.uint8)
+        for r, names in enumerate(labels):
+            for n in names:
+                out[r, index[n]] = 1
+        return out
+    return np.array([index[names[0]] for names in labels], dtype=np.int64)

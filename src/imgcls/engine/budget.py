@@ -1,0 +1,64 @@
+"""``--time-budget``: plan the whole schedule so the run ends on time.
+
+The budget counts from the start of the command. After a few measured training steps the
+planner fixes the total number of steps so that training, every validation pass and the final
+save fit; it re-plans at each epoch end from the measured averages. The learning-rate schedule is
+a function of (step, total), so it is planned to reach its end, not cut off.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from imgcls.errors import UserError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1h30m', '2h', '600' (seconds) -> seconds."""
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", t)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != t.replace(" ", ""):
+        raise UserError(f"cannot read the duration {text!r} (examples: 90s, 10m, 1h30m)")
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise UserError(f"the time budget must be positive, not {text!r}")
+    return seconds
+
+
+@dataclass
+class BudgetPlan:
+    budget: float  # seconds, whole command
+    steps_per_epoch: int
+    val_images: int
+    batch_size: int
+
+    def total_steps(
+        self, elapsed: float, step_seconds: float, steps_done: int, val_image_seconds: float
+    ) -> int:
+        """The largest total step count whose remaining steps, plus one validation pass at the
+        end of every epoch they reach (a partial last epoch included), fit in the budget."""
+        reserve = max(3.0, 0.02 * self.budget)  # final save, thresholds, curves
+        remaining = self.budget - elapsed - reserve
+        spe = max(1, self.steps_per_epoch)
+        val_pass = self.val_images * val_image_seconds
+        validated = steps_done // spe  # epochs already ended (and validated)
+
+        def cost(extra: int) -> float:
+            passes = -(-(steps_done + extra) // spe) - validated
+            return extra * step_seconds + passes * val_pass
+
+        lo, hi = 0, 1
+        while cost(hi) <= remaining and hi < 10**9:
+            hi *= 2
+        while lo < hi:  # largest extra with cost(extra) <= remaining
+            mid = (lo + hi + 1) // 2
+            if cost(mid) <= remaining:
+                lo = mid
+            else:
+                hi = mid - 1
+        return steps_done + max(1, lo)

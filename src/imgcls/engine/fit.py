@@ -1,0 +1,566 @@
+"""``fit``: set up a run from a :class:`RunConfig`, train it epoch by epoch (resuming where a
+killed run stopped), keep the best model, and write the run directory:
+
+``config.yaml`` (resolved), ``metrics.jsonl`` (a line per epoch), ``splits.csv``,
+``skipped.csv``, ``model/`` (the best model directory), ``checkpoint/`` (resume state).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgcls.artifacts import save_model
+from imgcls.config import PreprocessConfig, RunConfig, dump_yaml, from_dict, to_dict
+from imgcls.console import info
+from imgcls.data.dataset import TrainingData, prepare_training_data
+from imgcls.data.loaders import EvalBatches, TrainBatches
+from imgcls.data.sources import load_source
+from imgcls.data.table import DataTable
+from imgcls.data.transforms import PRESETS, BatchAugment
+from imgcls.engine.budget import BudgetPlan, parse_duration
+from imgcls.engine.checkpoint import load_checkpoint, save_checkpoint
+from imgcls.engine.distributed import Dist, init_distributed, shutdown
+from imgcls.engine.loop import Position, Trainer, train_one_epoch, validate
+from imgcls.engine.optim import DEFAULT_WD, Schedule, build_optimizer, default_lr, param_groups
+from imgcls.errors import UserError
+from imgcls.io import atomic_write_text
+from imgcls.models.factory import build_model, classifier_name, preprocess_config
+from imgcls.runtime import make_runtime, physical_cores, set_deterministic, set_threads
+from imgcls.tasks import Task, infer_task, monitor_metric, tune_thresholds
+
+DEFAULT_EPOCHS = 10
+SMALL_IMAGE = 64  # images at most this size get the small-image architecture and augmentation
+SMALL_ARCH = "lenet"
+
+EpochCallback = Callable[[Path, list[dict[str, Any]]], None]
+
+
+# ----------------------------------------------------------------------------- run directory
+def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] | None]:
+    """The run folder, and the checkpoint state when resuming (its config replaces ``cfg``)."""
+    if not cfg.train.out:
+        raise UserError("--out RUN_DIR is required")
+    run = Path(cfg.train.out)
+    ckpt_dir = run / "checkpoint"
+    if resume:
+        state = load_checkpoint(ckpt_dir)
+        if state is None:
+            raise UserError(f"--resume: {run} has no checkpoint to resume from")
+        return run, state
+    if run.exists() and any(run.iterdir()):
+        hint = " (add --resume to continue it)" if (ckpt_dir / "state.pt").exists() else ""
+        raise UserError(f"{run} already exists and is not empty{hint}; choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    return run, None
+
+
+def write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_history(run: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+# --------------------------------------------------------------------------------- resolving
+def image_side(table: DataTable) -> int | None:
+    """The larger side of the source's images when they are all alike in memory (IDX)."""
+    if table.pixels is not None:
+        return int(max(table.pixels.shape[1:3]))
+    return None
+
+
+def resolve_arch(cfg: RunConfig, table: DataTable) -> str:
+    if cfg.model.arch != "auto":
+        return cfg.model.arch
+    side = image_side(table)
+    return SMALL_ARCH if side is not None and side <= SMALL_IMAGE else "resnet18"
+
+
+def resolve_pretrained(cfg: RunConfig, arch: str) -> str | None:
+    """'auto' means the published weights where the architecture has them (the default path:
+    transfer learning), else training from scratch."""
+    from imgcls.models.registry import get_entry
+
+    p = cfg.model.pretrained
+    if p in (None, "", "none", "None", "false"):
+        return None
+    if p == "auto":
+        entry = get_entry(arch)
+        return "default" if (entry.timm_weights or entry.torchvision_weights) else None
+    return p
+
+
+def resolve_preprocess(
+    cfg: RunConfig, model: torch.nn.Module, table: DataTable
+) -> PreprocessConfig:
+    pre = preprocess_config(model)
+    side = image_side(table)
+    if cfg.data.image_size:
+        pre = pre.with_size(cfg.data.image_size)
+    elif side is not None and side < pre.image_size and pre.image_size > 64:
+        pre = pre.with_size(max(32, side))  # no 224-px upsampling of 28-px images by default
+    if side is not None and side <= SMALL_IMAGE:
+        pre = dataclasses.replace(pre, crop_pct=1.0)  # small images: keep every pixel
+    if cfg.data.resize_mode:
+        if cfg.data.resize_mode not in ("crop", "pad"):
+            raise UserError(f"--resize-mode must be crop or pad, not {cfg.data.resize_mode!r}")
+        pre = dataclasses.replace(pre, resize_mode=cfg.data.resize_mode)
+    return pre
+
+
+def resolve_augment(cfg: RunConfig, pre: PreprocessConfig) -> str:
+    name = cfg.data.augment
+    if name == "auto":
+        name = "small" if pre.image_size <= SMALL_IMAGE else "standard"
+    if name not in PRESETS:
+        raise UserError(f"unknown augmentation {name!r}; choose one of: auto, {', '.join(PRESETS)}")
+    return name
+
+
+def make_task(cfg: RunConfig, table: DataTable, rows: np.ndarray) -> Task:
+    name = infer_task(cfg.train.task, table.num_classes, table.multilabel)
+    positive = 1
+    if name == "binary" and cfg.train.positive:
+        if cfg.train.positive not in table.class_names:
+            raise UserError(
+                f"--positive {cfg.train.positive!r} is not a class ({', '.join(table.class_names)})"
+            )
+        positive = table.class_names.index(cfg.train.positive)
+    smoothing = cfg.optim.label_smoothing if name == "multiclass" else 0.0
+    weights = None
+    if cfg.train.balance == "weights":
+        counts = (
+            np.bincount(table.targets[rows], minlength=table.num_classes)
+            if not table.multilabel
+            else table.targets[rows].sum(0)
+        )
+        counts = np.maximum(counts, 1).astype(np.float64)
+        weights = torch.tensor(
+            counts.sum() / (len(counts) * counts), dtype=torch.float32
+        )  # "balanced"
+    elif cfg.train.balance not in ("none", "sampler"):
+        raise UserError(f"--balance must be none, weights or sampler, not {cfg.train.balance!r}")
+    return Task(
+        name,
+        list(table.class_names),
+        positive=positive,
+        label_smoothing=smoothing,
+        class_weights=weights,
+    )
+
+
+def sampler_weights(cfg: RunConfig, table: DataTable, rows: np.ndarray) -> np.ndarray | None:
+    if cfg.train.balance != "sampler":
+        return None
+    keys = table.stratify_key()[rows]
+    counts = np.bincount(np.maximum(keys, 0))
+    return 1.0 / np.maximum(counts[np.maximum(keys, 0)], 1)
+
+
+def make_mixer(cfg: RunConfig, task: Task) -> Callable[..., Any] | None:
+    d = cfg.data
+    if not d.mixup and not d.cutmix:
+        return None
+    if task.name != "multiclass":
+        raise UserError("--mixup / --cutmix need a multi-class task")
+    from torchvision.transforms import v2
+
+    k = len(task.class_names)
+    choices = []
+    if d.mixup:
+        choices.append(v2.MixUp(alpha=d.mixup, num_classes=k))
+    if d.cutmix:
+        choices.append(v2.CutMix(alpha=d.cutmix, num_classes=k))
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+
+# ------------------------------------------------------------------------------------- setup
+def build_trainer(
+    cfg: RunConfig, run: Path, dist: Dist, table: DataTable, started: float
+) -> Trainer:
+    t = cfg.train
+    arch = resolve_arch(cfg, table)
+    cfg.model.arch = arch
+    task_probe = infer_task(t.task, table.num_classes, table.multilabel)
+    outputs = 1 if task_probe == "binary" else table.num_classes
+    pretrained = resolve_pretrained(cfg, arch)
+    model, report = build_model(
+        arch,
+        num_classes=outputs,
+        pretrained=pretrained,
+        norm=cfg.model.norm,
+        attn=cfg.model.attn,
+        drop_rate=cfg.model.drop_rate,
+    )
+    if report is not None and dist.main:
+        info(f"pretrained: {report.describe()}")
+    cfg.model.pretrained = pretrained or "none"
+    pre = resolve_preprocess(cfg, model, table)
+    cfg.data.image_size, cfg.data.resize_mode = pre.image_size, pre.resize_mode
+    cfg.data.augment = resolve_augment(cfg, pre)
+    data = load_training_data(cfg, pre, table, dist)
+    task = make_task(cfg, data.table, data.splits.train)
+    runtime = make_runtime(
+        model, device=t.device, precision=t.precision, channels_last=t.channels_last
+    )
+    raw = runtime.prepare(model)
+    classifier = classifier_name(raw)
+    o = cfg.optim
+    if o.backbone_lr_mult is None:
+        o.backbone_lr_mult = 0.1 if pretrained else 1.0
+    if cfg.model.head_epochs is None:
+        cfg.model.head_epochs = 1 if pretrained and (t.epochs or DEFAULT_EPOCHS) >= 4 else 0
+    o.lr = o.lr or default_lr(o.optimizer, t.batch_size * dist.world * max(1, o.accumulate))
+    o.weight_decay = DEFAULT_WD.get(o.optimizer, 0.0) if o.weight_decay is None else o.weight_decay
+    groups = param_groups(
+        raw, classifier=classifier, weight_decay=o.weight_decay, backbone_lr_mult=o.backbone_lr_mult
+    )
+    optimizer = build_optimizer(
+        o.optimizer, groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov
+    )
+    train_batches = TrainBatches(
+        source=data.source,
+        targets=task.targets(data.table.targets),
+        rows=data.splits.train,
+        batch_size=min(t.batch_size, max(1, len(data.splits.train) // dist.world)),
+        augment=BatchAugment(pre, PRESETS[cfg.data.augment]),
+        seed=t.seed,
+        weights=sampler_weights(cfg, data.table, data.splits.train),
+        rank=dist.rank,
+        world=dist.world,
+    )
+    val_batches = None
+    if len(data.splits.val):
+        val_batches = EvalBatches(
+            data.source,
+            task.targets(data.table.targets),
+            data.splits.val,
+            t.batch_size * 2,
+            pre,
+            dist.rank,
+            dist.world,
+        )
+    if t.compile:
+        raw.compile()  # in place, so the DDP wrapper (per training stage) wraps compiled code
+    ema = None
+    if o.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(raw, decay=o.ema)
+    scaler = torch.amp.GradScaler(runtime.device.type) if runtime.precision == "fp16" else None
+    tr = Trainer(
+        cfg=cfg,
+        run_dir=run,
+        model=raw,  # wrapped for DDP by set_train_mode, per training stage
+        raw=raw,
+        task=task,
+        runtime=runtime,
+        dist=dist,
+        optimizer=optimizer,
+        schedule=Schedule(base_lr=o.lr, total=1, warmup=0, kind=o.schedule),
+        data=data,
+        train_batches=train_batches,
+        val_batches=val_batches,
+        classifier=classifier,
+        preprocess=pre,
+        ema=ema,
+        scaler=scaler,
+        mix=make_mixer(cfg, task),
+        started=started,
+    )
+    plan_steps(tr)
+    return tr
+
+
+def load_training_data(
+    cfg: RunConfig, pre: PreprocessConfig, table: DataTable, dist: Dist
+) -> TrainingData:
+    d = cfg.data
+    workers = d.workers or physical_cores()
+    from imgcls.console import Progress
+
+    def prepare(show: bool) -> TrainingData:
+        with Progress(len(table), "decoding images", enabled=show) as bar:
+            return prepare_training_data(
+                d.data, pre, table=table, val_split=d.val_split, split_by=d.split_by,
+                seed=cfg.train.seed,
+                cache=d.cache, cache_dir=d.cache_dir, workers=workers, max_pixels=d.max_pixels,
+                max_skipped=d.max_skipped, progress=lambda n: bar.update(n - bar.done),
+            )  # fmt: skip
+
+    # rank 0 decodes (and fills the shared disk cache) first; the others then read it
+    data = prepare(show=dist.main) if dist.main else None
+    dist.barrier()
+    if data is None:
+        data = prepare(show=False)
+    return data
+
+
+def plan_steps(tr: Trainer) -> None:
+    t = tr.cfg.train
+    spe = tr.steps_per_epoch
+    if t.time_budget:
+        budget = parse_duration(t.time_budget)
+        tr.budget = BudgetPlan(
+            budget=budget,
+            steps_per_epoch=spe,
+            val_images=len(tr.data.splits.val),
+            batch_size=t.batch_size,
+        )
+        epochs_cap = t.epochs or 10_000
+        tr.pos.total_steps = epochs_cap * spe  # provisional: re-planned after a few steps
+        tr.schedule.total = tr.pos.total_steps
+        tr.schedule.warmup = int(tr.cfg.optim.warmup * min(tr.pos.total_steps, 20 * spe))
+    else:
+        tr.pos.total_steps = (t.epochs or DEFAULT_EPOCHS) * spe
+        tr.schedule.total = tr.pos.total_steps
+        tr.schedule.warmup = int(tr.cfg.optim.warmup * tr.pos.total_steps)
+
+
+# --------------------------------------------------------------------------- state & saving
+def checkpoint_state(tr: Trainer) -> dict[str, Any]:
+    return {
+        "model": tr.raw.state_dict(),
+        "ema": tr.ema.module.state_dict() if tr.ema is not None else None,
+        "optimizer": tr.optimizer.state_dict(),
+        "scaler": tr.scaler.state_dict() if tr.scaler is not None else None,
+        "position": tr.pos.to_dict(),
+        "schedule": {"total": tr.schedule.total, "warmup": tr.schedule.warmup},
+        "elapsed": tr.pos.elapsed + (time.monotonic() - tr.started),
+        "config": to_dict(tr.cfg),
+    }
+
+
+def restore(tr: Trainer, state: dict[str, Any]) -> None:
+    tr.raw.load_state_dict(state["model"])
+    if tr.ema is not None and state.get("ema") is not None:
+        tr.ema.module.load_state_dict(state["ema"])
+    tr.optimizer.load_state_dict(state["optimizer"])
+    if tr.scaler is not None and state.get("scaler"):
+        tr.scaler.load_state_dict(state["scaler"])
+    tr.pos = Position(**state["position"])
+    tr.pos.elapsed = float(state.get("elapsed", 0.0))
+    tr.schedule.total = int(state["schedule"]["total"])
+    tr.schedule.warmup = int(state["schedule"]["warmup"])
+
+
+def save_best(tr: Trainer, metrics: dict[str, Any]) -> None:
+    pre = tr.preprocess
+    save_model(
+        tr.eval_model,
+        tr.run_dir / "model",
+        label_names=tr.task.class_names,
+        preprocess=pre,
+        task=tr.task.to_dict(),
+        provenance={
+            "data": str(tr.cfg.data.data),
+            "run": str(tr.run_dir.resolve()),
+            "epoch": metrics.get("epoch"),
+            "pretrained": tr.cfg.model.pretrained,
+            "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
+        },
+    )
+
+
+def improved(tr: Trainer, metrics: dict[str, Any]) -> bool:
+    key, higher = monitor_metric(tr.task, tr.cfg.train.monitor)
+    if key not in metrics:
+        return True  # no validation: the latest model is the best we know
+    value, loss = metrics[key], metrics.get("val_loss", 0.0)
+    best = tr.pos.best
+    if not best:
+        return True
+    if value == best["value"]:
+        return loss < best.get("loss", math.inf)  # ties: the better likelihood wins
+    return value > best["value"] if higher else value < best["value"]
+
+
+# ---------------------------------------------------------------------------------- training
+def end_epoch(
+    tr: Trainer, epoch: int, stats: dict[str, float], on_epoch_end: EpochCallback | None
+) -> bool:
+    """Validate, record, keep the best model, checkpoint; True when training should stop."""
+    val, _, _ = validate(tr)
+    metrics: dict[str, Any] = {"epoch": epoch + 1, **stats, **val}
+    metrics["seconds"] = stats["train_seconds"] + val.get("val_seconds", 0.0)
+    metrics["images_per_second"] = stats["images"] / max(stats["train_seconds"], 1e-9)
+    tr.pos.history.append(metrics)
+    stop = False
+    key, _ = monitor_metric(tr.task, tr.cfg.train.monitor)
+    if improved(tr, metrics):
+        tr.pos.best = {
+            "epoch": epoch + 1,
+            "metric": key,
+            "value": metrics.get(key),
+            "loss": metrics.get("val_loss", 0.0),
+        }
+        tr.pos.bad_epochs = 0
+        if tr.dist.main:
+            save_best(tr, metrics)
+    else:
+        tr.pos.bad_epochs += 1
+        stop = (
+            bool(tr.cfg.train.early_stopping) and tr.pos.bad_epochs >= tr.cfg.train.early_stopping
+        )
+    tr.pos.epoch, tr.pos.step = epoch + 1, 0
+    tr.pos.epoch_loss, tr.pos.epoch_images, tr.pos.epoch_seconds = 0.0, 0, 0.0
+    if tr.dist.main:
+        write_history(tr.run_dir, tr.pos.history)
+        info(epoch_line(metrics, tr))
+        if on_epoch_end is not None:
+            on_epoch_end(tr.run_dir, tr.pos.history)
+    if tr.save_checkpoint is not None:
+        tr.save_checkpoint()
+    if stop and tr.dist.main:
+        info(f"early stopping: {key} has not improved for {tr.pos.bad_epochs} epochs")
+    return stop
+
+
+def epoch_line(m: dict[str, Any], tr: Trainer) -> str:
+    n_epochs = -(-tr.pos.total_steps // max(1, tr.steps_per_epoch))
+    parts = [f"epoch {m['epoch']}/{n_epochs}", f"train_loss {m['train_loss']:.4f}"]
+    parts += [
+        f"{k} {v:.4f}"
+        for k, v in m.items()
+        if k.startswith("val_") and k not in ("val_seconds", "val_nll")
+    ]
+    parts += [f"lr {m['lr']:.2e}", f"{m['images_per_second']:.1f} img/s", f"{m['seconds']:.1f}s"]
+    return "  ".join(parts)
+
+
+def finish(tr: Trainer) -> None:
+    """Reload the best weights, tune thresholds (multi-label) on validation, save the model."""
+    best_file = tr.run_dir / "model" / "model.safetensors"
+    if best_file.is_file():
+        from safetensors.torch import load_file
+
+        tr.eval_model.load_state_dict(load_file(str(best_file)))
+    val, probs, rows = validate(tr, tta=tr.cfg.train.tta)
+    if tr.task.name == "multilabel" and len(rows):
+        tr.task.thresholds = tune_thresholds(probs, tr.data.table.targets[rows])
+    if tr.dist.main:
+        last = tr.pos.history[-1] if tr.pos.history else {}
+        save_best(
+            tr,
+            {
+                **{k: v for k, v in last.items() if not k.startswith("val_")},
+                "epoch": tr.pos.best.get("epoch"),
+                **val,
+            },
+        )
+
+
+def write_run_files(tr: Trainer) -> None:
+    if not tr.dist.main:
+        return
+    dump_yaml(tr.cfg, tr.run_dir / "config.yaml")
+    atomic_write_text(tr.run_dir / "splits.csv", tr.data.splits_csv)
+    write_csv(tr.run_dir / "skipped.csv", ["path", "reason"], tr.data.skipped)
+
+
+def run_epochs(tr: Trainer, on_epoch_end: EpochCallback | None) -> None:
+    spe = tr.steps_per_epoch
+    while tr.pos.epoch * spe < tr.pos.total_steps:
+        stats = train_one_epoch(tr, tr.pos.epoch)
+        found = tr.data.source.found_bad
+        if found and tr.dist.main:  # cache='none': files found broken while streaming
+            known = {p for p, _ in tr.data.skipped}
+            tr.data.skipped += [
+                (tr.data.table.paths[i], r)
+                for i, r in sorted(found.items())
+                if tr.data.table.paths[i] not in known
+            ]
+            write_csv(tr.run_dir / "skipped.csv", ["path", "reason"], tr.data.skipped)
+        if end_epoch(tr, tr.pos.epoch, stats, on_epoch_end):
+            break
+
+
+def fit(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    started: float | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> Path:
+    """Train as ``cfg`` says; returns the run directory (its ``model/`` is the best model)."""
+    started = started if started is not None else time.monotonic()
+    run, state = prepare_run_dir(cfg, resume)
+    if state is not None:
+        out = cfg.train.out
+        cfg = from_dict(RunConfig, state["config"])
+        cfg.train.out = out
+    t = cfg.train
+    set_threads(t.threads)
+    set_deterministic(t.deterministic)
+    torch.manual_seed(t.seed)
+    dist = init_distributed("cuda" if t.device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        d = cfg.data
+        table = load_source(
+            d.data, multilabel=True if t.task == "multilabel" else None, image_root=d.image_root
+        )
+        if d.val_data:
+            from imgcls.data.dataset import concat_val
+
+            table = concat_val(
+                table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root)
+            )
+        tr = build_trainer(cfg, run, dist, table, started)
+        if state is not None:
+            restore(tr, state)
+            if dist.main:
+                info(f"resuming {run} at epoch {tr.pos.epoch + 1}, step {tr.pos.step}")
+        elif dist.main:
+            describe_start(tr)
+        write_run_files(tr)
+        if dist.main:
+
+            def checkpoint() -> None:
+                save_checkpoint(run / "checkpoint", checkpoint_state(tr))
+
+            tr.save_checkpoint = checkpoint
+        run_epochs(tr, on_epoch_end)
+        finish(tr)
+        if tr.save_checkpoint is not None:
+            tr.save_checkpoint()
+        dist.barrier()
+    finally:
+        shutdown(dist)
+    return run
+
+
+def describe_start(tr: Trainer) -> None:
+    d, t = tr.data, tr.cfg.train
+    used = d.table.subset(np.concatenate([d.splits.train, d.splits.val]))
+    counts = used.class_counts()
+    classes = ", ".join(f"{k} ({v})" for k, v in list(counts.items())[:8]) + (
+        " ..." if len(counts) > 8 else ""
+    )
+    info(
+        f"data: {len(d.splits.train)} train / {len(d.splits.val)} val images, "
+        f"{len(counts)} classes: {classes}"
+    )
+    if d.skipped:
+        info(f"skipped {len(d.skipped)} unusable files (listed in {tr.run_dir / 'skipped.csv'})")
+    pre = tr.preprocess
+    info(
+        f"model: {tr.cfg.model.arch} ({tr.task.name}, {tr.task.num_outputs} outputs), "
+        f"{pre.image_size}px, augment {tr.cfg.data.augment}; {tr.runtime.describe()}; "
+        f"batch {t.batch_size}, {tr.cfg.optim.optimizer} lr {tr.cfg.optim.lr:.2e}"
+    )

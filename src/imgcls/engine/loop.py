@@ -1,0 +1,243 @@
+"""The loop: ``train_one_epoch`` and ``validate`` over a :class:`Trainer`'s state (as in
+ConvNeXt's ``engine.py``); :mod:`imgcls.engine.fit` sets a Trainer up and runs the epochs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgcls.config import PreprocessConfig, RunConfig
+from imgcls.console import Progress
+from imgcls.data.dataset import TrainingData
+from imgcls.data.loaders import EvalBatches, TrainBatches, batch_generator
+from imgcls.engine.budget import BudgetPlan
+from imgcls.engine.distributed import Dist, wrap_ddp
+from imgcls.engine.optim import Schedule
+from imgcls.runtime import Runtime
+from imgcls.tasks import Task, quick_metrics
+
+
+@dataclass
+class Position:
+    """Where the run is: the next batch to train is ``step`` of ``epoch`` (0-based)."""
+
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    bad_epochs: int = 0
+    elapsed: float = 0.0  # seconds of training spent by earlier sessions of this run
+    epoch_loss: float = 0.0  # running sums of the current epoch (for a mid-epoch resume)
+    epoch_images: int = 0
+    epoch_seconds: float = 0.0
+    lr: float = 0.0  # the last rate applied
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Trainer:
+    cfg: RunConfig
+    run_dir: Path
+    model: nn.Module  # as trained (maybe DDP-wrapped)
+    raw: nn.Module  # the bare model (saved, evaluated)
+    task: Task
+    runtime: Runtime
+    dist: Dist
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    data: TrainingData
+    train_batches: TrainBatches
+    val_batches: EvalBatches | None
+    classifier: str
+    preprocess: PreprocessConfig
+    pos: Position = field(default_factory=Position)
+    ema: Any = None
+    scaler: Any = None
+    mix: Callable[..., Any] | None = None
+    budget: BudgetPlan | None = None
+    started: float = field(default_factory=time.monotonic)
+    save_checkpoint: Callable[[], None] | None = None
+    step_times: list[float] = field(default_factory=list)
+    ddp_frozen: bool | None = None  # the stage the DDP wrapper was built for
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_batches)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.raw
+
+
+def frozen_backbone(tr: Trainer, epoch: int) -> bool:
+    m = tr.cfg.model
+    return m.freeze == "backbone" or epoch < (m.head_epochs or 0)
+
+
+def set_train_mode(tr: Trainer, epoch: int) -> None:
+    """Training mode; with a frozen backbone its parameters get no gradient and its BatchNorm
+    layers keep their (pretrained) running statistics."""
+    frozen = frozen_backbone(tr, epoch)
+    head = tr.classifier + "."
+    tr.raw.train()
+    for name, p in tr.raw.named_parameters():
+        p.requires_grad_(not frozen or name.startswith(head))
+    if tr.dist.enabled and tr.ddp_frozen != frozen:
+        tr.model = wrap_ddp(tr.raw, tr.dist, tr.runtime.device.type)
+        tr.ddp_frozen = frozen
+    if frozen:
+        for name, mod in tr.raw.named_modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not name.startswith(
+                tr.classifier
+            ):
+                mod.eval()
+
+
+def _optimizer_step(tr: Trainer, global_step: int) -> None:
+    o = tr.cfg.optim
+    if tr.scaler is not None:
+        tr.scaler.unscale_(tr.optimizer)
+    if o.clip_grad:
+        params = [p for p in tr.raw.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, o.clip_grad)
+    if tr.scaler is not None:
+        tr.scaler.step(tr.optimizer)
+        tr.scaler.update()
+    else:
+        tr.optimizer.step()
+    tr.optimizer.zero_grad(set_to_none=True)
+    if tr.ema is not None:
+        tr.ema.update(tr.raw, step=global_step)
+
+
+def _maybe_replan(tr: Trainer, global_step: int) -> None:
+    """With a time budget: fix the total step count once a few steps are measured, then again
+    at each epoch end (see :mod:`imgcls.engine.budget`)."""
+    if tr.budget is None or len(tr.step_times) < 4:
+        return
+    step_s = float(np.median(tr.step_times[-50:]))
+    batch = tr.cfg.train.batch_size
+    val_image_s = step_s / batch / 3.0  # a forward pass costs about a third of a training step
+    total = tr.budget.total_steps(time.monotonic() - tr.started, step_s, global_step, val_image_s)
+    tr.pos.total_steps = tr.dist.broadcast(total)
+    tr.schedule.total = tr.pos.total_steps
+    if tr.pos.step == 0 and global_step < tr.steps_per_epoch:
+        tr.schedule.warmup = int(tr.cfg.optim.warmup * tr.pos.total_steps)
+
+
+def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, float]:
+    """Train until the epoch (or the planned total) ends; returns loss, lr, images, seconds."""
+    cfg = tr.cfg
+    spe = tr.steps_per_epoch
+    set_train_mode(tr, epoch)
+    accumulate = max(1, cfg.optim.accumulate)
+    last_ckpt = time.monotonic()
+    lr = tr.pos.lr
+    steps_this_epoch = min(spe, tr.pos.total_steps - epoch * spe)
+    total_images = steps_this_epoch * cfg.train.batch_size * tr.dist.world
+    with Progress(total_images, f"epoch {epoch + 1}", enabled=show and tr.dist.main) as bar:
+        bar.done = tr.pos.epoch_images
+        t_last = time.perf_counter()
+        for x, y, _rows in tr.train_batches.epoch(epoch, start_step=tr.pos.step):
+            global_step = epoch * spe + tr.pos.step
+            if global_step >= tr.pos.total_steps:
+                break
+            # dropout / drop-path draw from the global RNG: seed it per step, so a resumed run
+            # draws what the uninterrupted run drew
+            torch.manual_seed(
+                int(batch_generator(cfg.train.seed, epoch, tr.pos.step).initial_seed()) + 1
+            )
+            x, y = tr.runtime.inputs(x), y.to(tr.runtime.device)
+            if tr.mix is not None:
+                x, y = tr.mix(x, y)
+            lr = tr.pos.lr = tr.schedule.apply(tr.optimizer, global_step)
+            with tr.runtime.autocast():
+                logits = tr.model(x)
+            loss = tr.task.loss(logits, y) / accumulate
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss became {float(loss)} at epoch {epoch + 1}, step {tr.pos.step + 1}: "
+                    "lower the learning rate (--lr) or use --clip-grad"
+                )
+            (tr.scaler.scale(loss) if tr.scaler is not None else loss).backward()
+            if (tr.pos.step + 1) % accumulate == 0 or tr.pos.step + 1 == spe:
+                _optimizer_step(tr, global_step)
+            now = time.perf_counter()
+            tr.step_times.append(now - t_last)
+            t_last = now
+            n = int(x.shape[0]) * tr.dist.world
+            tr.pos.epoch_loss += float(loss.detach()) * accumulate * n
+            tr.pos.epoch_images += n
+            tr.pos.epoch_seconds += tr.step_times[-1]
+            tr.pos.step += 1
+            bar.update(n, loss=tr.pos.epoch_loss / max(1, tr.pos.epoch_images), lr=lr)
+            if tr.pos.step in (5, spe // 2) or tr.pos.step % 50 == 0:
+                _maybe_replan(tr, global_step + 1)
+            minutes = cfg.train.checkpoint_minutes
+            at_boundary = tr.pos.step % accumulate == 0  # no half-accumulated gradient is lost
+            due = minutes and time.monotonic() - last_ckpt > 60 * minutes
+            if tr.save_checkpoint is not None and due and at_boundary:
+                tr.save_checkpoint()
+                last_ckpt = time.monotonic()
+    return {
+        "lr": lr,
+        "train_loss": tr.pos.epoch_loss / max(1, tr.pos.epoch_images),
+        "images": tr.pos.epoch_images,
+        "train_seconds": tr.pos.epoch_seconds,
+    }
+
+
+def predict_batches(
+    model: nn.Module, batches: EvalBatches, runtime: Runtime, task: Task, *, tta: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and row indices for every batch (this rank's share)."""
+    probs: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        for x, _y, r in batches:
+            x = runtime.inputs(x)
+            with runtime.autocast():
+                logits = model(x).float()
+                if tta:  # average the probabilities of the image and its mirror
+                    p = (
+                        task.probabilities(logits) + task.probabilities(model(x.flip(-1)).float())
+                    ) / 2
+                else:
+                    p = task.probabilities(logits)
+            probs.append(p.cpu().numpy())
+            rows.append(r)
+    model.train(was)
+    k = len(task.class_names)
+    return (
+        np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
+        np.concatenate(rows) if rows else np.zeros(0, np.int64),
+    )
+
+
+def validate(tr: Trainer, *, tta: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Validation metrics (``val_`` keys) over all ranks; also the probabilities and rows."""
+    if tr.val_batches is None:
+        return {}, np.zeros((0, len(tr.task.class_names))), np.zeros(0, np.int64)
+    t0 = time.perf_counter()
+    probs, rows = predict_batches(tr.eval_model, tr.val_batches, tr.runtime, tr.task, tta=tta)
+    parts = tr.dist.all_gather((probs, rows))
+    probs = np.concatenate([p for p, _ in parts])
+    rows = np.concatenate([r for _, r in parts])
+    metrics = quick_metrics(tr.task, probs, tr.data.table.targets[rows])
+    out = {f"val_{k}": v for k, v in metrics.items()}
+    if "val_nll" in out:
+        out["val_loss"] = out["val_nll"]
+    out["val_seconds"] = time.perf_counter() - t0
+    return out, probs, rows

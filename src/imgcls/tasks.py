@@ -1,0 +1,201 @@
+"""Tasks: how logits become probabilities, which loss is minimised, how a decision is made.
+
+- ``multiclass``: K logits, softmax, cross-entropy (= NLL of a categorical distribution, with
+  optional label smoothing); the decision is the arg-max (or ``unknown`` below a threshold).
+- ``binary``: one logit for the positive class, sigmoid, binary cross-entropy (= NLL of a
+  Bernoulli); the decision is p >= threshold (0.5 unless tuned).
+- ``multilabel``: K independent logits, sigmoid each, binary cross-entropy summed over labels;
+  one threshold per label, tuned on validation data and saved with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imgcls.errors import UserError
+
+TASKS = ("multiclass", "binary", "multilabel")
+
+
+@dataclass
+class Task:
+    name: str
+    class_names: list[str]
+    positive: int = 1  # binary: index (in class_names) of the positive class
+    label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None
+    thresholds: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.name not in TASKS:
+            raise UserError(f"unknown task {self.name!r}; choose one of: {', '.join(TASKS)}")
+        if self.name == "binary" and len(self.class_names) != 2:
+            raise UserError(
+                f"a binary task needs exactly 2 classes, the data has {len(self.class_names)} "
+                f"({', '.join(self.class_names[:5])})"
+            )
+        if self.name != "multilabel" and len(self.class_names) < 2:
+            raise UserError(
+                f"only one class ({', '.join(self.class_names)}): a classifier needs at least 2"
+            )
+        if not self.thresholds:
+            n = 1 if self.name == "binary" else len(self.class_names)
+            self.thresholds = [0.5] * n if self.name != "multiclass" else []
+
+    @property
+    def num_outputs(self) -> int:
+        """Size of the model's head: 1 logit for binary, one per class otherwise."""
+        return 1 if self.name == "binary" else len(self.class_names)
+
+    @property
+    def positive_name(self) -> str:
+        return self.class_names[self.positive]
+
+    def targets(self, raw: np.ndarray) -> torch.Tensor:
+        """Table targets -> what the loss takes: class indices (multiclass), 0/1 floats of the
+        positive class (binary), multi-hot floats (multilabel)."""
+        t = torch.from_numpy(np.asarray(raw))
+        if self.name == "multiclass":
+            return t.long()
+        if self.name == "binary":
+            return (t == self.positive).float()
+        return t.float()
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of the batch (soft targets from mixup allowed)."""
+        logits = logits.float()
+        if self.name == "multiclass":
+            return F.cross_entropy(
+                logits, target, weight=self._weights(logits), label_smoothing=self.label_smoothing
+            )
+        if self.name == "binary":
+            pos_weight = None
+            if self.class_weights is not None:
+                # weight positives by w_pos / w_neg: the same balance as class weights
+                w = self.class_weights.to(logits.device)
+                pos_weight = (w[self.positive] / w[1 - self.positive]).reshape(1)
+            return F.binary_cross_entropy_with_logits(
+                logits.reshape(-1), target.reshape(-1).float(), pos_weight=pos_weight
+            )
+        loss = F.binary_cross_entropy_with_logits(
+            logits, target.float(), pos_weight=self._weights(logits), reduction="none"
+        )
+        return loss.sum(dim=1).mean()
+
+    def _weights(self, logits: torch.Tensor) -> torch.Tensor | None:
+        return None if self.class_weights is None else self.class_weights.to(logits.device)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities (N, K); for binary the two columns are (1 - p, p) in class
+        order."""
+        logits = logits.float()
+        if self.name == "multiclass":
+            return torch.softmax(logits, dim=1)
+        p = torch.sigmoid(logits)
+        if self.name == "binary":
+            p = p.reshape(-1)
+            cols = [1 - p, p] if self.positive == 1 else [p, 1 - p]
+            return torch.stack(cols, dim=1)
+        return p
+
+    def predict(self, probs: np.ndarray) -> np.ndarray:
+        """Decisions from probabilities: class indices (N,) or a multi-hot matrix (N, K)."""
+        if self.name == "multiclass":
+            return probs.argmax(axis=1)
+        if self.name == "binary":
+            p = probs[:, self.positive]
+            return np.where(p >= self.thresholds[0], self.positive, 1 - self.positive)
+        return (probs >= np.asarray(self.thresholds)[None, :]).astype(np.uint8)
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"task": self.name}
+        if self.name == "binary":
+            out["positive_class"] = self.positive_name
+        if self.thresholds:
+            out["thresholds"] = [float(t) for t in self.thresholds]
+        return out
+
+
+def infer_task(requested: str | None, num_classes: int, multilabel: bool) -> str:
+    """'auto' picks multilabel for multi-label data, binary for two classes, else multiclass."""
+    if requested and requested != "auto":
+        if requested not in TASKS:
+            raise UserError(f"unknown task {requested!r}; choose one of: {', '.join(TASKS)}")
+        if multilabel and requested != "multilabel":
+            raise UserError(
+                "the data is multi-label (rows with several labels): "
+                f"--task {requested} cannot use it"
+            )
+        return requested
+    if multilabel:
+        return "multilabel"
+    return "binary" if num_classes == 2 else "multiclass"
+
+
+def tune_thresholds(probs: np.ndarray, targets: np.ndarray) -> list[float]:
+    """Per-label thresholds maximising F1 on validation data (multi-label); 0.5 for a label with
+    no positive example."""
+    thresholds = []
+    for k in range(probs.shape[1]):
+        y = targets[:, k].astype(bool)
+        if not y.any():
+            thresholds.append(0.5)
+            continue
+        candidates = np.unique(np.concatenate([probs[:, k], [0.5]]))
+        best, best_f1 = 0.5, -1.0
+        for t in candidates:
+            pred = probs[:, k] >= t
+            tp = float((pred & y).sum())
+            f1 = 2 * tp / (pred.sum() + y.sum()) if (pred.sum() + y.sum()) else 0.0
+            if f1 > best_f1 + 1e-12:
+                best, best_f1 = float(t), f1
+        thresholds.append(best)
+    return thresholds
+
+
+def quick_metrics(task: Task, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """The per-epoch validation metrics (the full set is :mod:`imgcls.evaluate`'s job).
+
+    ``probs`` (N, K) as :meth:`Task.probabilities` returns them; ``targets`` the table's class
+    indices (N,) or multi-hot rows (N, K). ``nll`` is the mean negative log-likelihood.
+    """
+    from imgcls import probability as P
+
+    out: dict[str, float] = {}
+    if len(probs) == 0:
+        return out
+    y: np.ndarray
+    if task.name == "multilabel":
+        from sklearn.metrics import average_precision_score, f1_score
+
+        y = targets.astype(np.uint8)
+        has = y.sum(axis=0) > 0
+        out["nll"] = float(P.nll(y.astype(np.float64), probs.astype(np.float64), kind="bernoulli"))
+        if has.any():
+            out["mAP"] = float(average_precision_score(y[:, has], probs[:, has], average="macro"))
+        out["micro_f1"] = float(f1_score(y, task.predict(probs), average="micro", zero_division=0))
+        return out
+    y = targets.astype(np.int64)
+    p64: np.ndarray = probs.astype(np.float64)
+    out["nll"] = float(P.nll(y, p64, kind="categorical"))
+    out["top1"] = float((task.predict(probs) == y).mean())
+    if task.name == "multiclass" and probs.shape[1] > 5:
+        top5 = np.argsort(-probs, axis=1)[:, :5]
+        out["top5"] = float((top5 == y[:, None]).any(axis=1).mean())
+    if task.name == "binary" and len(np.unique(y)) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        out["roc_auc"] = float(roc_auc_score(y == task.positive, probs[:, task.positive]))
+    return out
+
+
+def monitor_metric(task: Task, requested: str = "auto") -> tuple[str, bool]:
+    """(metric key, higher is better) used for best-model selection and early stopping."""
+    if requested and requested != "auto":
+        key = requested if requested.startswith("val_") else f"val_{requested}"
+        return key, not key.endswith(("loss", "nll"))
+    return ("val_mAP", True) if task.name == "multilabel" else ("val_top1", True)

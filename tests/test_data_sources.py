@@ -1,0 +1,299 @@
+"""Data sources, splits, the decoded-image store and the transforms."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgcls.config import PreprocessConfig
+from imgcls.data import load_source, make_splits
+from imgcls.data.sources.idx import FASHION_MNIST_CLASSES
+from imgcls.data.store import build_store
+from imgcls.data.transforms import (
+    PRESETS,
+    BatchAugment,
+    Normalize,
+    center_batch,
+    eval_array,
+    prepare_square,
+    square_size,
+    to_nchw,
+)
+from imgcls.errors import UserError
+from imgfactory import broken_files, idx_dataset, image_folder, write_idx
+
+# ------------------------------------------------------------------------------------ sources
+
+
+def test_class_folders(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    image_folder(tmp_path, ("zebra", "ant"), 3)
+    (tmp_path / "empty_class").mkdir()
+    (tmp_path / "ant" / "nested" / "deeper").mkdir(parents=True)
+    image_folder(tmp_path / "ant" / "nested", ("deeper",), 2)  # nested files belong to 'ant'
+    (tmp_path / "zebra" / ".hidden.jpg").write_bytes(b"x")
+    (tmp_path / "README.md").write_text("about this data")
+    with caplog.at_level(logging.WARNING):
+        t = load_source(tmp_path)
+    assert t.kind == "folder" and t.class_names == ["ant", "zebra"]
+    assert t.class_counts() == {"ant": 5, "zebra": 3}
+    assert not any(".hidden" in p for p in t.paths)
+    assert t.skipped == [(str(tmp_path / "README.md"), "not inside a class folder")]
+    assert "empty_class" in caplog.text
+    assert t.split is None
+
+
+def test_split_folders(tmp_path: Path) -> None:
+    image_folder(tmp_path / "train", ("a", "b"), 4)
+    image_folder(tmp_path / "val", ("a", "b"), 2)
+    image_folder(tmp_path / "test", ("a", "b"), 1)
+    t = load_source(tmp_path)
+    assert t.kind == "split-folders" and t.class_names == ["a", "b"]
+    assert t.available_splits() == ["train", "val", "test"]
+    assert len(t.rows_in_split("val")) == 4 and len(t.rows_in_split("test")) == 2
+    s = make_splits(t, val_split=0.5, seed=1)  # given val split is kept, not re-drawn
+    assert sorted(s.val.tolist()) == sorted(t.rows_in_split("val").tolist())
+
+
+def test_idx_directory(tmp_path: Path) -> None:
+    idx_dataset(tmp_path, 30, 9)
+    t = load_source(tmp_path)
+    assert t.kind == "idx" and t.pixels is not None and t.pixels.shape == (39, 28, 28)
+    assert t.pixels.dtype == np.uint8 and t.class_names == ["0", "1", "2"]
+    assert (
+        t.available_splits() == ["train", "test"] and t.paths[0] == "train-images-idx3-ubyte.gz#0"
+    )
+    (tmp_path / "classes.txt").write_text("left\nmiddle\nright\n")
+    assert load_source(tmp_path).class_names == ["left", "middle", "right"]
+    fashion = tmp_path / "my-fashion-mnist"
+    write_idx(fashion, np.zeros((3, 28, 28)), np.array([0, 9, 2]), "train", gz=False)
+    assert load_source(fashion).class_names == FASHION_MNIST_CLASSES
+    (fashion / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09\x01")
+    with pytest.raises(UserError, match="truncated"):
+        load_source(fashion)
+
+
+def test_csv_manifest(tmp_path: Path) -> None:
+    image_folder(tmp_path / "imgs", ("a", "b", "c"), 2)
+    rows = [
+        "path,label,split,location,camera",
+        "imgs/a/a_000.jpg,a,train,site1,c1",
+        "imgs/a/a_001.jpg,a,Validation,site2,c1",
+        "imgs/b/b_000.jpg,b,,site1,c2",
+        "imgs/b/b_001.jpg,b,holdout,site2,c2",
+        ",c,train,site3,c3",
+        "imgs/c/c_000.jpg,c,test,site3,c3",
+        "imgs/c/c_001.jpg,,train,site3,c3",
+    ]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    t = load_source(tmp_path / "m.csv")
+    assert t.kind == "csv" and not t.multilabel and t.class_names == ["a", "b", "c"]
+    assert t.paths[0] == str((tmp_path / "imgs/a/a_000.jpg").resolve())
+    assert t.split == ["train", "val", None, "test"]
+    assert t.columns["location"] == ["site1", "site2", "site1", "site3"]
+    assert t.columns["camera"] == ["c1", "c1", "c2", "c3"]
+    reasons = [r for _, r in t.skipped]
+    assert reasons == [
+        "unknown split 'holdout'",
+        "empty path",
+        "no label in a single-label manifest",
+    ]
+
+
+def test_csv_multilabel_and_image_root(tmp_path: Path) -> None:
+    image_folder(tmp_path / "imgs", ("x",), 3)
+    (tmp_path / "lists").mkdir()
+    lines = ["file,labels", "x/x_000.jpg,cat;dog", "x/x_001.jpg,dog", "x/x_002.jpg,"]
+    (tmp_path / "lists" / "m.csv").write_text("\n".join(lines))
+    t = load_source(tmp_path / "lists" / "m.csv", image_root=tmp_path / "imgs")
+    assert t.multilabel and t.class_names == ["cat", "dog"]
+    assert t.targets.tolist() == [[1, 1], [0, 1], [0, 0]]
+    assert Path(t.paths[0]).is_file()
+    (tmp_path / "bad.csv").write_text("image_path,what\nx,y\n")
+    with pytest.raises(UserError, match="needs a 'path' and a 'label' column"):
+        load_source(tmp_path / "bad.csv")
+
+
+def _coco(tmp_path: Path) -> Path:
+    image_folder(tmp_path / "imgs", ("p",), 5)
+    data = {
+        "info": {"version": "1"},
+        "images": [
+            {"id": f"i{i}", "file_name": f"imgs/p/p_{i:03d}.jpg", "location": f"loc{i % 2}", "seq_id": f"s{i // 2}",
+             "datetime": f"2024-05-01 10:00:0{i}"}
+            for i in range(5)
+        ],
+        "categories": [{"id": 0, "name": "empty"}, {"id": 1, "name": "deer"}, {"id": 2, "name": "fox"}],
+        "annotations": [
+            {"id": "a0", "image_id": "i0", "category_id": 0},
+            {"id": "a1", "image_id": "i1", "category_id": 1},
+            {"id": "a2", "image_id": "i2", "category_id": 2},
+            {"id": "a3", "image_id": "i3", "category_id": 1},
+            {"id": "a4", "image_id": "i3", "category_id": 2},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "cct.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_coco_camera_traps(tmp_path: Path) -> None:
+    path = _coco(tmp_path)
+    t = load_source(path, multilabel=False)
+    assert t.kind == "coco" and t.class_names == ["deer", "empty", "fox"]
+    assert [t.label_names(i)[0] for i in range(len(t))] == ["empty", "deer", "fox"]
+    assert t.columns["location"] == ["loc0", "loc1", "loc0"] and t.columns["sequence"] == [
+        "s0",
+        "s0",
+        "s1",
+    ]
+    reasons = dict((Path(p).name, r) for p, r in t.skipped)
+    assert reasons == {
+        "p_003.jpg": "several categories (deer, fox) in a single-label task",
+        "p_004.jpg": "no annotation",
+    }
+    multi = load_source(path)  # several categories on one image: multi-label inferred
+    assert multi.multilabel and multi.targets.shape == (4, 3)
+
+
+def test_malformed_inputs_give_one_line_errors(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(UserError, match="malformed JSON"):
+        load_source(tmp_path / "broken.json")
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(UserError, match="not COCO Camera Traps"):
+        load_source(tmp_path / "other.json")
+    (tmp_path / "cct.json").write_text(
+        '{"images": [{"id": 1}], "annotations": [{"image_id": 1, "category_id": 0}], "categories": [{"id": 0, "name": "x"}]}'
+    )
+    with pytest.raises(UserError, match="missing 'file_name'"):
+        load_source(tmp_path / "cct.json")
+    with pytest.raises(UserError, match="data not found"):
+        load_source(tmp_path / "nothing")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(UserError, match="not a data source"):
+        load_source(tmp_path / "x.txt")
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(UserError, match="no class folders"):
+        load_source(tmp_path / "emptydir")
+
+
+# ------------------------------------------------------------------------------------- splits
+
+
+def test_stratified_split_keeps_class_shares_and_is_fixed_by_seed(tmp_path: Path) -> None:
+    image_folder(tmp_path, ("a", "b", "c"), 10)
+    image_folder(tmp_path, ("rare",), 1)
+    t = load_source(tmp_path)
+    s = make_splits(t, val_split=0.2, seed=3)
+    val_counts = np.bincount(t.targets[s.val], minlength=4)
+    assert val_counts.tolist() == [2, 2, 2, 0]  # the singleton class stays in training
+    assert len(s.train) + len(s.val) == len(t) and not set(s.train) & set(s.val)
+    assert make_splits(t, val_split=0.2, seed=3).val.tolist() == s.val.tolist()
+    assert make_splits(t, val_split=0.2, seed=4).val.tolist() != s.val.tolist()
+    assert len(make_splits(t, val_split=0.0).val) == 0
+    with pytest.raises(UserError, match="val-split"):
+        make_splits(t, val_split=1.5)
+
+
+def test_grouped_split_never_puts_a_group_on_both_sides(tmp_path: Path) -> None:
+    image_folder(tmp_path / "imgs", ("a", "b"), 20)
+    lines = ["path,label,location"]
+    for k in ("a", "b"):
+        for i in range(20):
+            lines.append(f"imgs/{k}/{k}_{i:03d}.jpg,{k},site{i % 7}")
+    (tmp_path / "m.csv").write_text("\n".join(lines))
+    t = load_source(tmp_path / "m.csv")
+    for seed in range(4):
+        s = make_splits(t, val_split=0.25, split_by="location", seed=seed)
+        loc = np.array(t.columns["location"])
+        assert not set(loc[s.train]) & set(loc[s.val])
+        assert 0 < len(s.val) < len(t)
+    with pytest.raises(UserError, match="no such column"):
+        make_splits(t, split_by="camera")
+
+
+# -------------------------------------------------------------------------------------- store
+
+
+def test_store_caches_on_disk_and_invalidates_when_a_file_changes(tmp_path: Path) -> None:
+    image_folder(tmp_path / "data", ("a", "b"), 3, size=(80, 60))
+    broken = broken_files(tmp_path / "data" / "a")
+    t = load_source(tmp_path / "data")
+    cfg = PreprocessConfig(input_size=(3, 32, 32), crop_pct=0.875)
+    store, skipped = build_store(t, cfg, cache="disk", cache_dir=tmp_path / "cache")
+    assert store.array.shape == (len(t), 36, 36, 3) and square_size(cfg) == 36
+    assert sorted(Path(p).name for p, _ in skipped) == sorted(broken)
+    assert int(store.ok.sum()) == 6
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    calls: list[int] = []
+    again, _ = build_store(
+        t, cfg, cache="disk", cache_dir=tmp_path / "cache", progress=calls.append
+    )
+    assert calls == [len(t)] and np.array_equal(np.asarray(again.array), np.asarray(store.array))
+    good = next(p for p in t.paths if p.endswith("b_000.jpg"))
+    os.utime(good, ns=(1, 1))  # a changed file: new key, new cache
+    build_store(t, cfg, cache="disk", cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    mem, _ = build_store(t, cfg, cache="memory")
+    assert np.array_equal(mem.array, np.asarray(store.array))
+    i = t.paths.index(good)
+    from imgcls.data import read_image
+
+    assert np.array_equal(store.array[i], prepare_square(read_image(good), cfg))
+
+
+# --------------------------------------------------------------------------------- transforms
+
+
+def test_eval_on_stored_squares_equals_the_per_image_eval_transform(tmp_path: Path) -> None:
+    image_folder(tmp_path, ("a",), 2, size=(90, 64))
+    from imgcls.data import read_image
+
+    cfg = PreprocessConfig(input_size=(3, 40, 40), crop_pct=0.8)
+    img = read_image(next(tmp_path.glob("a/*.jpg")))
+    square = prepare_square(img, cfg)
+    assert square.shape == (50, 50, 3)
+    batch = center_batch(to_nchw(square[None]), cfg)
+    assert np.array_equal(batch[0].permute(1, 2, 0).numpy(), eval_array(img, cfg))
+    pad = PreprocessConfig(input_size=(3, 40, 40), crop_pct=1.0, resize_mode="pad")
+    letter = prepare_square(img, pad)
+    assert letter.shape == (40, 40, 3) and tuple(letter[0, 0]) == (128, 128, 128)
+
+
+def test_normalize_and_gray_expansion() -> None:
+    cfg = PreprocessConfig(mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
+    x = torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
+    out = Normalize(cfg)(x)
+    assert out.shape == (1, 3, 2, 2)
+    assert out[0, :, 0, 0].tolist() == pytest.approx([2.0, 1.0, 0.5])
+
+
+def test_batch_augmentation_is_deterministic_per_generator_and_shapes_are_right() -> None:
+    cfg = PreprocessConfig(input_size=(3, 32, 32), crop_pct=0.875)
+    x = torch.randint(0, 256, (6, 3, 36, 36), dtype=torch.uint8)
+    for name, spec in PRESETS.items():
+        aug = BatchAugment(cfg, spec)
+        a = aug(x, torch.Generator().manual_seed(1))
+        b = aug(x, torch.Generator().manual_seed(1))
+        assert a.shape == (6, 3, 32, 32) and torch.equal(a, b), name
+        if spec.enabled:
+            assert not torch.equal(a, aug(x, torch.Generator().manual_seed(2))), name
+    none = BatchAugment(cfg, PRESETS["none"])(x, torch.Generator())
+    torch.testing.assert_close(none, Normalize(cfg)(center_batch(x, cfg)))
+
+
+def test_flip_only_preset_mirrors_or_keeps_the_image() -> None:
+    cfg = PreprocessConfig(input_size=(3, 16, 16), crop_pct=1.0, mean=(0, 0, 0), std=(1 / 255,) * 3)
+    x = torch.arange(16, dtype=torch.uint8).repeat(2, 3, 16, 1)  # a horizontal ramp
+    out = BatchAugment(cfg, PRESETS["flip"])(x, torch.Generator().manual_seed(0))
+    for img in out:
+        row = img[0, 0]
+        assert torch.allclose(row, x[0, 0, 0].float(), atol=1e-3) or torch.allclose(
+            row, x[0, 0, 0].flip(0).float(), atol=1e-3
+        )

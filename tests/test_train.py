@@ -1,0 +1,346 @@
+"""Training end to end: every task and data source, transfer learning, resume, DDP, budgets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+import yaml
+from safetensors.torch import load_file, save_file
+
+import imgcls
+from imgcls.artifacts import load_model, read_info
+from imgcls.cli import main
+from imgcls.config import RunConfig, from_dict
+from imgfactory import broken_files, idx_dataset, image_folder, unusual_files
+
+FAST = {"arch": "lenet", "epochs": 2, "batch_size": 8, "image_size": 32, "pretrained": "none"}
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return image_folder(tmp_path_factory.mktemp("data") / "imgs", ("cat", "dog", "fox"), 12)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_multiclass_run_directory(folder: Path, tmp_path: Path) -> None:
+    run = imgcls.train(folder, out=tmp_path / "run", cache_dir=tmp_path / "c", **FAST)
+    assert {p.name for p in run.iterdir()} >= {
+        "config.yaml", "metrics.jsonl", "splits.csv", "skipped.csv", "model", "checkpoint", "curves.png",
+    }  # fmt: skip
+    h = history(run)
+    assert [m["epoch"] for m in h] == [1, 2]
+    for key in ("lr", "train_loss", "val_loss", "val_top1", "seconds", "images_per_second"):
+        assert key in h[0]
+    cfg = from_dict(RunConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    assert cfg.model.arch == "lenet" and cfg.data.image_size == 32 and cfg.optim.lr == 1e-3
+    split = rows(run / "splits.csv")
+    assert len(split) == 36 and {r["split"] for r in split} == {"train", "val"}
+    assert rows(run / "skipped.csv") == []
+    model, info = load_model(run / "model")
+    assert info.label_names == ["cat", "dog", "fox"] and info.task == "multiclass"
+    assert info.preprocess.input_size == (3, 32, 32)
+    best = max(h, key=lambda m: (m["val_top1"], -m["val_loss"]))
+    assert info.provenance["epoch"] == best["epoch"]
+    assert info.provenance["metrics"]["val_top1"] == pytest.approx(best["val_top1"])
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_broken_files_are_skipped_and_listed_exactly(tmp_path: Path) -> None:
+    data = image_folder(tmp_path / "imgs", ("a", "b"), 10)
+    expected = broken_files(data / "a")
+    odd = unusual_files(data / "b", 1)
+    run = imgcls.train(data, out=tmp_path / "run", cache_dir=tmp_path / "c", **FAST)
+    skipped = rows(run / "skipped.csv")
+    assert sorted(Path(r["path"]).name for r in skipped) == sorted(expected)
+    for r in skipped:
+        assert expected[Path(r["path"]).name] in r["reason"]
+    used = {Path(r["path"]).name for r in rows(run / "splits.csv")}
+    assert set(odd) <= used
+
+
+@pytest.mark.parametrize("kind", ["folder", "split-folders", "idx", "csv", "coco"])
+def test_every_data_spec_trains(tmp_path: Path, kind: str) -> None:
+    if kind == "folder":
+        spec = image_folder(tmp_path / "d", ("a", "b", "c"), 6)
+    elif kind == "split-folders":
+        image_folder(tmp_path / "d" / "train", ("a", "b", "c"), 6)
+        image_folder(tmp_path / "d" / "val", ("a", "b", "c"), 2, seed=1)
+        image_folder(tmp_path / "d" / "test", ("a", "b", "c"), 2, seed=2)
+        spec = tmp_path / "d"
+    elif kind == "idx":
+        spec = idx_dataset(tmp_path / "d", 48, 12)
+    else:
+        image_folder(tmp_path / "d", ("a", "b", "c"), 6)
+        files = sorted((tmp_path / "d").rglob("*.jpg"))
+        if kind == "csv":
+            spec = tmp_path / "m.csv"
+            spec.write_text(
+                "path,label\n"
+                + "".join(f"d/{f.parent.name}/{f.name},{f.parent.name}\n" for f in files)
+            )
+        else:
+            spec = tmp_path / "cct.json"
+            cats = {"a": 0, "b": 1, "c": 2}
+            spec.write_text(json.dumps({
+                "images": [{"id": i, "file_name": f"d/{f.parent.name}/{f.name}", "location": f"s{i % 4}"} for i, f in enumerate(files)],
+                "annotations": [{"id": i, "image_id": i, "category_id": cats[f.parent.name]} for i, f in enumerate(files)],
+                "categories": [{"id": v, "name": k} for k, v in cats.items()],
+            }))  # fmt: skip
+    opts = dict(FAST, epochs=1)
+    if kind == "coco":
+        opts["split_by"] = "location"
+    run = imgcls.train(spec, out=tmp_path / "run", cache_dir=tmp_path / "c", **opts)
+    assert len(history(run)) == 1
+    split = rows(run / "splits.csv")
+    if kind in ("split-folders", "idx"):
+        assert "test" in {r["split"] for r in split}  # listed, never trained on
+    if kind == "idx":
+        assert read_info(run / "model").preprocess.input_size == (3, 32, 32)
+
+
+def test_binary_task_with_named_positive_class(tmp_path: Path) -> None:
+    data = image_folder(tmp_path / "d", ("animal", "blank"), 12)
+    run = imgcls.train(
+        data, out=tmp_path / "run", positive="animal", cache_dir=tmp_path / "c", **FAST
+    )
+    info = read_info(run / "model")
+    assert info.task == "binary" and info.positive_class == "animal" and info.num_outputs == 1
+    assert info.thresholds == [0.5]
+    assert "val_roc_auc" in history(run)[-1]
+
+
+def test_multilabel_task_tunes_and_saves_thresholds(tmp_path: Path) -> None:
+    image_folder(tmp_path / "d", ("a", "b", "c"), 10)
+    lines = ["path,label"]
+    for f in sorted((tmp_path / "d").rglob("*.jpg")):
+        k = f.parent.name
+        labels = {"a": "sky;water", "b": "water", "c": "sky;tree"}[k]
+        lines.append(f"d/{k}/{f.name},{labels}")
+    (tmp_path / "m.csv").write_text("\n".join(lines))
+    run = imgcls.train(
+        tmp_path / "m.csv", out=tmp_path / "run", cache_dir=tmp_path / "c", **dict(FAST, epochs=3)
+    )
+    info = read_info(run / "model")
+    assert info.task == "multilabel" and info.label_names == ["sky", "tree", "water"]
+    assert len(info.thresholds) == 3 and all(0 <= t <= 1 for t in info.thresholds)
+    assert "val_mAP" in history(run)[-1]
+
+
+def test_transfer_from_torchvision_and_timm_state_dicts(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    tv = tmp_path / "tv_resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tv)
+    tm = tmp_path / "timm_resnet18.safetensors"
+    save_file(timm.create_model("resnet18").state_dict(), str(tm))
+    opts = dict(FAST, arch="resnet18", epochs=1, image_size=32)
+    for i, src in enumerate((tv, tm)):
+        opts["pretrained"] = str(src)
+        imgcls.train(folder, out=tmp_path / f"run{i}", cache_dir=tmp_path / "c", **opts)
+        err = capsys.readouterr().err
+        assert "pretrained: loaded 120 tensors" in err and "2 new: fc.weight, fc.bias" in err
+
+
+def test_frozen_backbone_keeps_pretrained_weights_and_bn_statistics(
+    folder: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "r18.safetensors"
+    pretrained = timm.create_model("resnet18").state_dict()
+    save_file(pretrained, str(src))
+    opts = dict(FAST, arch="resnet18", pretrained=str(src), freeze="backbone")
+    run = imgcls.train(folder, out=tmp_path / "run", cache_dir=tmp_path / "c", **opts)
+    trained = load_file(str(run / "model" / "model.safetensors"))
+    for k, v in pretrained.items():
+        if not k.startswith("fc."):
+            assert torch.equal(trained[k], v), k  # weights and running statistics untouched
+    assert trained["fc.weight"].shape == (3, 512)
+
+
+def test_pickle_that_would_run_code_is_refused_from_the_cli(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str, str]]:
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "weights.pth"
+    evil.write_bytes(pickle.dumps({"conv1.weight": Exploit()}))
+    code = main(
+        [
+            "train",
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "run"),
+            "--arch",
+            "resnet18",
+            "--pretrained",
+            str(evil),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "refusing to load" in err and not marker.exists()
+
+
+def _train_cmd(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        str(BIN / "imgcls"), "train", "--data", str(data), "--out", str(out), "--cache-dir", str(cache),
+        "--arch", "resnet18", "--pretrained", "none", "--epochs", "4", "--batch-size", "8",
+        "--image-size", "32", "--seed", "5", "--deterministic", "--checkpoint-minutes", "0.0001", *extra,
+    ]  # fmt: skip
+
+
+def test_kill_minus_nine_and_resume_ends_with_the_uninterrupted_weights(
+    folder: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "c"
+    subprocess.run(_train_cmd(folder, tmp_path / "full", cache), check=True, capture_output=True)
+    proc = subprocess.Popen(
+        _train_cmd(folder, tmp_path / "killed", cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # into epoch 2: a mid-epoch checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    state = torch.load(tmp_path / "killed" / "checkpoint" / "state.pt", weights_only=True)
+    assert state["position"]["epoch"] < 4
+    r = subprocess.run(
+        [str(BIN / "imgcls"), "train", "--out", str(tmp_path / "killed"), "--resume"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = history(tmp_path / "full"), history(tmp_path / "killed")
+    assert [h["val_loss"] for h in ha] == [h["val_loss"] for h in hb]
+
+
+def test_ddp_with_two_cpu_processes(folder: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29531", "-m", "imgcls", "train",
+        "--data", str(folder), "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c"),
+        "--arch", "lenet", "--pretrained", "none", "--epochs", "2", "--batch-size", "4", "--image-size", "32",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("model: ") == 1  # only rank 0 reports
+    h = history(tmp_path / "run")
+    assert len(h) == 2
+    # each epoch sees every training row once, shared between the two ranks
+    train_rows = sum(1 for x in rows(tmp_path / "run" / "splits.csv") if x["split"] == "train")
+    assert h[0]["images"] == (train_rows // 2 // 4) * 4 * 2
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_time_budget_plans_the_schedule_to_end_on_time(folder: Path, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    cmd = [
+        str(BIN / "imgcls"), "train", "--data", str(folder), "--out", str(tmp_path / "run"),
+        "--cache-dir", str(tmp_path / "c"), "--arch", "resnet18", "--pretrained", "none",
+        "--batch-size", "4", "--image-size", "64", "--time-budget", "25s",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert elapsed < 25 * 1.08, elapsed
+    h = history(tmp_path / "run")
+    assert len(h) >= 2
+    peak = max(m["lr"] for m in h)
+    assert h[-1]["lr"] < 0.1 * peak  # the cosine schedule reached its end: planned, not cut off
+
+
+def test_yaml_config_with_command_line_overrides(folder: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"arch": "lenet", "pretrained": "none"},
+        "optim": {"optimizer": "sgd", "lr": 0.05},
+        "train": {"epochs": 1, "batch_size": 8},
+        "image_size": 32,
+    }))  # fmt: skip
+    code = main(["train", "--config", str(recipe), "--data", str(folder), "--out", str(tmp_path / "run"),
+                 "--lr", "0.02", "--cache-dir", str(tmp_path / "c")])  # fmt: skip
+    assert code == 0
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["optim"]["optimizer"] == "sgd" and cfg["optim"]["lr"] == 0.02
+    assert cfg["data"]["image_size"] == 32 and cfg["train"]["epochs"] == 1
+
+
+def test_run_directory_is_protected_and_resume_needs_a_checkpoint(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("keep me")
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "busy")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "x").read_text() == "keep me"
+    assert main(["train", "--out", str(tmp_path / "new"), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert (
+        main(["train", "--data", str(folder), "--out", str(tmp_path / "r"), "--arch", "nonet"]) == 2
+    )
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")]) == 2
+    assert "data not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"balance": "weights"},
+        {"balance": "sampler"},
+        {"mixup": 0.4, "cutmix": 1.0},
+        {"ema": 0.9, "optimizer": "sgd", "schedule": "onecycle"},
+        {"augment": "strong", "accumulate": 2, "clip_grad": 1.0},
+        {"norm": "group", "attn": "se", "tta": True},
+    ],
+)
+def test_engine_options_run(folder: Path, tmp_path: Path, opts: dict) -> None:
+    run = imgcls.train(
+        folder, out=tmp_path / "run", cache_dir=tmp_path / "c", **dict(FAST, epochs=1, **opts)
+    )
+    assert np.isfinite(history(run)[-1]["train_loss"])
+
+
+def test_early_stopping_on_a_metric_that_does_not_improve(folder: Path, tmp_path: Path) -> None:
+    run = imgcls.train(
+        folder,
+        out=tmp_path / "run",
+        cache_dir=tmp_path / "c",
+        **dict(FAST, epochs=6, lr=1e-12, early_stopping=1, monitor="val_loss", warmup=0.0),
+    )
+    assert len(history(run)) == 2
