@@ -15,14 +15,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from imgcls.config import PreprocessConfig
 from imgcls.errors import UserError
 from imgcls.io import atomic_write_text, atomic_write_with
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -126,15 +127,9 @@ def save_model(
     return out
 
 
-def read_info(folder: str | Path) -> ModelInfo:
-    path = Path(folder)
-    cfg_file = path / CONFIG
-    if not path.is_dir():
-        raise UserError(f"model not found: {folder} (expected a model directory or an .onnx file)")
-    if not cfg_file.is_file() or not (path / WEIGHTS).is_file():
-        raise UserError(f"{folder}: not a model directory (needs {CONFIG} and {WEIGHTS})")
+def info_from_config(cfg: dict[str, Any], path: Path) -> ModelInfo:
+    """A :class:`ModelInfo` from the contents of a ``config.json``."""
     try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
         extra = cfg.get("imgcls", {})
         pre = dict(cfg.get("pretrained_cfg", {}))
         pre["resize_mode"] = extra.get("resize_mode", "crop")
@@ -151,8 +146,29 @@ def read_info(folder: str | Path) -> ModelInfo:
             provenance=dict(cfg.get("provenance", {})),
             path=path,
         )
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: malformed model config ({e})") from None
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The raw ``config.json`` of a model directory."""
+    path = Path(folder)
+    cfg_file = path / CONFIG
+    if not path.exists():
+        raise UserError(f"model not found: {folder} (expected a model directory or an .onnx file)")
+    if not path.is_dir() or not cfg_file.is_file() or not (path / WEIGHTS).is_file():
+        raise UserError(f"{folder}: not a model directory (needs {CONFIG} and {WEIGHTS})")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except ValueError as e:
         raise UserError(f"{cfg_file}: malformed model config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{cfg_file}: malformed model config (not a JSON object)")
+    return cfg
+
+
+def read_info(folder: str | Path) -> ModelInfo:
+    return info_from_config(read_config(folder), Path(folder))
 
 
 def load_model(

@@ -221,6 +221,85 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------- predict
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import os
+
+    from imgcls.predict import Classifier, run_predict
+
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise UserError("--threshold must be between 0 and 1")
+    if args.out and args.overwrite:
+        from pathlib import Path
+
+        Path(args.out).unlink(missing_ok=True)
+    clf = Classifier.load(args.model, device=args.device, precision=args.precision)
+    summary = run_predict(
+        clf,
+        args.inputs,
+        out=args.out,
+        fmt=args.format,
+        resume=not args.overwrite,
+        top_k=args.top_k,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        tta=args.tta == "flip",
+        show_progress=args.out is not None,
+    )
+    if args.out and os.environ.get("RANK", "0") == "0":
+        done = f", {summary.skipped_done} already done" if summary.skipped_done else ""
+        sys.stderr.write(
+            f"predicted {summary.written} images{done} ({summary.errors} unreadable) in "
+            f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s) -> {args.out}\n"
+        )
+    return 0
+
+
+# -------------------------------------------------------------------------------------- evaluate
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from imgcls.evaluate import evaluate
+
+    r = evaluate(
+        args.model, args.data, split=args.split, out=args.out, image_root=args.image_root,
+        batch_size=args.batch_size, workers=args.workers, device=args.device,
+        precision=args.precision, tta=args.tta == "flip",
+    )  # fmt: skip
+    m = r.metrics
+    print(
+        f"{r.task} evaluation on {m['num_images']} images ({r.split}), {m['num_skipped']} skipped"
+    )
+    keys = ("top1", "top5", "balanced_accuracy", "macro_f1", "roc_auc", "average_precision", "mAP",
+            "micro_f1", "subset_accuracy", "hamming_loss", "nll", "ece")  # fmt: skip
+    width = max(len(k) for k in keys)
+    for k in keys:
+        if isinstance(m.get(k), float):
+            print(f"  {k:<{width}}  {m[k]:.4f}")
+    if args.out:
+        print(f"report: {args.out}/report.html")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- export
+def _cmd_export(args: argparse.Namespace) -> int:
+    from imgcls.export import export_onnx
+
+    if args.format != "onnx":
+        raise UserError(f"unknown export format {args.format!r} (onnx is supported)")
+    report, source = export_onnx(
+        args.model, args.out, images=args.images, opset=args.opset, tolerance=args.tolerance
+    )
+    print(f"wrote {report.path}")
+    print(
+        f"verified with ONNX Runtime on {report.images} {source}: max |logit diff| "
+        f"{report.max_logit_diff:.2e}, max |probability diff| {report.max_prob_diff:.2e}, "
+        f"top-1 agreement {100 * report.top1_agreement:.1f}%"
+    )
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     from imgcls.demo import run_demo
@@ -289,6 +368,77 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out from its checkpoint"
     )
     _add_config_options(p)
+
+    p = _add(
+        sub,
+        "predict",
+        "Predict labels for images: files, folders, globs, .txt/.csv lists; resumable.",
+        "  imgcls predict --model runs/a/model photo.jpg\n"
+        "  imgcls predict --model runs/a/model photos/ 'more/*.JPG' list.txt --out preds.csv\n"
+        "  imgcls predict --model model.onnx photos/ --out preds.jsonl --top-k 3\n"
+        "  imgcls predict --model runs/a/model photos/ --out preds.csv   # again: resumes\n"
+        "  torchrun --nproc_per_node 4 -m imgcls predict --model M photos/ --out preds.csv",
+        _cmd_predict,
+    )
+    p.add_argument("--model", required=True, help="model directory or exported .onnx file")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders, glob patterns, .txt/.csv lists",
+    )
+    p.add_argument("--out", help="output file (.csv, .jsonl, .json); default: CSV on stdout")
+    p.add_argument("--format", help="output format (default: from the --out suffix)")
+    p.add_argument("--top-k", type=int, default=5, help="probabilities kept per image (default 5)")
+    p.add_argument("--threshold", type=float, help="below this probability the label is 'unknown'")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
+    p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start --out afresh instead of resuming"
+    )
+
+    p = _add(
+        sub,
+        "evaluate",
+        "Metrics, plots and an HTML report of a model on labelled data.",
+        "  imgcls evaluate --model runs/a/model        # the run's validation split\n"
+        "  imgcls evaluate --model runs/a/model --data photos/ --split test --out report/\n"
+        "  imgcls evaluate --model model.onnx --data labels.csv --out report/",
+        _cmd_evaluate,
+    )
+    p.add_argument("--model", required=True, help="model directory or exported .onnx file")
+    p.add_argument("--data", help="labelled data (default: the model's training data)")
+    p.add_argument("--split", help="train, val, test or all (default: test, else val, else all)")
+    p.add_argument("--out", help="report folder: metrics.json, per_class.csv, plots, report.html")
+    p.add_argument("--image-root", help="base folder for relative paths in .csv / .json files")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
+    p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+
+    p = _add(
+        sub,
+        "export",
+        "Export a model directory to ONNX (dynamic batch; labels and preprocessing in the "
+        "metadata), verified against PyTorch.",
+        "  imgcls export --model runs/a/model --format onnx\n"
+        "  imgcls export --model runs/a/model --out model.onnx --images photos/a.jpg photos/b.jpg",
+        _cmd_export,
+    )
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--format", default="onnx", help="onnx")
+    p.add_argument("--out", help="output file (default: MODEL/model.onnx)")
+    p.add_argument(
+        "--images", nargs="+", help="images for the verification (default: the training data)"
+    )
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest allowed probability difference"
+    )
 
     p = _add(
         sub,

@@ -1,11 +1,28 @@
-"""Data: sources, splits, robust decoding, preprocessing, augmentation and loaders."""
+"""Data: sources, splits, robust decoding, preprocessing, augmentation and loaders.
 
-from imgcls.data.dataset import TrainingData, prepare_training_data
-from imgcls.data.image import MAX_PIXELS, ImageError, read_image
-from imgcls.data.sources import load_source
-from imgcls.data.splits import Splits, make_splits
-from imgcls.data.table import DataTable
-from imgcls.data.transforms import PRESETS, AugmentSpec, eval_transform
+Names are imported on first use, so ``imgcls.data.image`` (Pillow only) can be used without
+importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_NAMES = {
+    "TrainingData": "imgcls.data.dataset",
+    "prepare_training_data": "imgcls.data.dataset",
+    "MAX_PIXELS": "imgcls.data.image",
+    "ImageError": "imgcls.data.image",
+    "read_image": "imgcls.data.image",
+    "load_source": "imgcls.data.sources",
+    "Splits": "imgcls.data.splits",
+    "make_splits": "imgcls.data.splits",
+    "DataTable": "imgcls.data.table",
+    "PRESETS": "imgcls.data.transforms",
+    "AugmentSpec": "imgcls.data.transforms",
+    "eval_transform": "imgcls.data.transforms",
+}
 
 __all__ = [
     "MAX_PIXELS",
@@ -21,3 +38,20 @@ __all__ = [
     "prepare_training_data",
     "read_image",
 ]
+
+if TYPE_CHECKING:
+    from imgcls.data.dataset import TrainingData, prepare_training_data
+    from imgcls.data.image import MAX_PIXELS, ImageError, read_image
+    from imgcls.data.sources import load_source
+    from imgcls.data.splits import Splits, make_splits
+    from imgcls.data.table import DataTable
+    from imgcls.data.transforms import PRESETS, AugmentSpec, eval_transform
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imgcls.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -23,25 +23,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imgcls.config import PreprocessConfig
-from imgcls.data.image import center_crop, fit_square
+from imgcls.data.preprocess import eval_array, prepare_square, square_size
 
-
-def square_size(cfg: PreprocessConfig) -> int:
-    """Side of the square the center crop is taken from (timm: floor(size / crop_pct))."""
-    return max(cfg.image_size, math.floor(cfg.image_size / cfg.crop_pct))
-
-
-def prepare_square(img: Image.Image, cfg: PreprocessConfig, size: int | None = None) -> np.ndarray:
-    """The uint8 (S, S, 3) square of an RGB image (first half of the evaluation transform)."""
-    s = size or square_size(cfg)
-    return np.asarray(fit_square(img, s, interpolation=cfg.interpolation, mode=cfg.resize_mode))
-
-
-def eval_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """The evaluation transform up to normalisation: uint8 (size, size, 3)."""
-    s = square_size(cfg)
-    square = fit_square(img, s, interpolation=cfg.interpolation, mode=cfg.resize_mode)
-    return np.asarray(center_crop(square, cfg.image_size))
+__all__ = [
+    "PRESETS",
+    "AugmentSpec",
+    "BatchAugment",
+    "Normalize",
+    "center_batch",
+    "eval_array",
+    "eval_transform",
+    "prepare_square",
+    "square_size",
+    "to_nchw",
+]
 
 
 class Normalize:

@@ -54,3 +54,121 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
     atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return out
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    plt = _pyplot()
+    out = Path(path)
+    atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
+    plt.close(fig)
+    return out
+
+
+def plot_confusion(matrix: list[list[int]], names: list[str], path: str | Path) -> Path:
+    """Row-normalised confusion matrix (each true class sums to 1), counts in the cells."""
+    import numpy as np
+
+    plt = _pyplot()
+    cm = np.asarray(matrix, dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    k = len(names)
+    side = min(16.0, max(4.5, 0.55 * k + 2.5))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(
+        range(k), labels=names, rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center"
+    )
+    ax.set_yticks(range(k), labels=names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (rows normalised; counts in cells)")
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    colour = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}\n({int(cm[i, j])})",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color=colour,
+                    )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    return _save(fig, path)
+
+
+def plot_reliability(bins: list[dict[str, float]], ece: float, path: str | Path) -> Path:
+    """Reliability diagram: accuracy against confidence per bin; the diagonal is calibrated."""
+    plt = _pyplot()
+    fig, (ax, ax2) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
+    width = bins[0]["high"] - bins[0]["low"]
+    used = [b for b in bins if b["count"]]
+    centres = [(b["low"] + b["high"]) / 2 for b in used]
+    acc = [b["accuracy"] for b in used]
+    conf = [b["confidence"] for b in used]
+    ax.bar(centres, acc, width=width * 0.95, color="#4c72b0", edgecolor="black", label="accuracy")
+    ax.bar(centres, [abs(c - a) for a, c in zip(acc, conf, strict=True)],
+           bottom=[min(a, c) for a, c in zip(acc, conf, strict=True)], width=width * 0.95,
+           color="#c44e52", alpha=0.3, edgecolor="#c44e52", hatch="//",
+           label="gap to mean confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability diagram (ECE {ece:.3f})")
+    ax.legend(loc="upper left")
+    ax2.bar(centres, [b["count"] for b in used], width=width * 0.95, color="gray")
+    ax2.set_xlabel("confidence of the top-1 prediction")
+    ax2.set_ylabel("images")
+    ax2.set_xlim(0, 1)
+    return _save(fig, path)
+
+
+def plot_roc_pr(y_true: Any, score: Any, path: str | Path, *, positive: str) -> Path:
+    """ROC and precision-recall curves of a binary decision."""
+    from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.3))
+    fpr, tpr, _ = roc_curve(y_true, score)
+    a.plot(fpr, tpr, lw=2, label=f"AUC {auc(fpr, tpr):.3f}")
+    a.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
+    a.set_xlabel("false positive rate")
+    a.set_ylabel("true positive rate (recall)")
+    a.set_title(f"ROC curve ({positive} positive)")
+    a.legend(loc="lower right")
+    prec, rec, _ = precision_recall_curve(y_true, score)
+    b.plot(rec, prec, lw=2)
+    b.axhline(float(sum(y_true)) / max(1, len(y_true)), color="k", ls="--", lw=1, label="base rate")
+    b.set_xlabel("recall")
+    b.set_ylabel("precision")
+    b.set_title("Precision-recall curve")
+    b.set_ylim(0, 1.02)
+    b.legend(loc="lower left")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_mistakes(items: list[dict[str, Any]], path: str | Path, *, columns: int = 4) -> Path:
+    """A gallery of the most confident mistakes: thumbnail, true and predicted label and
+    probability."""
+    plt = _pyplot()
+    n = max(1, len(items))
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, it in zip(axes.flat, items, strict=False):
+        ax.imshow(it["image"])
+        ax.set_title(
+            f"true: {it['true']}\npredicted: {it['pred']} ({it['prob']:.2f})",
+            fontsize=9,
+            color="#a00",
+        )
+    fig.suptitle("Most confident mistakes", fontsize=12)
+    return _save(fig, path)

@@ -1,0 +1,169 @@
+"""ONNX export and its verification.
+
+The exported graph takes the normalised float32 input ``input`` (batch x 3 x H x W, any batch
+size) and returns ``logits``. Its metadata carries everything needed to use it without the model
+directory: the whole ``config.json`` (key ``imgcls_config``) plus plain ``label_names``,
+``mean``, ``std``, ``input_size``, ``interpolation``, ``crop_pct`` and ``task`` keys for other
+tools. Before the file is put in place, ONNX Runtime runs it on real images next to PyTorch (both
+in float32) and the largest differences of logits and probabilities are reported; above the
+tolerance the export fails and no file is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgcls.artifacts import load_model, read_config
+from imgcls.errors import UserError
+
+TOLERANCE = 1e-4  # largest allowed probability difference, ONNX Runtime vs PyTorch
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    images: int
+    max_logit_diff: float
+    max_prob_diff: float
+    top1_agreement: float
+
+
+def _verification_images(
+    paths: list[str] | None, model_dir: Path, size: int, limit: int = 16
+) -> tuple[np.ndarray, str]:
+    """uint8 (B, size, size, 3): the given images, else images of the training data named in
+    the model's provenance, else synthetic gradients and noise."""
+    from imgcls.data.preprocess import eval_array
+    from imgcls.predict import iter_inputs
+
+    cfg = read_config(model_dir)
+    from imgcls.artifacts import info_from_config
+
+    pre = info_from_config(cfg, model_dir).preprocess
+    candidates: list[str] = list(paths or [])
+    source = "given images"
+    if not candidates:
+        data = (cfg.get("provenance") or {}).get("data")
+        if data and Path(data).is_dir():
+            candidates = [p for _, p in zip(range(200), iter_inputs([data]), strict=False)]
+            source = f"images of {data}"
+    arrays = []
+    from imgcls.data.image import ImageError, read_image
+
+    for p in candidates:
+        try:
+            arrays.append(eval_array(read_image(p), pre))
+        except ImageError:
+            continue
+        if len(arrays) >= limit:
+            break
+    if not arrays:
+        rng = np.random.default_rng(0)
+        ramp = np.linspace(0, 255, size, dtype=np.float64)
+        base = (ramp[None, :, None] + ramp[:, None, None]) / 2
+        arrays = [
+            np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            for _ in range(8)
+        ]
+        source = "synthetic images"
+    return np.stack(arrays), source
+
+
+def export_onnx(
+    model_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    images: list[str] | None = None,
+    opset: int = 18,
+    tolerance: float = TOLERANCE,
+) -> tuple[ExportReport, str]:
+    """Export a model directory to ONNX, verify it, and return the report (and what the
+    verification images were)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from imgcls.predict import Classifier, OnnxBackend
+
+    src = Path(model_dir)
+    config = read_config(src)
+    target = Path(out) if out else src / "model.onnx"
+    model, info = load_model(src)
+    pre = info.preprocess
+    h, w = pre.input_size[1], pre.input_size[2]
+    dummy = torch.zeros(2, 3, h, w)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.",
+        suffix=".tmp.onnx",
+        dir=target.parent if target.parent.exists() else None,
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(
+                model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
+                dynamic_shapes={"x": {0: batch}}, dynamo=True, opset_version=opset, verbose=False,
+                external_data=False,
+            )  # fmt: skip
+        proto = onnx.load(str(tmp))
+        meta = {
+            "imgcls_config": json.dumps(config),
+            "label_names": json.dumps(info.label_names),
+            "task": info.task,
+            "input_size": json.dumps(list(pre.input_size)),
+            "mean": json.dumps(list(pre.mean)),
+            "std": json.dumps(list(pre.std)),
+            "interpolation": pre.interpolation,
+            "crop_pct": str(pre.crop_pct),
+            "resize_mode": pre.resize_mode,
+        }
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.save(proto, str(tmp))
+        # verification: PyTorch (float32) and ONNX Runtime on the same real inputs
+        pixels, source = _verification_images(images, src, pre.image_size)
+        reference = Classifier(info=info, backend=_Fp32Torch(model), label_names=info.label_names)
+        candidate = Classifier(info=info, backend=OnnxBackend(tmp), label_names=info.label_names)
+        from imgcls.data.preprocess import normalize_np
+
+        x = normalize_np(pixels, pre)
+        logit_diff = float(np.abs(reference.backend.logits(x) - candidate.backend.logits(x)).max())
+        p_ref, p_onnx = reference.probabilities(pixels), candidate.probabilities(pixels)
+        prob_diff = float(np.abs(p_ref - p_onnx).max())
+        agree = float((p_ref.argmax(1) == p_onnx.argmax(1)).mean())
+        del candidate
+        _ = ort  # imported above so a missing onnxruntime fails before the export work
+        if not prob_diff <= tolerance:
+            raise UserError(
+                f"ONNX verification failed: probabilities differ by up to {prob_diff:.2e} "
+                f"(tolerance {tolerance:.0e}) on {len(pixels)} {source}; nothing written"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportReport(target, len(pixels), logit_diff, prob_diff, agree), source
+
+
+class _Fp32Torch:
+    """PyTorch in float32 on the CPU: the reference the ONNX graph must match."""
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x)).float().numpy()  # type: ignore[operator]

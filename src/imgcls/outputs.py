@@ -1,0 +1,281 @@
+"""Prediction outputs: one row per input, appended as results come, resumable.
+
+Built-in formats: ``csv`` (``path,label,score,top_k,error``; ``top_k`` is JSON of
+label -> probability), ``jsonl`` (one JSON object per line) and ``json`` (one document, assembled
+from a JSON-lines part file when the run completes). Other formats register a :class:`Writer`
+subclass with :func:`register_writer` (the camera-trap writers do), so prediction never imports
+them.
+
+Resuming: a writer opened on an existing output first cuts it back to its last complete row
+(a run killed mid-write leaves at most one partial line), then reports which inputs are done, so
+the restarted run writes every input exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+from imgcls.errors import UserError
+
+CSV_COLUMNS = ["path", "label", "score", "top_k", "error"]
+
+
+def _truncate_to_last_newline(path: Path) -> None:
+    """Drop a trailing partial line (a write cut short by a kill)."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as f:
+        step = 1 << 16
+        end = size
+        while end > 0:
+            start = max(0, end - step)
+            f.seek(start)
+            chunk = f.read(end - start)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                f.truncate(start + i + 1)
+                return
+            end = start
+        f.truncate(0)
+
+
+class Writer:
+    """Base class: ``open`` (returns the paths already done), ``write`` rows, ``close``."""
+
+    name: ClassVar[str] = ""
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, path: Path | None, *, options: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.options = options or {}
+        self.stream: IO[str] | None = None
+
+    def open(self, resume: bool) -> set[str]:
+        raise NotImplementedError
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def records(self, path: Path) -> Iterator[Any]:
+        """The rows of one of this format's files, as opaque records for :meth:`merge`."""
+        raise NotImplementedError
+
+    def write_records(self, records: Iterable[Any]) -> None:
+        raise NotImplementedError
+
+    def merge(self, parts: list[Path]) -> None:
+        """Interleave per-process part files (process r holds inputs r, r + W, ...) into this
+        writer's output in input order, then delete the parts."""
+        streams = [self.records(p) for p in parts]
+        self.open(resume=False)
+        try:
+            pending = True
+            while pending:
+                pending = False
+                for s in streams:
+                    rec = next(s, None)
+                    if rec is not None:
+                        pending = True
+                        self.write_records([rec])
+        finally:
+            self.close()
+        if hasattr(self, "finalize"):
+            self.finalize()
+        for p in parts:
+            p.unlink(missing_ok=True)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            self.stream.flush()
+            if self.stream.fileno() > 2:
+                os.fsync(self.stream.fileno())
+
+    def close(self) -> None:
+        if self.stream is not None and self.stream.fileno() > 2:
+            self.stream.close()
+        self.stream = None
+
+
+def _open_append(path: Path | None, resume: bool) -> tuple[IO[str], bool]:
+    """(stream, whether it already had content)."""
+    if path is None:
+        import sys
+
+        return sys.stdout, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    had = resume and path.exists() and path.stat().st_size > 0
+    if had:
+        _truncate_to_last_newline(path)
+        had = path.stat().st_size > 0
+    return open(path, "a" if had else "w", encoding="utf-8", newline=""), had
+
+
+class CsvWriter(Writer):
+    name = "csv"
+    suffixes: ClassVar[tuple[str, ...]] = (".csv",)
+
+    def open(self, resume: bool) -> set[str]:
+        done: set[str] = set()
+        if resume and self.path is not None and self.path.exists():
+            _truncate_to_last_newline(self.path)
+            with open(self.path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                if header is not None and header[: len(CSV_COLUMNS)] != CSV_COLUMNS:
+                    raise UserError(f"{self.path}: exists and is not an imgcls prediction CSV")
+                done = {row[0] for row in reader if row}
+        self.stream, had = _open_append(self.path, resume)
+        self.extra = list(self.options.get("extra_columns", []))
+        if not had:
+            self._emit([CSV_COLUMNS + self.extra])
+        return done
+
+    def _emit(self, rows: list[list[Any]]) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        assert self.stream is not None
+        self.stream.write(buf.getvalue())
+
+    def records(self, path: Path) -> Iterator[Any]:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            next(reader, None)
+            yield from reader
+
+    def write_records(self, records: Iterable[Any]) -> None:
+        self._emit(list(records))
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        out = []
+        for r in rows:
+            score = r.get("score")
+            line = [
+                r["path"],
+                r.get("label", ""),
+                "" if score is None else f"{score:.6g}",
+                json.dumps(r["top_k"]) if r.get("top_k") is not None else "",
+                r.get("error") or "",
+            ]
+            out.append(line + [r.get(c, "") for c in self.extra])
+        self._emit(out)
+
+
+class JsonlWriter(Writer):
+    name = "jsonl"
+    suffixes: ClassVar[tuple[str, ...]] = (".jsonl", ".ndjson")
+
+    def open(self, resume: bool) -> set[str]:
+        done = self._read_done(self.path) if resume else set()
+        self.stream, _ = _open_append(self.path, resume)
+        return done
+
+    @staticmethod
+    def _read_done(path: Path | None) -> set[str]:
+        done: set[str] = set()
+        if path is None or not path.exists():
+            return done
+        _truncate_to_last_newline(path)
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    done.add(json.loads(line)["path"])
+        return done
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        assert self.stream is not None
+        self.stream.write("".join(json.dumps(clean_row(r)) + "\n" for r in rows))
+
+    def records(self, path: Path) -> Iterator[Any]:
+        with open(path, encoding="utf-8") as f:
+            yield from (line for line in f if line.strip())
+
+    def write_records(self, records: Iterable[Any]) -> None:
+        assert self.stream is not None
+        self.stream.write("".join(records))
+
+
+class JsonWriter(JsonlWriter):
+    """One JSON document ``{"model": ..., "predictions": [...]}``, written at the end from a
+    JSON-lines part file beside it (which is what a resumed run continues)."""
+
+    name = "json"
+    suffixes: ClassVar[tuple[str, ...]] = (".json",)
+
+    def open(self, resume: bool) -> set[str]:
+        if self.path is None:
+            raise UserError("--format json needs --out FILE.json")
+        self.final = self.path
+        self.path = self.path.with_name(f".{self.path.name}.partial.jsonl")
+        return super().open(resume)
+
+    def records(self, path: Path) -> Iterator[Any]:
+        return super().records(path.with_name(f".{path.name}.partial.jsonl"))
+
+    def merge(self, parts: list[Path]) -> None:
+        super().merge(parts)
+        for p in parts:
+            p.with_name(f".{p.name}.partial.jsonl").unlink(missing_ok=True)
+
+    def finalize(self) -> None:
+        from imgcls.io import atomic_open
+
+        assert self.path is not None
+        with open(self.path, encoding="utf-8") as f, atomic_open(self.final) as out:
+            out.write(
+                '{"model": ' + json.dumps(self.options.get("model", {})) + ', "predictions": [\n'
+            )
+            first = True
+            for line in f:
+                if line.strip():
+                    out.write(("" if first else ",\n") + line.rstrip("\n"))
+                    first = False
+            out.write("\n]}\n")
+        self.path.unlink()
+
+
+def clean_row(r: dict[str, Any]) -> dict[str, Any]:
+    """The row without private keys (``_probs``...)."""
+    return {k: v for k, v in r.items() if not k.startswith("_")}
+
+
+WRITERS: dict[str, type[Writer]] = {}
+
+
+def register_writer(cls: type[Writer]) -> type[Writer]:
+    if cls.name in WRITERS:
+        raise ValueError(f"output format {cls.name!r} is already registered")
+    WRITERS[cls.name] = cls
+    return cls
+
+
+for _cls in (CsvWriter, JsonlWriter, JsonWriter):
+    register_writer(_cls)
+
+
+def writer_for(
+    path: str | Path | None, fmt: str | None, options: dict[str, Any] | None = None
+) -> Writer:
+    """The writer named by ``fmt``, or chosen by the file's suffix (CSV by default)."""
+    p = Path(path) if path else None
+    if fmt:
+        if fmt not in WRITERS:
+            raise UserError(
+                f"unknown output format {fmt!r}; choose one of: {', '.join(sorted(WRITERS))}"
+            )
+        return WRITERS[fmt](p, options=options)
+    if p is not None:
+        for cls in WRITERS.values():
+            if p.suffix.lower() in cls.suffixes:
+                return cls(p, options=options)
+        if p.suffix:
+            raise UserError(
+                f"{p}: unknown output suffix {p.suffix!r} (use .csv, .jsonl or .json, or --format)"
+            )
+    return CsvWriter(p, options=options)

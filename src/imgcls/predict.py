@@ -1,0 +1,550 @@
+"""Prediction: the :class:`Classifier` and streaming, resumable batched inference.
+
+- Inputs are any mix of files, folders (walked recursively), glob patterns and ``.txt`` /
+  ``.csv`` lists, enumerated lazily: a million inputs never become a million-element list.
+- Decoding (with JPEG draft mode) runs in worker processes, a bounded number of chunks ahead,
+  while the model computes; results are written in input order as they come.
+- A bad file becomes a row with its ``error``; the run goes on.
+- Restarted with the same command, a killed run skips the inputs already in the output and
+  writes every input exactly once.
+- Under ``torchrun`` every process takes every ``world``-th input and writes its own part file;
+  the last one to finish merges the parts into the one output, in input order.
+
+A model directory runs on PyTorch (bf16 autocast where the CPU or GPU is fast at it); an
+``.onnx`` file runs on ONNX Runtime, which starts without importing torch at all.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from imgcls.artifacts import ModelInfo, read_info
+from imgcls.config import PreprocessConfig
+from imgcls.data.image import MAX_PIXELS, ImageError, read_image
+from imgcls.data.preprocess import eval_array, normalize_np, square_size
+from imgcls.errors import UserError
+
+if TYPE_CHECKING:
+    from imgcls.outputs import Writer
+
+LIST_SUFFIXES = (".txt", ".csv")
+_GLOB_CHARS = "*?["
+
+
+# ------------------------------------------------------------------------------------- inputs
+def _walk(folder: Path) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if not f.startswith("."):
+                yield os.path.join(dirpath, f)
+
+
+def _read_list(path: Path) -> Iterator[str]:
+    base = path.parent
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            lower = [h.strip().lower() for h in header]
+            col = lower.index("path") if "path" in lower else 0
+            if "path" not in lower and header:  # no header: the first line is a path too
+                yield str(base / header[0].strip())
+            for row in reader:
+                if row and row[col].strip():
+                    yield str(base / row[col].strip())
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield str(base / line)
+
+
+def iter_inputs(inputs: Sequence[str]) -> Iterator[str]:
+    """Every image path the inputs name, in a stable order (a lazy generator)."""
+    for item in inputs:
+        p = Path(item)
+        if any(c in item for c in _GLOB_CHARS) and not p.exists():
+            for match in sorted(glob.iglob(item, recursive=True)):
+                yield from _walk(Path(match)) if os.path.isdir(match) else (match,)
+        elif p.is_dir():
+            yield from _walk(p)
+        elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
+            yield from _read_list(p)
+        else:
+            yield item  # a missing file becomes a row with its error
+
+
+def count_inputs(inputs: Sequence[str]) -> int:
+    return sum(1 for _ in iter_inputs(inputs))
+
+
+# ----------------------------------------------------------------------------------- decoding
+def decode_for_model(
+    path: str, cfg: PreprocessConfig, max_pixels: int | None = MAX_PIXELS
+) -> np.ndarray:
+    """One file -> the uint8 (size, size, 3) model input before normalisation."""
+    return eval_array(read_image(path, min_size=square_size(cfg), max_pixels=max_pixels), cfg)
+
+
+def _decode_chunk(
+    paths: list[str], cfg: PreprocessConfig, max_pixels: int | None
+) -> list[tuple[np.ndarray | None, str | None]]:
+    out: list[tuple[np.ndarray | None, str | None]] = []
+    for p in paths:
+        try:
+            out.append((decode_for_model(p, cfg, max_pixels), None))
+        except ImageError as e:
+            out.append((None, str(e)))
+        except Exception as e:  # a decoder bug must not stop a million-image run
+            out.append((None, f"cannot decode ({type(e).__name__}: {e})"))
+    return out
+
+
+class _Inline(Executor):
+    """Decoding in the calling process (``workers=0``)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        f: Future = Future()
+        f.set_result(fn(*args, **kwargs))
+        return f
+
+
+def _executor(workers: int) -> Executor:
+    if workers <= 0:
+        return _Inline()
+    import multiprocessing as mp
+
+    # fork: workers start in milliseconds and share the already imported modules
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+
+
+def decode_stream(
+    paths: Iterable[str],
+    cfg: PreprocessConfig,
+    *,
+    workers: int = 2,
+    max_pixels: int | None = MAX_PIXELS,
+    chunk: int = 8,
+) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    """(path, pixels or None, error or None) in input order; at most ``4 * workers`` chunks are
+    in flight, so memory stays flat however long ``paths`` is."""
+    ahead = max(2, 4 * workers)
+    pending: deque[tuple[list[str], Future]] = deque()
+    it = iter(paths)
+    with _executor(workers) as pool:
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < ahead:
+                batch = [p for _, p in zip(range(chunk), it, strict=False)]
+                if not batch:
+                    exhausted = True
+                    break
+                pending.append((batch, pool.submit(_decode_chunk, batch, cfg, max_pixels)))
+            if not pending:
+                return
+            batch, fut = pending.popleft()
+            for p, (arr, err) in zip(batch, fut.result(), strict=True):
+                yield p, arr, err
+
+
+# ----------------------------------------------------------------------------------- backends
+class TorchBackend:
+    def __init__(self, path: Path, device: str, precision: str) -> None:
+        import torch
+
+        from imgcls.artifacts import load_model
+        from imgcls.runtime import make_runtime, set_threads
+
+        set_threads(None)
+        model, _ = load_model(path)
+        self.runtime = make_runtime(model, device=device, precision=precision)
+        self.model = self.runtime.prepare(model).eval()
+        self.torch = torch
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode(), self.runtime.autocast():
+            out = self.model(self.runtime.inputs(torch.from_numpy(x)))
+        return out.float().cpu().numpy()
+
+
+class OnnxBackend:
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise UserError(
+                "running .onnx models needs onnxruntime: pip install 'imgcls[onnx]'"
+            ) from e
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=ort.get_available_providers()
+            )
+        except Exception as e:
+            raise UserError(
+                f"{path}: cannot load the ONNX model ({str(e).splitlines()[0]})"
+            ) from None
+        self.input = self.session.get_inputs()[0].name
+        self.model = self.session
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(
+            self.session.run(None, {self.input: x.astype(np.float32)})[0], dtype=np.float32
+        )
+
+
+def onnx_info(path: Path) -> ModelInfo:
+    """The model directory's config, which ``imgcls export`` stores in the ONNX metadata."""
+    import json
+
+    try:
+        import onnx
+    except ImportError as e:
+        raise UserError("running .onnx models needs onnx: pip install 'imgcls[onnx]'") from e
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if "imgcls_config" not in meta:
+        raise UserError(
+            f"{path}: an ONNX model without imgcls metadata (export it with 'imgcls export')"
+        )
+    from imgcls.artifacts import info_from_config
+
+    return info_from_config(json.loads(meta["imgcls_config"]), path)
+
+
+# --------------------------------------------------------------------------------- classifier
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.where(
+        z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z)))
+    )
+
+
+@dataclass
+class Classifier:
+    """A trained model with its labels, task and preprocessing: ``imgcls.load(MODEL)``."""
+
+    info: ModelInfo
+    backend: Any
+    label_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(
+        cls, model: str | Path, *, device: str = "auto", precision: str = "auto"
+    ) -> Classifier:
+        path = Path(model)
+        if path.suffix.lower() == ".onnx":
+            if not path.is_file():
+                raise UserError(f"model not found: {model}")
+            info = onnx_info(path)
+            backend: Any = OnnxBackend(path)
+        else:
+            info = read_info(path)
+            backend = TorchBackend(path, device, precision)
+        return cls(info=info, backend=backend, label_names=list(info.label_names))
+
+    def describe(self) -> dict[str, Any]:
+        """What an output file records about the model."""
+        i = self.info
+        return {
+            "path": str(i.path),
+            "architecture": i.arch,
+            "task": i.task,
+            "label_names": list(i.label_names),
+            "positive_class": i.positive_class,
+            "thresholds": list(i.thresholds),
+        }
+
+    @property
+    def model(self) -> Any:
+        """The ``torch.nn.Module`` (or ONNX Runtime session)."""
+        return self.backend.model
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.info.preprocess
+
+    @property
+    def transform(self) -> Any:
+        """PIL image -> normalised float tensor (3, H, W): the model's own preprocessing."""
+        from imgcls.data.transforms import eval_transform
+
+        return eval_transform(self.preprocess)
+
+    @property
+    def task(self) -> str:
+        return self.info.task
+
+    def probabilities(self, pixels: np.ndarray, *, tta: bool = False) -> np.ndarray:
+        """uint8 (B, H, W, 3) batch after the eval transform -> (B, K) class probabilities."""
+        x = normalize_np(pixels, self.preprocess)
+        probs = self._probs(self.backend.logits(x))
+        if tta:  # average with the mirror image
+            probs = (
+                probs + self._probs(self.backend.logits(np.ascontiguousarray(x[..., ::-1])))
+            ) / 2
+        return probs
+
+    def _probs(self, logits: np.ndarray) -> np.ndarray:
+        if self.info.task == "multiclass":
+            return _softmax(logits)
+        p = _sigmoid(logits)
+        if self.info.task == "binary":
+            pos = (
+                self.label_names.index(self.info.positive_class)
+                if self.info.positive_class in self.label_names
+                else 1
+            )
+            p = p.reshape(-1)
+            return np.stack([1 - p, p] if pos == 1 else [p, 1 - p], axis=1)
+        return p
+
+    def predict(
+        self,
+        inputs: str | Path | Image.Image | Sequence[str | Path | Image.Image],
+        *,
+        top_k: int = 5,
+        threshold: float | None = None,
+        batch_size: int = 32,
+        tta: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Rows (path, label, score, top_k, error) for file paths and/or PIL images."""
+        items = [inputs] if isinstance(inputs, (str, Path, Image.Image)) else list(inputs)
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(items), batch_size):
+            decoded: list[tuple[str, np.ndarray | None, str | None]] = []
+            for item in items[start : start + batch_size]:
+                name = str(item) if not isinstance(item, Image.Image) else "<image>"
+                try:
+                    img = (
+                        item.convert("RGB")
+                        if isinstance(item, Image.Image)
+                        else read_image(item, min_size=square_size(self.preprocess))
+                    )
+                    decoded.append((name, eval_array(img, self.preprocess), None))
+                except ImageError as e:
+                    decoded.append((name, None, str(e)))
+            rows.extend(self.rows_for(decoded, top_k=top_k, threshold=threshold, tta=tta))
+        return rows
+
+    def rows_for(
+        self,
+        decoded: list[tuple[str, np.ndarray | None, str | None]],
+        *,
+        top_k: int = 5,
+        threshold: float | None = None,
+        tta: bool = False,
+    ) -> list[dict[str, Any]]:
+        arrays = [a for _, a, _ in decoded if a is not None]
+        probs = self.probabilities(np.stack(arrays), tta=tta) if arrays else None
+        out: list[dict[str, Any]] = []
+        k = 0
+        for path, arr, err in decoded:
+            if arr is None:
+                out.append({"path": path, "label": "", "score": None, "top_k": None, "error": err})
+                continue
+            assert probs is not None
+            out.append(self.row(path, probs[k], top_k=top_k, threshold=threshold))
+            k += 1
+        return out
+
+    def row(
+        self, path: str, p: np.ndarray, *, top_k: int = 5, threshold: float | None = None
+    ) -> dict[str, Any]:
+        names = self.label_names
+        order = np.argsort(-p, kind="stable")
+        top = {names[i]: round(float(p[i]), 6) for i in order[: max(1, top_k)]}
+        if self.info.task == "multilabel":
+            th = (
+                np.full(len(names), threshold)
+                if threshold is not None
+                else np.asarray(self.info.thresholds or [0.5] * len(names))
+            )
+            on = [i for i in order if p[i] >= th[i]]
+            label = ";".join(names[i] for i in on)
+            score = float(p[on[0]]) if on else float(p[order[0]])
+        elif self.info.task == "binary":
+            pos = (
+                self.label_names.index(self.info.positive_class)
+                if self.info.positive_class in names
+                else 1
+            )
+            cut = threshold if threshold is not None else (self.info.thresholds or [0.5])[0]
+            best = pos if p[pos] >= cut else 1 - pos
+            label, score = names[best], float(p[best])
+        else:
+            best = int(order[0])
+            label, score = names[best], float(p[best])
+            if threshold is not None and score < threshold:
+                label = "unknown"
+        return {
+            "path": path,
+            "label": label,
+            "score": score,
+            "top_k": top,
+            "error": None,
+            "_probs": p,
+        }
+
+
+# ---------------------------------------------------------------------------------- streaming
+@dataclass
+class PredictSummary:
+    total: int
+    written: int
+    skipped_done: int
+    errors: int
+    seconds: float
+    output: Path | None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def _shard(it: Iterator[str], rank: int, world: int) -> Iterator[str]:
+    for i, p in enumerate(it):
+        if i % world == rank:
+            yield p
+
+
+def predict_files(
+    clf: Classifier,
+    inputs: Sequence[str],
+    writer: Writer,
+    *,
+    top_k: int = 5,
+    threshold: float | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    tta: bool = False,
+    resume: bool = True,
+    rank: int = 0,
+    world: int = 1,
+    show_progress: bool = True,
+    max_pixels: int | None = MAX_PIXELS,
+) -> PredictSummary:
+    """Predict every input into ``writer`` (see the module docstring)."""
+    from imgcls.console import Progress
+    from imgcls.runtime import physical_cores
+
+    workers = physical_cores() if workers is None else workers
+    done = writer.open(resume)
+    total = sum(1 for _ in _shard(iter_inputs(inputs), rank, world)) if show_progress else 0
+    todo = (p for p in _shard(iter_inputs(inputs), rank, world) if p not in done)
+    t0 = time.perf_counter()
+    written = errors = 0
+    batch: list[tuple[str, np.ndarray | None, str | None]] = []
+    try:
+        with Progress(total, "predicting", enabled=show_progress) as bar:
+            bar.done = len(done)
+            for item in decode_stream(todo, clf.preprocess, workers=workers, max_pixels=max_pixels):
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    written, errors = _flush(
+                        clf, writer, batch, bar, written, errors, top_k, threshold, tta
+                    )
+            if batch:
+                written, errors = _flush(
+                    clf, writer, batch, bar, written, errors, top_k, threshold, tta
+                )
+    finally:
+        writer.close()
+    return PredictSummary(total, written, len(done), errors, time.perf_counter() - t0, writer.path)
+
+
+def _flush(
+    clf: Classifier,
+    writer: Writer,
+    batch: list,
+    bar: Any,
+    written: int,
+    errors: int,
+    top_k: int,
+    threshold: float | None,
+    tta: bool,
+) -> tuple[int, int]:
+    rows = clf.rows_for(batch, top_k=top_k, threshold=threshold, tta=tta)
+    writer.write(rows)
+    writer.flush()
+    bad = sum(1 for r in rows if r["error"])
+    bar.update(len(rows))
+    batch.clear()
+    return written + len(rows), errors + bad
+
+
+# ------------------------------------------------------------------------ several processes
+def _part_path(out: Path, rank: int, world: int) -> Path:
+    return out.with_name(f".{out.name}.part-{rank}-of-{world}{out.suffix}")
+
+
+def run_predict(
+    clf: Classifier,
+    inputs: Sequence[str],
+    *,
+    out: str | Path | None,
+    fmt: str | None = None,
+    resume: bool = True,
+    writer_options: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> PredictSummary:
+    """:func:`predict_files` to ``out``; under ``torchrun`` each process writes its part and
+    rank 0 merges the parts, in input order, once every process has finished."""
+    from imgcls.outputs import writer_for
+
+    writer_options = {"model": clf.describe(), **(writer_options or {})}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        writer = writer_for(out, fmt, writer_options)
+        summary = predict_files(clf, inputs, writer, resume=resume, **kwargs)
+        if hasattr(writer, "finalize"):
+            writer.finalize()
+        return summary
+    if out is None:
+        raise UserError("several processes need --out FILE (each writes a part, merged at the end)")
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    final = Path(out)
+    writer = writer_for(final, fmt, writer_options)
+    part = writer_for(_part_path(final, rank, world), writer.name, writer_options)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    try:
+        kwargs["show_progress"] = kwargs.get("show_progress", True) and rank == 0
+        summary = predict_files(clf, inputs, part, resume=resume, rank=rank, world=world, **kwargs)
+        dist.barrier()
+        if rank == 0:
+            parts = [_part_path(final, r, world) for r in range(world)]
+            writer.merge(parts)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return summary

@@ -1,0 +1,140 @@
+"""Writes an evaluation's files: ``metrics.json``, ``per_class.csv``, ``predictions.csv``,
+``skipped.csv``, PNG plots and one self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcls.io import atomic_write_text
+from imgcls.report import plots
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return _jsonable(v.item())
+    return v
+
+
+def _csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def predictions_rows(r: Any) -> list[list[Any]]:
+    names = r.label_names
+    out = []
+    for i, path in enumerate(r.paths):
+        p = r.probs[i]
+        if r.task == "multilabel":
+            true = ";".join(n for k, n in enumerate(names) if r.targets[i, k])
+            th = r.metrics["per_class"]
+            pred = ";".join(n for k, n in enumerate(names) if p[k] >= th[k]["threshold"])
+            out.append([path, true, pred, f"{p.max():.6f}"])
+        else:
+            k = int(np.argmax(p)) if r.task == "multiclass" else _binary_pred(r, p)
+            out.append(
+                [
+                    path,
+                    names[int(r.targets[i])],
+                    names[k],
+                    f"{p[k]:.6f}",
+                    f"{p[int(r.targets[i])]:.6f}",
+                ]
+            )
+    return out
+
+
+def _binary_pred(r: Any, p: np.ndarray) -> int:
+    pos = r.label_names.index(r.metrics["positive_class"])
+    return pos if p[pos] >= r.metrics["threshold"] else 1 - pos
+
+
+def mistakes(r: Any, limit: int = 12) -> list[dict[str, Any]]:
+    if r.task == "multilabel" or r.thumbnail is None:
+        return []
+    preds = np.array([row[2] for row in predictions_rows(r)])
+    truth = np.array([r.label_names[int(t)] for t in r.targets])
+    wrong = np.flatnonzero(preds != truth)
+    conf = np.array([r.probs[i].max() for i in wrong])
+    items = []
+    for i in wrong[np.argsort(-conf)][:limit]:
+        try:
+            img = r.thumbnail(int(i))
+        except Exception:
+            continue
+        img.thumbnail((192, 192))
+        items.append(
+            {
+                "image": img,
+                "true": truth[i],
+                "pred": preds[i],
+                "prob": float(r.probs[i].max()),
+                "path": r.paths[i],
+            }
+        )
+    return items
+
+
+def write_report(r: Any, out: Path) -> Path:
+    from imgcls.report.html import render_html
+
+    out.mkdir(parents=True, exist_ok=True)
+    m = r.metrics
+    atomic_write_text(
+        out / "metrics.json",
+        json.dumps(
+            _jsonable({"task": r.task, "split": r.split, "data": r.data, "model": r.model, **m}),
+            indent=2,
+        )
+        + "\n",
+    )
+    cols = list(m["per_class"][0].keys()) if m.get("per_class") else []
+    _csv(out / "per_class.csv", cols, [[row[c] for c in cols] for row in m.get("per_class", [])])
+    head = ["path", "true", "predicted", "probability"] + (
+        [] if r.task == "multilabel" else ["probability_of_true"]
+    )
+    _csv(out / "predictions.csv", head, predictions_rows(r))
+    _csv(out / "skipped.csv", ["path", "reason"], [list(s) for s in r.skipped])
+    images: dict[str, Path] = {}
+    if "confusion_matrix" in m:
+        images["confusion_matrix"] = plots.plot_confusion(
+            m["confusion_matrix"], r.label_names, out / "confusion_matrix.png"
+        )
+    if "reliability" in m:
+        images["reliability"] = plots.plot_reliability(
+            m["reliability"], m["ece"], out / "reliability.png"
+        )
+    if r.task == "binary" and not math.isnan(m.get("roc_auc", float("nan"))):
+        pos = r.label_names.index(m["positive_class"])
+        images["roc_pr"] = plots.plot_roc_pr(
+            r.targets == pos, r.probs[:, pos], out / "roc_pr.png", positive=m["positive_class"]
+        )
+    wrong = mistakes(r)
+    if wrong:
+        images["mistakes"] = plots.plot_mistakes(wrong, out / "mistakes.png")
+    if r.run_dir is not None and (Path(r.run_dir) / "metrics.jsonl").is_file():
+        history = [
+            json.loads(line)
+            for line in (Path(r.run_dir) / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        if history:
+            images["curves"] = plots.plot_curves(history, out / "curves.png")
+    atomic_write_text(out / "report.html", render_html(r, images))
+    return out

@@ -1,0 +1,345 @@
+"""Prediction at scale: input forms, output formats, bad files, resume, ONNX, timm, torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import imgcls
+from imgcls.cli import main
+from imgcls.outputs import _truncate_to_last_newline
+from imgcls.predict import count_inputs, iter_inputs
+from imgfactory import broken_files, image_folder
+
+BIN = Path(sys.executable).parent
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_input_form(tmp_path: Path) -> None:
+    image_folder(tmp_path / "a", ("x", "y"), 2)
+    (tmp_path / "b").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "b" / f"IMG_{i}.JPG")
+    (tmp_path / "list.txt").write_text("# a comment\na/x/x_000.jpg\n\nb/IMG_0.JPG\n")
+    (tmp_path / "list.csv").write_text("path,other\na/y/y_001.jpg,1\n")
+    inputs = [
+        str(tmp_path / "a"),
+        str(tmp_path / "b" / "*.JPG"),
+        str(tmp_path / "list.txt"),
+        str(tmp_path / "list.csv"),
+        str(tmp_path / "missing.jpg"),
+    ]
+    got = list(iter_inputs(inputs))
+    assert got[:4] == [
+        str(tmp_path / "a" / d / f)
+        for d, f in (("x", "x_000.jpg"), ("x", "x_001.jpg"), ("y", "y_000.jpg"), ("y", "y_001.jpg"))
+    ]
+    assert got[4:7] == [str(tmp_path / "b" / f"IMG_{i}.JPG") for i in range(3)]
+    assert got[7:] == [
+        str(tmp_path / "a/x/x_000.jpg"),
+        str(tmp_path / "b/IMG_0.JPG"),
+        str(tmp_path / "a/y/y_001.jpg"),
+        str(tmp_path / "missing.jpg"),
+    ]
+    assert count_inputs(inputs) == len(got) == 11
+
+
+def test_mixed_good_and_broken_files_give_one_row_each(trained: dict, tmp_path: Path) -> None:
+    folder = image_folder(tmp_path / "imgs", ("cat", "dog"), 4)
+    broken = broken_files(folder / "bad")
+    out = tmp_path / "p.csv"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained["model"]),
+                str(folder),
+                str(tmp_path / "nope.jpg"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = read_csv(out)
+    assert len(rows) == 8 + len(broken) + 1
+    assert len({r["path"] for r in rows}) == len(rows)
+    errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert set(errors) == set(broken) | {"nope.jpg"}
+    assert errors["nope.jpg"] == "file not found"
+    good = [r for r in rows if not r["error"]]
+    assert all(r["label"] in ("cat", "dog", "fox") for r in good)
+    for r in good:
+        top = json.loads(r["top_k"])
+        assert abs(sum(top.values()) - 1) < 1e-3 and max(top, key=top.get) == r["label"]
+        assert float(r["score"]) == pytest.approx(top[r["label"]], abs=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json"])
+def test_every_output_format(trained: dict, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"p{suffix}"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained["model"]),
+                str(trained["data"] / "cat"),
+                "--out",
+                str(out),
+                "--top-k",
+                "2",
+            ]
+        )
+        == 0
+    )
+    if suffix == ".csv":
+        rows = read_csv(out)
+    elif suffix == ".jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    else:
+        doc = json.loads(out.read_text())
+        rows = doc["predictions"]
+        assert doc["model"]["label_names"] == ["cat", "dog", "fox"]
+        assert not list(tmp_path.glob(".*partial*"))
+    assert len(rows) == 10
+    top = rows[0]["top_k"] if suffix != ".csv" else json.loads(rows[0]["top_k"])
+    assert len(top) == 2
+
+
+def test_threshold_gives_unknown_and_tta_runs(trained: dict, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained["model"]),
+                str(trained["data"] / "dog"),
+                "--out",
+                str(out),
+                "--threshold",
+                "0.9999",
+                "--tta",
+                "flip",
+            ]
+        )
+        == 0
+    )
+    assert {r["label"] for r in read_csv(out)} == {"unknown"}
+
+
+def test_resume_after_a_partial_write_writes_every_input_exactly_once(
+    trained: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "p.csv"
+    args = [
+        "predict",
+        "--model",
+        str(trained["model"]),
+        str(trained["data"]),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+    ]
+    assert main(args) == 0
+    full = out.read_text()
+    lines = full.splitlines(keepends=True)
+    out.write_text("".join(lines[:9]) + lines[9][:17])  # killed in the middle of a row
+    assert main(args) == 0
+    assert out.read_text() == full
+    _truncate_to_last_newline(out)
+    assert out.read_text() == full
+
+
+def test_killed_predict_restarted_with_the_same_command(trained: dict, tmp_path: Path) -> None:
+    data = tmp_path / "many"
+    for k in range(30):
+        shutil.copytree(trained["data"], data / f"copy{k}")
+    out = tmp_path / "p.csv"
+    cmd = [
+        str(BIN / "imgcls"),
+        "predict",
+        "--model",
+        str(trained["model"]),
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 40):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "predict finished before the kill"
+    partial = out.read_text().count("\n")
+    assert 40 <= partial < 901
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = read_csv(out)
+    paths = [x["path"] for x in rows]
+    assert len(paths) == len(set(paths)) == 900
+    assert paths == list(iter_inputs([str(data)]))
+    assert "already done" in r.stderr
+
+
+def test_python_api_with_paths_and_pil_images(trained: dict) -> None:
+    clf = imgcls.load(trained["model"])
+    path = next((trained["data"] / "fox").iterdir())
+    rows = clf.predict([str(path), Image.open(path)], top_k=3)
+    assert [r["path"] for r in rows] == [str(path), "<image>"]
+    assert rows[0]["label"] == rows[1]["label"] and len(rows[0]["top_k"]) == 3
+    assert rows[0]["score"] == pytest.approx(rows[1]["score"], abs=1e-6)
+    assert clf.label_names == ["cat", "dog", "fox"]
+    assert isinstance(clf.model, torch.nn.Module)
+    x = clf.transform(Image.open(path))
+    assert x.shape == (3, 32, 32)
+    bad = clf.predict(b"not a path".decode())
+    assert bad[0]["error"] == "file not found"
+
+
+def test_onnx_export_matches_the_model_directory(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(trained["model"]), "--out", str(onnx_file)]) == 0
+    assert "max |probability diff|" in capsys.readouterr().out
+    import onnx
+    import onnxruntime as ort
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert json.loads(meta["label_names"]) == ["cat", "dog", "fox"]
+    assert json.loads(meta["mean"]) == [0.5, 0.5, 0.5] and json.loads(meta["input_size"]) == [
+        3,
+        32,
+        32,
+    ]
+    session = ort.InferenceSession(str(onnx_file))
+    assert session.get_inputs()[0].shape[0] == "batch"  # dynamic batch size
+    for b in (1, 7):
+        assert session.run(None, {"input": np.zeros((b, 3, 32, 32), np.float32)})[0].shape == (b, 3)
+    files = sorted(str(p) for p in trained["data"].rglob("*.jpg"))
+    a = imgcls.load(trained["model"], precision="fp32").predict(files, top_k=3)
+    b = imgcls.load(onnx_file).predict(files, top_k=3)
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    diff = max(
+        abs(pa - pb)
+        for ra, rb in zip(a, b, strict=True)
+        for pa, pb in zip(ra["_probs"], rb["_probs"], strict=True)
+    )
+    assert diff <= 1e-4
+
+
+def test_export_fails_loudly_above_tolerance(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.onnx"
+    # a negative tolerance cannot be met: the verification must fail and write nothing
+    assert (
+        main(["export", "--model", str(trained["model"]), "--out", str(out), "--tolerance", "-1"])
+        == 2
+    )
+    assert "ONNX verification failed" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert main(["export", "--model", str(tmp_path / "nothing")]) == 2
+    assert "model not found" in capsys.readouterr().err
+
+
+def test_timm_loads_a_saved_model_directory_unchanged(tmp_path: Path) -> None:
+    data = image_folder(tmp_path / "d", ("a", "b"), 6)
+    run = imgcls.train(
+        data,
+        out=tmp_path / "run",
+        arch="resnet18",
+        norm="group",
+        attn="se",
+        epochs=1,
+        batch_size=4,
+        image_size=32,
+        pretrained="none",
+        cache_dir=tmp_path / "c",
+    )
+    ours = imgcls.load(run / "model", precision="fp32").model.eval()
+    theirs = timm.create_model(f"local-dir:{run / 'model'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x.contiguous(memory_format=torch.channels_last)))
+    assert theirs.pretrained_cfg["label_names"] == ["a", "b"]
+
+
+def test_torchrun_predict_merges_parts_in_input_order(trained: dict, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "imgcls",
+        "predict",
+        "--model",
+        str(trained["model"]),
+        str(trained["data"]),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    paths = [x["path"] for x in read_csv(out)]
+    assert paths == list(iter_inputs([str(trained["data"])]))
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_predict_errors(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "--model", str(tmp_path / "none"), "x.jpg"]) == 2
+    assert "model not found" in capsys.readouterr().err
+    assert (
+        main(
+            ["predict", "--model", str(trained["model"]), "x.jpg", "--out", str(tmp_path / "p.xyz")]
+        )
+        == 2
+    )
+    assert "unknown output suffix" in capsys.readouterr().err
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained["model"]),
+                "x.jpg",
+                "--out",
+                str(tmp_path / "other.csv"),
+            ]
+        )
+        == 2
+    )
+    assert "not an imgcls prediction CSV" in capsys.readouterr().err
