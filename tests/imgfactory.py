@@ -58,12 +58,7 @@ def jpeg_bytes(img: Image.Image, **kw: object) -> bytes:
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data))
-        + kind
-        + data
-        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
 def png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
@@ -71,12 +66,7 @@ def png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     row = b"\x00" + b"\x00" * 16
     idat = zlib.compress(row * 4)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", idat)
-        + png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def png16_rgb(values: np.ndarray) -> bytes:
@@ -163,9 +153,7 @@ def unusual_files(folder: Path, k: int = 0) -> list[str]:
     return names
 
 
-def write_idx(
-    folder: Path, images: np.ndarray, labels: np.ndarray, prefix: str, gz: bool = True
-) -> None:
+def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, prefix: str, gz: bool = True) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     img = struct.pack(">BBBBIII", 0, 0, 8, 3, *images.shape) + images.astype(np.uint8).tobytes()
     lab = struct.pack(">BBBBI", 0, 0, 8, 1, len(labels)) + labels.astype(np.uint8).tobytes()
@@ -176,9 +164,7 @@ def write_idx(
             (folder / name).write_bytes(data)
 
 
-def idx_dataset(
-    folder: Path, n_train: int = 60, n_test: int = 20, classes: int = 3, seed: int = 0
-) -> Path:
+def idx_dataset(folder: Path, n_train: int = 60, n_test: int = 20, classes: int = 3, seed: int = 0) -> Path:
     """Tiny MNIST-format data: class k is a bright square at position k."""
     rng = np.random.default_rng(seed)
 

@@ -52,9 +52,7 @@ def test_models_table_and_pattern(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_summary_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(
-        capsys, "summary", "lenet", "--input-size", "3", "32", "32", "--num-classes", "10", "--json"
-    )
+    code, out, _ = run(capsys, "summary", "lenet", "--input-size", "3", "32", "32", "--num-classes", "10", "--json")
     assert code == 0
     d = json.loads(out)
     assert d["total_params"] == 62_006 and d["arch"] == "lenet"
@@ -77,9 +75,7 @@ def test_summary_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["summary", "resnet18", "--norm", "weird"], "invalid choice"),
     ],
 )
-def test_errors_are_one_line_and_non_zero(
-    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
-) -> None:
+def test_errors_are_one_line_and_non_zero(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert message in err
@@ -90,7 +86,5 @@ def test_errors_are_one_line_and_non_zero(
 def test_python_dash_m_and_help() -> None:
     r = subprocess.run([sys.executable, "-m", "imgcls", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "summary" in r.stdout
-    r = subprocess.run(
-        [sys.executable, "-m", "imgcls", "summary", "--help"], capture_output=True, text=True
-    )
+    r = subprocess.run([sys.executable, "-m", "imgcls", "summary", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "examples:" in r.stdout

@@ -38,9 +38,7 @@ def test_unusual_but_valid_files_decode_to_rgb(tmp_path: Path) -> None:
             assert np.abs(arr.mean((0, 1)) - reference.mean((0, 1))).max() < 6, name
 
 
-@pytest.mark.parametrize(
-    "name", ["zero.jpg", "truncated.jpg", "notes.jpg", "corrupt.png", "bomb.png", "drawing.svg"]
-)
+@pytest.mark.parametrize("name", ["zero.jpg", "truncated.jpg", "notes.jpg", "corrupt.png", "bomb.png", "drawing.svg"])
 def test_broken_files_raise_image_error_with_reason(tmp_path: Path, name: str) -> None:
     expected = broken_files(tmp_path)
     with pytest.raises(ImageError, match=expected[name]):

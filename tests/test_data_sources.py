@@ -65,9 +65,7 @@ def test_idx_directory(tmp_path: Path) -> None:
     t = load_source(tmp_path)
     assert t.kind == "idx" and t.pixels is not None and t.pixels.shape == (39, 28, 28)
     assert t.pixels.dtype == np.uint8 and t.class_names == ["0", "1", "2"]
-    assert (
-        t.available_splits() == ["train", "test"] and t.paths[0] == "train-images-idx3-ubyte.gz#0"
-    )
+    assert t.available_splits() == ["train", "test"] and t.paths[0] == "train-images-idx3-ubyte.gz#0"
     (tmp_path / "classes.txt").write_text("left\nmiddle\nright\n")
     assert load_source(tmp_path).class_names == ["left", "middle", "right"]
     fashion = tmp_path / "my-fashion-mnist"
@@ -232,9 +230,7 @@ def test_store_caches_on_disk_and_invalidates_when_a_file_changes(tmp_path: Path
     assert int(store.ok.sum()) == 6
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
     calls: list[int] = []
-    again, _ = build_store(
-        t, cfg, cache="disk", cache_dir=tmp_path / "cache", progress=calls.append
-    )
+    again, _ = build_store(t, cfg, cache="disk", cache_dir=tmp_path / "cache", progress=calls.append)
     assert calls == [len(t)] and np.array_equal(np.asarray(again.array), np.asarray(store.array))
     good = next(p for p in t.paths if p.endswith("b_000.jpg"))
     os.utime(good, ns=(1, 1))  # a changed file: new key, new cache

@@ -92,10 +92,7 @@ def test_evaluate_writes_the_report_and_agrees_with_predict(trained: dict, tmp_p
     data = image_folder(tmp_path / "d", ("cat", "dog", "fox"), 6, seed=5)
     broken_files(data / "dog")
     out = tmp_path / "report"
-    assert (
-        main(["evaluate", "--model", str(trained["model"]), "--data", str(data), "--out", str(out)])
-        == 0
-    )
+    assert main(["evaluate", "--model", str(trained["model"]), "--data", str(data), "--out", str(out)]) == 0
     for f in (
         "metrics.json",
         "per_class.csv",
@@ -129,9 +126,7 @@ def test_evaluate_writes_the_report_and_agrees_with_predict(trained: dict, tmp_p
     accuracy = np.mean([Path(r["path"]).parent.name == r["label"] for r in rows])
     assert m["top1"] == pytest.approx(accuracy)
     html = (out / "report.html").read_text()
-    assert (
-        "Confusion matrix" in html and "data:image/png;base64," in html and "truncated.jpg" in html
-    )
+    assert "Confusion matrix" in html and "data:image/png;base64," in html and "truncated.jpg" in html
     assert "http://" not in html and "https://" not in html  # self-contained
 
 

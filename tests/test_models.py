@@ -75,9 +75,7 @@ def test_forward_backward_and_head_size(name: str) -> None:
     assert any(float(g.abs().sum()) > 0 for g in grads if g is not None)
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in REQUIRED if n not in ("lenet", "vgg11_lrn", "vgg16_c")]
-)
+@pytest.mark.parametrize("name", [n for n in REQUIRED if n not in ("lenet", "vgg11_lrn", "vgg16_c")])
 def test_parameter_count_equals_reference_model(name: str) -> None:
     assert _count(_meta(name)) == _count(_reference(name))
 
@@ -261,7 +259,7 @@ def test_any_timm_or_torchvision_classifier_by_prefix() -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_default_preprocessing_is_exposed(name: str) -> None:
     cfg = preprocess_config(_meta(name))
-    assert cfg.input_size[0] == 3 and cfg.image_size >= 32
+    assert cfg.input_size[0] == 3 and cfg.image_size >= 28
     assert len(cfg.mean) == 3 and len(cfg.std) == 3 and all(s > 0 for s in cfg.std)
     assert 0.5 < cfg.crop_pct <= 1.0
     assert cfg.interpolation in ("bilinear", "bicubic", "nearest")

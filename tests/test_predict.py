@@ -147,9 +147,7 @@ def test_threshold_gives_unknown_and_tta_runs(trained: dict, tmp_path: Path) -> 
     assert {r["label"] for r in read_csv(out)} == {"unknown"}
 
 
-def test_resume_after_a_partial_write_writes_every_input_exactly_once(
-    trained: dict, tmp_path: Path
-) -> None:
+def test_resume_after_a_partial_write_writes_every_input_exactly_once(trained: dict, tmp_path: Path) -> None:
     out = tmp_path / "p.csv"
     args = [
         "predict",
@@ -247,22 +245,15 @@ def test_onnx_export_matches_the_model_directory(
     b = imgcls.load(onnx_file).predict(files, top_k=3)
     assert [r["label"] for r in a] == [r["label"] for r in b]
     diff = max(
-        abs(pa - pb)
-        for ra, rb in zip(a, b, strict=True)
-        for pa, pb in zip(ra["_probs"], rb["_probs"], strict=True)
+        abs(pa - pb) for ra, rb in zip(a, b, strict=True) for pa, pb in zip(ra["_probs"], rb["_probs"], strict=True)
     )
     assert diff <= 1e-4
 
 
-def test_export_fails_loudly_above_tolerance(
-    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_export_fails_loudly_above_tolerance(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.onnx"
     # a negative tolerance cannot be met: the verification must fail and write nothing
-    assert (
-        main(["export", "--model", str(trained["model"]), "--out", str(out), "--tolerance", "-1"])
-        == 2
-    )
+    assert main(["export", "--model", str(trained["model"]), "--out", str(out), "--tolerance", "-1"]) == 2
     assert "ONNX verification failed" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.iterdir())
     assert main(["export", "--model", str(tmp_path / "nothing")]) == 2
@@ -321,12 +312,7 @@ def test_torchrun_predict_merges_parts_in_input_order(trained: dict, tmp_path: P
 def test_predict_errors(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", "--model", str(tmp_path / "none"), "x.jpg"]) == 2
     assert "model not found" in capsys.readouterr().err
-    assert (
-        main(
-            ["predict", "--model", str(trained["model"]), "x.jpg", "--out", str(tmp_path / "p.xyz")]
-        )
-        == 2
-    )
+    assert main(["predict", "--model", str(trained["model"]), "x.jpg", "--out", str(tmp_path / "p.xyz")]) == 2
     assert "unknown output suffix" in capsys.readouterr().err
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     assert (

@@ -51,9 +51,7 @@ def test_bernoulli_likelihood_by_hand() -> None:
     # binary vector of one image: 1-D arrays of the same shape are Bernoulli
     assert P.likelihood(np.array([1, 0]), np.array([0.9, 0.2])) == pytest.approx(0.9 * 0.8)
     # same values as torch's binary cross-entropy summed per example
-    bce = F.binary_cross_entropy(
-        torch.tensor(q), torch.tensor(y, dtype=torch.float64), reduction="none"
-    )
+    bce = F.binary_cross_entropy(torch.tensor(q), torch.tensor(y, dtype=torch.float64), reduction="none")
     np.testing.assert_allclose(P.nll(y, q, reduction="none"), bce.sum(-1).numpy(), rtol=1e-12)
 
 

@@ -65,3 +65,11 @@ def test_json_contract() -> None:
     assert {"arch", "input_size", "total_params", "total_macs", "layers"} <= set(d)
     assert d["input_size"] == [3, 32, 32]
     assert set(d["layers"][0]) == {"name", "type", "output_shape", "params", "memory_kb", "macs"}
+
+
+def test_a_failing_forward_pass_leaves_no_dispatch_mode_behind() -> None:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    with pytest.raises(RuntimeError):
+        summarize_arch("alexnet", input_size=(3, 8, 8))
+    assert not _get_current_dispatch_mode_stack()

@@ -69,7 +69,19 @@ def train(
     def curves(run: Path, history: list[dict[str, Any]]) -> None:
         plot_curves(history, run / "curves.png")
 
-    return fit(cfg, resume=resume, started=started, on_epoch_end=curves)
+    return fit(cfg, resume=resume, started=started, on_epoch_end=curves, table_hook=detection_crops)
+
+
+def detection_crops(cfg: RunConfig, table: Any) -> Any:
+    """With ``--detections``: train on the MegaDetector crops instead of whole images."""
+    d = cfg.data
+    if not d.detections:
+        return table
+    from imgcls.cameratrap.detections import crop_table, read_detections
+
+    dets = read_detections(d.detections, d.image_root)
+    categories = tuple(c.strip() for c in d.det_categories.split(",") if c.strip())
+    return crop_table(table, dets, threshold=d.det_threshold, categories=categories, margin=d.crop_margin)
 
 
 def load(model: str | Path, **kwargs: Any) -> Any:

@@ -42,6 +42,7 @@ class ModelInfo:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     norm: str | None = None
     attn: str | None = None
+    tta: str = "none"  # the test-time augmentation the model was trained for: none | flip
     provenance: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -51,9 +52,7 @@ class ModelInfo:
         positive = 1
         if self.task == "binary" and self.positive_class in self.label_names:
             positive = self.label_names.index(self.positive_class)
-        return Task(
-            self.task, list(self.label_names), positive=positive, thresholds=list(self.thresholds)
-        )
+        return Task(self.task, list(self.label_names), positive=positive, thresholds=list(self.thresholds))
 
 
 def _timm_args(model: nn.Module) -> dict[str, Any] | None:
@@ -143,6 +142,7 @@ def info_from_config(cfg: dict[str, Any], path: Path) -> ModelInfo:
             preprocess=PreprocessConfig.from_pretrained_cfg(pre),
             norm=extra.get("norm"),
             attn=extra.get("attn"),
+            tta=str(cfg.get("test_time_augmentation", "none")),
             provenance=dict(cfg.get("provenance", {})),
             path=path,
         )
@@ -171,9 +171,7 @@ def read_info(folder: str | Path) -> ModelInfo:
     return info_from_config(read_config(folder), Path(folder))
 
 
-def load_model(
-    folder: str | Path, *, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, ModelInfo]:
+def load_model(folder: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
     """Rebuild the network of a model directory and load its weights (strictly)."""
     from safetensors.torch import load_file
 
@@ -189,9 +187,7 @@ def load_model(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise UserError(
-            f"{info.path}: weights do not match {info.arch} ({str(e).splitlines()[0]})"
-        ) from None
+        raise UserError(f"{info.path}: weights do not match {info.arch} ({str(e).splitlines()[0]})") from None
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     cfg.update(info.preprocess.to_pretrained_cfg())
     setattr(model, "pretrained_cfg", cfg)  # noqa: B010

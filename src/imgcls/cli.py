@@ -30,9 +30,7 @@ def _parser_error(parser: argparse.ArgumentParser) -> Callable[[str], Any]:
     return error
 
 
-def _add(
-    sub: Any, name: str, help_text: str, examples: str, handler: Handler
-) -> argparse.ArgumentParser:
+def _add(sub: Any, name: str, help_text: str, examples: str, handler: Handler) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help_text,
@@ -87,9 +85,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     if size is not None and (min(size) < 1 or size[0] != 3):
         raise UserError(f"--input-size must be 3 H W with positive H and W, not {size}")
     try:
-        s = summarize_arch(
-            args.arch, input_size=size, num_classes=args.num_classes, norm=args.norm, attn=args.attn
-        )
+        s = summarize_arch(args.arch, input_size=size, num_classes=args.num_classes, norm=args.norm, attn=args.attn)
     except RuntimeError as e:
         if size is None:
             raise
@@ -106,7 +102,8 @@ TRAIN_HELP = {
     "val_data": "separate validation data (same kinds of SPEC)",
     "image_root": "base folder for relative paths in .csv / .json files",
     "val_split": "share of the training images held out for validation (default 0.2)",
-    "split_by": "keep groups (location, sequence or any column) on one side of the split",
+    "split_by": "keep groups (location, sequence, image or any column) on one side of the split; "
+    "auto (default): location, else sequence, else image for crops; none: stratified",
     "image_size": "input size in pixels (default: the model's own)",
     "resize_mode": "crop (shorter side, center crop) or pad (letterbox the whole frame)",
     "augment": "none, flip, light, standard, strong, small or auto (default)",
@@ -117,6 +114,10 @@ TRAIN_HELP = {
     "workers": "decoding threads / processes (default: the cores)",
     "max_skipped": "stop when a larger share of the files is unusable (default 0.5)",
     "max_pixels": "refuse images with more pixels (default 100 million)",
+    "detections": "MegaDetector results JSON: train on the detection crops",
+    "det_threshold": "detection confidence for a crop (default 0.2)",
+    "det_categories": "detection categories to crop (default animal)",
+    "crop_margin": "margin around a crop, share of the box's longer side (default 0.1)",
     "arch": "architecture (see 'imgcls models'); auto: resnet18, or lenet for tiny images",
     "pretrained": "auto (published weights when there are), none, timm, torchvision, or a model "
     "directory / weights file",
@@ -154,7 +155,7 @@ TRAIN_HELP = {
     "early_stopping": "stop after N epochs without improvement (0 = off)",
     "monitor": "metric for the best model and early stopping (default: top1 or mAP)",
     "checkpoint_minutes": "also checkpoint within an epoch this often (default 10)",
-    "tta": "final validation with flip test-time augmentation",
+    "tta": "test-time augmentation saved with the model: flip, none, auto (flip for small images)",
 }
 
 
@@ -206,9 +207,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     started = getattr(args, "_started", time.monotonic())
     options = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("handler", "config", "resume", "command", "out", "_started")
+        k: v for k, v in vars(args).items() if k not in ("handler", "config", "resume", "command", "out", "_started")
     }
     import os
 
@@ -222,6 +221,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------- predict
+def _set_decision(clf: Any, args: argparse.Namespace) -> None:
+    """--threshold, --class-thresholds, --rollup, --blank-threshold -> the classifier's rule."""
+    from imgcls.decisions import DecisionRule, parse_class_thresholds
+
+    wanted = args.class_thresholds or args.rollup or args.blank_threshold is not None
+    if not wanted:
+        return
+    if clf.task != "multiclass":
+        raise UserError("--class-thresholds, --rollup and --blank-threshold apply to multi-class models")
+    clf.decision = DecisionRule(
+        clf.label_names,
+        threshold=args.threshold if args.threshold is not None else (0.5 if args.rollup else None),
+        class_thresholds=parse_class_thresholds(args.class_thresholds, clf.label_names),
+        rollup=args.rollup,
+        blank_threshold=args.blank_threshold,
+    )
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import os
 
@@ -236,19 +253,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         Path(args.out).unlink(missing_ok=True)
     clf = Classifier.load(args.model, device=args.device, precision=args.precision)
-    summary = run_predict(
-        clf,
-        args.inputs,
-        out=args.out,
-        fmt=args.format,
-        resume=not args.overwrite,
-        top_k=args.top_k,
-        threshold=args.threshold,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        tta=args.tta == "flip",
-        show_progress=args.out is not None,
-    )
+    _set_decision(clf, args)
+    common = dict(
+        top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
+        show_progress=args.out is not None, resume=not args.overwrite,
+    )  # fmt: skip
+    camera = args.detections or args.aggregate != "none" or args.format in ("megadetector", "camtrapdp")
+    if camera:
+        import imgcls.cameratrap.writers  # noqa: F401  (registers the formats)
+        from imgcls.cameratrap.pipeline import run
+
+        options = {
+            "utc_offset": args.utc_offset,
+            "deployments": args.deployments,
+            "metadata": args.camtrapdp_metadata,
+        }
+        summary = run(
+            clf, args.inputs, out=args.out, fmt=args.format, detections_file=args.detections,
+            image_root=args.image_root, det_threshold=args.det_threshold, det_categories=args.det_categories,
+            crop_margin=args.crop_margin, aggregate=args.aggregate, sequence_gap=args.sequence_gap,
+            metadata=args.metadata, writer_options=options, **common,
+        )  # fmt: skip
+    else:
+        summary = run_predict(
+            clf, args.inputs, out=args.out, fmt=args.format, threshold=args.threshold,
+            tta={"flip": True, "none": False}.get(args.tta), **common,
+        )  # fmt: skip
     if args.out and os.environ.get("RANK", "0") == "0":
         done = f", {summary.skipped_done} already done" if summary.skipped_done else ""
         sys.stderr.write(
@@ -265,12 +295,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     r = evaluate(
         args.model, args.data, split=args.split, out=args.out, image_root=args.image_root,
         batch_size=args.batch_size, workers=args.workers, device=args.device,
-        precision=args.precision, tta=args.tta == "flip",
+        precision=args.precision, tta={"flip": True, "none": False}.get(args.tta), detections=args.detections,
+        det_threshold=args.det_threshold, det_categories=args.det_categories,
+        crop_margin=args.crop_margin,
     )  # fmt: skip
     m = r.metrics
-    print(
-        f"{r.task} evaluation on {m['num_images']} images ({r.split}), {m['num_skipped']} skipped"
-    )
+    print(f"{r.task} evaluation on {m['num_images']} images ({r.split}), {m['num_skipped']} skipped")
     keys = ("top1", "top5", "balanced_accuracy", "macro_f1", "roc_auc", "average_precision", "mAP",
             "micro_f1", "subset_accuracy", "hamming_loss", "nll", "ece")  # fmt: skip
     width = max(len(k) for k in keys)
@@ -288,15 +318,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.format != "onnx":
         raise UserError(f"unknown export format {args.format!r} (onnx is supported)")
-    report, source = export_onnx(
-        args.model, args.out, images=args.images, opset=args.opset, tolerance=args.tolerance
-    )
+    report, source = export_onnx(args.model, args.out, images=args.images, opset=args.opset, tolerance=args.tolerance)
     print(f"wrote {report.path}")
     print(
         f"verified with ONNX Runtime on {report.images} {source}: max |logit diff| "
         f"{report.max_logit_diff:.2e}, max |probability diff| {report.max_prob_diff:.2e}, "
         f"top-1 agreement {100 * report.top1_agreement:.1f}%"
     )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- serve
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from imgcls.serve.app import ServeConfig, serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        sys.stderr.write(f"imgcls serve: listening on {args.host}: reachable from other machines\n")
+    cfg = ServeConfig(
+        model=args.model, host=args.host, port=args.port, api_key=args.api_key,
+        max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_pixels=args.max_pixels,
+        cors_origins=args.cors_origin or [], max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        top_k=args.top_k, device=args.device, precision=args.precision,
+    )  # fmt: skip
+    serve(cfg)
     return 0
 
 
@@ -340,9 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         "\n  imgcls summary resnet18 --norm group --attn se --json",
         _cmd_summary,
     )
-    p.add_argument(
-        "arch", help="architecture name (see 'imgcls models'), timm/NAME, torchvision/NAME"
-    )
+    p.add_argument("arch", help="architecture name (see 'imgcls models'), timm/NAME, torchvision/NAME")
     p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"))
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--norm", choices=NORMS, help="normalization (ResNet, VGG, LeNet families)")
@@ -364,9 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_train,
     )
     p.add_argument("--config", help="YAML file with data/model/optim/train sections")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
-    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     _add_config_options(p)
 
     p = _add(
@@ -377,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  imgcls predict --model runs/a/model photos/ 'more/*.JPG' list.txt --out preds.csv\n"
         "  imgcls predict --model model.onnx photos/ --out preds.jsonl --top-k 3\n"
         "  imgcls predict --model runs/a/model photos/ --out preds.csv   # again: resumes\n"
+        "  imgcls predict --model M traps/ --detections md.json --format megadetector --out md_cls.json\n"
+        "  imgcls predict --model M traps/ --aggregate sequence --format camtrapdp --out package/\n"
         "  torchrun --nproc_per_node 4 -m imgcls predict --model M photos/ --out preds.csv",
         _cmd_predict,
     )
@@ -393,12 +435,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="below this probability the label is 'unknown'")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
-    p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
+    p.add_argument(
+        "--tta", choices=["auto", "none", "flip"], default="auto",
+        help="test-time augmentation (default: what the model was trained for)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
-    p.add_argument(
-        "--overwrite", action="store_true", help="start --out afresh instead of resuming"
+    p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming")
+    g = p.add_argument_group("decisions")
+    g.add_argument("--class-thresholds", help="per-class thresholds: fox=0.8,deer=0.6 (below: unknown)")
+    g.add_argument("--rollup", action="store_true", help="roll uncertain species up an 'a;b;c' taxonomy")
+    g.add_argument("--blank-threshold", type=float, help="call an image blank only at this p(blank)")
+    g = p.add_argument_group("camera traps")
+    g.add_argument("--detections", help="MegaDetector results JSON: classify the detection crops")
+    g.add_argument(
+        "--det-threshold",
+        type=float,
+        help="detection confidence for a crop (default: the model's, else 0.2)",
     )
+    g.add_argument(
+        "--det-categories",
+        default="animal",
+        help="detection categories to classify (default animal)",
+    )
+    g.add_argument("--crop-margin", type=float, help="margin around a crop (default: the model's, else 0.1)")
+    g.add_argument("--image-root", help="folder the detections' file names are relative to")
+    g.add_argument("--aggregate", choices=["none", "sequence"], default="none", help="event-level labels")
+    g.add_argument("--sequence-gap", type=float, default=30.0, help="seconds between frames of one event")
+    g.add_argument("--metadata", help="COCO Camera Traps .json or .csv with sequence / location per image")
+    g.add_argument("--utc-offset", default="+00:00", help="time zone of the cameras' clocks (Camtrap DP)")
+    g.add_argument("--deployments", help="CSV with deploymentID and coordinates to merge (Camtrap DP)")
+    g.add_argument("--camtrapdp-metadata", help="JSON merged into datapackage.json (project, contributors)")
 
     p = _add(
         sub,
@@ -416,9 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", help="base folder for relative paths in .csv / .json files")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
-    p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
+    p.add_argument(
+        "--tta", choices=["auto", "none", "flip"], default="auto",
+        help="test-time augmentation (default: what the model was trained for)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--detections", help="MegaDetector results JSON: evaluate on the detection crops")
+    p.add_argument("--det-threshold", type=float, help="detection confidence for a crop (default: the model's)")
+    p.add_argument("--det-categories", default="animal")
+    p.add_argument("--crop-margin", type=float, help="margin around a crop (default: the model's)")
 
     p = _add(
         sub,
@@ -432,13 +506,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--format", default="onnx", help="onnx")
     p.add_argument("--out", help="output file (default: MODEL/model.onnx)")
-    p.add_argument(
-        "--images", nargs="+", help="images for the verification (default: the training data)"
-    )
+    p.add_argument("--images", nargs="+", help="images for the verification (default: the training data)")
     p.add_argument("--opset", type=int, default=18)
-    p.add_argument(
-        "--tolerance", type=float, default=1e-4, help="largest allowed probability difference"
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed probability difference")
+
+    p = _add(
+        sub,
+        "serve",
+        "An HTTP API (POST /predict, GET /model, GET /health) and a web page over a model.",
+        "  imgcls serve --model runs/a/model                # http://127.0.0.1:8000/\n"
+        "  IMGCLS_API_KEY=secret imgcls serve --model model.onnx --port 9000\n"
+        "  curl -F file=@cat.jpg -F file=@dog.jpg 'http://127.0.0.1:8000/predict?top_k=3'",
+        _cmd_serve,
     )
+    p.add_argument("--model", required=True, help="model directory or exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require this key on /predict (default: $IMGCLS_API_KEY, else none)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (default 25 MB)")
+    p.add_argument("--max-files", type=int, default=16, help="most images per request (default 16)")
+    p.add_argument("--max-pixels", type=int, default=60_000_000, help="largest image in pixels")
+    p.add_argument("--cors-origin", action="append", help="allow browser calls from this origin (repeatable)")
+    p.add_argument("--max-batch", type=int, default=32, help="images per micro-batch")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
+    p.add_argument("--top-k", type=int, default=5, help="default labels per image")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
 
     p = _add(
         sub,

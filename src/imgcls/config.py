@@ -82,7 +82,8 @@ class DataConfig:
     val_data: str | None = None
     image_root: str | None = None
     val_split: float = 0.2
-    split_by: str | None = None
+    max_val: int | None = 5000  # at most this many validation images are carved out
+    split_by: str | None = "auto"  # auto: location, else sequence, else image (crops), else none
     image_size: int | None = None  # default: the model's own input size
     resize_mode: str | None = None  # crop | pad (letterbox); default: crop
     augment: str = "auto"  # none | flip | light | standard | strong | small | auto
@@ -93,6 +94,10 @@ class DataConfig:
     workers: int | None = None  # decoding threads / processes; default: the cores
     max_skipped: float = 0.5  # stop when a larger share of the files is unusable
     max_pixels: int = 100_000_000
+    detections: str | None = None  # MegaDetector results JSON: train on the detection crops
+    det_threshold: float = 0.2  # detections at or above this confidence are crops
+    det_categories: str = "animal"  # comma-separated detection categories to crop
+    crop_margin: float = 0.1  # share of the box's longer side added around a crop
 
 
 @dataclass
@@ -113,7 +118,7 @@ class OptimConfig:
     """The optimiser and its schedule."""
 
     optimizer: str = "adamw"  # adamw | sgd
-    lr: float | None = None  # default: 1e-3 (adamw) or 0.1 per 256 images (sgd)
+    lr: float | None = None  # default: 1e-3 per 64 images, sqrt-scaled (adamw); 0.1 per 256 (sgd)
     weight_decay: float | None = None  # default: 0.05 (adamw) or 5e-4 (sgd)
     momentum: float = 0.9
     nesterov: bool = True
@@ -135,7 +140,7 @@ class TrainConfig:
     positive: str | None = None  # binary: the positive class (default: the second name)
     epochs: int | None = None  # default 10 (or as many as --time-budget allows)
     time_budget: str | None = None  # e.g. 10m: plan the schedule to end on time
-    batch_size: int = 64
+    batch_size: int | None = None  # default 64, or 256 for images of 64 px or less
     seed: int = 0
     deterministic: bool = False
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
@@ -147,7 +152,7 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs; 0 = off
     monitor: str = "auto"  # val_top1 | val_loss | val_mAP | ... ; auto by task
     checkpoint_minutes: float = 10.0  # also checkpoint within an epoch this often
-    tta: bool = False  # final validation with horizontal-flip test-time augmentation
+    tta: str = "auto"  # flip | none | auto: flip for small images trained with flips
 
 
 @dataclass
@@ -221,9 +226,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
-        )
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 

@@ -75,9 +75,7 @@ class Progress:
         return self.done / elapsed if elapsed > 0 else 0.0
 
     def _extra(self) -> str:
-        return "  ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items()
-        )
+        return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items())
 
     def update(self, n: int = 1, **fields: Any) -> None:
         self.done += n
@@ -90,13 +88,8 @@ class Progress:
             if now - self.last_log >= self.log_seconds:
                 self.last_log = now
                 left = (self.total - self.done) / self.rate if self.rate > 0 else 0
-                info(
-                    f"{self.description}: {self.done}/{self.total} {rate}, "
-                    f"ETA {left:.0f}s {self._extra()}"
-                )
+                info(f"{self.description}: {self.done}/{self.total} {rate}, ETA {left:.0f}s {self._extra()}")
 
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         if self._rich is not None:
             self._rich.stop()

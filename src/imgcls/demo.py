@@ -74,8 +74,7 @@ def run_demo(out: str | Path = "demo-run", epochs: int = 15) -> Path:
             "efficientnet_b0",
         ):
             print(
-                f"  {row.name:16s} {row.params / 1e6:8.2f}M params "
-                f"{row.macs / 1e9:7.2f}G MACs at {row.input_size[1]}px"
+                f"  {row.name:16s} {row.params / 1e6:8.2f}M params {row.macs / 1e9:7.2f}G MACs at {row.input_size[1]}px"
             )
 
     _section(f"2. The model, layer by layer (imgcls summary {DEMO_ARCH} --num-classes 10)")
@@ -94,16 +93,11 @@ def run_demo(out: str | Path = "demo-run", epochs: int = 15) -> Path:
     )  # fmt: skip
     model = run / "model"
 
-    _section(
-        f"5. Evaluate on the held-out test split (imgcls evaluate --model {model} --split test)"
-    )
+    _section(f"5. Evaluate on the held-out test split (imgcls evaluate --model {model} --split test)")
     report = out_dir / "report"
     result = evaluate(model, data, split="test", out=report)
     m = result.metrics
-    print(
-        f"top-1 {m['top1']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
-        f"macro F1 {m['macro_f1']:.4f}"
-    )
+    print(f"top-1 {m['top1']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}")
     print(
         f"mean NLL (cross-entropy) {m['nll']:.4f}  "
         f"log-likelihood of the {m['num_images']} labels {m['log_likelihood']:.1f}"
@@ -114,9 +108,7 @@ def run_demo(out: str | Path = "demo-run", epochs: int = 15) -> Path:
     _section("6. Predict files (imgcls predict --model ... digits/test --out predictions.csv)")
     clf = Classifier.load(model)
     preds = out_dir / "predictions.csv"
-    summary = predict_files(
-        clf, [str(data / "test")], writer_for(preds, None), top_k=3, show_progress=False
-    )
+    summary = predict_files(clf, [str(data / "test")], writer_for(preds, None), top_k=3, show_progress=False)
     print(f"{summary.written} rows -> {preds}")
     for line in preds.read_text().splitlines()[:4]:
         print("  " + line)

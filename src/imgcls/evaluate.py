@@ -32,9 +32,7 @@ ECE_BINS = 15
 
 
 # -------------------------------------------------------------------------------------- metrics
-def expected_calibration_error(
-    confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
-) -> float:
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE of the top-1 confidence: sum over equal-width bins of |accuracy - confidence| weighted
     by the bin's share of the images (Guo et al. 2017), via torchmetrics."""
     import torch
@@ -51,9 +49,7 @@ def expected_calibration_error(
     return float(value)
 
 
-def reliability_bins(
-    confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
-) -> list[dict[str, float]]:
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
     """Per bin: its range, the images in it, their mean confidence and accuracy."""
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
@@ -129,9 +125,7 @@ def binary_metrics(
     is_pos = y == positive
     pred_pos = p_pos >= threshold
     pred = np.where(pred_pos, positive, 1 - positive)
-    p, r, f, _ = precision_recall_fscore_support(
-        is_pos, pred_pos, average="binary", zero_division=0
-    )
+    p, r, f, _ = precision_recall_fscore_support(is_pos, pred_pos, average="binary", zero_division=0)
     out.update(
         top1=float((pred == y).mean()),
         accuracy=float((pred == y).mean()),
@@ -150,16 +144,12 @@ def binary_metrics(
     out["confusion_matrix"] = confusion_matrix(y, pred, labels=[0, 1]).tolist()
     both = is_pos.any() and (~is_pos).any()
     out["roc_auc"] = float(roc_auc_score(is_pos, p_pos)) if both else float("nan")
-    out["average_precision"] = (
-        float(average_precision_score(is_pos, p_pos)) if is_pos.any() else float("nan")
-    )
+    out["average_precision"] = float(average_precision_score(is_pos, p_pos)) if is_pos.any() else float("nan")
     out.pop("top5", None)
     return out
 
 
-def multilabel_metrics(
-    probs: np.ndarray, y: np.ndarray, names: list[str], thresholds: list[float]
-) -> dict[str, Any]:
+def multilabel_metrics(probs: np.ndarray, y: np.ndarray, names: list[str], thresholds: list[float]) -> dict[str, Any]:
     from sklearn.metrics import (
         average_precision_score,
         f1_score,
@@ -249,9 +239,7 @@ def _map_targets(
     return keep_arr, t, skipped
 
 
-def choose_rows(
-    table: DataTable, split: str | None, model_run: Path | None
-) -> tuple[np.ndarray, str]:
+def choose_rows(table: DataTable, split: str | None, model_run: Path | None) -> tuple[np.ndarray, str]:
     """Rows to evaluate: the named split; by default the source's test split, else its
     validation split, else the training run's validation rows (when the data is the run's),
     else every row."""
@@ -296,7 +284,7 @@ def collect_probabilities(
     *,
     batch_size: int = 64,
     workers: int | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """(probabilities of the decodable rows, those rows, (path, reason) of the others)."""
     from PIL import Image
@@ -319,6 +307,12 @@ def collect_probabilities(
                 yield table.paths[i], eval_array(img, pre), None
 
         stream = items()
+    elif table.boxes is not None:  # detection crops
+        from imgcls.predict import decode_crop
+
+        crops = ((table.paths[i], tuple(table.boxes[i]), table.crop_margin) for i in rows)
+        n_workers = physical_cores() if workers is None else workers
+        stream = ((item[0], a, e) for item, a, e in decode_stream(crops, pre, workers=n_workers, fn=decode_crop))
     else:
         stream = decode_stream(
             (table.paths[i] for i in rows),
@@ -368,6 +362,32 @@ def compute_metrics(
     return multiclass_metrics(probs, targets, names)
 
 
+def _detection_crops(
+    table: DataTable,
+    rows: np.ndarray,
+    info: Any,
+    detections: str | Path,
+    image_root: str | Path | None,
+    det_threshold: float | None,
+    det_categories: str,
+    crop_margin: float | None,
+) -> tuple[DataTable, np.ndarray, dict[str, Any]]:
+    from imgcls.cameratrap.detections import crop_table, detection_tradeoff, read_detections
+
+    crops = dict(info.provenance.get("detection_crops") or {})
+    threshold = det_threshold if det_threshold is not None else float(crops.get("threshold", 0.2))
+    margin = crop_margin if crop_margin is not None else float(crops.get("margin", 0.1))
+    categories = tuple(c.strip() for c in det_categories.split(",") if c.strip())
+    dets = read_detections(detections, image_root)
+    images = table.subset(rows)
+    extra = {
+        "detection_threshold": threshold,
+        "detection_tradeoff": detection_tradeoff(images, dets, categories),
+    }
+    cropped = crop_table(images, dets, threshold=threshold, categories=categories, margin=margin)
+    return cropped, np.arange(len(cropped)), extra
+
+
 def evaluate(
     model: str | Path,
     data: str | Path | None = None,
@@ -379,9 +399,17 @@ def evaluate(
     workers: int | None = None,
     device: str = "auto",
     precision: str = "auto",
-    tta: bool = False,
+    tta: bool | None = None,
+    detections: str | Path | None = None,
+    det_threshold: float | None = None,
+    det_categories: str = "animal",
+    crop_margin: float | None = None,
 ) -> EvalResult:
-    """Evaluate a model directory (or .onnx) on labelled data; with ``out``, write the report."""
+    """Evaluate a model directory (or .onnx) on labelled data; with ``out``, write the report.
+
+    With ``detections`` (MegaDetector results) the model is evaluated on the detection crops,
+    as it was trained, and the report adds the detector's animal-recall / blank-removal
+    trade-off over detection thresholds."""
     from imgcls.data.sources import load_source
     from imgcls.predict import Classifier
 
@@ -393,38 +421,36 @@ def evaluate(
         data = info.provenance.get("data")
         if not data:
             raise UserError("--data is required: the model does not record its training data")
-    table = load_source(
-        data, multilabel=True if info.task == "multilabel" else None, image_root=image_root
-    )
+    table = load_source(data, multilabel=True if info.task == "multilabel" else None, image_root=image_root)
     rows, split_name = choose_rows(table, split, run)
+    extra: dict[str, Any] = {}
+    if detections is not None:
+        table, rows, extra = _detection_crops(
+            table, rows, info, detections, image_root, det_threshold, det_categories, crop_margin
+        )
     keep, targets, skipped = _map_targets(table, info.label_names, rows)
-    skipped = list(table.skipped if split_name == "all" else []) + skipped
-    probs, ok, bad = collect_probabilities(
-        clf, table, keep, batch_size=batch_size, workers=workers, tta=tta
-    )
+    skipped = list(table.skipped if split_name == "all" or detections else []) + skipped
+    probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta)
     skipped += bad
     position = {int(r): j for j, r in enumerate(keep)}
     targets = targets[[position[int(r)] for r in ok]]
     names = info.label_names
     positive = names.index(info.positive_class) if info.positive_class in names else 1
-    metrics = compute_metrics(
-        info.task, probs, targets, names, positive=positive, thresholds=info.thresholds
-    )
+    metrics = compute_metrics(info.task, probs, targets, names, positive=positive, thresholds=info.thresholds)
     metrics["num_images"] = len(ok)
     metrics["num_skipped"] = len(skipped)
-    groups = {
-        k: [table.columns[k][int(i)] for i in ok] for k in ("location",) if k in table.columns
-    }
+    metrics.update(extra)
+    from imgcls.decisions import blank_index, blank_tradeoff
+
+    blank = blank_index(names)
+    if blank is not None and info.task != "multilabel" and len(probs):
+        metrics["blank_tradeoff"] = blank_tradeoff(probs, targets, blank)
+    groups = {k: [table.columns[k][int(i)] for i in ok] for k in ("location",) if k in table.columns}
     if info.task != "multilabel" and "location" in groups:
         correct = (
             probs.argmax(1) == targets
             if info.task == "multiclass"
-            else (
-                np.where(
-                    probs[:, positive] >= (info.thresholds or [0.5])[0], positive, 1 - positive
-                )
-                == targets
-            )
+            else (np.where(probs[:, positive] >= (info.thresholds or [0.5])[0], positive, 1 - positive) == targets)
         )
         metrics["per_location"] = group_accuracy(correct, groups["location"])
 

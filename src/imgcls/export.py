@@ -69,10 +69,7 @@ def _verification_images(
         rng = np.random.default_rng(0)
         ramp = np.linspace(0, 255, size, dtype=np.float64)
         base = (ramp[None, :, None] + ramp[:, None, None]) / 2
-        arrays = [
-            np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-            for _ in range(8)
-        ]
+        arrays = [np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8) for _ in range(8)]
         source = "synthetic images"
     return np.stack(arrays), source
 

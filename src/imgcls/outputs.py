@@ -228,9 +228,7 @@ class JsonWriter(JsonlWriter):
 
         assert self.path is not None
         with open(self.path, encoding="utf-8") as f, atomic_open(self.final) as out:
-            out.write(
-                '{"model": ' + json.dumps(self.options.get("model", {})) + ', "predictions": [\n'
-            )
+            out.write('{"model": ' + json.dumps(self.options.get("model", {})) + ', "predictions": [\n')
             first = True
             for line in f:
                 if line.strip():
@@ -259,23 +257,17 @@ for _cls in (CsvWriter, JsonlWriter, JsonWriter):
     register_writer(_cls)
 
 
-def writer_for(
-    path: str | Path | None, fmt: str | None, options: dict[str, Any] | None = None
-) -> Writer:
+def writer_for(path: str | Path | None, fmt: str | None, options: dict[str, Any] | None = None) -> Writer:
     """The writer named by ``fmt``, or chosen by the file's suffix (CSV by default)."""
     p = Path(path) if path else None
     if fmt:
         if fmt not in WRITERS:
-            raise UserError(
-                f"unknown output format {fmt!r}; choose one of: {', '.join(sorted(WRITERS))}"
-            )
+            raise UserError(f"unknown output format {fmt!r}; choose one of: {', '.join(sorted(WRITERS))}")
         return WRITERS[fmt](p, options=options)
     if p is not None:
         for cls in WRITERS.values():
             if p.suffix.lower() in cls.suffixes:
                 return cls(p, options=options)
         if p.suffix:
-            raise UserError(
-                f"{p}: unknown output suffix {p.suffix!r} (use .csv, .jsonl or .json, or --format)"
-            )
+            raise UserError(f"{p}: unknown output suffix {p.suffix!r} (use .csv, .jsonl or .json, or --format)")
     return CsvWriter(p, options=options)

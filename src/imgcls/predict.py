@@ -33,6 +33,7 @@ from imgcls.artifacts import ModelInfo, read_info
 from imgcls.config import PreprocessConfig
 from imgcls.data.image import MAX_PIXELS, ImageError, read_image
 from imgcls.data.preprocess import eval_array, normalize_np, square_size
+from imgcls.decisions import DecisionRule
 from imgcls.errors import UserError
 
 if TYPE_CHECKING:
@@ -94,20 +95,32 @@ def count_inputs(inputs: Sequence[str]) -> int:
 
 
 # ----------------------------------------------------------------------------------- decoding
-def decode_for_model(
-    path: str, cfg: PreprocessConfig, max_pixels: int | None = MAX_PIXELS
-) -> np.ndarray:
+def decode_for_model(path: str, cfg: PreprocessConfig, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """One file -> the uint8 (size, size, 3) model input before normalisation."""
     return eval_array(read_image(path, min_size=square_size(cfg), max_pixels=max_pixels), cfg)
 
 
+def decode_crop(
+    item: tuple[str, tuple[float, float, float, float], float],
+    cfg: PreprocessConfig,
+    max_pixels: int | None = MAX_PIXELS,
+) -> np.ndarray:
+    """(path, normalised box, margin) -> the model input of that square crop."""
+    from imgcls.data.image import crop_draft_size, crop_square
+
+    path, box, margin = item
+    img = read_image(path, min_size=crop_draft_size(box, square_size(cfg)), max_pixels=max_pixels)
+    return eval_array(crop_square(img, box, margin), cfg)
+
+
 def _decode_chunk(
-    paths: list[str], cfg: PreprocessConfig, max_pixels: int | None
-) -> list[tuple[np.ndarray | None, str | None]]:
-    out: list[tuple[np.ndarray | None, str | None]] = []
-    for p in paths:
+    items: list[Any], cfg: PreprocessConfig, max_pixels: int | None, fn: Any = None
+) -> list[tuple[Any, str | None]]:
+    decode = fn or decode_for_model
+    out: list[tuple[Any, str | None]] = []
+    for p in items:
         try:
-            out.append((decode_for_model(p, cfg, max_pixels), None))
+            out.append((decode(p, cfg, max_pixels), None))
         except ImageError as e:
             out.append((None, str(e)))
         except Exception as e:  # a decoder bug must not stop a million-image run
@@ -135,15 +148,18 @@ def _executor(workers: int) -> Executor:
 
 
 def decode_stream(
-    paths: Iterable[str],
+    paths: Iterable[Any],
     cfg: PreprocessConfig,
     *,
     workers: int = 2,
     max_pixels: int | None = MAX_PIXELS,
     chunk: int = 8,
-) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
-    """(path, pixels or None, error or None) in input order; at most ``4 * workers`` chunks are
-    in flight, so memory stays flat however long ``paths`` is."""
+    fn: Any = None,
+) -> Iterator[tuple[Any, Any, str | None]]:
+    """(item, pixels or None, error or None) in input order; at most ``4 * workers`` chunks are
+    in flight, so memory stays flat however long ``paths`` is. ``fn(item, cfg, max_pixels)``
+    decodes one item (a module-level function, as it runs in worker processes); by default an
+    item is a path and the result its model input."""
     ahead = max(2, 4 * workers)
     pending: deque[tuple[list[str], Future]] = deque()
     it = iter(paths)
@@ -155,7 +171,7 @@ def decode_stream(
                 if not batch:
                     exhausted = True
                     break
-                pending.append((batch, pool.submit(_decode_chunk, batch, cfg, max_pixels)))
+                pending.append((batch, pool.submit(_decode_chunk, batch, cfg, max_pixels, fn)))
             if not pending:
                 return
             batch, fut = pending.popleft()
@@ -189,27 +205,19 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise UserError(
-                "running .onnx models needs onnxruntime: pip install 'imgcls[onnx]'"
-            ) from e
+            raise UserError("running .onnx models needs onnxruntime: pip install 'imgcls[onnx]'") from e
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=ort.get_available_providers()
-            )
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=ort.get_available_providers())
         except Exception as e:
-            raise UserError(
-                f"{path}: cannot load the ONNX model ({str(e).splitlines()[0]})"
-            ) from None
+            raise UserError(f"{path}: cannot load the ONNX model ({str(e).splitlines()[0]})") from None
         self.input = self.session.get_inputs()[0].name
         self.model = self.session
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(
-            self.session.run(None, {self.input: x.astype(np.float32)})[0], dtype=np.float32
-        )
+        return np.asarray(self.session.run(None, {self.input: x.astype(np.float32)})[0], dtype=np.float32)
 
 
 def onnx_info(path: Path) -> ModelInfo:
@@ -226,9 +234,7 @@ def onnx_info(path: Path) -> ModelInfo:
         raise UserError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
     meta = {p.key: p.value for p in proto.metadata_props}
     if "imgcls_config" not in meta:
-        raise UserError(
-            f"{path}: an ONNX model without imgcls metadata (export it with 'imgcls export')"
-        )
+        raise UserError(f"{path}: an ONNX model without imgcls metadata (export it with 'imgcls export')")
     from imgcls.artifacts import info_from_config
 
     return info_from_config(json.loads(meta["imgcls_config"]), path)
@@ -242,9 +248,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.where(
-        z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z)))
-    )
+    return np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
 
 
 @dataclass
@@ -254,11 +258,10 @@ class Classifier:
     info: ModelInfo
     backend: Any
     label_names: list[str] = field(default_factory=list)
+    decision: DecisionRule | None = None  # multi-class decision rule (see imgcls.decisions)
 
     @classmethod
-    def load(
-        cls, model: str | Path, *, device: str = "auto", precision: str = "auto"
-    ) -> Classifier:
+    def load(cls, model: str | Path, *, device: str = "auto", precision: str = "auto") -> Classifier:
         path = Path(model)
         if path.suffix.lower() == ".onnx":
             if not path.is_file():
@@ -302,14 +305,15 @@ class Classifier:
     def task(self) -> str:
         return self.info.task
 
-    def probabilities(self, pixels: np.ndarray, *, tta: bool = False) -> np.ndarray:
-        """uint8 (B, H, W, 3) batch after the eval transform -> (B, K) class probabilities."""
+    def probabilities(self, pixels: np.ndarray, *, tta: bool | None = None) -> np.ndarray:
+        """uint8 (B, H, W, 3) batch after the eval transform -> (B, K) class probabilities.
+        ``tta``: average with the mirror image; None uses the model's own setting."""
+        if tta is None:
+            tta = self.info.tta == "flip"
         x = normalize_np(pixels, self.preprocess)
         probs = self._probs(self.backend.logits(x))
         if tta:  # average with the mirror image
-            probs = (
-                probs + self._probs(self.backend.logits(np.ascontiguousarray(x[..., ::-1])))
-            ) / 2
+            probs = (probs + self._probs(self.backend.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
         return probs
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
@@ -318,9 +322,7 @@ class Classifier:
         p = _sigmoid(logits)
         if self.info.task == "binary":
             pos = (
-                self.label_names.index(self.info.positive_class)
-                if self.info.positive_class in self.label_names
-                else 1
+                self.label_names.index(self.info.positive_class) if self.info.positive_class in self.label_names else 1
             )
             p = p.reshape(-1)
             return np.stack([1 - p, p] if pos == 1 else [p, 1 - p], axis=1)
@@ -333,7 +335,7 @@ class Classifier:
         top_k: int = 5,
         threshold: float | None = None,
         batch_size: int = 32,
-        tta: bool = False,
+        tta: bool | None = None,
     ) -> list[dict[str, Any]]:
         """Rows (path, label, score, top_k, error) for file paths and/or PIL images."""
         items = [inputs] if isinstance(inputs, (str, Path, Image.Image)) else list(inputs)
@@ -360,7 +362,7 @@ class Classifier:
         *,
         top_k: int = 5,
         threshold: float | None = None,
-        tta: bool = False,
+        tta: bool | None = None,
     ) -> list[dict[str, Any]]:
         arrays = [a for _, a, _ in decoded if a is not None]
         probs = self.probabilities(np.stack(arrays), tta=tta) if arrays else None
@@ -375,9 +377,7 @@ class Classifier:
             k += 1
         return out
 
-    def row(
-        self, path: str, p: np.ndarray, *, top_k: int = 5, threshold: float | None = None
-    ) -> dict[str, Any]:
+    def row(self, path: str, p: np.ndarray, *, top_k: int = 5, threshold: float | None = None) -> dict[str, Any]:
         names = self.label_names
         order = np.argsort(-p, kind="stable")
         top = {names[i]: round(float(p[i]), 6) for i in order[: max(1, top_k)]}
@@ -391,19 +391,16 @@ class Classifier:
             label = ";".join(names[i] for i in on)
             score = float(p[on[0]]) if on else float(p[order[0]])
         elif self.info.task == "binary":
-            pos = (
-                self.label_names.index(self.info.positive_class)
-                if self.info.positive_class in names
-                else 1
-            )
+            pos = self.label_names.index(self.info.positive_class) if self.info.positive_class in names else 1
             cut = threshold if threshold is not None else (self.info.thresholds or [0.5])[0]
             best = pos if p[pos] >= cut else 1 - pos
             label, score = names[best], float(p[best])
+        elif self.decision is not None or threshold is not None:
+            rule = self.decision or DecisionRule(names, threshold=threshold)
+            label, score = rule.decide(p)
         else:
             best = int(order[0])
             label, score = names[best], float(p[best])
-            if threshold is not None and score < threshold:
-                label = "unknown"
         return {
             "path": path,
             "label": label,
@@ -444,7 +441,7 @@ def predict_files(
     threshold: float | None = None,
     batch_size: int = 32,
     workers: int | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     resume: bool = True,
     rank: int = 0,
     world: int = 1,
@@ -468,13 +465,9 @@ def predict_files(
             for item in decode_stream(todo, clf.preprocess, workers=workers, max_pixels=max_pixels):
                 batch.append(item)
                 if len(batch) >= batch_size:
-                    written, errors = _flush(
-                        clf, writer, batch, bar, written, errors, top_k, threshold, tta
-                    )
+                    written, errors = _flush(clf, writer, batch, bar, written, errors, top_k, threshold, tta)
             if batch:
-                written, errors = _flush(
-                    clf, writer, batch, bar, written, errors, top_k, threshold, tta
-                )
+                written, errors = _flush(clf, writer, batch, bar, written, errors, top_k, threshold, tta)
     finally:
         writer.close()
     return PredictSummary(total, written, len(done), errors, time.perf_counter() - t0, writer.path)
@@ -489,7 +482,7 @@ def _flush(
     errors: int,
     top_k: int,
     threshold: float | None,
-    tta: bool,
+    tta: bool | None,
 ) -> tuple[int, int]:
     rows = clf.rows_for(batch, top_k=top_k, threshold=threshold, tta=tta)
     writer.write(rows)

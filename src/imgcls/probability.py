@@ -132,10 +132,7 @@ def _infer_kind(y_true: Any, y_prob: Any) -> Kind:
 
 def _label_log_probs(y_true: Any, y_prob: Any, kind: Kind | None, eps: float) -> Any:
     """Per-example log-probability of the observed labels (one value per example)."""
-    if isinstance(y_prob, torch.Tensor):
-        y_true = torch.as_tensor(y_true, device=y_prob.device)
-    else:
-        y_true = np.asarray(y_true)
+    y_true = torch.as_tensor(y_true, device=y_prob.device) if isinstance(y_prob, torch.Tensor) else np.asarray(y_true)
     kind = kind or _infer_kind(y_true, y_prob)
     p = _as_float(y_prob)
     if isinstance(p, torch.Tensor):
@@ -154,9 +151,7 @@ def _label_log_probs(y_true: Any, y_prob: Any, kind: Kind | None, eps: float) ->
     return ll.sum(axis=-1) if ll.ndim > 1 else ll
 
 
-def log_likelihood(
-    y_true: ArrayT, y_prob: ArrayT, *, kind: Kind | None = None, eps: float = EPS
-) -> ArrayT:
+def log_likelihood(y_true: ArrayT, y_prob: ArrayT, *, kind: Kind | None = None, eps: float = EPS) -> ArrayT:
     """Log of the likelihood of the labels under the predicted probabilities (a scalar).
 
     y_true is either integer class labels ``(N,)`` with ``y_prob`` of shape ``(N, K)``
@@ -173,9 +168,7 @@ def log_likelihood(
     return cast(Any, _label_log_probs(y_true, y_prob, kind, eps).sum())
 
 
-def likelihood(
-    y_true: ArrayT, y_prob: ArrayT, *, kind: Kind | None = None, eps: float = EPS
-) -> ArrayT:
+def likelihood(y_true: ArrayT, y_prob: ArrayT, *, kind: Kind | None = None, eps: float = EPS) -> ArrayT:
     """The likelihood itself: the product over examples of the probability of each label.
 
     For Bernoulli labels this is the product of q^y (1 - q)^(1 - y); for categorical labels the

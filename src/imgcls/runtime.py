@@ -99,9 +99,7 @@ class Runtime:
         return x
 
     def describe(self) -> str:
-        return (
-            f"{self.device.type}, {self.precision}{', channels_last' if self.channels_last else ''}"
-        )
+        return f"{self.device.type}, {self.precision}{', channels_last' if self.channels_last else ''}"
 
 
 def resolve_device(device: str | None) -> torch.device:

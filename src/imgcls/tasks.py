@@ -39,9 +39,7 @@ class Task:
                 f"({', '.join(self.class_names[:5])})"
             )
         if self.name != "multilabel" and len(self.class_names) < 2:
-            raise UserError(
-                f"only one class ({', '.join(self.class_names)}): a classifier needs at least 2"
-            )
+            raise UserError(f"only one class ({', '.join(self.class_names)}): a classifier needs at least 2")
         if not self.thresholds:
             n = 1 if self.name == "binary" else len(self.class_names)
             self.thresholds = [0.5] * n if self.name != "multiclass" else []
@@ -69,9 +67,7 @@ class Task:
         """Mean negative log-likelihood of the batch (soft targets from mixup allowed)."""
         logits = logits.float()
         if self.name == "multiclass":
-            return F.cross_entropy(
-                logits, target, weight=self._weights(logits), label_smoothing=self.label_smoothing
-            )
+            return F.cross_entropy(logits, target, weight=self._weights(logits), label_smoothing=self.label_smoothing)
         if self.name == "binary":
             pos_weight = None
             if self.class_weights is not None:
@@ -126,10 +122,7 @@ def infer_task(requested: str | None, num_classes: int, multilabel: bool) -> str
         if requested not in TASKS:
             raise UserError(f"unknown task {requested!r}; choose one of: {', '.join(TASKS)}")
         if multilabel and requested != "multilabel":
-            raise UserError(
-                "the data is multi-label (rows with several labels): "
-                f"--task {requested} cannot use it"
-            )
+            raise UserError(f"the data is multi-label (rows with several labels): --task {requested} cannot use it")
         return requested
     if multilabel:
         return "multilabel"

@@ -44,8 +44,7 @@ def concat_val(train: DataTable, val: DataTable) -> DataTable:
     labels = [val.label_names(i) for i in keep]
     v_targets = make_targets(labels, train.class_names, train.multilabel)
     columns = {
-        k: list(col) + [val.columns.get(k, [""] * len(val))[i] for i in keep]
-        for k, col in train.columns.items()
+        k: list(col) + [val.columns.get(k, [""] * len(val))[i] for i in keep] for k, col in train.columns.items()
     }
     train_split = train.split if train.split is not None else ["train"] * len(train)
     split: list[str | None] = ["test" if s == "test" else "train" for s in train_split]
@@ -99,6 +98,7 @@ def prepare_training_data(
     val_split: float = 0.2,
     split_by: str | None = None,
     seed: int = 0,
+    max_val: int | None = None,
     cache: str = "disk",
     cache_dir: str | Path | None = None,
     workers: int = 2,
@@ -111,10 +111,8 @@ def prepare_training_data(
     if table is None:
         table = load_source(spec, multilabel=multilabel, image_root=image_root)
         if val_spec:
-            table = concat_val(
-                table, load_source(val_spec, multilabel=table.multilabel, image_root=image_root)
-            )
-    splits = make_splits(table, val_split=val_split, split_by=split_by, seed=seed)
+            table = concat_val(table, load_source(val_spec, multilabel=table.multilabel, image_root=image_root))
+    splits = make_splits(table, val_split=val_split, split_by=split_by, seed=seed, max_val=max_val)
     listing = splits_csv(table, splits)
     # decode only what training uses (train + val); the test split stays untouched
     used = np.sort(np.concatenate([splits.train, splits.val]))
@@ -122,9 +120,7 @@ def prepare_training_data(
         table = table.subset(used)
         remap = np.full(int(used.max()) + 1, -1, dtype=np.int64)
         remap[used] = np.arange(len(used))
-        splits = Splits(
-            train=remap[splits.train], val=remap[splits.val], test=np.zeros(0, np.int64)
-        )
+        splits = Splits(train=remap[splits.train], val=remap[splits.val], test=np.zeros(0, np.int64))
     skipped = list(table.skipped)
     store = None
     if cache != "none" or table.pixels is not None:
@@ -140,9 +136,7 @@ def prepare_training_data(
         skipped.extend(bad)
         check_skipped(len(skipped), len(table) + len(table.skipped), max_skipped)
         ok = store.ok
-        splits = Splits(
-            train=splits.train[ok[splits.train]], val=splits.val[ok[splits.val]], test=splits.test
-        )
+        splits = Splits(train=splits.train[ok[splits.train]], val=splits.val[ok[splits.val]], test=splits.test)
         if len(splits.train) == 0:
             raise UserError("no usable training images (see skipped.csv for the reasons)")
     source = PixelSource(
@@ -153,6 +147,4 @@ def prepare_training_data(
         workers=workers,
         max_pixels=max_pixels,
     )
-    return TrainingData(
-        table=table, splits=splits, source=source, skipped=skipped, splits_csv=listing
-    )
+    return TrainingData(table=table, splits=splits, source=source, skipped=skipped, splits_csv=listing)

@@ -62,9 +62,7 @@ def _open(source: str | Path | bytes | IO[bytes]) -> tuple[Image.Image, str]:
     return Image.open(source), "<stream>"
 
 
-def open_image(
-    source: str | Path | bytes | IO[bytes], *, max_pixels: int | None = MAX_PIXELS
-) -> Image.Image:
+def open_image(source: str | Path | bytes | IO[bytes], *, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Open (header only) and check the pixel limit; nothing is decoded yet."""
     try:
         img, _ = _open(source)
@@ -102,9 +100,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         scale = 255.0 if np.nanmax(arr) <= 1.0 else 1.0
         arr8 = np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
         return Image.fromarray(arr8, mode="L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        mode in ("P", "L", "RGB") and "transparency" in img.info
-    )
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode in ("P", "L", "RGB") and "transparency" in img.info)
     if has_alpha:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
@@ -115,21 +111,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def read_image(
     source: str | Path | bytes | IO[bytes],
     *,
-    min_size: int | None = None,
+    min_size: int | tuple[int, int] | None = None,
     max_pixels: int | None = MAX_PIXELS,
 ) -> Image.Image:
     """Decode an image to an upright RGB ``PIL.Image`` or raise :class:`ImageError`.
 
-    ``min_size``: the smallest shorter side the caller needs; JPEGs much larger than that are
-    decoded at reduced scale (never below ``min_size``). ``max_pixels``: refuse larger images
-    (checked from the header), None for no limit.
+    ``min_size``: the smallest shorter side the caller needs (or the smallest (width, height));
+    JPEGs much larger than that are decoded at reduced scale (never below ``min_size``).
+    ``max_pixels``: refuse larger images (checked from the header), None for no limit.
     """
     img = open_image(source, max_pixels=max_pixels)
     try:
         if min_size and img.format == "JPEG":
             # draft() keeps both sides >= the request, so the shorter side stays >= min_size
             # whatever the EXIF orientation turns out to be.
-            img.draft("RGB", (min_size, min_size))
+            request = (min_size, min_size) if isinstance(min_size, int) else min_size
+            img.draft("RGB", request)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Palette images with Transparency..."
             img.load()
@@ -152,9 +149,7 @@ def resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear")
     scale = size / min(w, h)
     new = (max(size, round(w * scale)), max(size, round(h * scale)))
     new = (size, new[1]) if w <= h else (new[0], size)
-    return img.resize(
-        new, _RESAMPLE.get(interpolation, Image.Resampling.BILINEAR), reducing_gap=3.0
-    )
+    return img.resize(new, _RESAMPLE.get(interpolation, Image.Resampling.BILINEAR), reducing_gap=3.0)
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -168,17 +163,13 @@ def letterbox(img: Image.Image, size: int, interpolation: str = "bilinear") -> I
     w, h = img.size
     scale = size / max(w, h)
     new = (max(1, round(w * scale)), max(1, round(h * scale)))
-    resized = img.resize(
-        new, _RESAMPLE.get(interpolation, Image.Resampling.BILINEAR), reducing_gap=3.0
-    )
+    resized = img.resize(new, _RESAMPLE.get(interpolation, Image.Resampling.BILINEAR), reducing_gap=3.0)
     canvas = Image.new("RGB", (size, size), BACKGROUND)
     canvas.paste(resized, ((size - new[0]) // 2, (size - new[1]) // 2))
     return canvas
 
 
-def fit_square(
-    img: Image.Image, size: int, *, interpolation: str = "bilinear", mode: str = "crop"
-) -> Image.Image:
+def fit_square(img: Image.Image, size: int, *, interpolation: str = "bilinear", mode: str = "crop") -> Image.Image:
     """The ``size`` x ``size`` square the eval transform crops from: shorter side to ``size`` and
     center crop (``mode='crop'``), or the whole frame letterboxed (``mode='pad'``)."""
     if mode == "pad":
@@ -193,3 +184,29 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
     "box": Image.Resampling.BOX,
 }
+
+
+def crop_square(img: Image.Image, box: tuple[float, float, float, float], margin: float = 0.1) -> Image.Image:
+    """The square around a normalised ``(x, y, w, h)`` box (MegaDetector's convention: top-left
+    corner, width, height as fractions of the image), enlarged by ``margin`` of its longer side
+    on every side; parts outside the frame are padded with the neutral gray. The square keeps
+    the animal's proportions when the crop is resized to the model's input."""
+    w, h = img.size
+    x0, y0, bw, bh = box
+    side = max(bw * w, bh * h) * (1 + 2 * margin)
+    side = max(side, 2.0)
+    cx, cy = (x0 + bw / 2) * w, (y0 + bh / 2) * h
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    s = round(side)
+    inside = (max(0, left), max(0, top), min(w, left + s), min(h, top + s))
+    canvas = Image.new("RGB", (s, s), BACKGROUND)
+    if inside[2] > inside[0] and inside[3] > inside[1]:
+        canvas.paste(img.crop(inside), (inside[0] - left, inside[1] - top))
+    return canvas
+
+
+def crop_draft_size(box: tuple[float, float, float, float], need: int) -> tuple[int, int]:
+    """The decode size (for :func:`read_image`'s ``min_size``) at which a crop of ``box`` still
+    has ``need`` pixels on each side."""
+    bw, bh = max(float(box[2]), 1e-3), max(float(box[3]), 1e-3)
+    return int(need / bw) + 1, int(need / bh) + 1

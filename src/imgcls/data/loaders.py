@@ -70,11 +70,10 @@ def batches_of(order: np.ndarray, batch_size: int, drop_last: bool) -> list[np.n
 class _DecodeDataset(torch.utils.data.Dataset):
     """For ``cache='none'``: decode a row to its uint8 square in a worker process."""
 
-    def __init__(
-        self, table: DataTable, cfg: PreprocessConfig, size: int, max_pixels: int | None
-    ) -> None:
+    def __init__(self, table: DataTable, cfg: PreprocessConfig, size: int, max_pixels: int | None) -> None:
         self.paths = table.paths
         self.boxes = table.boxes
+        self.margin = table.crop_margin
         self.cfg = cfg
         self.size = size
         self.max_pixels = max_pixels
@@ -88,7 +87,12 @@ class _DecodeDataset(torch.utils.data.Dataset):
             return (
                 i,
                 decode_square(
-                    self.paths[i], self.cfg, self.size, max_pixels=self.max_pixels, box=box
+                    self.paths[i],
+                    self.cfg,
+                    self.size,
+                    max_pixels=self.max_pixels,
+                    box=box,
+                    margin=self.margin,
                 ),
                 None,
             )
@@ -193,17 +197,13 @@ class TrainBatches:
     world: int = 1
 
     def plan(self, epoch: int) -> list[np.ndarray]:
-        order = epoch_order(
-            self.rows, self.seed, epoch, weights=self.weights, rank=self.rank, world=self.world
-        )
+        order = epoch_order(self.rows, self.seed, epoch, weights=self.weights, rank=self.rank, world=self.world)
         return batches_of(order, self.batch_size, drop_last=True)
 
     def __len__(self) -> int:
         return len(self.plan(0))
 
-    def epoch(
-        self, epoch: int, start_step: int = 0
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         plan = self.plan(epoch)[start_step:]
 
         def produce() -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:

@@ -48,9 +48,7 @@ def _stratified(keys: np.ndarray, fraction: float, rng: np.random.Generator) -> 
     return np.array(sorted(val), dtype=np.int64)
 
 
-def _grouped(
-    keys: np.ndarray, groups: Sequence[str], fraction: float, seed: int, column: str
-) -> np.ndarray:
+def _grouped(keys: np.ndarray, groups: Sequence[str], fraction: float, seed: int, column: str) -> np.ndarray:
     from sklearn.model_selection import StratifiedGroupKFold
 
     # rows without a group value are groups of their own
@@ -72,12 +70,33 @@ def _grouped(
     return np.sort(val).astype(np.int64)
 
 
+def resolve_split_by(table: DataTable, requested: str | None) -> str | None:
+    """'auto' groups by location when the data has two or more, else by sequence, else (for
+    detection crops) by image, so that near-identical frames never straddle the split."""
+    if requested in (None, "", "none"):
+        return None
+    if requested != "auto":
+        return requested
+    for column in ("location", "sequence"):
+        values = {v for v in table.columns.get(column, []) if v}
+        if len(values) >= 2:
+            return column
+    return "image" if "image" in table.columns else None
+
+
 def make_splits(
-    table: DataTable, *, val_split: float = 0.2, split_by: str | None = None, seed: int = 0
+    table: DataTable,
+    *,
+    val_split: float = 0.2,
+    split_by: str | None = None,
+    seed: int = 0,
+    max_val: int | None = None,
 ) -> Splits:
-    """Assign every row to train, val or test (see the module docstring)."""
+    """Assign every row to train, val or test (see the module docstring). ``max_val`` caps
+    the carved-out validation set (a share of a large set wastes training images)."""
     if not 0.0 <= val_split < 1.0:
         raise UserError(f"--val-split must be in [0, 1), not {val_split}")
+    split_by = resolve_split_by(table, split_by)
     n = len(table)
     given = table.split if table.split is not None else [None] * n
     test = np.array([i for i, s in enumerate(given) if s == "test"], dtype=np.int64)
@@ -87,6 +106,8 @@ def make_splits(
         have = ", ".join(sorted(table.columns)) or "none"
         raise UserError(f"--split-by {split_by}: the data has no such column (columns: {have})")
     if len(val) == 0 and val_split > 0 and len(train) > 1:
+        if max_val:
+            val_split = min(val_split, max_val / len(train))
         keys = table.stratify_key()[train]
         if split_by:
             groups = [table.columns[split_by][i] for i in train]

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from imgcls.config import PreprocessConfig
-from imgcls.data.image import MAX_PIXELS, ImageError, read_image
+from imgcls.data.image import MAX_PIXELS, ImageError, crop_draft_size, crop_square, read_image
 from imgcls.data.table import DataTable
 from imgcls.data.transforms import prepare_square, square_size, to_nchw
 
@@ -62,7 +61,8 @@ def default_cache_dir() -> Path:
 
 def _key(table: DataTable, size: int, cfg: PreprocessConfig, max_pixels: int | None) -> str:
     h = hashlib.sha256()
-    h.update(f"{_FORMAT}|{size}|{cfg.interpolation}|{cfg.resize_mode}|{max_pixels}\n".encode())
+    h.update(f"{_FORMAT}|{size}|{cfg.interpolation}|{cfg.resize_mode}|{max_pixels}|".encode())
+    h.update(f"{table.crop_margin}\n".encode())
     boxes = table.boxes
     for i, p in enumerate(table.paths):
         try:
@@ -81,14 +81,16 @@ def decode_square(
     size: int,
     *,
     max_pixels: int | None = MAX_PIXELS,
-    crop: Callable[[Image.Image, np.ndarray], Image.Image] | None = None,
     box: np.ndarray | None = None,
+    margin: float = 0.1,
 ) -> np.ndarray:
-    """One file -> uint8 (size, size, 3); raises ImageError."""
-    img = read_image(path, min_size=size if box is None else None, max_pixels=max_pixels)
-    if crop is not None and box is not None and not np.isnan(box).any():
-        img = crop(img, box)
-    return prepare_square(img, cfg, size)
+    """One file (or the square crop of ``box`` in it) -> uint8 (size, size, 3); raises
+    ImageError."""
+    if box is None or np.isnan(box).any():
+        return prepare_square(read_image(path, min_size=size, max_pixels=max_pixels), cfg, size)
+    b = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+    img = read_image(path, min_size=crop_draft_size(b, size), max_pixels=max_pixels)
+    return prepare_square(crop_square(img, b, margin), cfg, size)
 
 
 def _fill(
@@ -99,7 +101,6 @@ def _fill(
     *,
     workers: int,
     max_pixels: int | None,
-    crop: Callable[[Image.Image, np.ndarray], Image.Image] | None,
     progress: Callable[[int], None] | None,
 ) -> list[str | None]:
     """Decode every row into ``array``; returns a reason per row (None = decoded)."""
@@ -109,7 +110,7 @@ def _fill(
         box = table.boxes[i] if table.boxes is not None else None
         try:
             array[i] = decode_square(
-                table.paths[i], cfg, size, max_pixels=max_pixels, crop=crop, box=box
+                table.paths[i], cfg, size, max_pixels=max_pixels, box=box, margin=table.crop_margin
             )
             return i, None
         except ImageError as e:
@@ -133,7 +134,6 @@ def build_store(
     cache_dir: str | Path | None = None,
     workers: int = 2,
     max_pixels: int | None = MAX_PIXELS,
-    crop: Callable[[Image.Image, np.ndarray], Image.Image] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[Store, list[tuple[str, str]]]:
     """Decode ``table`` into a :class:`Store`; returns it and the (path, reason) skips."""
@@ -151,7 +151,6 @@ def build_store(
             size,
             workers=workers,
             max_pixels=max_pixels,
-            crop=crop,
             progress=progress,
         )
         return _finish(table, array, reasons, None)
@@ -179,7 +178,6 @@ def build_store(
             cache="memory",
             workers=workers,
             max_pixels=max_pixels,
-            crop=crop,
             progress=progress,
         )
     try:
@@ -190,7 +188,6 @@ def build_store(
             size,
             workers=workers,
             max_pixels=max_pixels,
-            crop=crop,
             progress=progress,
         )
         array.flush()

@@ -32,7 +32,8 @@ class DataTable:
     ``train-images-idx3-ubyte#17`` for images held in ``pixels`` (uint8, (N, H, W[, C])).
     ``split`` holds the split each row came with (train/val/test) or None when the source has
     none. ``columns`` carries optional per-image metadata (location, sequence, datetime...).
-    ``boxes`` (N, 4) holds normalised x, y, w, h crop boxes for detection crops, NaN = whole image.
+    ``boxes`` (N, 4) holds normalised x, y, w, h crop boxes for detection crops, NaN = whole image;
+    crops are squares around the box, ``crop_margin`` of its longer side added on every side.
     ``skipped`` lists (path, reason) for inputs the source itself could not use.
     """
 
@@ -46,6 +47,7 @@ class DataTable:
     columns: dict[str, list[str]] = field(default_factory=dict)
     pixels: np.ndarray | None = None
     boxes: np.ndarray | None = None
+    crop_margin: float = 0.1
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -104,9 +106,7 @@ class DataTable:
         return keys
 
 
-def make_targets(
-    labels: Sequence[Sequence[str]], class_names: Sequence[str], multilabel: bool
-) -> np.ndarray:
+def make_targets(labels: Sequence[Sequence[str]], class_names: Sequence[str], multilabel: bool) -> np.ndarray:
     """Label names per row -> int64 indices (multi-class) or a uint8 multi-hot matrix."""
     index = {n: i for i, n in enumerate(class_names)}
     if multilabel:

@@ -101,9 +101,9 @@ PRESETS = {
     "light": AugmentSpec(scale=(0.35, 1.0)),
     "standard": AugmentSpec(scale=(0.08, 1.0)),
     "strong": AugmentSpec(scale=(0.08, 1.0), trivial_augment=True),
-    # small images (28-32 px): shift by up to 1/8 of the side and flip, the classic
+    # small images (28-32 px): shift by up to 8% of the side (2-3 px) and flip, the classic
     # pad-and-crop recipe of CIFAR / Fashion-MNIST training
-    "small": AugmentSpec(translate=0.125),
+    "small": AugmentSpec(translate=0.08),
 }
 
 

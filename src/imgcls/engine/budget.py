@@ -37,9 +37,7 @@ class BudgetPlan:
     val_images: int
     batch_size: int
 
-    def total_steps(
-        self, elapsed: float, step_seconds: float, steps_done: int, val_image_seconds: float
-    ) -> int:
+    def total_steps(self, elapsed: float, step_seconds: float, steps_done: int, val_image_seconds: float) -> int:
         """The largest total step count whose remaining steps, plus one validation pass at the
         end of every epoch they reach (a partial last epoch included), fit in the budget."""
         reserve = max(3.0, 0.02 * self.budget)  # final save, thresholds, curves

@@ -41,7 +41,7 @@ from imgcls.tasks import Task, infer_task, monitor_metric, tune_thresholds
 
 DEFAULT_EPOCHS = 10
 SMALL_IMAGE = 64  # images at most this size get the small-image architecture and augmentation
-SMALL_ARCH = "lenet"
+SMALL_ARCH = "smallnet"
 
 EpochCallback = Callable[[Path, list[dict[str, Any]]], None]
 
@@ -106,9 +106,7 @@ def resolve_pretrained(cfg: RunConfig, arch: str) -> str | None:
     return p
 
 
-def resolve_preprocess(
-    cfg: RunConfig, model: torch.nn.Module, table: DataTable
-) -> PreprocessConfig:
+def resolve_preprocess(cfg: RunConfig, model: torch.nn.Module, table: DataTable) -> PreprocessConfig:
     pre = preprocess_config(model)
     side = image_side(table)
     if cfg.data.image_size:
@@ -133,14 +131,23 @@ def resolve_augment(cfg: RunConfig, pre: PreprocessConfig) -> str:
     return name
 
 
+def resolve_tta(tta: str, pre: PreprocessConfig, augment: str) -> str:
+    """'auto': flip test-time augmentation for small images (the model is cheap, the gain is
+    largest) when training flipped them (so mirror images are the same class by the user's own
+    choice)."""
+    if tta not in ("auto", "flip", "none"):
+        raise UserError(f"--tta must be auto, flip or none, not {tta!r}")
+    if tta == "auto":
+        return "flip" if pre.image_size <= SMALL_IMAGE and PRESETS[augment].hflip > 0 else "none"
+    return tta
+
+
 def make_task(cfg: RunConfig, table: DataTable, rows: np.ndarray) -> Task:
     name = infer_task(cfg.train.task, table.num_classes, table.multilabel)
     positive = 1
     if name == "binary" and cfg.train.positive:
         if cfg.train.positive not in table.class_names:
-            raise UserError(
-                f"--positive {cfg.train.positive!r} is not a class ({', '.join(table.class_names)})"
-            )
+            raise UserError(f"--positive {cfg.train.positive!r} is not a class ({', '.join(table.class_names)})")
         positive = table.class_names.index(cfg.train.positive)
     smoothing = cfg.optim.label_smoothing if name == "multiclass" else 0.0
     weights = None
@@ -151,9 +158,7 @@ def make_task(cfg: RunConfig, table: DataTable, rows: np.ndarray) -> Task:
             else table.targets[rows].sum(0)
         )
         counts = np.maximum(counts, 1).astype(np.float64)
-        weights = torch.tensor(
-            counts.sum() / (len(counts) * counts), dtype=torch.float32
-        )  # "balanced"
+        weights = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)  # "balanced"
     elif cfg.train.balance not in ("none", "sampler"):
         raise UserError(f"--balance must be none, weights or sampler, not {cfg.train.balance!r}")
     return Task(
@@ -191,9 +196,7 @@ def make_mixer(cfg: RunConfig, task: Task) -> Callable[..., Any] | None:
 
 
 # ------------------------------------------------------------------------------------- setup
-def build_trainer(
-    cfg: RunConfig, run: Path, dist: Dist, table: DataTable, started: float
-) -> Trainer:
+def build_trainer(cfg: RunConfig, run: Path, dist: Dist, table: DataTable, started: float) -> Trainer:
     t = cfg.train
     arch = resolve_arch(cfg, table)
     cfg.model.arch = arch
@@ -214,11 +217,12 @@ def build_trainer(
     pre = resolve_preprocess(cfg, model, table)
     cfg.data.image_size, cfg.data.resize_mode = pre.image_size, pre.resize_mode
     cfg.data.augment = resolve_augment(cfg, pre)
+    t.tta = resolve_tta(t.tta, pre, cfg.data.augment)
+    if t.batch_size is None:
+        t.batch_size = 256 if pre.image_size <= SMALL_IMAGE else 64
     data = load_training_data(cfg, pre, table, dist)
     task = make_task(cfg, data.table, data.splits.train)
-    runtime = make_runtime(
-        model, device=t.device, precision=t.precision, channels_last=t.channels_last
-    )
+    runtime = make_runtime(model, device=t.device, precision=t.precision, channels_last=t.channels_last)
     raw = runtime.prepare(model)
     classifier = classifier_name(raw)
     o = cfg.optim
@@ -228,12 +232,8 @@ def build_trainer(
         cfg.model.head_epochs = 1 if pretrained and (t.epochs or DEFAULT_EPOCHS) >= 4 else 0
     o.lr = o.lr or default_lr(o.optimizer, t.batch_size * dist.world * max(1, o.accumulate))
     o.weight_decay = DEFAULT_WD.get(o.optimizer, 0.0) if o.weight_decay is None else o.weight_decay
-    groups = param_groups(
-        raw, classifier=classifier, weight_decay=o.weight_decay, backbone_lr_mult=o.backbone_lr_mult
-    )
-    optimizer = build_optimizer(
-        o.optimizer, groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov
-    )
+    groups = param_groups(raw, classifier=classifier, weight_decay=o.weight_decay, backbone_lr_mult=o.backbone_lr_mult)
+    optimizer = build_optimizer(o.optimizer, groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
     train_batches = TrainBatches(
         source=data.source,
         targets=task.targets(data.table.targets),
@@ -288,9 +288,7 @@ def build_trainer(
     return tr
 
 
-def load_training_data(
-    cfg: RunConfig, pre: PreprocessConfig, table: DataTable, dist: Dist
-) -> TrainingData:
+def load_training_data(cfg: RunConfig, pre: PreprocessConfig, table: DataTable, dist: Dist) -> TrainingData:
     d = cfg.data
     workers = d.workers or physical_cores()
     from imgcls.console import Progress
@@ -299,6 +297,7 @@ def load_training_data(
         with Progress(len(table), "decoding images", enabled=show) as bar:
             return prepare_training_data(
                 d.data, pre, table=table, val_split=d.val_split, split_by=d.split_by,
+                max_val=d.max_val,
                 seed=cfg.train.seed,
                 cache=d.cache, cache_dir=d.cache_dir, workers=workers, max_pixels=d.max_pixels,
                 max_skipped=d.max_skipped, progress=lambda n: bar.update(n - bar.done),
@@ -321,7 +320,7 @@ def plan_steps(tr: Trainer) -> None:
             budget=budget,
             steps_per_epoch=spe,
             val_images=len(tr.data.splits.val),
-            batch_size=t.batch_size,
+            batch_size=tr.train_batches.batch_size,
         )
         epochs_cap = t.epochs or 10_000
         tr.pos.total_steps = epochs_cap * spe  # provisional: re-planned after a few steps
@@ -367,12 +366,21 @@ def save_best(tr: Trainer, metrics: dict[str, Any]) -> None:
         tr.run_dir / "model",
         label_names=tr.task.class_names,
         preprocess=pre,
-        task=tr.task.to_dict(),
+        task={**tr.task.to_dict(), "test_time_augmentation": tr.cfg.train.tta},
         provenance={
             "data": str(tr.cfg.data.data),
             "run": str(tr.run_dir.resolve()),
             "epoch": metrics.get("epoch"),
             "pretrained": tr.cfg.model.pretrained,
+            "detection_crops": (
+                {
+                    "threshold": d.det_threshold,
+                    "categories": d.det_categories,
+                    "margin": d.crop_margin,
+                }
+                if (d := tr.cfg.data).detections
+                else None
+            ),
             "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
         },
     )
@@ -392,9 +400,7 @@ def improved(tr: Trainer, metrics: dict[str, Any]) -> bool:
 
 
 # ---------------------------------------------------------------------------------- training
-def end_epoch(
-    tr: Trainer, epoch: int, stats: dict[str, float], on_epoch_end: EpochCallback | None
-) -> bool:
+def end_epoch(tr: Trainer, epoch: int, stats: dict[str, float], on_epoch_end: EpochCallback | None) -> bool:
     """Validate, record, keep the best model, checkpoint; True when training should stop."""
     val, _, _ = validate(tr)
     metrics: dict[str, Any] = {"epoch": epoch + 1, **stats, **val}
@@ -415,9 +421,7 @@ def end_epoch(
             save_best(tr, metrics)
     else:
         tr.pos.bad_epochs += 1
-        stop = (
-            bool(tr.cfg.train.early_stopping) and tr.pos.bad_epochs >= tr.cfg.train.early_stopping
-        )
+        stop = bool(tr.cfg.train.early_stopping) and tr.pos.bad_epochs >= tr.cfg.train.early_stopping
     tr.pos.epoch, tr.pos.step = epoch + 1, 0
     tr.pos.epoch_loss, tr.pos.epoch_images, tr.pos.epoch_seconds = 0.0, 0, 0.0
     if tr.dist.main:
@@ -435,11 +439,7 @@ def end_epoch(
 def epoch_line(m: dict[str, Any], tr: Trainer) -> str:
     n_epochs = -(-tr.pos.total_steps // max(1, tr.steps_per_epoch))
     parts = [f"epoch {m['epoch']}/{n_epochs}", f"train_loss {m['train_loss']:.4f}"]
-    parts += [
-        f"{k} {v:.4f}"
-        for k, v in m.items()
-        if k.startswith("val_") and k not in ("val_seconds", "val_nll")
-    ]
+    parts += [f"{k} {v:.4f}" for k, v in m.items() if k.startswith("val_") and k not in ("val_seconds", "val_nll")]
     parts += [f"lr {m['lr']:.2e}", f"{m['images_per_second']:.1f} img/s", f"{m['seconds']:.1f}s"]
     return "  ".join(parts)
 
@@ -451,7 +451,7 @@ def finish(tr: Trainer) -> None:
         from safetensors.torch import load_file
 
         tr.eval_model.load_state_dict(load_file(str(best_file)))
-    val, probs, rows = validate(tr, tta=tr.cfg.train.tta)
+    val, probs, rows = validate(tr, tta=tr.cfg.train.tta == "flip")
     if tr.task.name == "multilabel" and len(rows):
         tr.task.thresholds = tune_thresholds(probs, tr.data.table.targets[rows])
     if tr.dist.main:
@@ -482,13 +482,14 @@ def run_epochs(tr: Trainer, on_epoch_end: EpochCallback | None) -> None:
         if found and tr.dist.main:  # cache='none': files found broken while streaming
             known = {p for p, _ in tr.data.skipped}
             tr.data.skipped += [
-                (tr.data.table.paths[i], r)
-                for i, r in sorted(found.items())
-                if tr.data.table.paths[i] not in known
+                (tr.data.table.paths[i], r) for i, r in sorted(found.items()) if tr.data.table.paths[i] not in known
             ]
             write_csv(tr.run_dir / "skipped.csv", ["path", "reason"], tr.data.skipped)
         if end_epoch(tr, tr.pos.epoch, stats, on_epoch_end):
             break
+
+
+TableHook = Callable[[RunConfig, DataTable], DataTable]
 
 
 def fit(
@@ -497,6 +498,7 @@ def fit(
     resume: bool = False,
     started: float | None = None,
     on_epoch_end: EpochCallback | None = None,
+    table_hook: TableHook | None = None,
 ) -> Path:
     """Train as ``cfg`` says; returns the run directory (its ``model/`` is the best model)."""
     started = started if started is not None else time.monotonic()
@@ -512,15 +514,16 @@ def fit(
     dist = init_distributed("cuda" if t.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
         d = cfg.data
-        table = load_source(
-            d.data, multilabel=True if t.task == "multilabel" else None, image_root=d.image_root
-        )
+        table = load_source(d.data, multilabel=True if t.task == "multilabel" else None, image_root=d.image_root)
         if d.val_data:
             from imgcls.data.dataset import concat_val
 
-            table = concat_val(
-                table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root)
-            )
+            table = concat_val(table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root))
+        if table_hook is not None:  # e.g. detection crops (imgcls.cameratrap)
+            table = table_hook(cfg, table)
+        from imgcls.data.splits import resolve_split_by
+
+        d.split_by = resolve_split_by(table, d.split_by) or "none"
         tr = build_trainer(cfg, run, dist, table, started)
         if state is not None:
             restore(tr, state)
@@ -549,13 +552,8 @@ def describe_start(tr: Trainer) -> None:
     d, t = tr.data, tr.cfg.train
     used = d.table.subset(np.concatenate([d.splits.train, d.splits.val]))
     counts = used.class_counts()
-    classes = ", ".join(f"{k} ({v})" for k, v in list(counts.items())[:8]) + (
-        " ..." if len(counts) > 8 else ""
-    )
-    info(
-        f"data: {len(d.splits.train)} train / {len(d.splits.val)} val images, "
-        f"{len(counts)} classes: {classes}"
-    )
+    classes = ", ".join(f"{k} ({v})" for k, v in list(counts.items())[:8]) + (" ..." if len(counts) > 8 else "")
+    info(f"data: {len(d.splits.train)} train / {len(d.splits.val)} val images, {len(counts)} classes: {classes}")
     if d.skipped:
         info(f"skipped {len(d.skipped)} unusable files (listed in {tr.run_dir / 'skipped.csv'})")
     pre = tr.preprocess

@@ -97,9 +97,7 @@ def set_train_mode(tr: Trainer, epoch: int) -> None:
         tr.ddp_frozen = frozen
     if frozen:
         for name, mod in tr.raw.named_modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not name.startswith(
-                tr.classifier
-            ):
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not name.startswith(tr.classifier):
                 mod.eval()
 
 
@@ -126,7 +124,7 @@ def _maybe_replan(tr: Trainer, global_step: int) -> None:
     if tr.budget is None or len(tr.step_times) < 4:
         return
     step_s = float(np.median(tr.step_times[-50:]))
-    batch = tr.cfg.train.batch_size
+    batch = tr.train_batches.batch_size
     val_image_s = step_s / batch / 3.0  # a forward pass costs about a third of a training step
     total = tr.budget.total_steps(time.monotonic() - tr.started, step_s, global_step, val_image_s)
     tr.pos.total_steps = tr.dist.broadcast(total)
@@ -144,7 +142,7 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
     last_ckpt = time.monotonic()
     lr = tr.pos.lr
     steps_this_epoch = min(spe, tr.pos.total_steps - epoch * spe)
-    total_images = steps_this_epoch * cfg.train.batch_size * tr.dist.world
+    total_images = steps_this_epoch * tr.train_batches.batch_size * tr.dist.world
     with Progress(total_images, f"epoch {epoch + 1}", enabled=show and tr.dist.main) as bar:
         bar.done = tr.pos.epoch_images
         t_last = time.perf_counter()
@@ -154,9 +152,7 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
                 break
             # dropout / drop-path draw from the global RNG: seed it per step, so a resumed run
             # draws what the uninterrupted run drew
-            torch.manual_seed(
-                int(batch_generator(cfg.train.seed, epoch, tr.pos.step).initial_seed()) + 1
-            )
+            torch.manual_seed(int(batch_generator(cfg.train.seed, epoch, tr.pos.step).initial_seed()) + 1)
             x, y = tr.runtime.inputs(x), y.to(tr.runtime.device)
             if tr.mix is not None:
                 x, y = tr.mix(x, y)
@@ -211,9 +207,7 @@ def predict_batches(
             with runtime.autocast():
                 logits = model(x).float()
                 if tta:  # average the probabilities of the image and its mirror
-                    p = (
-                        task.probabilities(logits) + task.probabilities(model(x.flip(-1)).float())
-                    ) / 2
+                    p = (task.probabilities(logits) + task.probabilities(model(x.flip(-1)).float())) / 2
                 else:
                     p = task.probabilities(logits)
             probs.append(p.cpu().numpy())

@@ -26,18 +26,18 @@ DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 
 def default_lr(optimizer: str, batch: int) -> float:
     """SGD: 0.1 per 256 images, scaled linearly with the batch (Goyal et al. 2017); AdamW:
-    1e-3, which works across the usual batch sizes without scaling."""
+    1e-3 at 64 images, scaled with the square root of the batch (the rule for adaptive
+    optimisers: Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient
+    Algorithms")."""
     if optimizer == "sgd":
         return DEFAULT_LR["sgd"] * batch / 256
-    return DEFAULT_LR.get(optimizer, 1e-3)
+    return DEFAULT_LR.get(optimizer, 1e-3) * math.sqrt(batch / 64)
 
 
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
 
 
-def param_groups(
-    model: nn.Module, *, classifier: str, weight_decay: float, backbone_lr_mult: float
-) -> list[dict]:
+def param_groups(model: nn.Module, *, classifier: str, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
     no_decay_names: set[str] = set()
     no_wd = getattr(model, "no_weight_decay", None)
     if callable(no_wd):

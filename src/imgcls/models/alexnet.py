@@ -15,9 +15,7 @@ def _build(*, num_classes: int, drop_rate: float = 0.0, **_: Any) -> nn.Module:
 
     # drop_rate 0 keeps torchvision's (and the paper's) 0.5 dropout in the classifier.
     model = alexnet(weights=None, num_classes=num_classes, dropout=drop_rate or 0.5)
-    return attach_cfg(
-        model, {**TORCHVISION_CFG, "classifier": "classifier.6", "first_conv": "features.0"}
-    )
+    return attach_cfg(model, {**TORCHVISION_CFG, "classifier": "classifier.6", "first_conv": "features.0"})
 
 
 register_model(

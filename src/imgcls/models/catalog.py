@@ -69,11 +69,7 @@ def catalog(pattern: str | None = None, *, use_cache: bool = True) -> list[Catal
             cached[name] = _measure(name)
             changed = True
         facts = cached[name]
-        pretrained = [
-            s
-            for s, w in (("timm", entry.timm_weights), ("torchvision", entry.torchvision_weights))
-            if w
-        ]
+        pretrained = [s for s, w in (("timm", entry.timm_weights), ("torchvision", entry.torchvision_weights)) if w]
         rows.append(
             CatalogRow(
                 name=name,

@@ -18,8 +18,7 @@ def _check_options(entry: ModelEntry, norm: str | None, attn: str | None) -> Non
     for option, value in (("norm", norm), ("attn", attn)):
         if value is not None and option not in entry.options:
             raise UserError(
-                f"{entry.name} has no {option} option (it applies to the ResNet, SE-ResNet, "
-                "VGG and LeNet families)"
+                f"{entry.name} has no {option} option (it applies to the ResNet, SE-ResNet, VGG and LeNet families)"
             )
     if norm is not None:
         check_norm(norm)

@@ -24,7 +24,7 @@ from imgcls.errors import UserError
 #: Builders are keyword-only: ``build(num_classes=..., norm=..., attn=..., drop_rate=...)``.
 Builder = Callable[..., nn.Module]
 
-_FAMILY_MODULES = ("lenet", "alexnet", "vgg", "resnet", "convnext", "efficientnet")
+_FAMILY_MODULES = ("lenet", "smallnet", "alexnet", "vgg", "resnet", "convnext", "efficientnet")
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,7 @@ from imgcls.models.registry import ModelEntry, register_model
 
 
 def _builder(timm_name: str) -> Any:
-    def build(
-        *, num_classes: int, norm: str | None, attn: str | None, drop_rate: float = 0.0, **_: Any
-    ) -> nn.Module:
+    def build(*, num_classes: int, norm: str | None, attn: str | None, drop_rate: float = 0.0, **_: Any) -> nn.Module:
         kw: dict[str, Any] = {}
         if norm and norm != "batch":
             kw["norm_layer"] = timm_norm_name(norm) or norm_factory(norm)

@@ -75,10 +75,7 @@ class ModelSummary:
         right = (False, False, True, True, True, True)
 
         def fmt(cells: tuple[str, ...]) -> str:
-            out = [
-                c.rjust(w) if r else c.ljust(w)
-                for c, w, r in zip(cells, widths, right, strict=True)
-            ]
+            out = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
             return "  ".join(out).rstrip()
 
         rule = "-" * len(fmt(head))
@@ -94,9 +91,7 @@ class ModelSummary:
         other = self.total_macs - self.layer_macs
         if other:
             lines.append(f"  of which outside leaf modules (functional ops): {other:,}")
-        lines.append(
-            f"Activation memory (forward, one image, float32): {self.activation_kb / 1024:,.1f} MiB"
-        )
+        lines.append(f"Activation memory (forward, one image, float32): {self.activation_kb / 1024:,.1f} MiB")
         return "\n".join(lines)
 
 
@@ -189,6 +184,10 @@ def summarize(model: nn.Module, input_size: tuple[int, ...], arch: str = "") -> 
     finally:
         for h in handles:
             h.remove()
+        # a forward pass that failed inside a leaf left its counter on torch's dispatch-mode
+        # stack; a mode left there would count (and slow down) every later op of the process
+        while counters:
+            counters.pop().__exit__(None, None, None)
         model.train(was_training)
     return ModelSummary(
         arch=arch,

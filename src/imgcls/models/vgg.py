@@ -66,17 +66,13 @@ def make_features(config: list[Any], *, norm: str, attn: str | None, lrn: bool) 
 
 
 def _builder(config: str, lrn: bool, default_norm: str) -> Any:
-    def build(
-        *, num_classes: int, norm: str | None, attn: str | None, drop_rate: float = 0.0, **_: Any
-    ) -> nn.Module:
+    def build(*, num_classes: int, norm: str | None, attn: str | None, drop_rate: float = 0.0, **_: Any) -> nn.Module:
         from torchvision.models.vgg import VGG
 
         norm = norm or default_norm
         features = make_features(CONFIGS[config], norm=norm, attn=attn, lrn=lrn)
         model = VGG(features, num_classes=num_classes, dropout=drop_rate or 0.5)
-        return attach_cfg(
-            model, {**TORCHVISION_CFG, "classifier": "classifier.6", "first_conv": "features.0"}
-        )
+        return attach_cfg(model, {**TORCHVISION_CFG, "classifier": "classifier.6", "first_conv": "features.0"})
 
     return build
 

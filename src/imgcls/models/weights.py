@@ -130,9 +130,7 @@ def load_state(
             report.ignored.append(key)
         elif tuple(own[key].shape) != tuple(value.shape):
             if not key.startswith(head):
-                mismatched.append(
-                    f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)} in the model"
-                )
+                mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)} in the model")
         else:
             usable[key] = value
     if mismatched:
@@ -245,7 +243,5 @@ def load_pretrained(
         config_file = path / "config.json"
         if path.is_dir() and config_file.is_file():
             saved = json.loads(config_file.read_text(encoding="utf-8")).get("pretrained_cfg", {})
-            cfg.update(
-                {k: saved[k] for k in ("mean", "std", "interpolation", "crop_pct") if k in saved}
-            )
+            cfg.update({k: saved[k] for k in ("mean", "std", "interpolation", "crop_pct") if k in saved})
     return load_state(model, state, classifier=classifier, source=source, partial=partial)

@@ -56,9 +56,7 @@ def _table(rows: list[dict[str, Any]], limit: int = 500) -> str:
         return "<p class=note>none</p>"
     cols = list(rows[0])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + "</tr>" for r in rows[:limit]
-    )
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + "</tr>" for r in rows[:limit])
     more = f"<p class=note>… and {len(rows) - limit} more</p>" if len(rows) > limit else ""
     return f"<table><tr>{head}</tr>{body}</table>{more}"
 
@@ -92,6 +90,8 @@ def render_html(r: Any, images: dict[str, Path]) -> str:
         ("reliability", "Calibration"),
         ("roc_pr", "ROC and precision-recall"),
         ("mistakes", "Most confident mistakes"),
+        ("blank_tradeoff", "Blanks: animal recall against blanks removed"),
+        ("detection_tradeoff", "Detector threshold: animal recall against blanks removed"),
     ]
     for key, title in sections:
         if key in images:
@@ -99,8 +99,15 @@ def render_html(r: Any, images: dict[str, Path]) -> str:
     parts.append(f"<h2>Per class</h2>{_table(m.get('per_class', []))}")
     if m.get("per_location"):
         parts.append(f"<h2>Per location</h2>{_table(m['per_location'])}")
-    parts.append(
-        "<h2>Skipped files</h2>" + _table([{"path": p, "reason": why} for p, why in r.skipped])
-    )
+    for key, title in (
+        ("blank_tradeoff", "Blank threshold"),
+        ("detection_tradeoff", "Detection threshold"),
+    ):
+        if m.get(key):
+            parts.append(
+                f"<h2>{title} trade-off</h2><p class=note>Raise the threshold to keep more animals; "
+                "lower it to remove more blanks.</p>" + _table(m[key])
+            )
+    parts.append("<h2>Skipped files</h2>" + _table([{"path": p, "reason": why} for p, why in r.skipped]))
     parts.append("</body></html>")
     return "\n".join(parts)

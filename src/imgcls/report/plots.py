@@ -25,9 +25,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
         k for k in ("val_top1", "val_top5", "val_roc_auc", "val_mAP", "val_micro_f1")
         if any(k in h for h in history)
     ]  # fmt: skip
-    fig, axes = plt.subplots(
-        1, 2 if metric_keys else 1, figsize=(11 if metric_keys else 6, 4), squeeze=False
-    )
+    fig, axes = plt.subplots(1, 2 if metric_keys else 1, figsize=(11 if metric_keys else 6, 4), squeeze=False)
     ax = axes[0][0]
     ax.plot(epochs, [h.get("train_loss") for h in history], "o-", label="train loss (as optimised)")
     if any("val_loss" in h for h in history):
@@ -75,9 +73,7 @@ def plot_confusion(matrix: list[list[int]], names: list[str], path: str | Path) 
     side = min(16.0, max(4.5, 0.55 * k + 2.5))
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(
-        range(k), labels=names, rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center"
-    )
+    ax.set_xticks(range(k), labels=names, rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
     ax.set_yticks(range(k), labels=names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -103,9 +99,7 @@ def plot_confusion(matrix: list[list[int]], names: list[str], path: str | Path) 
 def plot_reliability(bins: list[dict[str, float]], ece: float, path: str | Path) -> Path:
     """Reliability diagram: accuracy against confidence per bin; the diagonal is calibrated."""
     plt = _pyplot()
-    fig, (ax, ax2) = plt.subplots(
-        2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
-    )
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     width = bins[0]["high"] - bins[0]["low"]
     used = [b for b in bins if b["count"]]
     centres = [(b["low"] + b["high"]) / 2 for b in used]
@@ -171,4 +165,23 @@ def plot_mistakes(items: list[dict[str, Any]], path: str | Path, *, columns: int
             color="#a00",
         )
     fig.suptitle("Most confident mistakes", fontsize=12)
+    return _save(fig, path)
+
+
+def plot_tradeoff(curve: list[dict[str, float]], path: str | Path, *, title: str, knob: str) -> Path:
+    """Animal recall against the share of blanks removed, one point per threshold."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.6))
+    xs = [c["blanks_removed"] for c in curve]
+    ys = [c["animal_recall"] for c in curve]
+    ax.plot(xs, ys, "o-", lw=1.5, ms=4)
+    for c in curve[:: max(1, len(curve) // 6)]:
+        ax.annotate(f"{c['threshold']:.2f}", (c["blanks_removed"], c["animal_recall"]), textcoords="offset points",
+                    xytext=(4, -10), fontsize=8, color="#555")  # fmt: skip
+    ax.set_xlabel("share of blank images removed")
+    ax.set_ylabel("share of animal images kept (animal recall)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{title}\n(labels: {knob})", fontsize=11)
     return _save(fig, path)

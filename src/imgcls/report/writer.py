@@ -106,9 +106,7 @@ def write_report(r: Any, out: Path) -> Path:
     )
     cols = list(m["per_class"][0].keys()) if m.get("per_class") else []
     _csv(out / "per_class.csv", cols, [[row[c] for c in cols] for row in m.get("per_class", [])])
-    head = ["path", "true", "predicted", "probability"] + (
-        [] if r.task == "multilabel" else ["probability_of_true"]
-    )
+    head = ["path", "true", "predicted", "probability"] + ([] if r.task == "multilabel" else ["probability_of_true"])
     _csv(out / "predictions.csv", head, predictions_rows(r))
     _csv(out / "skipped.csv", ["path", "reason"], [list(s) for s in r.skipped])
     images: dict[str, Path] = {}
@@ -117,22 +115,28 @@ def write_report(r: Any, out: Path) -> Path:
             m["confusion_matrix"], r.label_names, out / "confusion_matrix.png"
         )
     if "reliability" in m:
-        images["reliability"] = plots.plot_reliability(
-            m["reliability"], m["ece"], out / "reliability.png"
-        )
+        images["reliability"] = plots.plot_reliability(m["reliability"], m["ece"], out / "reliability.png")
     if r.task == "binary" and not math.isnan(m.get("roc_auc", float("nan"))):
         pos = r.label_names.index(m["positive_class"])
         images["roc_pr"] = plots.plot_roc_pr(
             r.targets == pos, r.probs[:, pos], out / "roc_pr.png", positive=m["positive_class"]
         )
+    if m.get("blank_tradeoff"):
+        images["blank_tradeoff"] = plots.plot_tradeoff(
+            m["blank_tradeoff"], out / "blank_tradeoff.png",
+            title="Blank threshold: animal recall vs blanks removed", knob="threshold on p(blank)",
+        )  # fmt: skip
+    if m.get("detection_tradeoff"):
+        images["detection_tradeoff"] = plots.plot_tradeoff(
+            m["detection_tradeoff"], out / "detection_tradeoff.png",
+            title="Detector threshold: animal recall vs blanks removed", knob="detection confidence",
+        )  # fmt: skip
     wrong = mistakes(r)
     if wrong:
         images["mistakes"] = plots.plot_mistakes(wrong, out / "mistakes.png")
     if r.run_dir is not None and (Path(r.run_dir) / "metrics.jsonl").is_file():
         history = [
-            json.loads(line)
-            for line in (Path(r.run_dir) / "metrics.jsonl").read_text().splitlines()
-            if line.strip()
+            json.loads(line) for line in (Path(r.run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()
         ]
         if history:
             images["curves"] = plots.plot_curves(history, out / "curves.png")

@@ -20,9 +20,7 @@ from imgcls.errors import UserError
 __all__ = ["load_source"]
 
 
-def load_source(
-    spec: str | Path, *, multilabel: bool | None = None, image_root: str | Path | None = None
-) -> DataTable:
+def load_source(spec: str | Path, *, multilabel: bool | None = None, image_root: str | Path | None = None) -> DataTable:
     """Index the labelled images named by ``spec`` (see the module docstring).
 
     ``multilabel``: force (True) or forbid (False) multi-label reading of CSV / COCO sources;
@@ -44,10 +42,5 @@ def load_source(
         data = load_json(path)
         if is_coco_camera_traps(data):
             return read_coco(path, multilabel=multilabel, image_root=root, data=data)
-        raise UserError(
-            f"{path}: a JSON file that is not COCO Camera Traps (images/annotations/categories)"
-        )
-    raise UserError(
-        f"{spec}: not a data source (expected a folder, a .csv manifest or a "
-        "COCO Camera Traps .json)"
-    )
+        raise UserError(f"{path}: a JSON file that is not COCO Camera Traps (images/annotations/categories)")
+    raise UserError(f"{spec}: not a data source (expected a folder, a .csv manifest or a COCO Camera Traps .json)")

@@ -35,18 +35,14 @@ def read_coco(
 ) -> DataTable:
     data = load_json(path) if data is None else data
     if not is_coco_camera_traps(data):
-        raise UserError(
-            f"{path}: not COCO Camera Traps JSON (needs images, annotations, categories)"
-        )
+        raise UserError(f"{path}: not COCO Camera Traps JSON (needs images, annotations, categories)")
     try:
         categories = {c["id"]: str(c["name"]) for c in data["categories"]}
         per_image: dict[Any, list[str]] = defaultdict(list)
         for a in data["annotations"]:
             name = categories.get(a["category_id"])
             if name is None:
-                raise UserError(
-                    f"{path}: annotation {a.get('id')} has unknown category {a['category_id']}"
-                )
+                raise UserError(f"{path}: annotation {a.get('id')} has unknown category {a['category_id']}")
             if name not in per_image[a["image_id"]]:
                 per_image[a["image_id"]].append(name)
         images = list(data["images"])
@@ -69,9 +65,7 @@ def read_coco(
                 skipped.append((file, "no annotation"))
                 continue
             if not multilabel and len(names) > 1:
-                skipped.append(
-                    (file, f"several categories ({', '.join(names)}) in a single-label task")
-                )
+                skipped.append((file, f"several categories ({', '.join(names)}) in a single-label task"))
                 continue
             paths.append(file)
             labels.append(names)

@@ -34,9 +34,7 @@ def _find(root: Path, stem: str) -> Path | None:
 
 
 def is_idx_dir(root: Path) -> bool:
-    return _find(root, "train-images-idx3-ubyte") is not None or (
-        _find(root, "t10k-images-idx3-ubyte") is not None
-    )
+    return _find(root, "train-images-idx3-ubyte") is not None or (_find(root, "t10k-images-idx3-ubyte") is not None)
 
 
 def read_idx_file(path: Path) -> np.ndarray:
@@ -54,18 +52,14 @@ def read_idx_file(path: Path) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", data[4:header])
     expected = int(np.prod(dims))
     if len(data) - header != expected:
-        raise UserError(
-            f"{path}: truncated ({len(data) - header} bytes of data, expected {expected})"
-        )
+        raise UserError(f"{path}: truncated ({len(data) - header} bytes of data, expected {expected})")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def _class_names(root: Path, num: int) -> list[str]:
     listing = root / "classes.txt"
     if listing.is_file():
-        names = [
-            ln.strip() for ln in listing.read_text(encoding="utf-8").splitlines() if ln.strip()
-        ]
+        names = [ln.strip() for ln in listing.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if len(names) < num:
             raise UserError(f"{listing}: {len(names)} names for labels 0..{num - 1}")
         return names

@@ -27,9 +27,7 @@ def parse_labels(text: str) -> list[str]:
     return [s.strip() for s in text.split(";") if s.strip()]
 
 
-def read_manifest(
-    path: Path, *, multilabel: bool | None = None, image_root: Path | None = None
-) -> DataTable:
+def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Path | None = None) -> DataTable:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -41,9 +39,7 @@ def read_manifest(
         raise UserError(f"{path}: malformed CSV ({e})") from None
     path_col, label_col = _pick(header, PATH_COLUMNS), _pick(header, LABEL_COLUMNS)
     if path_col is None or label_col is None:
-        raise UserError(
-            f"{path}: needs a 'path' and a 'label' column (found: {', '.join(header) or 'nothing'})"
-        )
+        raise UserError(f"{path}: needs a 'path' and a 'label' column (found: {', '.join(header) or 'nothing'})")
     base = image_root or path.parent
     labels = [parse_labels(r.get(label_col) or "") for r in rows]
     if multilabel is None:
@@ -78,9 +74,7 @@ def read_manifest(
     if not class_names:
         raise UserError(f"{path}: no labels in the '{label_col}' column")
     columns = {
-        (h.strip().lower() if h.strip().lower() in KNOWN else h): [
-            (rows[i].get(h) or "").strip() for i in keep
-        ]
+        (h.strip().lower() if h.strip().lower() in KNOWN else h): [(rows[i].get(h) or "").strip() for i in keep]
         for h in extra
         if h != split_col
     }

@@ -1,0 +1,163 @@
+"""Bounded load test of ``imgcls serve`` on this machine (127.0.0.1 only).
+
+Sends ``--requests`` requests from ``--clients`` concurrent clients: mostly real JPEG uploads (one
+or several images per request), mixed with bad ones (not an image, truncated, a decompression
+bomb, an empty file, a request that is not multipart, too many files). Reports requests/s, latency
+percentiles and responses by status class; exits 1 if any response is a 5xx or a connection
+failed.
+
+    python benchmarks/serve_load.py --url http://127.0.0.1:8000 --requests 400 --clients 8
+    python benchmarks/serve_load.py --model runs/a/model            # starts its own server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+def _jpeg(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(rng.normal(128, 60, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _bomb() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def request_kinds() -> list[tuple[str, dict]]:
+    good = [_jpeg(i) for i in range(4)]
+    return [
+        ("one image", {"files": [("file", ("a.jpg", good[0], "image/jpeg"))]}),
+        (
+            "two images",
+            {
+                "files": [
+                    ("file", ("a.jpg", good[1], "image/jpeg")),
+                    ("file", ("b.jpg", good[2], "image/jpeg")),
+                ]
+            },
+        ),
+        ("one image", {"files": [("file", ("c.jpg", good[3], "image/jpeg"))]}),
+        ("one image", {"files": [("file", ("d.jpg", good[0], "image/jpeg"))]}),
+        (
+            "not an image",
+            {"files": [("file", ("x.jpg", b"plain text, no pixels" * 50, "image/jpeg"))]},
+        ),
+        ("truncated", {"files": [("file", ("t.jpg", good[1][: len(good[1]) // 3], "image/jpeg"))]}),
+        ("bomb", {"files": [("file", ("bomb.png", _bomb(), "image/png"))]}),
+        ("empty", {"files": [("file", ("e.jpg", b"", "image/jpeg"))]}),
+        ("not multipart", {"content": good[0], "headers": {"content-type": "image/jpeg"}}),
+        (
+            "too many files",
+            {"files": [("file", (f"{i}.jpg", good[0], "image/jpeg")) for i in range(40)]},
+        ),
+    ]
+
+
+async def run(url: str, total: int, clients: int) -> dict:
+    kinds = request_kinds()
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    failures: list[str] = []
+    counter = iter(range(total))
+
+    async def client(c: httpx.AsyncClient) -> None:
+        for i in counter:
+            name, kw = kinds[i % len(kinds)]
+            t = time.perf_counter()
+            try:
+                r = await c.post(f"{url}/predict", **kw)
+                statuses[f"{r.status_code // 100}xx"] += 1
+                if r.status_code >= 500:
+                    failures.append(f"{name}: {r.status_code} {r.text[:200]}")
+            except httpx.HTTPError as e:
+                statuses["failed"] += 1
+                failures.append(f"{name}: {type(e).__name__} {e}")
+            latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=120) as c:
+        await asyncio.gather(*(client(c) for _ in range(clients)))
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "latencies": latencies, "statuses": statuses, "failures": failures}
+
+
+def start_server(model: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    imgcls = Path(sys.executable).parent / "imgcls"
+    proc = subprocess.Popen([str(imgcls), "serve", "--model", model, "--port", str(port)], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="a running server on this machine")
+    ap.add_argument("--model", help="start 'imgcls serve' on this model instead")
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--clients", type=int, default=8)
+    args = ap.parse_args()
+    if not args.url and not args.model:
+        ap.error("give --url or --model")
+    proc = None
+    url = args.url
+    if url is None:
+        proc, url = start_server(args.model)
+    host = httpx.URL(url).host
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        ap.error("load tests only run against this machine (127.0.0.1)")
+    try:
+        res = asyncio.run(run(url, args.requests, args.clients))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+    lat = sorted(res["latencies"])
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
+    st = res["statuses"]
+    print(
+        f"{len(lat)} requests from {args.clients} clients in {res['seconds']:.1f}s: "
+        f"{len(lat) / res['seconds']:.1f} requests/s"
+    )
+    print(
+        f"latency ms: p50 {1000 * q[49]:.0f}  p95 {1000 * q[94]:.0f}  p99 {1000 * q[98]:.0f}  max {1000 * lat[-1]:.0f}"
+    )
+    print(f"2xx: {st['2xx']}  4xx: {st['4xx']}  5xx: {st['5xx']}  failed: {st['failed']}")
+    for f in res["failures"][:10]:
+        print("  " + f)
+    return 1 if st["5xx"] or st["failed"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

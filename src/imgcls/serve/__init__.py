@@ -1,0 +1,2 @@
+"""``imgcls serve``: an HTTP API and one HTML page over a model (FastAPI + uvicorn, extra
+``serve``)."""

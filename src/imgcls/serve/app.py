@@ -1,0 +1,227 @@
+"""The web service: ``POST /predict``, ``GET /model``, ``GET /health``, ``GET /`` (the page),
+OpenAPI at ``/openapi.json`` (Swagger UI at ``/docs`` loads its assets from a CDN).
+
+Every bad input is a 4xx with a clear message, never a 5xx: a request that is not
+multipart/form-data (415), a body over the upload limit (413), too many files (413), no ``file``
+field (400), bytes that are no image (415), truncated or corrupt images (400), images over the
+pixel limit — decompression bombs are refused from the header (413), a missing or wrong API key
+(401). Memory stays bounded under load: request bodies are capped, concurrent decodes are
+limited, and decoded images wait in a bounded queue for the micro-batcher.
+"""
+
+# No "from __future__ import annotations" here: FastAPI reads the endpoints' annotations at
+# run time, and Request is imported inside create_app.
+import asyncio
+import contextlib
+import hmac
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcls.data.image import ImageError, read_image
+from imgcls.data.preprocess import eval_array, square_size
+from imgcls.errors import UserError
+
+API_KEY_ENV = "IMGCLS_API_KEY"
+
+
+@dataclass
+class ServeConfig:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_upload_mb: float = 25.0
+    max_files: int = 16
+    max_pixels: int = 60_000_000
+    cors_origins: list[str] = field(default_factory=list)
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    top_k: int = 5
+    device: str = "auto"
+    precision: str = "auto"
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _reason_status(reason: str) -> int:
+    if "too many pixels" in reason:
+        return 413
+    if "not an image" in reason:
+        return 415
+    return 400
+
+
+def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
+    """The FastAPI application (the classifier is loaded here unless given)."""
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.middleware.cors import CORSMiddleware
+        from fastapi.responses import HTMLResponse, JSONResponse
+    except ImportError as e:
+        raise UserError("imgcls serve needs FastAPI and uvicorn: pip install 'imgcls[serve]'") from e
+    from imgcls.predict import Classifier
+    from imgcls.serve.batcher import MicroBatcher
+
+    clf = classifier or Classifier.load(cfg.model, device=cfg.device, precision=cfg.precision)
+    pre = clf.preprocess
+    api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
+    max_bytes = int(cfg.max_upload_mb * 1024 * 1024)
+    decode_slots = asyncio.Semaphore(max(2, os.cpu_count() or 2))
+    upload_slots = asyncio.Semaphore(16)  # request bodies held in memory at once
+    batcher = MicroBatcher(clf.probabilities, max_batch=cfg.max_batch, max_wait=cfg.max_wait_ms / 1000)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title="imgcls",
+        version="1",
+        description=f"Image classification with {Path(str(cfg.model)).name}",
+        lifespan=lifespan,
+    )
+    if cfg.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cfg.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+
+    @app.exception_handler(HTTPProblem)
+    async def problem(_: Request, exc: HTTPProblem) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    def check_key(request: Request) -> None:
+        if not api_key:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            given = given or auth[7:].strip()
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPProblem(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            raise HTTPProblem(
+                413,
+                f"upload of {int(length) / 2**20:.1f} MB exceeds the limit of {cfg.max_upload_mb:g} MB",
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise HTTPProblem(413, f"upload exceeds the limit of {cfg.max_upload_mb:g} MB")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def parse_files(request: Request, body: bytes) -> list[tuple[str, bytes]]:
+        from starlette.datastructures import UploadFile
+        from starlette.formparsers import MultiPartException, MultiPartParser
+
+        async def stream() -> Any:
+            yield body
+            yield b""
+
+        try:
+            form = await MultiPartParser(
+                request.headers,
+                stream(),
+                max_files=cfg.max_files,
+                max_fields=64,
+                max_part_size=1 << 20,
+            ).parse()
+        except MultiPartException as e:
+            status = 413 if "Too many files" in str(e) else 400
+            raise HTTPProblem(status, f"bad multipart upload: {e.message} (at most {cfg.max_files} files)") from None
+        files = []
+        for value in form.getlist("file"):
+            if not isinstance(value, UploadFile):
+                raise HTTPProblem(400, "the field 'file' must hold files, not text")
+            files.append((value.filename or "upload", await value.read()))
+        if not files:
+            raise HTTPProblem(400, "no image in the form field 'file'")
+        return files
+
+    def decode(name: str, data: bytes) -> np.ndarray:
+        try:
+            img = read_image(data, min_size=square_size(pre), max_pixels=cfg.max_pixels)
+        except ImageError as e:
+            raise HTTPProblem(_reason_status(str(e)), f"{name}: {e}") from None
+        return eval_array(img, pre)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return resources.files("imgcls.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness, and whether /predict needs an API key."""
+        return {
+            "status": "ok",
+            "auth": bool(api_key),
+            "batches": batcher.batches,
+            "images": batcher.images,
+        }
+
+    @app.get("/model")
+    async def model_info() -> dict[str, Any]:
+        """Architecture, task, label names and preprocessing of the served model."""
+        info = clf.info
+        return {
+            "name": Path(str(cfg.model)).name,
+            "architecture": info.arch,
+            "task": info.task,
+            "label_names": info.label_names,
+            "positive_class": info.positive_class,
+            "thresholds": info.thresholds,
+            "preprocessing": {**pre.to_pretrained_cfg(), "resize_mode": pre.resize_mode},
+            "created": info.provenance.get("created"),
+        }
+
+    @app.post("/predict")
+    async def predict(request: Request, top_k: int | None = None) -> dict[str, Any]:
+        """Classify one or several images sent as multipart/form-data in the field ``file``
+        (repeat it for several). ``top_k``: how many labels with probabilities per image."""
+        check_key(request)
+        k = cfg.top_k if top_k is None else top_k
+        if not 1 <= k <= 1000:
+            raise HTTPProblem(422, "top_k must be between 1 and 1000")
+        ctype = request.headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise HTTPProblem(415, "send images as multipart/form-data in the form field 'file'")
+        async with upload_slots:
+            body = await read_body(request)
+            files = await parse_files(request, body)
+            del body
+            async with decode_slots:
+                pixels = await asyncio.gather(*(asyncio.to_thread(decode, n, d) for n, d in files))
+        probs = await batcher.submit(np.stack(pixels))
+        predictions = []
+        for (name, _), p in zip(files, probs, strict=True):
+            row = clf.row(name, p, top_k=k)
+            top = [{"label": lab, "probability": prob} for lab, prob in row["top_k"].items()]
+            predictions.append({"filename": name, "label": row["label"], "score": row["score"], "top_k": top})
+        return {"model": Path(str(cfg.model)).name, "predictions": predictions}
+
+    return app
+
+
+def serve(cfg: ServeConfig) -> None:
+    import uvicorn
+
+    app = create_app(cfg)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False)

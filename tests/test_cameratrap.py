@@ -1,0 +1,263 @@
+"""Camera traps: detections in (and their awkward cases), crops, leak-free splits, sequences,
+decisions, and the MegaDetector / Camtrap DP / CSV outputs, from the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctfactory import SITES, build
+from imgcls.cameratrap.detections import clip_box, crop_table, read_detections
+from imgcls.cameratrap.sequences import assign_events, exif_datetime
+from imgcls.cli import main
+from imgcls.data import load_source
+from imgcls.data.image import BACKGROUND, crop_square
+from imgcls.decisions import DecisionRule, blank_tradeoff
+from imgcls.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build(tmp_path_factory.mktemp("ct"))
+
+
+@pytest.fixture(scope="module")
+def crop_model(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ctrun") / "run"
+    code = main([
+        "train", "--data", str(world["cct"]), "--detections", str(world["md"]), "--det-threshold", "0.2",
+        "--arch", "lenet", "--pretrained", "none", "--epochs", "6", "--image-size", "32", "--batch-size", "8",
+        "--lr", "0.01", "--out", str(out), "--cache-dir", str(out.parent / "cache"),
+    ])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_megadetector_file_with_awkward_boxes(tmp_path: Path) -> None:
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.jpg")
+    md = {
+        "detection_categories": {"1": "animal", "2": "person"},
+        "images": [
+            {"file": "a.jpg", "detections": [
+                {"category": "1", "conf": 0.9, "bbox": [0.8, 0.7, 0.5, 0.5]},  # runs off the frame: clipped
+                {"category": "1", "conf": 0.8, "bbox": [0.2, 0.2, 0.0, 0.3]},  # zero area: dropped
+                {"category": "1", "conf": 0.7, "bbox": [1.2, 0.1, 0.1, 0.1]},  # outside: dropped
+                {"category": "2", "conf": 0.95, "bbox": [0.0, 0.0, 0.5, 1.0]},
+            ]},
+            {"file": "missing.jpg", "failure": "Failure image access"},
+        ],
+    }  # fmt: skip
+    (tmp_path / "md.json").write_text(json.dumps(md))
+    dets = read_detections(tmp_path / "md.json")
+    a = dets.lookup(str(tmp_path / "a.jpg"))
+    assert a is not None and [d.category for d in a] == ["animal", "person"] and dets.dropped == 2
+    assert a[0].bbox == pytest.approx((0.8, 0.7, 0.2, 0.3))
+    assert dets.failures[str(tmp_path / "missing.jpg")] == "Failure image access"
+    assert dets.lookup(str(tmp_path / "unknown.jpg")) is None
+    assert clip_box([0.5, 0.5, float("nan"), 0.1]) is None
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(UserError, match="malformed JSON"):
+        read_detections(tmp_path / "bad.json")
+    (tmp_path / "nolist.json").write_text('{"info": {}}')
+    with pytest.raises(UserError, match="not a MegaDetector results file"):
+        read_detections(tmp_path / "nolist.json")
+    (tmp_path / "baddet.json").write_text('{"images": [{"file": "a.jpg", "detections": [{"conf": 0.5}]}]}')
+    with pytest.raises(UserError, match="malformed detection"):
+        read_detections(tmp_path / "baddet.json")
+
+
+def test_square_crop_with_margin_pads_outside_the_frame() -> None:
+    img = Image.new("RGB", (100, 50), (255, 0, 0))
+    crop = crop_square(img, (0.9, 0.0, 0.1, 0.4), margin=0.25)
+    assert crop.size[0] == crop.size[1] == 30  # longer side 20 px, + 2 * 25%
+    arr = np.asarray(crop)
+    assert tuple(arr[15, 0]) == (255, 0, 0)  # inside the frame
+    assert tuple(arr[15, -1]) == BACKGROUND and tuple(arr[0, 15]) == BACKGROUND  # beyond the edges
+
+
+def test_crop_table_rows_and_skips(world: dict[str, Path]) -> None:
+    table = load_source(world["cct"], multilabel=False)
+    crops = crop_table(table, read_detections(world["md"]), threshold=0.2)
+    assert crops.boxes is not None and len(crops) == len(crops.boxes)
+    assert "empty" not in {crops.label_names(i)[0] for i in range(len(crops))}
+    reasons = {r for _, r in crops.skipped}
+    assert any(r.startswith("blank: no animal detection at or above 0.2") for r in reasons)
+    assert set(crops.columns) >= {"location", "sequence", "image", "detection_conf"}
+
+
+def test_training_on_crops_splits_by_location(crop_model: Path) -> None:
+    with open(crop_model / "splits.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    site = {r["path"]: Path(r["path"]).parent.name for r in rows}
+    train = {site[r["path"]] for r in rows if r["split"] == "train"}
+    val = {site[r["path"]] for r in rows if r["split"] == "val"}
+    assert val and not train & val  # no site on both sides
+    import yaml
+
+    cfg = yaml.safe_load((crop_model / "config.yaml").read_text())
+    assert cfg["data"]["split_by"] == "location"
+    info = json.loads((crop_model / "model" / "config.json").read_text())
+    assert info["provenance"]["detection_crops"]["threshold"] == 0.2
+
+
+def test_evaluate_per_site_with_detection_tradeoff(world: dict[str, Path], crop_model: Path, tmp_path: Path) -> None:
+    r = imgcls_evaluate(crop_model / "model", world, tmp_path / "report")
+    m = r.metrics
+    assert {row["group"] for row in m["per_location"]} <= set(SITES)
+    curve = m["detection_tradeoff"]
+    assert curve[0]["threshold"] < curve[-1]["threshold"]
+    assert curve[0]["animal_recall"] >= curve[-1]["animal_recall"]  # a higher bar keeps fewer animals
+    assert curve[0]["blanks_removed"] <= curve[-1]["blanks_removed"]
+    assert (tmp_path / "report" / "detection_tradeoff.png").is_file()
+    assert "Per location" in (tmp_path / "report" / "report.html").read_text()
+
+
+def imgcls_evaluate(model: Path, world: dict[str, Path], out: Path):  # type: ignore[no-untyped-def]
+    from imgcls.evaluate import evaluate
+
+    return evaluate(model, world["cct"], split="all", detections=world["md"], out=out)
+
+
+def test_predict_megadetector_format_with_sequences(world: dict[str, Path], crop_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "md_classified.json"
+    args = ["predict", "--model", str(crop_model / "model"), str(world["images"]), "--detections", str(world["md"]),
+            "--format", "megadetector", "--out", str(out), "--aggregate", "sequence", "--metadata", str(world["cct"])]  # fmt: skip
+    assert main(args) == 0
+    doc = json.loads(out.read_text())
+    assert doc["info"]["format_version"] == "1.4"
+    names = json.loads((crop_model / "model" / "config.json").read_text())["label_names"]
+    assert doc["classification_categories"] == {str(i): n for i, n in enumerate(names)}
+    assert doc["detection_categories"]["1"] == "animal"
+    by_file = {im["file"]: im for im in doc["images"]}
+    md = json.loads(world["md"].read_text())
+    assert set(by_file) == {im["file"] for im in md["images"]}
+    for src in md["images"]:
+        got = by_file[src["file"]]["detections"]
+        assert len(got) == len(src["detections"])  # every detection kept, classified or not
+        for g, s in zip(got, src["detections"], strict=True):
+            assert ("classifications" in g) == (s["conf"] >= 0.2)
+            if "classifications" in g:
+                probs = [p for _, p in g["classifications"]]
+                assert probs == sorted(probs, reverse=True) and all(
+                    c in doc["classification_categories"] for c, _ in g["classifications"]
+                )
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_predict_csv_with_event_labels_and_camtrapdp(world: dict[str, Path], crop_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    base = ["predict", "--model", str(crop_model / "model"), str(world["images"]), "--detections", str(world["md"]),
+            "--aggregate", "sequence", "--metadata", str(world["cct"])]  # fmt: skip
+    assert main([*base, "--out", str(out)]) == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(list(world["images"].rglob("*.JPG")))
+    assert {"sequence", "sequence_label", "sequence_score"} <= set(rows[0])
+    by_seq: dict[str, set[str]] = {}
+    for r in rows:
+        by_seq.setdefault(r["sequence"], set()).add(r["sequence_label"])
+    assert all(len(v) == 1 for v in by_seq.values())  # one label per event
+    blanks = [r for r in rows if r["label"] == "blank"]
+    assert blanks and all(json.loads(r["top_k"]) == {"blank": float(r["score"])} for r in blanks)
+    assert main([*base, "--out", str(out)]) == 0  # again: resumes, nothing doubled
+    with open(out, newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+
+    pkg = tmp_path / "package"
+    assert main([*base, "--format", "camtrapdp", "--out", str(pkg), "--utc-offset", "+02:00"]) == 0
+    for name in ("datapackage.json", "deployments.csv", "media.csv", "observations.csv"):
+        assert (pkg / name).is_file(), name
+    with open(pkg / "media.csv", newline="") as f:
+        media = list(csv.DictReader(f))
+    assert len(media) == len(rows)
+    for m in media:
+        for key in (
+            "mediaID",
+            "deploymentID",
+            "timestamp",
+            "filePath",
+            "filePublic",
+            "fileMediatype",
+        ):
+            assert m[key], key
+        assert m["timestamp"].endswith("+02:00") and m["timestamp"].startswith("2024-05-")
+    with open(pkg / "observations.csv", newline="") as f:
+        obs = list(csv.DictReader(f))
+    levels = {o["observationLevel"] for o in obs}
+    assert levels == {"media", "event"}
+    assert {o["observationType"] for o in obs} <= {"animal", "blank", "unknown", "human", "vehicle"}
+    assert all(o["eventStart"] and o["eventEnd"] and o["observationID"] for o in obs)
+    animal = [o for o in obs if o["observationType"] == "animal" and o["observationLevel"] == "media"]
+    assert animal and all(0 <= float(o["bboxX"]) <= 1 for o in animal)
+    with open(pkg / "deployments.csv", newline="") as f:
+        deps = {d["deploymentID"] for d in csv.DictReader(f)}
+    assert deps == set(SITES)  # the metadata's locations
+    package = json.loads((pkg / "datapackage.json").read_text())
+    assert [r["name"] for r in package["resources"]] == ["deployments", "media", "observations"]
+    assert package["temporal"]["start"] == "2024-05-01"
+
+
+def test_megadetector_format_needs_detections(
+    crop_model: Path, world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(crop_model / "model"),
+                str(world["images"]),
+                "--format",
+                "megadetector",
+                "--out",
+                str(tmp_path / "x.json"),
+            ]
+        )
+        == 2
+    )
+    assert "needs --detections" in capsys.readouterr().err
+
+
+def test_sequences_from_ids_and_from_exif_gaps(tmp_path: Path, world: dict[str, Path]) -> None:
+    assert assign_events(["a", "b", "c"], sequence_ids=["s1", "s1", ""]) == ["s1", "s1", "image:c"]
+    files = sorted(str(p) for p in (world["images"] / "site_a").glob("*.JPG"))
+    assert exif_datetime(files[0]) == datetime(2024, 5, 1, 6, 0, 0)
+    events = assign_events(files)  # bursts of 3 frames 2 s apart, bursts 1 h apart
+    assert len(set(events)) == len(files) // 3
+    assert len(set(assign_events(files, gap=1.0))) == len(files)  # 2 s > 1 s: every frame alone
+    Image.new("RGB", (4, 4)).save(tmp_path / "no_exif.jpg")
+    assert assign_events([str(tmp_path / "no_exif.jpg")]) == [f"image:{tmp_path / 'no_exif.jpg'}"]
+
+
+def test_decisions_rollup_blank_threshold_and_class_thresholds() -> None:
+    names = [
+        "blank",
+        "mammalia;carnivora;canidae;vulpes",
+        "mammalia;carnivora;canidae;canis",
+        "mammalia;rodentia",
+    ]
+    p = np.array([0.05, 0.4, 0.35, 0.2])
+    assert DecisionRule(names, threshold=0.5).decide(p) == ("unknown", 0.4)
+    label, score = DecisionRule(names, threshold=0.5, rollup=True).decide(p)
+    assert label == "mammalia;carnivora;canidae" and score == pytest.approx(0.75)
+    q = np.array([0.55, 0.3, 0.1, 0.05])
+    assert DecisionRule(names).decide(q)[0] == "blank"
+    assert DecisionRule(names, blank_threshold=0.8).decide(q)[0] == names[1]  # keep the animal
+    assert DecisionRule(names, class_thresholds={1: 0.9}).decide(np.array([0.0, 0.6, 0.3, 0.1]))[0] == "unknown"
+    with pytest.raises(UserError, match="no blank class"):
+        DecisionRule(["cat", "dog"], blank_threshold=0.9)
+    curve = blank_tradeoff(
+        np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3]]),
+        np.array([0, 0, 1, 1]),
+        blank=0,
+        steps=11,
+    )
+    at = {round(c["threshold"], 1): c for c in curve}
+    assert at[0.8]["blanks_removed"] == 0.5 and at[0.8]["animal_recall"] == 1.0
+    assert at[0.5]["blanks_removed"] == 1.0 and at[0.5]["animal_recall"] == 0.5

@@ -1,0 +1,224 @@
+"""The web service: API answers, bad input gets a 4xx (never a 5xx), API key, micro-batching,
+and the page in a real browser (headless Chromium through Playwright)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgfactory import broken_files, class_image, jpeg_bytes, png_bomb
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from imgcls.predict import Classifier  # noqa: E402
+from imgcls.serve.app import ServeConfig, create_app  # noqa: E402
+from imgcls.serve.batcher import MicroBatcher  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(trained: dict) -> TestClient:
+    cfg = ServeConfig(model=str(trained["model"]), max_upload_mb=1.0, max_files=3, max_pixels=1_000_000)
+    with TestClient(create_app(cfg)) as c:
+        yield c
+
+
+def _image(k: int, seed: int = 0) -> bytes:
+    return jpeg_bytes(class_image(k, np.random.default_rng(seed), (64, 48)))
+
+
+def test_model_health_and_page(client: TestClient) -> None:
+    m = client.get("/model").json()
+    assert m["label_names"] == ["cat", "dog", "fox"] and m["task"] == "multiclass"
+    assert m["preprocessing"]["input_size"] == [3, 32, 32] and m["architecture"] == "lenet"
+    assert client.get("/health").json()["status"] == "ok"
+    page = client.get("/")
+    assert page.status_code == 200 and "Drop images here" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_predict_one_and_several_images(client: TestClient, trained: dict) -> None:
+    files = [
+        ("file", ("a.jpg", _image(0), "image/jpeg")),
+        ("file", ("b.jpg", _image(2, 1), "image/jpeg")),
+    ]
+    r = client.post("/predict", files=files, params={"top_k": 2})
+    assert r.status_code == 200
+    preds = r.json()["predictions"]
+    assert [p["filename"] for p in preds] == ["a.jpg", "b.jpg"]
+    assert all(len(p["top_k"]) == 2 and p["top_k"][0]["label"] == p["label"] for p in preds)
+    clf = Classifier.load(trained["model"])
+    local = clf.predict(Image.open(io.BytesIO(_image(0))), top_k=2)[0]
+    assert preds[0]["label"] == local["label"] and preds[0]["score"] == pytest.approx(local["score"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, make, status, words",
+    [
+        ("notes.jpg", lambda tmp: b"hello, not an image" * 20, 415, "not an image"),
+        ("empty.jpg", lambda tmp: b"", 400, "empty"),
+        ("bomb.png", lambda tmp: png_bomb(), 413, "too many pixels"),
+        ("big.jpg", lambda tmp: _image(0) + b"\0" * (2 << 20), 413, "exceeds the limit"),
+        ("truncated.jpg", lambda tmp: (tmp / "truncated.jpg").read_bytes(), 400, "truncated"),
+        ("corrupt.png", lambda tmp: (tmp / "corrupt.png").read_bytes(), 400, "corrupt"),
+    ],
+)
+def test_bad_uploads_get_a_clear_4xx(
+    client: TestClient, tmp_path: Path, name: str, make: object, status: int, words: str
+) -> None:
+    broken_files(tmp_path)
+    r = client.post("/predict", files=[("file", (name, make(tmp_path), "image/jpeg"))])  # type: ignore[operator]
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+
+
+def test_malformed_requests(client: TestClient) -> None:
+    assert client.post("/predict", content=b"raw bytes", headers={"content-type": "image/jpeg"}).status_code == 415
+    r = client.post("/predict", data={"other": "x"}, files=[("x", ("a.jpg", _image(0), "image/jpeg"))])
+    assert r.status_code == 400 and "field 'file'" in r.json()["error"]
+    r = client.post(
+        "/predict",
+        data={"file": "text instead of a file"},
+        files=[("x", ("a.jpg", b"1", "image/jpeg"))],
+    )
+    assert r.status_code == 400
+    many = [("file", (f"{i}.jpg", _image(0), "image/jpeg")) for i in range(4)]
+    r = client.post("/predict", files=many)
+    assert r.status_code == 413 and "at most 3 files" in r.json()["error"]
+    assert (
+        client.post("/predict", files=[("file", ("a.jpg", _image(0), "image/jpeg"))], params={"top_k": 0}).status_code
+        == 422
+    )
+    assert (
+        client.post("/predict", files=[("file", ("a.jpg", _image(0), "image/jpeg"))], params={"top_k": "x"}).status_code
+        == 422
+    )
+    body = b"--b\r\nContent-Disposition: form-data; name=file; filename=a.jpg\r\n\r\nabc"  # no closing boundary
+    r = client.post("/predict", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert 400 <= r.status_code < 500
+
+
+def test_api_key_is_required_when_set(trained: dict) -> None:
+    cfg = ServeConfig(model=str(trained["model"]), api_key="s3cret")
+    with TestClient(create_app(cfg)) as c:
+        files = [("file", ("a.jpg", _image(0), "image/jpeg"))]
+        assert c.post("/predict", files=files).status_code == 401
+        assert c.post("/predict", files=files, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.post("/predict", files=files, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.post("/predict", files=files, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/health").json()["auth"] is True
+        assert "access-control-allow-origin" not in c.get("/model", headers={"Origin": "http://x"}).headers
+
+
+def test_micro_batcher_groups_requests_and_never_mixes_them_up() -> None:
+    calls: list[int] = []
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        time.sleep(0.01)
+        return batch.reshape(len(batch), -1)[:, :1].astype(np.float64)  # echo each image's id
+
+    async def main() -> list[np.ndarray]:
+        b = MicroBatcher(infer, max_batch=16, max_wait=0.02, max_queued=4)
+        jobs = [b.submit(np.full((1 + i % 3, 1, 1, 3), i, np.uint8)) for i in range(30)]
+        out = await asyncio.gather(*jobs)
+        await b.stop()
+        return out
+
+    out = asyncio.run(main())
+    for i, probs in enumerate(out):
+        assert probs.shape == (1 + i % 3, 1) and (probs == i).all()
+    assert max(calls) > 1 and sum(calls) == sum(1 + i % 3 for i in range(30))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(trained: dict) -> str:
+    port = _free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "imgcls"),
+        "serve",
+        "--model",
+        str(trained["model"]),
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_the_page_in_a_real_browser(server: str, trained: dict, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    playwright = pytest.importorskip("playwright.sync_api")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    Image.open(io.BytesIO(_image(2, 3))).save(tmp_path / "fox.jpg")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page()
+        page.goto(server + "/")
+        page.wait_for_selector("text=lenet")
+        page.set_input_files("#files", str(tmp_path / "fox.jpg"))
+        page.wait_for_selector(".card .label", timeout=30_000)
+        label = page.inner_text(".card .label")
+        bars = page.locator(".card .bar").count()
+        page.screenshot(path=str(tmp_path / "page.png"))
+        browser.close()
+    expected = Classifier.load(trained["model"]).predict(str(tmp_path / "fox.jpg"))[0]["label"]
+    assert label == expected and bars == 3
+    assert (tmp_path / "page.png").stat().st_size > 0
+
+
+def test_load_with_bad_uploads_has_no_5xx(server: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "serve_load.py"),
+            "--url",
+            server,
+            "--requests",
+            "120",
+            "--clients",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "5xx: 0" in r.stdout
