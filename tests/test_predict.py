@@ -329,3 +329,26 @@ def test_predict_errors(trained: dict, tmp_path: Path, capsys: pytest.CaptureFix
         == 2
     )
     assert "not an imgcls prediction CSV" in capsys.readouterr().err
+
+
+def test_training_exports_onnx_and_few_images_start_without_torch(trained: dict, tmp_path: Path) -> None:
+    from imgcls.predict import OnnxBackend, TorchBackend
+
+    model = trained["model"]
+    assert (model / "model.onnx").is_file()  # written at the end of training
+    assert isinstance(imgcls.load(model, backend="auto").backend, OnnxBackend)
+    assert isinstance(imgcls.load(model).backend, TorchBackend)  # the API's default: a torch module
+    image = next((trained["data"] / "cat").iterdir())
+    code = (
+        "import sys; from imgcls.cli import main; "
+        f"rc = main(['predict', '--model', {str(model)!r}, {str(image)!r}]); "
+        "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1].startswith(str(image))
+    # weights newer than the export: the export is stale and PyTorch does the work
+    stale = tmp_path / "model"
+    shutil.copytree(model, stale)
+    os.utime(stale / "model.onnx", (1, 1))
+    assert isinstance(imgcls.load(stale, backend="auto").backend, TorchBackend)

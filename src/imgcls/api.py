@@ -4,6 +4,7 @@ way the command line does, for notebooks and scripts."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,26 @@ def train(
     def curves(run: Path, history: list[dict[str, Any]]) -> None:
         plot_curves(history, run / "curves.png")
 
-    return fit(cfg, resume=resume, started=started, on_epoch_end=curves, table_hook=detection_crops)
+    run = fit(cfg, resume=resume, started=started, on_epoch_end=curves, table_hook=detection_crops)
+    if cfg.train.export_onnx and os.environ.get("RANK", "0") == "0":
+        export_quietly(run / "model")
+    return run
+
+
+def export_quietly(model_dir: Path) -> None:
+    """``model.onnx`` beside the weights, so ``imgcls predict`` can start without torch; a model
+    ONNX cannot express, or a missing onnx install, only costs that speed-up."""
+    from imgcls.console import info
+
+    try:
+        from imgcls.export import export_onnx
+
+        report, _ = export_onnx(model_dir)
+        info(f"exported {report.path} (ONNX Runtime agrees within {report.max_prob_diff:.1e})")
+    except ImportError:
+        info("not exported to ONNX: install imgcls[onnx] for fast-starting predictions")
+    except Exception as e:  # the model stays usable through PyTorch
+        info(f"not exported to ONNX ({str(e).splitlines()[0]}); predictions run on PyTorch")
 
 
 def detection_crops(cfg: RunConfig, table: Any) -> Any:

@@ -156,6 +156,7 @@ TRAIN_HELP = {
     "monitor": "metric for the best model and early stopping (default: top1 or mAP)",
     "checkpoint_minutes": "also checkpoint within an epoch this often (default 10)",
     "tta": "test-time augmentation saved with the model: flip, none, auto (flip for small images)",
+    "export_onnx": "also export model/model.onnx, verified (default): fast-starting predictions",
 }
 
 
@@ -221,6 +222,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------- predict
+FEW_IMAGES = 200  # up to this many inputs, predict starts on ONNX Runtime when it can
+
+
 def _set_decision(clf: Any, args: argparse.Namespace) -> None:
     """--threshold, --class-thresholds, --rollup, --blank-threshold -> the classifier's rule."""
     from imgcls.decisions import DecisionRule, parse_class_thresholds
@@ -252,7 +256,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         Path(args.out).unlink(missing_ok=True)
-    clf = Classifier.load(args.model, device=args.device, precision=args.precision)
+    backend = args.backend
+    if backend == "auto":
+        # a few images: ONNX Runtime starts in a fraction of PyTorch's import time; many
+        # images: PyTorch's bf16 kernels are faster per image
+        import itertools
+
+        from imgcls.predict import iter_inputs
+
+        few = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1)) <= FEW_IMAGES
+        backend = "auto" if few else "torch"
+    clf = Classifier.load(args.model, device=args.device, precision=args.precision, backend=backend)
     _set_decision(clf, args)
     common = dict(
         top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
@@ -374,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", help="shell pattern or substring of the name")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    from imgcls.models.layers import ATTNS, NORMS
+    from imgcls.models.options import ATTNS, NORMS
 
     p = _add(
         sub,
@@ -441,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
+    p.add_argument(
+        "--backend", choices=["auto", "torch", "onnx"], default="auto",
+        help="auto: ONNX Runtime (the model directory's model.onnx) for up to 200 images, else PyTorch",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming")
     g = p.add_argument_group("decisions")
     g.add_argument("--class-thresholds", help="per-class thresholds: fox=0.8,deer=0.6 (below: unknown)")

@@ -153,6 +153,7 @@ class TrainConfig:
     monitor: str = "auto"  # val_top1 | val_loss | val_mAP | ... ; auto by task
     checkpoint_minutes: float = 10.0  # also checkpoint within an epoch this often
     tta: str = "auto"  # flip | none | auto: flip for small images trained with flips
+    export_onnx: bool = True  # also write model/model.onnx (verified): fast-starting predictions
 
 
 @dataclass

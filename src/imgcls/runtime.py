@@ -13,11 +13,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from imgcls.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used: prediction through ONNX never needs it
+    import torch
+    from torch import nn
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
@@ -37,6 +39,8 @@ def cpu_flags() -> frozenset[str]:
 
 def cpu_has_fast_bf16() -> bool:
     """True where oneDNN has native bf16 matrix units: AMX tiles or AVX512-BF16."""
+    import torch
+
     flags = cpu_flags()
     if "amx_bf16" in flags or "avx512_bf16" in flags:
         return True
@@ -77,21 +81,29 @@ class Runtime:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
+        import torch
+
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
+        import torch
+
         dtype = self.autocast_dtype
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def prepare(self, model: nn.Module) -> nn.Module:
+        import torch
+
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         non_blocking = self.device.type == "cuda"
         x = x.to(self.device, non_blocking=non_blocking)
         if self.channels_last and x.ndim == 4:
@@ -103,6 +115,8 @@ class Runtime:
 
 
 def resolve_device(device: str | None) -> torch.device:
+    import torch
+
     device = device or "auto"
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -114,6 +128,8 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
+    import torch
+
     precision = precision or "auto"
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -127,7 +143,9 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
 
 
 def is_conv_net(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+    import torch
+
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
 def make_runtime(
@@ -146,6 +164,8 @@ def make_runtime(
 
 def set_threads(threads: int | None = None) -> int:
     """Intra-op threads: one per core available to this process (unless told otherwise)."""
+    import torch
+
     n = threads or physical_cores()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
@@ -154,6 +174,8 @@ def set_threads(threads: int | None = None) -> int:
 
 def set_deterministic(on: bool) -> None:
     """Bit-exact repeatability where the kernels allow it (slower on GPUs)."""
+    import torch
+
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -165,6 +187,8 @@ def set_deterministic(on: bool) -> None:
 
 @contextlib.contextmanager
 def inference_mode(model: nn.Module) -> Iterator[None]:
+    import torch
+
     was = model.training
     model.eval()
     try:

@@ -1,10 +1,32 @@
-"""Architectures: the registry, ``create_model``, pretrained weights and per-layer summaries."""
+"""Architectures: the registry, ``create_model``, pretrained weights and per-layer summaries.
 
-from imgcls.models.factory import build_model, classifier_name, create_model, preprocess_config
-from imgcls.models.layers import ATTNS, NORMS
-from imgcls.models.registry import ModelEntry, get_entry, list_models, register_model
-from imgcls.models.summary import ModelSummary, summarize, summarize_arch
-from imgcls.models.weights import LoadReport, load_state, read_state_dict
+Names are imported on first use, so the option names (``NORMS``, ``ATTNS``) are available to
+the command line without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_NAMES = {
+    "build_model": "imgcls.models.factory",
+    "classifier_name": "imgcls.models.factory",
+    "create_model": "imgcls.models.factory",
+    "preprocess_config": "imgcls.models.factory",
+    "ATTNS": "imgcls.models.options",
+    "NORMS": "imgcls.models.options",
+    "ModelEntry": "imgcls.models.registry",
+    "get_entry": "imgcls.models.registry",
+    "list_models": "imgcls.models.registry",
+    "register_model": "imgcls.models.registry",
+    "ModelSummary": "imgcls.models.summary",
+    "summarize": "imgcls.models.summary",
+    "summarize_arch": "imgcls.models.summary",
+    "LoadReport": "imgcls.models.weights",
+    "load_state": "imgcls.models.weights",
+    "read_state_dict": "imgcls.models.weights",
+}
 
 __all__ = [
     "ATTNS",
@@ -24,3 +46,19 @@ __all__ = [
     "summarize",
     "summarize_arch",
 ]
+
+if TYPE_CHECKING:
+    from imgcls.models.factory import build_model, classifier_name, create_model, preprocess_config
+    from imgcls.models.options import ATTNS, NORMS
+    from imgcls.models.registry import ModelEntry, get_entry, list_models, register_model
+    from imgcls.models.summary import ModelSummary, summarize, summarize_arch
+    from imgcls.models.weights import LoadReport, load_state, read_state_dict
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imgcls.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

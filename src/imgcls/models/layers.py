@@ -23,9 +23,9 @@ from typing import Any
 from torch import nn
 
 from imgcls.errors import UserError
+from imgcls.models.options import ATTNS, NORMS
 
-NORMS = ("batch", "group", "layer", "instance", "none")
-ATTNS = ("none", "se", "eca", "cbam")
+__all__ = ["ATTNS", "NORMS", "attn_factory", "check_attn", "check_norm", "norm_factory", "timm_norm_name"]
 
 NormFactory = Callable[..., nn.Module]
 
