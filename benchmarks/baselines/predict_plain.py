@@ -53,11 +53,12 @@ def main() -> None:
     with torch.no_grad():
         for x in loader:
             p = torch.softmax(model(x), dim=1)
-            rows += [(int(k), float(v)) for v, k in zip(*p.max(dim=1), strict=True)]
+            top = p.topk(min(2, p.shape[1]), dim=1)
+            rows += [(int(k[0]), float(v[0]), float(v[-1])) for v, k in zip(top.values, top.indices, strict=True)]
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "class", "probability"])
-        w.writerows((path, k, f"{v:.6f}") for path, (k, v) in zip(paths, rows, strict=True))
+        w.writerow(["path", "class", "probability", "second_probability"])
+        w.writerows((path, k, f"{v:.6f}", f"{v2:.6f}") for path, (k, v, v2) in zip(paths, rows, strict=True))
 
 
 if __name__ == "__main__":

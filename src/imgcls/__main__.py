@@ -1,5 +1,5 @@
 """``python -m imgcls``: the same as the ``imgcls`` command."""
 
-from imgcls.cli import main
+from imgcls.cli import entry
 
-raise SystemExit(main())
+entry()

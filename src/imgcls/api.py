@@ -4,7 +4,9 @@ way the command line does, for notebooks and scripts."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +69,22 @@ def train(
     if not cfg.data.data and not resume:
         raise UserError("no training data given (--data SPEC)")
 
-    def curves(run: Path, history: list[dict[str, Any]]) -> None:
-        plot_curves(history, run / "curves.png")
+    last_plot = [0.0]
 
+    def curves(run: Path, history: list[dict[str, Any]]) -> None:
+        # matplotlib costs about a second: redraw at most once a minute (and once at the end)
+        if time.monotonic() - last_plot[0] > 60:
+            plot_curves(history, run / "curves.png")
+            last_plot[0] = time.monotonic()
+
+    last_plot[0] = time.monotonic()  # the first epochs of a long run draw at one minute
     run = fit(cfg, resume=resume, started=started, on_epoch_end=curves, table_hook=detection_crops)
-    if cfg.train.export_onnx and os.environ.get("RANK", "0") == "0":
-        export_quietly(run / "model")
+    if os.environ.get("RANK", "0") == "0":
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        if history:
+            plot_curves(history, run / "curves.png")
+        if cfg.train.export_onnx:
+            export_quietly(run / "model")
     return run
 
 

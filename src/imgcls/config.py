@@ -86,6 +86,8 @@ class DataConfig:
     split_by: str | None = "auto"  # auto: location, else sequence, else image (crops), else none
     image_size: int | None = None  # default: the model's own input size
     resize_mode: str | None = None  # crop | pad (letterbox); default: crop
+    crop_pct: float | None = None  # center-crop share of the resized image (default: the model's)
+    interpolation: str | None = None  # bilinear | bicubic (default: the model's)
     augment: str = "auto"  # none | flip | light | standard | strong | small | auto
     mixup: float = 0.0  # Beta(alpha, alpha) mixing of image pairs; 0 = off
     cutmix: float = 0.0

@@ -37,12 +37,10 @@ class ExportReport:
     top1_agreement: float
 
 
-def _verification_images(
-    paths: list[str] | None, model_dir: Path, size: int, limit: int = 16
-) -> tuple[np.ndarray, str]:
+def _verification_images(paths: list[str] | None, model_dir: Path, size: int, limit: int = 8) -> tuple[np.ndarray, str]:
     """uint8 (B, size, size, 3): the given images, else images of the training data named in
     the model's provenance, else synthetic gradients and noise."""
-    from imgcls.data.preprocess import eval_array
+    from imgcls.data.preprocess import eval_array, square_size
     from imgcls.predict import iter_inputs
 
     cfg = read_config(model_dir)
@@ -61,7 +59,7 @@ def _verification_images(
 
     for p in candidates:
         try:
-            arrays.append(eval_array(read_image(p), pre))
+            arrays.append(eval_array(read_image(p, min_size=square_size(pre)), pre))
         except ImageError:
             continue
         if len(arrays) >= limit:
@@ -126,8 +124,8 @@ def export_onnx(
         onnx.save(proto, str(tmp))
         # verification: PyTorch (float32) and ONNX Runtime on the same real inputs
         pixels, source = _verification_images(images, src, pre.image_size)
-        reference = Classifier(info=info, backend=_Fp32Torch(model), label_names=info.label_names)
-        candidate = Classifier(info=info, backend=OnnxBackend(tmp), label_names=info.label_names)
+        reference = Classifier(info=info, _backend=_Fp32Torch(model), label_names=info.label_names)
+        candidate = Classifier(info=info, _backend=OnnxBackend(tmp), label_names=info.label_names)
         from imgcls.data.preprocess import normalize_np
 
         x = normalize_np(pixels, pre)

@@ -157,16 +157,18 @@ def decode_stream(
     fn: Any = None,
 ) -> Iterator[tuple[Any, Any, str | None]]:
     """(item, pixels or None, error or None) in input order; at most ``4 * workers`` chunks are
-    in flight, so memory stays flat however long ``paths`` is. ``fn(item, cfg, max_pixels)``
+    in flight (32 at the start, while the model loads), so memory stays flat however long
+    ``paths`` is. ``fn(item, cfg, max_pixels)``
     decodes one item (a module-level function, as it runs in worker processes); by default an
     item is a path and the result its model input."""
     ahead = max(2, 4 * workers)
+    window = max(ahead, 32) if workers > 0 else ahead  # a deeper first window covers model loading
     pending: deque[tuple[list[str], Future]] = deque()
     it = iter(paths)
     with _executor(workers) as pool:
         exhausted = False
         while True:
-            while not exhausted and len(pending) < ahead:
+            while not exhausted and len(pending) < window:
                 batch = [p for _, p in zip(range(chunk), it, strict=False)]
                 if not batch:
                     exhausted = True
@@ -174,6 +176,7 @@ def decode_stream(
                 pending.append((batch, pool.submit(_decode_chunk, batch, cfg, max_pixels, fn)))
             if not pending:
                 return
+            window = ahead
             batch, fut = pending.popleft()
             for p, (arr, err) in zip(batch, fut.result(), strict=True):
                 yield p, arr, err
@@ -258,9 +261,10 @@ class Classifier:
     """A trained model with its labels, task and preprocessing: ``imgcls.load(MODEL)``."""
 
     info: ModelInfo
-    backend: Any
+    _backend: Any  # a backend, or a function that makes one on first use
     label_names: list[str] = field(default_factory=list)
     decision: DecisionRule | None = None  # multi-class decision rule (see imgcls.decisions)
+    _factory: Any = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -274,7 +278,9 @@ class Classifier:
             if not path.is_file():
                 raise UserError(f"model not found: {model}")
             onnx_backend = OnnxBackend(path)
-            return cls(info=(i := onnx_info(onnx_backend, path)), backend=onnx_backend, label_names=list(i.label_names))
+            return cls(
+                info=(i := onnx_info(onnx_backend, path)), _backend=onnx_backend, label_names=list(i.label_names)
+            )
         info = read_info(path)
         if backend in ("auto", "onnx") and device in ("auto", "cpu"):
             exported = exported_onnx(path)
@@ -282,12 +288,26 @@ class Classifier:
                 try:
                     onnx_backend = OnnxBackend(exported)
                     if onnx_info(onnx_backend, exported).label_names == info.label_names:
-                        return cls(info=info, backend=onnx_backend, label_names=list(info.label_names))
+                        return cls(info=info, _backend=onnx_backend, label_names=list(info.label_names))
                 except UserError:
                     pass  # not usable here (no onnxruntime): PyTorch does the work
             if backend == "onnx":
                 raise UserError(f"{path}: no current model.onnx (run 'imgcls export --model {path}')")
-        return cls(info=info, backend=TorchBackend(path, device, precision), label_names=list(info.label_names))
+        # PyTorch loads on first use: decoding (in worker processes) starts while torch imports
+        return cls(
+            info=info, _backend=lambda: TorchBackend(path, device, precision), label_names=list(info.label_names)
+        )
+
+    def __post_init__(self) -> None:
+        if callable(self._backend) and not hasattr(self._backend, "logits"):
+            self._factory, self._backend = self._backend, None
+
+    @property
+    def backend(self) -> Any:
+        """The engine that computes logits (created on first use)."""
+        if self._backend is None:
+            self._backend = self._factory()
+        return self._backend
 
     def describe(self) -> dict[str, Any]:
         """What an output file records about the model."""

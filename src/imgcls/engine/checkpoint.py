@@ -10,6 +10,7 @@ Python values only.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,51 @@ from imgcls.io import atomic_write_with
 
 FORMAT = 1
 FILE = "state.pt"
+
+
+def _detach(obj: Any) -> Any:
+    """A copy whose tensors training can no longer change (for a write in the background)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _detach(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_detach(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_detach(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread: the state is copied (milliseconds), training
+    goes on while the file is written and synced (about half a second for a ResNet-18 with
+    AdamW). One write at a time; ``wait`` joins it and re-raises its error."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.wait()
+        snapshot = _detach(state)
+
+        def run() -> None:
+            try:
+                save_checkpoint(self.folder, snapshot)
+            except BaseException as e:  # reported by the next save or wait
+                self.error = e
+
+        self.thread = threading.Thread(target=run, name="imgcls-checkpoint", daemon=False)
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:

@@ -29,7 +29,7 @@ from imgcls.data.sources import load_source
 from imgcls.data.table import DataTable
 from imgcls.data.transforms import PRESETS, BatchAugment
 from imgcls.engine.budget import BudgetPlan, parse_duration
-from imgcls.engine.checkpoint import load_checkpoint, save_checkpoint
+from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
 from imgcls.engine.loop import Position, Trainer, train_one_epoch, validate
 from imgcls.engine.optim import DEFAULT_WD, Schedule, build_optimizer, default_lr, param_groups
@@ -115,6 +115,14 @@ def resolve_preprocess(cfg: RunConfig, model: torch.nn.Module, table: DataTable)
         pre = pre.with_size(max(32, side))  # no 224-px upsampling of 28-px images by default
     if side is not None and side <= SMALL_IMAGE:
         pre = dataclasses.replace(pre, crop_pct=1.0)  # small images: keep every pixel
+    if cfg.data.crop_pct:
+        if not 0.2 <= cfg.data.crop_pct <= 1.0:
+            raise UserError(f"--crop-pct must be between 0.2 and 1, not {cfg.data.crop_pct}")
+        pre = dataclasses.replace(pre, crop_pct=cfg.data.crop_pct)
+    if cfg.data.interpolation:
+        if cfg.data.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise UserError(f"--interpolation must be bilinear, bicubic or nearest, not {cfg.data.interpolation!r}")
+        pre = dataclasses.replace(pre, interpolation=cfg.data.interpolation)
     if cfg.data.resize_mode:
         if cfg.data.resize_mode not in ("crop", "pad"):
             raise UserError(f"--resize-mode must be crop or pad, not {cfg.data.resize_mode!r}")
@@ -216,6 +224,7 @@ def build_trainer(cfg: RunConfig, run: Path, dist: Dist, table: DataTable, start
     cfg.model.pretrained = pretrained or "none"
     pre = resolve_preprocess(cfg, model, table)
     cfg.data.image_size, cfg.data.resize_mode = pre.image_size, pre.resize_mode
+    cfg.data.crop_pct, cfg.data.interpolation = pre.crop_pct, pre.interpolation
     cfg.data.augment = resolve_augment(cfg, pre)
     t.tta = resolve_tta(t.tta, pre, cfg.data.augment)
     if t.batch_size is None:
@@ -445,7 +454,10 @@ def epoch_line(m: dict[str, Any], tr: Trainer) -> str:
 
 
 def finish(tr: Trainer) -> None:
-    """Reload the best weights, tune thresholds (multi-label) on validation, save the model."""
+    """Reload the best weights, tune thresholds (multi-label) on validation, save the model.
+    Nothing to do when the best model is already saved and needs neither."""
+    if tr.task.name != "multilabel" and tr.cfg.train.tta != "flip":
+        return
     best_file = tr.run_dir / "model" / "model.safetensors"
     if best_file.is_file():
         from safetensors.torch import load_file
@@ -532,16 +544,20 @@ def fit(
         elif dist.main:
             describe_start(tr)
         write_run_files(tr)
+        writer = CheckpointWriter(run / "checkpoint")
         if dist.main:
 
             def checkpoint() -> None:
-                save_checkpoint(run / "checkpoint", checkpoint_state(tr))
+                writer.save(checkpoint_state(tr))
 
             tr.save_checkpoint = checkpoint
-        run_epochs(tr, on_epoch_end)
-        finish(tr)
-        if tr.save_checkpoint is not None:
-            tr.save_checkpoint()
+        try:
+            run_epochs(tr, on_epoch_end)
+            finish(tr)
+            if tr.save_checkpoint is not None:
+                tr.save_checkpoint()
+        finally:
+            writer.wait()
         dist.barrier()
     finally:
         shutdown(dist)

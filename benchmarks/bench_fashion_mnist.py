@@ -1,0 +1,55 @@
+"""Fashion-MNIST (Debian package dataset-fashion-mnist): ``imgcls train --data
+/usr/share/datasets/fashion-mnist --time-budget 10m`` with otherwise default settings, then
+``imgcls evaluate --split test`` on the 10,000 t10k images. Target: >= 94% top-1, the train
+command inside 10 minutes of wall time.
+
+    .venv/bin/python benchmarks/bench_fashion_mnist.py [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from common import BIN, report, timed
+
+DATA = Path("/usr/share/datasets/fashion-mnist")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", default="10m")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} is missing: apt-get install dataset-fashion-mnist")
+    work = Path(tempfile.mkdtemp(prefix="imgcls-bench-"))
+    try:
+        wall, _, _ = timed([str(BIN / "imgcls"), "train", "--data", str(DATA), "--time-budget", args.budget,
+                            "--seed", str(args.seed), "--out", str(work / "run")])  # fmt: skip
+        epochs = len((work / "run" / "metrics.jsonl").read_text().splitlines())
+        timed([str(BIN / "imgcls"), "evaluate", "--model", str(work / "run" / "model"), "--split", "test",
+                           "--out", str(work / "report")])  # fmt: skip
+        m = json.loads((work / "report" / "metrics.json").read_text())
+        report(
+            "fashion_mnist",
+            {
+                "train_wall_seconds": round(wall, 1),
+                "epochs": epochs,
+                "test_top1": round(m["top1"], 4),
+                "test_nll": round(m["nll"], 4),
+                "test_images": m["num_images"],
+                "seed": args.seed,
+            },
+            args.json,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
