@@ -1,10 +1,11 @@
 """Bounded load test of ``imgcls serve`` on this machine (127.0.0.1 only).
 
-Sends ``--requests`` requests from ``--clients`` concurrent clients: mostly real JPEG uploads (one
-or several images per request), mixed with bad ones (not an image, truncated, a decompression
-bomb, an empty file, a request that is not multipart, too many files). Reports requests/s, latency
-percentiles and responses by status class; exits 1 if any response is a 5xx or a connection
-failed.
+Sends ``--requests`` requests from ``--clients`` concurrent clients, cycling through ten kinds:
+four real JPEG uploads (one or two images per request) and six bad ones (not an image,
+truncated, a decompression bomb, an empty file, a request that is not multipart, too many
+files). One good request first warms the server up (its latency is printed apart). Reports
+requests/s, latency percentiles and responses by status class; exits 1 if any response is a 5xx
+or a connection failed.
 
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 --requests 400 --clients 8
     python benchmarks/serve_load.py --model runs/a/model            # starts its own server
@@ -97,11 +98,16 @@ async def run(url: str, total: int, clients: int) -> dict:
                 failures.append(f"{name}: {type(e).__name__} {e}")
             latencies.append(time.perf_counter() - t)
 
-    t0 = time.perf_counter()
     async with httpx.AsyncClient(timeout=120) as c:
+        t = time.perf_counter()
+        first = await c.post(f"{url}/predict", **kinds[0][1])  # warm-up: the first forward pass
+        warmup = time.perf_counter() - t
+        if first.status_code != 200:
+            failures.append(f"warm-up: {first.status_code} {first.text[:200]}")
+        t0 = time.perf_counter()
         await asyncio.gather(*(client(c) for _ in range(clients)))
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "latencies": latencies, "statuses": statuses, "failures": failures}
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "latencies": latencies, "statuses": statuses, "failures": failures, "warmup": warmup}
 
 
 def start_server(model: str) -> tuple[subprocess.Popen, str]:
@@ -154,9 +160,10 @@ def main() -> int:
         f"latency ms: p50 {1000 * q[49]:.0f}  p95 {1000 * q[94]:.0f}  p99 {1000 * q[98]:.0f}  max {1000 * lat[-1]:.0f}"
     )
     print(f"2xx: {st['2xx']}  4xx: {st['4xx']}  5xx: {st['5xx']}  failed: {st['failed']}")
+    print(f"warm-up request before the load: {1000 * res['warmup']:.0f} ms")
     for f in res["failures"][:10]:
         print("  " + f)
-    return 1 if st["5xx"] or st["failed"] else 0
+    return 1 if st["5xx"] or st["failed"] or res["failures"] else 0
 
 
 if __name__ == "__main__":

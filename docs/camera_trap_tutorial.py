@@ -6,8 +6,9 @@ and walks the whole path with the imgcls command line. See docs/camera-traps.md.
 The photographs are scikit-image's bundled ones (no download): Chelsea the cat, the astronaut
 Eileen Collins (a person walking past the camera) and the horse silhouette (filled with a coat
 texture), placed at random positions, sizes and mirror sides on backgrounds made from real
-texture photographs (grass, gravel, brick), one per site. Each trigger takes a burst of three
-frames two seconds apart, with EXIF times. Some triggers are empty (wind, heat).
+texture photographs (grass, gravel, brick, the moon's surface as rocky ground), one per site.
+Each trigger takes a burst of three frames two seconds apart, with EXIF times. Some triggers
+are empty (wind, heat).
 
 A real project runs MegaDetector first (``python -m megadetector.detection.run_detector_batch
 MDV5A images/ md.json``). No detector runs offline here, so the script writes ``md.json`` from
@@ -29,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-SITES = {"meadow": "grass", "quarry": "gravel", "farmyard": "brick"}
+SITES = {"meadow": "grass", "quarry": "gravel", "farmyard": "brick", "ridge": "moon"}
 FRAME = (640, 480)
-TINTS = {"grass": (0.75, 1.05, 0.6), "gravel": (1.0, 0.95, 0.85), "brick": (1.05, 0.8, 0.7)}
+TINTS = {"grass": (0.75, 1.05, 0.6), "gravel": (1.0, 0.95, 0.85), "brick": (1.05, 0.8, 0.7), "moon": (0.95, 0.9, 0.8)}
 
 
 def _photos() -> dict[str, Image.Image]:
@@ -162,7 +163,7 @@ def run(cmd: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="ct-tutorial", help="folder for the data and every output")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=15)
     args = ap.parse_args()
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -172,10 +173,11 @@ def main() -> None:
     imgcls = str(Path(sys.executable).parent / "imgcls")
     run([imgcls, "train", "--data", str(files["cct"]), "--detections", str(files["md"]),
          "--det-categories", "animal,person",
-         "--arch", "resnet18", "--pretrained", "none", "--image-size", "96", "--epochs", str(args.epochs),
+         "--arch", "resnet18", "--pretrained", "none", "--image-size", "96", "--batch-size", "16",
+         "--epochs", str(args.epochs), "--val-split", "0.4",
          "--out", str(out / "run")])  # fmt: skip
     model = str(out / "run" / "model")
-    run([imgcls, "evaluate", "--model", model, "--data", str(files["cct"]), "--split", "all",
+    run([imgcls, "evaluate", "--model", model, "--data", str(files["cct"]),
          "--detections", str(files["md"]),
          "--det-categories", "animal,person", "--out", str(out / "report")])  # fmt: skip
     common = [str(files["images"]), "--detections", str(files["md"]), "--det-categories", "animal,person",

@@ -118,6 +118,23 @@ def test_evaluate_per_site_with_detection_tradeoff(world: dict[str, Path], crop_
     assert "Per location" in (tmp_path / "report" / "report.html").read_text()
 
 
+def test_evaluate_held_out_sites_counts_their_blank_frames(world: dict[str, Path], crop_model: Path) -> None:
+    from imgcls.evaluate import evaluate
+
+    with open(crop_model / "splits.csv", newline="") as f:
+        val_sites = {Path(r["path"]).parent.name for r in csv.DictReader(f) if r["split"] == "val"}
+    r = evaluate(crop_model / "model", world["cct"], detections=world["md"])  # default: the run's val split
+    assert r.split == "val"
+    assert {row["group"] for row in r.metrics["per_location"]} == val_sites
+    # frames the training run skipped (blank by the detector) at the held-out sites are part of
+    # the evaluated split: listed as skipped and counted in the detector trade-off
+    skipped_sites = {Path(p).parent.name for p, _ in r.skipped}
+    assert r.metrics["num_skipped"] > 0 and skipped_sites <= val_sites
+    table = load_source(world["cct"], multilabel=False)
+    n_val_images = sum(Path(p).parent.name in val_sites for p in table.paths)
+    assert sum(Path(p).parent.name in val_sites for p, _ in r.skipped) + r.metrics["num_images"] >= n_val_images
+
+
 def imgcls_evaluate(model: Path, world: dict[str, Path], out: Path):  # type: ignore[no-untyped-def]
     from imgcls.evaluate import evaluate
 
@@ -171,8 +188,10 @@ def test_predict_csv_with_event_labels_and_camtrapdp(world: dict[str, Path], cro
 
     pkg = tmp_path / "package"
     assert main([*base, "--format", "camtrapdp", "--out", str(pkg), "--utc-offset", "+02:00"]) == 0
-    for name in ("datapackage.json", "deployments.csv", "media.csv", "observations.csv"):
-        assert (pkg / name).is_file(), name
+    # the package holds its four files and nothing else (the run's side files live beside it)
+    assert sorted(p.name for p in pkg.iterdir()) == [
+        "datapackage.json", "deployments.csv", "media.csv", "observations.csv"
+    ]  # fmt: skip
     with open(pkg / "media.csv", newline="") as f:
         media = list(csv.DictReader(f))
     assert len(media) == len(rows)
@@ -193,6 +212,9 @@ def test_predict_csv_with_event_labels_and_camtrapdp(world: dict[str, Path], cro
     assert levels == {"media", "event"}
     assert {o["observationType"] for o in obs} <= {"animal", "blank", "unknown", "human", "vehicle"}
     assert all(o["eventStart"] and o["eventEnd"] and o["observationID"] for o in obs)
+    assert all(o["eventStart"].endswith("+02:00") and o["eventEnd"].endswith("+02:00") for o in obs)
+    events = [o for o in obs if o["observationLevel"] == "event"]
+    assert all(o["eventStart"] <= o["eventEnd"] and not o["mediaID"] for o in events)
     animal = [o for o in obs if o["observationType"] == "animal" and o["observationLevel"] == "media"]
     assert animal and all(0 <= float(o["bboxX"]) <= 1 for o in animal)
     with open(pkg / "deployments.csv", newline="") as f:

@@ -37,10 +37,11 @@ def _image(k: int, seed: int = 0) -> bytes:
     return jpeg_bytes(class_image(k, np.random.default_rng(seed), (64, 48)))
 
 
-def test_model_health_and_page(client: TestClient) -> None:
+def test_model_health_and_page(client: TestClient, trained: dict) -> None:
     m = client.get("/model").json()
     assert m["label_names"] == ["cat", "dog", "fox"] and m["task"] == "multiclass"
     assert m["preprocessing"]["input_size"] == [3, 32, 32] and m["architecture"] == "lenet"
+    assert m["name"] == trained["model"].parent.name  # the run's name, not "model"
     assert client.get("/health").json()["status"] == "ok"
     page = client.get("/")
     assert page.status_code == 200 and "Drop images here" in page.text

@@ -159,6 +159,22 @@ def test_transfer_from_torchvision_and_timm_state_dicts(
         assert "pretrained: loaded 120 tensors" in err and "2 new: fc.weight, fc.bias" in err
 
 
+def test_fine_tuning_a_model_directory_takes_its_architecture(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    opts = dict(FAST, arch="lenet", norm="batch", attn="se", epochs=1)
+    first = imgcls.train(folder, out=tmp_path / "first", cache_dir=tmp_path / "c", **opts)
+    capsys.readouterr()
+    two = image_folder(tmp_path / "two", ("owl", "bat"), 8)  # new classes
+    second = imgcls.train(two, out=tmp_path / "second", cache_dir=tmp_path / "c", pretrained=str(first / "model"),
+                          epochs=1, batch_size=8, image_size=32)  # fmt: skip
+    err = capsys.readouterr().err
+    cfg = yaml.safe_load((second / "config.yaml").read_text())
+    assert (cfg["model"]["arch"], cfg["model"]["norm"], cfg["model"]["attn"]) == ("lenet", "batch", "se")
+    assert "pretrained: loaded" in err and "new: fc3.weight, fc3.bias" in err
+    assert read_info(second / "model").label_names == ["bat", "owl"]
+
+
 def test_frozen_backbone_keeps_pretrained_weights_and_bn_statistics(folder: Path, tmp_path: Path) -> None:
     src = tmp_path / "r18.safetensors"
     pretrained = timm.create_model("resnet18").state_dict()

@@ -192,3 +192,12 @@ def load_model(folder: str | Path, *, device: str | torch.device = "cpu") -> tup
     cfg.update(info.preprocess.to_pretrained_cfg())
     setattr(model, "pretrained_cfg", cfg)  # noqa: B010
     return model.eval(), info
+
+
+def model_name(model: str | Path) -> str:
+    """A short name for a model directory or file: ``runs/birds/model`` -> ``birds``,
+    ``exports/birds.onnx`` -> ``birds``."""
+    p = Path(str(model)).resolve()
+    if p.suffix == ".onnx":
+        return p.stem
+    return p.parent.name if p.name == "model" and p.parent.name else p.name

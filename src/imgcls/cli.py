@@ -146,7 +146,10 @@ TRAIN_HELP = {
     "positive": "binary task: the positive class",
     "epochs": "number of epochs (default 10)",
     "time_budget": "plan the run to end within this wall time, e.g. 10m, 1h30m",
-    "batch_size": "images per batch (default 64)",
+    "batch_size": (
+        "images per batch (default 64; 256 for images of 64 px or less; smaller, down to 16, "
+        "when the training set would give under 32 steps an epoch)"
+    ),
     "seed": "random seed (splits, initialisation, augmentation)",
     "deterministic": "bit-exact repeatability where the kernels allow it",
     "precision": "auto (bf16 where fast), bf16, fp16 (GPU) or fp32",
@@ -320,6 +323,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for k in keys:
         if isinstance(m.get(k), float):
             print(f"  {k:<{width}}  {m[k]:.4f}")
+    groups = m.get("per_location") or []
+    if groups:
+        print("per location (accuracy, images):")
+        for g in groups[:20]:
+            print(f"  {g['group']:<{width}}  {g['accuracy']:.4f}  {g['images']}")
+        if len(groups) > 20:
+            print(f"  ... {len(groups) - 20} more in metrics.json")
     if args.out:
         print(f"report: {args.out}/report.html")
     return 0

@@ -142,7 +142,7 @@ class TrainConfig:
     positive: str | None = None  # binary: the positive class (default: the second name)
     epochs: int | None = None  # default 10 (or as many as --time-budget allows)
     time_budget: str | None = None  # e.g. 10m: plan the schedule to end on time
-    batch_size: int | None = None  # default 64, or 256 for images of 64 px or less
+    batch_size: int | None = None  # default 64, or 256 for images of 64 px or less; smaller for small datasets
     seed: int = 0
     deterministic: bool = False
     precision: str = "auto"  # auto | bf16 | fp16 | fp32

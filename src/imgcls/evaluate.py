@@ -273,8 +273,23 @@ def _run_split_rows(table: DataTable, run: Path, split: str) -> np.ndarray:
     if not listing.is_file():
         return np.zeros(0, dtype=np.int64)
     with open(listing, newline="", encoding="utf-8") as f:
-        wanted = {r["path"] for r in csv.DictReader(f) if r["split"] == split}
-    return np.array([i for i, p in enumerate(table.paths) if p in wanted], dtype=np.int64)
+        listed = {r["path"]: r["split"] for r in csv.DictReader(f)}
+    # Images the run skipped (e.g. blanks without a detection) are not listed; when the run
+    # split by a group column (location, sequence), they belong to their group's side.
+    for column in ("location", "sequence"):
+        values = table.columns.get(column)
+        if values is None:
+            continue
+        sides: dict[str, set[str]] = {}
+        for p, g in zip(table.paths, values, strict=True):
+            if p in listed and g:
+                sides.setdefault(str(g), set()).add(listed[p])
+        if sides and all(len(v) == 1 for v in sides.values()):
+            for p, g in zip(table.paths, values, strict=True):
+                if p not in listed and str(g) in sides:
+                    listed[p] = next(iter(sides[str(g)]))
+            break
+    return np.array([i for i, p in enumerate(table.paths) if listed.get(p) == split], dtype=np.int64)
 
 
 def collect_probabilities(
@@ -462,7 +477,13 @@ def evaluate(
         i = int(ok[j])
         if table.pixels is not None:
             return Image.fromarray(table.pixels[i]).convert("RGB")
-        return read_image(table.paths[i], min_size=160)
+        img = read_image(table.paths[i], min_size=160)
+        if table.boxes is not None and not np.isnan(table.boxes[i]).any():  # show what the model saw
+            from imgcls.data.image import crop_square
+
+            x, y, w, h = (float(v) for v in table.boxes[i])
+            img = crop_square(img, (x, y, w, h), table.crop_margin)
+        return img
 
     result = EvalResult(
         thumbnail=thumbnail,

@@ -239,8 +239,11 @@ class JsonWriter(JsonlWriter):
 
 
 def clean_row(r: dict[str, Any]) -> dict[str, Any]:
-    """The row without private keys (``_probs``...)."""
-    return {k: v for k, v in r.items() if not k.startswith("_")}
+    """The row without private keys (``_probs``...), its score to six places as in ``top_k``."""
+    out = {k: v for k, v in r.items() if not k.startswith("_")}
+    if isinstance(out.get("score"), float):
+        out["score"] = round(out["score"], 6)
+    return out
 
 
 WRITERS: dict[str, type[Writer]] = {}

@@ -369,33 +369,6 @@ def add_event_columns(out: Path, fmt: str, events: dict[str, dict[str, Any]], im
         atomic_write_text(out, "".join(lines))
 
 
-def camtrap_events(events: dict[str, dict[str, Any]], side: Path, model: str) -> list[dict[str, Any]]:
-    """Event-level Camtrap DP observations (deployment and times from the media written)."""
-    import hashlib
-
-    from imgcls.cameratrap.sequences import exif_datetime
-    from imgcls.cameratrap.writers import observation_type, scientific_name
-
-    out = []
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for event, e in sorted(events.items()):
-        times = [t for t in (exif_datetime(p) for p in e["images"]) if t is not None]
-        if not times:
-            continue
-        start, end = min(times).isoformat(), max(times).isoformat()
-        dep = os.path.basename(os.path.dirname(os.path.abspath(e["images"][0]))) or "camera"
-        t = observation_type(e["label"])
-        out.append({
-            "observationID": "event_" + hashlib.sha1(event.encode()).hexdigest()[:12], "deploymentID": dep,
-            "eventID": event, "eventStart": start, "eventEnd": end, "observationLevel": "event",
-            "observationType": t, "scientificName": scientific_name(e["label"]) if t == "animal" else "",
-            "classificationMethod": "machine", "classifiedBy": model, "classificationTimestamp": stamp,
-            "classificationProbability": f"{e['score']:.4f}",
-        })  # fmt: skip
-    _ = side
-    return out
-
-
 def require_single_process() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--detections / --aggregate run in one process (not under torchrun) for now")
@@ -446,11 +419,8 @@ def run(
     if aggregate == "sequence":
         if out is None:
             raise UserError("--aggregate sequence needs --out")
-        side = (
-            Path(out).with_name(f".{Path(out).name}.probs.jsonl")
-            if writer.name != "camtrapdp"
-            else Path(out) / ".probs.jsonl"
-        )
+        # beside the output (for Camtrap DP beside the folder, so the package holds only its files)
+        side = Path(out).with_name(f".{Path(out).name}.probs.jsonl")
     wrapped = Annotate(writer, side, events, locations)
     if detections is not None:
         threshold = det_threshold if det_threshold is not None else float(crops.get("threshold", 0.2))
@@ -473,8 +443,7 @@ def run(
     if side is not None:
         by_event = event_labels(side, clf.label_names, clf.decision)
     if writer.name == "camtrapdp":
-        evs = camtrap_events(by_event, side or Path(), str(clf.info.path)) if by_event else []
-        writer.finalize(events=evs)  # type: ignore[attr-defined]
+        writer.finalize(events=by_event)  # type: ignore[attr-defined]
     elif hasattr(writer, "finalize"):
         writer.finalize()
     if by_event and out is not None and writer.name in ("csv", "jsonl", "json"):

@@ -257,15 +257,14 @@ class CamtrapDPWriter(Writer):
     def records(self, path: Path) -> Iterator[Any]:
         raise UserError("--format camtrapdp cannot be combined with torchrun yet: run it in one process")
 
-    def finalize(self, events: list[dict[str, Any]] | None = None) -> None:
-        """Assemble media.csv, observations.csv (plus event-level observations), deployments.csv
-        and datapackage.json from the part files."""
+    def finalize(self, events: dict[str, dict[str, Any]] | None = None) -> None:
+        """Assemble media.csv, observations.csv (plus an event-level observation for each of
+        ``events``: event id -> its label and score), deployments.csv and datapackage.json."""
         with open(self.media_part, newline="", encoding="utf-8") as f:
             media = list(csv.DictReader(f))
         with open(self.obs_part, newline="", encoding="utf-8") as f:
             observations = list(csv.DictReader(f))
-        for ev in events or self.options.get("events") or []:
-            observations.append({k: ev.get(k, "") for k in OBSERVATIONS})
+        observations += self._event_observations(observations, events or {})
         _write_csv(self.folder / "media.csv", MEDIA, media)
         _write_csv(self.folder / "observations.csv", OBSERVATIONS, observations)
         deployments = self._deployments(media)
@@ -276,6 +275,34 @@ class CamtrapDPWriter(Writer):
         )
         self.media_part.unlink(missing_ok=True)
         self.obs_part.unlink(missing_ok=True)
+
+    def _event_observations(
+        self, observations: list[dict[str, str]], events: dict[str, dict[str, Any]]
+    ) -> list[dict[str, str]]:
+        """One event-level observation per event: its span and deployment from the media-level
+        observations of its frames, its label from the sequence aggregation."""
+        frames: dict[str, list[dict[str, str]]] = {}
+        for o in observations:
+            if o["eventID"]:
+                frames.setdefault(o["eventID"], []).append(o)
+        out = []
+        for event, e in sorted(events.items()):
+            rows = frames.get(event)
+            if not rows:
+                continue
+            t = observation_type(e["label"])
+            row = {k: "" for k in OBSERVATIONS}
+            row.update({
+                "observationID": "event_" + hashlib.sha1(event.encode()).hexdigest()[:12],
+                "deploymentID": rows[0]["deploymentID"], "eventID": event,
+                "eventStart": min(r["eventStart"] for r in rows), "eventEnd": max(r["eventEnd"] for r in rows),
+                "observationLevel": "event", "observationType": t,
+                "scientificName": scientific_name(e["label"]) if t == "animal" else "",
+                "classificationMethod": "machine", "classifiedBy": self.options.get("model", {}).get("path", "imgcls"),
+                "classificationTimestamp": self.stamp, "classificationProbability": f"{e['score']:.4f}",
+            })  # fmt: skip
+            out.append(row)
+        return out
 
     def _deployments(self, media: list[dict[str, str]]) -> list[dict[str, str]]:
         given: dict[str, dict[str, str]] = {}

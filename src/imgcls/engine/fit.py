@@ -88,8 +88,35 @@ def image_side(table: DataTable) -> int | None:
 def resolve_arch(cfg: RunConfig, table: DataTable) -> str:
     if cfg.model.arch != "auto":
         return cfg.model.arch
+    saved = pretrained_model_dir_arch(cfg.model.pretrained)
+    if saved is not None:  # fine-tuning a saved model: its architecture and options, by default
+        arch, norm, attn = saved
+        cfg.model.norm = cfg.model.norm or norm
+        cfg.model.attn = cfg.model.attn or attn
+        return arch
     side = image_side(table)
     return SMALL_ARCH if side is not None and side <= SMALL_IMAGE else "resnet18"
+
+
+def pretrained_model_dir_arch(pretrained: str | None) -> tuple[str, str | None, str | None] | None:
+    """(arch, norm, attn) of a model directory given as ``--pretrained``, else None."""
+    if not pretrained or pretrained in ("auto", "none", "None", "false", "timm", "torchvision", "default"):
+        return None
+    config = Path(pretrained) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        saved = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{config}: not a readable model configuration ({e})") from None
+    own = saved.get("imgcls") or {}
+    arch = own.get("arch") or saved.get("architecture")
+    if not arch:
+        return None
+    if not own and "/" not in arch:  # a timm hub directory: timm's name
+        arch = f"timm/{arch}"
+    norm = own.get("norm")
+    return str(arch), (None if norm in (None, "") else str(norm)), own.get("attn")
 
 
 def resolve_pretrained(cfg: RunConfig, arch: str) -> str | None:
@@ -128,6 +155,20 @@ def resolve_preprocess(cfg: RunConfig, model: torch.nn.Module, table: DataTable)
             raise UserError(f"--resize-mode must be crop or pad, not {cfg.data.resize_mode!r}")
         pre = dataclasses.replace(pre, resize_mode=cfg.data.resize_mode)
     return pre
+
+
+MIN_STEPS_PER_EPOCH = 32
+
+
+def default_batch_size(image_size: int, train_images: int) -> int:
+    """256 for small images, 64 otherwise; smaller (a power of two, at least 16) when the
+    training set would give fewer than 32 steps an epoch, since a thousand images in four
+    steps of 256 learn little in a few epochs."""
+    base = 256 if image_size <= SMALL_IMAGE else 64
+    fit = 16
+    while fit * 2 <= min(base, train_images // MIN_STEPS_PER_EPOCH):
+        fit *= 2
+    return min(base, fit)
 
 
 def resolve_augment(cfg: RunConfig, pre: PreprocessConfig) -> str:
@@ -227,9 +268,9 @@ def build_trainer(cfg: RunConfig, run: Path, dist: Dist, table: DataTable, start
     cfg.data.crop_pct, cfg.data.interpolation = pre.crop_pct, pre.interpolation
     cfg.data.augment = resolve_augment(cfg, pre)
     t.tta = resolve_tta(t.tta, pre, cfg.data.augment)
-    if t.batch_size is None:
-        t.batch_size = 256 if pre.image_size <= SMALL_IMAGE else 64
     data = load_training_data(cfg, pre, table, dist)
+    if t.batch_size is None:
+        t.batch_size = default_batch_size(pre.image_size, len(data.splits.train) // dist.world)
     task = make_task(cfg, data.table, data.splits.train)
     runtime = make_runtime(model, device=t.device, precision=t.precision, channels_last=t.channels_last)
     raw = runtime.prepare(model)

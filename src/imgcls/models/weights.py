@@ -161,6 +161,11 @@ def _timm_state_dict(entry: ModelEntry) -> dict[str, torch.Tensor]:
     import timm
 
     assert entry.timm_weights
+    import logging
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would precede our one-line error
     try:
         src = timm.create_model(entry.timm_weights, pretrained=True)
     except Exception as e:
@@ -169,6 +174,8 @@ def _timm_state_dict(entry: ModelEntry) -> dict[str, torch.Tensor]:
             f"{str(e).splitlines()[0]} (offline and not in the Hugging Face cache? pass "
             "--pretrained PATH with a weights file or model directory instead)"
         ) from e
+    finally:
+        hub_log.setLevel(level)
     return src.state_dict()
 
 

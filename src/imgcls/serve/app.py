@@ -17,11 +17,11 @@ import hmac
 import os
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imgcls.artifacts import model_name
 from imgcls.data.image import ImageError, read_image
 from imgcls.data.preprocess import eval_array, square_size
 from imgcls.errors import UserError
@@ -82,13 +82,19 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> Any:
+        # one forward pass before the first request: loading the backend and the first call's
+        # kernel set-up take seconds that a user's first request should not wait for
+        from PIL import Image
+
+        blank = eval_array(Image.new("RGB", (pre.image_size, pre.image_size), (128, 128, 128)), pre)
+        await asyncio.to_thread(clf.probabilities, blank[None])
         yield
         await batcher.stop()
 
     app = FastAPI(
         title="imgcls",
         version="1",
-        description=f"Image classification with {Path(str(cfg.model)).name}",
+        description=f"Image classification with {model_name(cfg.model)}",
         lifespan=lifespan,
     )
     if cfg.cors_origins:
@@ -182,7 +188,7 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
         """Architecture, task, label names and preprocessing of the served model."""
         info = clf.info
         return {
-            "name": Path(str(cfg.model)).name,
+            "name": model_name(cfg.model),
             "architecture": info.arch,
             "task": info.task,
             "label_names": info.label_names,
@@ -214,8 +220,9 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
         for (name, _), p in zip(files, probs, strict=True):
             row = clf.row(name, p, top_k=k)
             top = [{"label": lab, "probability": prob} for lab, prob in row["top_k"].items()]
-            predictions.append({"filename": name, "label": row["label"], "score": row["score"], "top_k": top})
-        return {"model": Path(str(cfg.model)).name, "predictions": predictions}
+            score = None if row["score"] is None else round(float(row["score"]), 6)
+            predictions.append({"filename": name, "label": row["label"], "score": score, "top_k": top})
+        return {"model": model_name(cfg.model), "predictions": predictions}
 
     return app
 
