@@ -42,6 +42,7 @@ def main() -> None:
                 "epochs": epochs,
                 "test_top1": round(m["top1"], 4),
                 "test_nll": round(m["nll"], 4),
+                "test_ece": round(m["ece"], 4),
                 "test_images": m["num_images"],
                 "seed": args.seed,
             },

@@ -115,3 +115,35 @@ def test_worked_examples_in_the_docs_are_true() -> None:
     for module in (P, imgcls, factory):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+# ------------------------------------------------------------------------------- calibration
+def test_fit_temperature_recovers_the_temperature_that_made_the_labels() -> None:
+    from imgcls.tasks import fit_temperature
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, size=(6000, 5))
+    p = P.softmax(z / 2.5)
+    y = np.array([rng.choice(5, p=row) for row in p])
+    assert fit_temperature("multiclass", z, y) == pytest.approx(2.5, rel=0.08)
+    # the fitted temperature lowers the NLL below T = 1's; the arg-max does not move
+    t = fit_temperature("multiclass", z, y)
+    assert P.nll(y, P.softmax(z / t)) < P.nll(y, P.softmax(z))
+    np.testing.assert_array_equal(P.softmax(z / t).argmax(1), z.argmax(1))
+    # with mirror logits equal to the logits, test-time augmentation changes nothing
+    assert fit_temperature("multiclass", z, y, flipped=z.copy()) == pytest.approx(t, rel=1e-6)
+
+
+def test_fit_temperature_binary_and_already_calibrated() -> None:
+    from imgcls.tasks import fit_temperature
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 4, size=6000)
+    y = (rng.random(6000) < 1 / (1 + np.exp(-z / 0.5))).astype(np.int64)  # too timid by 2x
+    assert fit_temperature("binary", z[:, None], y, positive=1) == pytest.approx(0.5, rel=0.08)
+    # the positive class at index 0: the labels flip meaning, the temperature does not
+    assert fit_temperature("binary", z, 1 - y, positive=0) == pytest.approx(0.5, rel=0.08)
+    y1 = np.array([rng.choice(3, p=row) for row in P.softmax(z.reshape(2000, 3))])
+    assert fit_temperature("multiclass", z.reshape(2000, 3), y1) == pytest.approx(1.0, abs=0.1)
+    with pytest.raises(ValueError):
+        fit_temperature("multilabel", z[:, None], y)

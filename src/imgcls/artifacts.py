@@ -12,6 +12,7 @@ Both files are written atomically; weights are read with safetensors only.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class ModelInfo:
     norm: str | None = None
     attn: str | None = None
     tta: str = "none"  # the test-time augmentation the model was trained for: none | flip
+    temperature: float = 1.0  # calibration: logits are divided by it before softmax / sigmoid
     provenance: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -52,7 +54,13 @@ class ModelInfo:
         positive = 1
         if self.task == "binary" and self.positive_class in self.label_names:
             positive = self.label_names.index(self.positive_class)
-        return Task(self.task, list(self.label_names), positive=positive, thresholds=list(self.thresholds))
+        return Task(
+            self.task,
+            list(self.label_names),
+            positive=positive,
+            thresholds=list(self.thresholds),
+            temperature=self.temperature,
+        )
 
 
 def _timm_args(model: nn.Module) -> dict[str, Any] | None:
@@ -132,6 +140,9 @@ def info_from_config(cfg: dict[str, Any], path: Path) -> ModelInfo:
         extra = cfg.get("imgcls", {})
         pre = dict(cfg.get("pretrained_cfg", {}))
         pre["resize_mode"] = extra.get("resize_mode", "crop")
+        temperature = float(cfg.get("temperature", 1.0))
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"temperature must be a positive number, not {temperature}")
         return ModelInfo(
             arch=str(extra.get("arch") or cfg["architecture"]),
             num_outputs=int(cfg["num_classes"]),
@@ -143,6 +154,7 @@ def info_from_config(cfg: dict[str, Any], path: Path) -> ModelInfo:
             norm=extra.get("norm"),
             attn=extra.get("attn"),
             tta=str(cfg.get("test_time_augmentation", "none")),
+            temperature=temperature,
             provenance=dict(cfg.get("provenance", {})),
             path=path,
         )

@@ -163,6 +163,7 @@ TRAIN_HELP = {
     "checkpoint_minutes": "also checkpoint within an epoch this often (default 10)",
     "tta": "test-time augmentation saved with the model: flip, none, auto (flip for small images)",
     "export_onnx": "also export model/model.onnx, verified (default): fast-starting predictions",
+    "calibrate": "fit a temperature on the validation set so probabilities are calibrated (default)",
 }
 
 

@@ -156,6 +156,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also checkpoint within an epoch this often
     tta: str = "auto"  # flip | none | auto: flip for small images trained with flips
     export_onnx: bool = True  # also write model/model.onnx (verified): fast-starting predictions
+    calibrate: bool = True  # fit a temperature on the validation set (multiclass, binary)
 
 
 @dataclass

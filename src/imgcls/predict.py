@@ -353,6 +353,8 @@ class Classifier:
         return probs
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
+        if self.info.temperature != 1.0 and self.info.task != "multilabel":
+            logits = logits / self.info.temperature  # calibrated at the end of training
         if self.info.task == "multiclass":
             return _softmax(logits)
         p = _sigmoid(logits)

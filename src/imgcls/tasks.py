@@ -6,10 +6,17 @@
   Bernoulli); the decision is p >= threshold (0.5 unless tuned).
 - ``multilabel``: K independent logits, sigmoid each, binary cross-entropy summed over labels;
   one threshold per label, tuned on validation data and saved with the model.
+
+Calibration: a network trained to minimise cross-entropy (more so with label smoothing) gives
+probabilities that are too confident or too timid. One scalar, the temperature T, fitted on the
+validation set by minimising the NLL of softmax(z / T) (sigmoid for binary), fixes most of it
+(Guo et al., 2017, "On Calibration of Modern Neural Networks"). Dividing by T > 0 keeps the
+arg-max, and for binary the sign of the logit, so decisions at 0.5 do not change.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +36,7 @@ class Task:
     label_smoothing: float = 0.0
     class_weights: torch.Tensor | None = None
     thresholds: list[float] = field(default_factory=list)
+    temperature: float = 1.0  # logits are divided by it before softmax / sigmoid (calibration)
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
@@ -89,6 +97,8 @@ class Task:
         """Per-class probabilities (N, K); for binary the two columns are (1 - p, p) in class
         order."""
         logits = logits.float()
+        if self.temperature != 1.0 and self.name != "multilabel":
+            logits = logits / self.temperature
         if self.name == "multiclass":
             return torch.softmax(logits, dim=1)
         p = torch.sigmoid(logits)
@@ -113,6 +123,8 @@ class Task:
             out["positive_class"] = self.positive_name
         if self.thresholds:
             out["thresholds"] = [float(t) for t in self.thresholds]
+        if self.temperature != 1.0:
+            out["temperature"] = round(float(self.temperature), 5)
         return out
 
 
@@ -148,6 +160,58 @@ def tune_thresholds(probs: np.ndarray, targets: np.ndarray) -> list[float]:
                 best, best_f1 = float(t), f1
         thresholds.append(best)
     return thresholds
+
+
+def fit_temperature(
+    task: str,
+    logits: np.ndarray,
+    targets: np.ndarray,
+    positive: int = 1,
+    flipped: np.ndarray | None = None,
+) -> float:
+    """The temperature T minimising the mean NLL of the validation labels (multiclass: class
+    indices and (N, K) logits; binary: class indices and (N,) or (N, 1) logits of ``positive``).
+    With ``flipped`` (the mirror images' logits) the probabilities are the average of both, as
+    test-time augmentation computes them. A golden-section search over log T in [0.05, 20]."""
+    if task not in ("multiclass", "binary"):
+        raise ValueError(f"temperature scaling applies to multiclass and binary tasks, not {task}")
+    z = [np.asarray(logits, np.float64)] + ([np.asarray(flipped, np.float64)] if flipped is not None else [])
+    y = np.asarray(targets)
+    if task == "binary":
+        z = [v.reshape(-1) for v in z]
+        y = (y == positive).astype(np.float64)
+
+    def nll(log_t: float) -> float:
+        t = math.exp(log_t)
+        if task == "multiclass":
+            p = np.mean([_np_softmax(v / t) for v in z], axis=0)
+            chosen = p[np.arange(len(y)), y]
+        else:
+            q = np.mean([1 / (1 + np.exp(-v / t)) for v in z], axis=0)
+            chosen = np.where(y == 1, q, 1 - q)
+        return float(-np.log(np.clip(chosen, 1e-12, 1.0)).mean())
+
+    lo, hi = math.log(0.05), math.log(20.0)
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(b)
+    best = (lo + hi) / 2
+    return float(math.exp(best)) if nll(best) < nll(0.0) else 1.0
+
+
+def _np_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def quick_metrics(task: Task, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:

@@ -36,6 +36,7 @@ class BudgetPlan:
     steps_per_epoch: int
     val_images: int
     batch_size: int
+    final_passes: float = 0.0  # validation passes after training (calibration, TTA: 2)
 
     def total_steps(self, elapsed: float, step_seconds: float, steps_done: int, val_image_seconds: float) -> int:
         """The largest total step count whose remaining steps, plus one validation pass at the
@@ -47,7 +48,7 @@ class BudgetPlan:
         validated = steps_done // spe  # epochs already ended (and validated)
 
         def cost(extra: int) -> float:
-            passes = -(-(steps_done + extra) // spe) - validated
+            passes = -(-(steps_done + extra) // spe) - validated + self.final_passes
             return extra * step_seconds + passes * val_pass
 
         lo, hi = 0, 1

@@ -31,13 +31,13 @@ from imgcls.data.transforms import PRESETS, BatchAugment
 from imgcls.engine.budget import BudgetPlan, parse_duration
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
-from imgcls.engine.loop import Position, Trainer, train_one_epoch, validate
+from imgcls.engine.loop import Position, Trainer, train_one_epoch, validate, validation_logits
 from imgcls.engine.optim import DEFAULT_WD, Schedule, build_optimizer, default_lr, param_groups
 from imgcls.errors import UserError
 from imgcls.io import atomic_write_text
 from imgcls.models.factory import build_model, classifier_name, preprocess_config
 from imgcls.runtime import make_runtime, physical_cores, set_deterministic, set_threads
-from imgcls.tasks import Task, infer_task, monitor_metric, tune_thresholds
+from imgcls.tasks import Task, fit_temperature, infer_task, monitor_metric, quick_metrics, tune_thresholds
 
 DEFAULT_EPOCHS = 10
 SMALL_IMAGE = 64  # images at most this size get the small-image architecture and augmentation
@@ -371,6 +371,7 @@ def plan_steps(tr: Trainer) -> None:
             steps_per_epoch=spe,
             val_images=len(tr.data.splits.val),
             batch_size=tr.train_batches.batch_size,
+            final_passes=final_val_passes(tr),
         )
         epochs_cap = t.epochs or 10_000
         tr.pos.total_steps = epochs_cap * spe  # provisional: re-planned after a few steps
@@ -494,20 +495,57 @@ def epoch_line(m: dict[str, Any], tr: Trainer) -> str:
     return "  ".join(parts)
 
 
+MIN_CALIBRATION_IMAGES = 20
+
+
+def _after_training(tr: Trainer) -> tuple[bool, bool, bool]:
+    """(test-time augmentation, calibrate, anything to do) for :func:`finish`."""
+    tta = tr.cfg.train.tta == "flip"
+    n_val = len(tr.data.splits.val)
+    calibrate = tr.cfg.train.calibrate and tr.task.name != "multilabel" and n_val >= MIN_CALIBRATION_IMAGES
+    return tta, calibrate, tr.task.name == "multilabel" or tta or calibrate
+
+
+def final_val_passes(tr: Trainer) -> float:
+    """Validation passes :func:`finish` makes after training (for the time budget)."""
+    tta, _, todo = _after_training(tr)
+    return (2.0 if tta else 1.0) if todo else 0.0
+
+
 def finish(tr: Trainer) -> None:
-    """Reload the best weights, tune thresholds (multi-label) on validation, save the model.
-    Nothing to do when the best model is already saved and needs neither."""
-    if tr.task.name != "multilabel" and tr.cfg.train.tta != "flip":
+    """Reload the best weights and, on the validation set, fit the temperature (multiclass,
+    binary: calibrated probabilities) or tune the thresholds (multi-label), then save the model
+    with the validation metrics of the procedure predict will use (temperature, TTA).
+    Nothing to do when the best model is already saved as it should be."""
+    tta, calibrate, todo = _after_training(tr)
+    if not todo:
         return
     best_file = tr.run_dir / "model" / "model.safetensors"
     if best_file.is_file():
         from safetensors.torch import load_file
 
         tr.eval_model.load_state_dict(load_file(str(best_file)))
-    val, probs, rows = validate(tr, tta=tr.cfg.train.tta == "flip")
+    t0 = time.perf_counter()
+    logits, flipped, rows = validation_logits(tr, tta=tta)
+    targets = tr.data.table.targets[rows]
+    before = None
+    if calibrate and len(rows):
+        tr.task.temperature = 1.0
+        before = quick_metrics(tr.task, _val_probs(tr.task, logits, flipped), targets).get("nll")
+        tr.task.temperature = fit_temperature(tr.task.name, logits, targets, tr.task.positive, flipped)
+    probs = _val_probs(tr.task, logits, flipped)
     if tr.task.name == "multilabel" and len(rows):
-        tr.task.thresholds = tune_thresholds(probs, tr.data.table.targets[rows])
+        tr.task.thresholds = tune_thresholds(probs, targets)
+    val = {f"val_{k}": v for k, v in quick_metrics(tr.task, probs, targets).items()} if len(rows) else {}
+    if "val_nll" in val:
+        val["val_loss"] = val["val_nll"]
+    val["val_seconds"] = time.perf_counter() - t0
     if tr.dist.main:
+        if before is not None:
+            info(
+                f"calibration: temperature {tr.task.temperature:.3f} fitted on {len(rows)} validation images "
+                f"(NLL {before:.4f} -> {val.get('val_nll', float('nan')):.4f})"
+            )
         last = tr.pos.history[-1] if tr.pos.history else {}
         save_best(
             tr,
@@ -517,6 +555,13 @@ def finish(tr: Trainer) -> None:
                 **val,
             },
         )
+
+
+def _val_probs(task: Task, logits: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
+    p = task.probabilities(torch.from_numpy(logits)).numpy()
+    if flipped is not None:  # test-time augmentation: the mean with the mirror image
+        p = (p + task.probabilities(torch.from_numpy(flipped)).numpy()) / 2
+    return p
 
 
 def write_run_files(tr: Trainer) -> None:

@@ -220,6 +220,36 @@ def predict_batches(
     )
 
 
+def validation_logits(tr: Trainer, *, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """float32 logits of the validation images over all ranks, the mirror images' logits with
+    ``tta``, and the rows."""
+    logits: list[np.ndarray] = []
+    flipped: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    model = tr.eval_model
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        for x, _y, r in tr.val_batches or []:
+            x = tr.runtime.inputs(x)
+            with tr.runtime.autocast():
+                logits.append(model(x).float().cpu().numpy())
+                if tta:
+                    flipped.append(model(x.flip(-1)).float().cpu().numpy())
+            rows.append(r)
+    model.train(was)
+    k = tr.task.num_outputs
+    mine = (
+        np.concatenate(logits) if logits else np.zeros((0, k), np.float32),
+        np.concatenate(flipped) if flipped else np.zeros((0, k), np.float32),
+        np.concatenate(rows) if rows else np.zeros(0, np.int64),
+    )
+    parts = tr.dist.all_gather(mine)
+    z = np.concatenate([p[0] for p in parts])
+    zf = np.concatenate([p[1] for p in parts])
+    return z, (zf if tta else None), np.concatenate([p[2] for p in parts])
+
+
 def validate(tr: Trainer, *, tta: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Validation metrics (``val_`` keys) over all ranks; also the probabilities and rows."""
     if tr.val_batches is None:
