@@ -353,6 +353,9 @@ class Classifier:
         return probs
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
+        # float64: a sharp (calibrated) softmax would round small probabilities to exactly 0 in
+        # float32, tying them and making top-k orders arbitrary
+        logits = np.asarray(logits, dtype=np.float64)
         if self.info.temperature != 1.0 and self.info.task != "multilabel":
             logits = logits / self.info.temperature  # calibrated at the end of training
         if self.info.task == "multiclass":

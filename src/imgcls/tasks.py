@@ -96,7 +96,7 @@ class Task:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-class probabilities (N, K); for binary the two columns are (1 - p, p) in class
         order."""
-        logits = logits.float()
+        logits = logits if logits.dtype == torch.float64 else logits.float()
         if self.temperature != 1.0 and self.name != "multilabel":
             logits = logits / self.temperature
         if self.name == "multiclass":

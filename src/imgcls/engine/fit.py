@@ -558,9 +558,9 @@ def finish(tr: Trainer) -> None:
 
 
 def _val_probs(task: Task, logits: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
-    p = task.probabilities(torch.from_numpy(logits)).numpy()
+    p = task.probabilities(torch.from_numpy(logits.astype(np.float64))).numpy()
     if flipped is not None:  # test-time augmentation: the mean with the mirror image
-        p = (p + task.probabilities(torch.from_numpy(flipped)).numpy()) / 2
+        p = (p + task.probabilities(torch.from_numpy(flipped.astype(np.float64))).numpy()) / 2
     return p
 
 
