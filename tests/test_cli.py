@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from imgcls.cli import main
 from imgcls.models import create_model
@@ -73,6 +75,13 @@ def test_summary_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["summary", "resnet18", "--input-size", "1", "32", "32"], "--input-size"),
         (["summary"], "required"),
         (["summary", "resnet18", "--norm", "weird"], "invalid choice"),
+        (["train", "--data", "d", "--out", "r", "--epochs", "0"], "--epochs must be at least 1, not 0"),
+        (["train", "--data", "d", "--out", "r", "--lr", "-1"], "--lr must be positive"),
+        (["train", "--data", "d", "--out", "r", "--val-split", "1.5"], "--val-split must be"),
+        (["train", "--data", "d", "--out", "r", "--time-budget", "soon"], "cannot read the duration"),
+        (["train", "--data", "d", "--out", "r", "--cache", "ram"], "--cache must be one of disk, memory, none"),
+        (["train", "--data", "d", "--out", "r", "--ema", "1.5"], "--ema must be"),
+        (["serve", "--model", "m", "--port", "99999"], "--port must be between 0 and 65535"),
     ],
 )
 def test_errors_are_one_line_and_non_zero(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
@@ -81,6 +90,26 @@ def test_errors_are_one_line_and_non_zero(capsys: pytest.CaptureFixture[str], ar
     assert message in err
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+def test_failed_train_leaves_no_empty_run_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    one = tmp_path / "one" / "cat"
+    one.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(one / "a.png")
+    code, _, err = run(capsys, "train", "--data", str(tmp_path / "one"), "--out", str(tmp_path / "run"))
+    assert code == 2 and "only one class (cat)" in err  # found before any weights are fetched
+    assert not (tmp_path / "run").exists()
+
+
+def test_serve_refuses_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, _, err = run(capsys, "serve", "--model", "no-model-needed", "--port", str(port))
+    assert code == 2 and "Address already in use" in err and "--port" in err
 
 
 def test_python_dash_m_and_help() -> None:

@@ -329,6 +329,13 @@ def test_predict_errors(trained: dict, tmp_path: Path, capsys: pytest.CaptureFix
         == 2
     )
     assert "not an imgcls prediction CSV" in capsys.readouterr().err
+    # nothing to predict: an error, and --overwrite does not delete the output first
+    (tmp_path / "empty").mkdir()
+    kept = tmp_path / "kept.csv"
+    kept.write_text("path,label,score,top_k,error\n")
+    argv = ["predict", "--model", str(trained["model"]), str(tmp_path / "empty"), "--out", str(kept), "--overwrite"]
+    assert main(argv) == 2
+    assert "no files found" in capsys.readouterr().err and kept.exists()
 
 
 def test_training_exports_onnx_and_few_images_start_without_torch(trained: dict, tmp_path: Path) -> None:

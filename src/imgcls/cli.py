@@ -255,6 +255,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise UserError("--top-k must be at least 1")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UserError("--threshold must be between 0 and 1")
+    import itertools
+
+    from imgcls.predict import iter_inputs
+
+    n = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1))
+    if n == 0:
+        raise UserError(f"no files found in {' '.join(args.inputs)} (folders, globs and lists were all empty)")
     if args.out and args.overwrite:
         from pathlib import Path
 
@@ -263,12 +270,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if backend == "auto":
         # a few images: ONNX Runtime starts in a fraction of PyTorch's import time; many
         # images: PyTorch's bf16 kernels are faster per image
-        import itertools
-
-        from imgcls.predict import iter_inputs
-
-        few = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1)) <= FEW_IMAGES
-        backend = "auto" if few else "torch"
+        backend = "auto" if n <= FEW_IMAGES else "torch"
     clf = Classifier.load(args.model, device=args.device, precision=args.precision, backend=backend)
     _set_decision(clf, args)
     common = dict(

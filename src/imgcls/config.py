@@ -254,3 +254,76 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a mapping at the top level")
     return data
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Refuse out-of-range and unknown settings at once, before any data is read or weights are
+    fetched, with the option's command-line name in the message."""
+    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+
+    def bad(option: str, value: Any, want: str) -> None:
+        raise UserError(f"--{option.replace('_', '-')} must be {want}, not {value!r}")
+
+    def choice(option: str, value: Any, allowed: tuple[str, ...]) -> None:
+        if value not in allowed:
+            bad(option, value, "one of " + ", ".join(allowed))
+
+    if t.epochs is not None and t.epochs < 1:
+        bad("epochs", t.epochs, "at least 1")
+    if t.batch_size is not None and t.batch_size < 1:
+        bad("batch_size", t.batch_size, "at least 1")
+    if t.time_budget is not None:
+        from imgcls.engine.budget import parse_duration
+
+        parse_duration(t.time_budget)
+    if not 0 <= d.val_split < 1:
+        bad("val_split", d.val_split, "at least 0 and below 1")
+    if d.max_val is not None and d.max_val < 1:
+        bad("max_val", d.max_val, "at least 1")
+    if d.image_size is not None and not 8 <= d.image_size <= 4096:
+        bad("image_size", d.image_size, "between 8 and 4096")
+    if not 0 <= d.max_skipped <= 1:
+        bad("max_skipped", d.max_skipped, "a share between 0 and 1")
+    if not 0 <= d.det_threshold <= 1:
+        bad("det_threshold", d.det_threshold, "between 0 and 1")
+    if not 0 <= d.crop_margin <= 2:
+        bad("crop_margin", d.crop_margin, "between 0 and 2")
+    if d.mixup < 0 or d.cutmix < 0:
+        bad("mixup" if d.mixup < 0 else "cutmix", min(d.mixup, d.cutmix), "0 (off) or a positive alpha")
+    if d.workers is not None and d.workers < 0:
+        bad("workers", d.workers, "0 or more")
+    choice("cache", d.cache, ("disk", "memory", "none"))
+    if not 0 <= m.drop_rate < 1:
+        bad("drop_rate", m.drop_rate, "at least 0 and below 1")
+    choice("freeze", m.freeze, ("none", "backbone"))
+    if m.head_epochs is not None and m.head_epochs < 0:
+        bad("head_epochs", m.head_epochs, "0 or more")
+    if o.lr is not None and not o.lr > 0:
+        bad("lr", o.lr, "positive")
+    if o.weight_decay is not None and o.weight_decay < 0:
+        bad("weight_decay", o.weight_decay, "0 or more")
+    if not 0 <= o.momentum < 1:
+        bad("momentum", o.momentum, "at least 0 and below 1")
+    if not 0 <= o.warmup < 1:
+        bad("warmup", o.warmup, "a share of the steps, at least 0 and below 1")
+    if o.backbone_lr_mult is not None and o.backbone_lr_mult < 0:
+        bad("backbone_lr_mult", o.backbone_lr_mult, "0 or more")
+    if o.clip_grad is not None and not o.clip_grad > 0:
+        bad("clip_grad", o.clip_grad, "positive")
+    if o.accumulate < 1:
+        bad("accumulate", o.accumulate, "at least 1")
+    if not 0 <= o.label_smoothing < 1:
+        bad("label_smoothing", o.label_smoothing, "at least 0 and below 1")
+    if not 0 <= o.ema < 1:
+        bad("ema", o.ema, "0 (off) or a decay below 1, e.g. 0.999")
+    choice("task", t.task, ("auto", "multiclass", "binary", "multilabel"))
+    choice("precision", t.precision, ("auto", "bf16", "fp16", "fp32"))
+    if not t.device.startswith("cuda:"):
+        choice("device", t.device, ("auto", "cpu", "cuda"))
+    choice("balance", t.balance, ("none", "weights", "sampler"))
+    if t.early_stopping < 0:
+        bad("early_stopping", t.early_stopping, "0 (off) or a number of epochs")
+    if not t.checkpoint_minutes > 0:
+        bad("checkpoint_minutes", t.checkpoint_minutes, "positive")
+    if t.threads is not None and t.threads < 1:
+        bad("threads", t.threads, "at least 1")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from imgcls.artifacts import save_model
-from imgcls.config import PreprocessConfig, RunConfig, dump_yaml, from_dict, to_dict
+from imgcls.config import PreprocessConfig, RunConfig, check_config, dump_yaml, from_dict, to_dict
 from imgcls.console import info
 from imgcls.data.dataset import TrainingData, prepare_training_data
 from imgcls.data.loaders import EvalBatches, TrainBatches
@@ -36,7 +36,7 @@ from imgcls.engine.optim import DEFAULT_WD, Schedule, build_optimizer, default_l
 from imgcls.errors import UserError
 from imgcls.io import atomic_write_text
 from imgcls.models.factory import build_model, classifier_name, preprocess_config
-from imgcls.runtime import make_runtime, physical_cores, set_deterministic, set_threads
+from imgcls.runtime import make_runtime, physical_cores, resolve_device, set_deterministic, set_threads
 from imgcls.tasks import Task, fit_temperature, infer_task, monitor_metric, quick_metrics, tune_thresholds
 
 DEFAULT_EPOCHS = 10
@@ -250,6 +250,7 @@ def build_trainer(cfg: RunConfig, run: Path, dist: Dist, table: DataTable, start
     arch = resolve_arch(cfg, table)
     cfg.model.arch = arch
     task_probe = infer_task(t.task, table.num_classes, table.multilabel)
+    Task(task_probe, list(table.class_names))  # a data problem (one class...) before any weights
     outputs = 1 if task_probe == "binary" else table.num_classes
     pretrained = resolve_pretrained(cfg, arch)
     model, report = build_model(
@@ -600,6 +601,9 @@ def fit(
 ) -> Path:
     """Train as ``cfg`` says; returns the run directory (its ``model/`` is the best model)."""
     started = started if started is not None else time.monotonic()
+    check_config(cfg)
+    resolve_device(cfg.train.device)  # no GPU for --device cuda: say so before any work
+    fresh = not Path(cfg.train.out).exists() if cfg.train.out else False
     run, state = prepare_run_dir(cfg, resume)
     if state is not None:
         out = cfg.train.out
@@ -611,42 +615,59 @@ def fit(
     torch.manual_seed(t.seed)
     dist = init_distributed("cuda" if t.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        d = cfg.data
-        table = load_source(d.data, multilabel=True if t.task == "multilabel" else None, image_root=d.image_root)
-        if d.val_data:
-            from imgcls.data.dataset import concat_val
-
-            table = concat_val(table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root))
-        if table_hook is not None:  # e.g. detection crops (imgcls.cameratrap)
-            table = table_hook(cfg, table)
-        from imgcls.data.splits import resolve_split_by
-
-        d.split_by = resolve_split_by(table, d.split_by) or "none"
-        tr = build_trainer(cfg, run, dist, table, started)
-        if state is not None:
-            restore(tr, state)
-            if dist.main:
-                info(f"resuming {run} at epoch {tr.pos.epoch + 1}, step {tr.pos.step}")
-        elif dist.main:
-            describe_start(tr)
-        write_run_files(tr)
-        writer = CheckpointWriter(run / "checkpoint")
-        if dist.main:
-
-            def checkpoint() -> None:
-                writer.save(checkpoint_state(tr))
-
-            tr.save_checkpoint = checkpoint
-        try:
-            run_epochs(tr, on_epoch_end)
-            finish(tr)
-            if tr.save_checkpoint is not None:
-                tr.save_checkpoint()
-        finally:
-            writer.wait()
-        dist.barrier()
+        return _fit(cfg, run, state, dist, started, on_epoch_end, table_hook)
+    except BaseException:
+        if fresh and dist.main and run.is_dir() and not any(run.iterdir()):
+            run.rmdir()  # a run that failed before writing anything leaves no empty folder
+        raise
     finally:
         shutdown(dist)
+
+
+def _fit(
+    cfg: RunConfig,
+    run: Path,
+    state: dict[str, Any] | None,
+    dist: Dist,
+    started: float,
+    on_epoch_end: EpochCallback | None,
+    table_hook: TableHook | None,
+) -> Path:
+    t = cfg.train
+    d = cfg.data
+    table = load_source(d.data, multilabel=True if t.task == "multilabel" else None, image_root=d.image_root)
+    if d.val_data:
+        from imgcls.data.dataset import concat_val
+
+        table = concat_val(table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root))
+    if table_hook is not None:  # e.g. detection crops (imgcls.cameratrap)
+        table = table_hook(cfg, table)
+    from imgcls.data.splits import resolve_split_by
+
+    d.split_by = resolve_split_by(table, d.split_by) or "none"
+    tr = build_trainer(cfg, run, dist, table, started)
+    if state is not None:
+        restore(tr, state)
+        if dist.main:
+            info(f"resuming {run} at epoch {tr.pos.epoch + 1}, step {tr.pos.step}")
+    elif dist.main:
+        describe_start(tr)
+    write_run_files(tr)
+    writer = CheckpointWriter(run / "checkpoint")
+    if dist.main:
+
+        def checkpoint() -> None:
+            writer.save(checkpoint_state(tr))
+
+        tr.save_checkpoint = checkpoint
+    try:
+        run_epochs(tr, on_epoch_end)
+        finish(tr)
+        if tr.save_checkpoint is not None:
+            tr.save_checkpoint()
+    finally:
+        writer.wait()
+    dist.barrier()
     return run
 
 

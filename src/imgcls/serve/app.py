@@ -227,8 +227,31 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     return app
 
 
+def check_address(host: str, port: int) -> None:
+    """A clear error for a port out of range or in use, before the model is loaded."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, not {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            import errno
+
+            hint = "choose another --port" if e.errno == errno.EADDRINUSE else "check --host"
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror} ({hint})") from None
+
+
 def serve(cfg: ServeConfig) -> None:
     import uvicorn
 
+    check_address(cfg.host, cfg.port)
     app = create_app(cfg)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False)
