@@ -169,6 +169,22 @@ def test_resume_after_a_partial_write_writes_every_input_exactly_once(trained: d
     assert out.read_text() == full
 
 
+def test_resuming_with_another_model_or_options_is_refused(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "p.csv"
+    base = ["predict", str(trained["data"]), "--out", str(out)]
+    assert main([*base, "--model", str(trained["model"])]) == 0
+    first = out.read_text()
+    assert main([*base, "--model", str(trained["model"]), "--top-k", "1"]) == 2
+    assert "top_k was 5, now 1" in capsys.readouterr().err
+    assert main([*base, "--model", str(trained["model"] / "model.onnx")]) == 2
+    assert "another model" in capsys.readouterr().err
+    assert out.read_text() == first  # refused runs leave the output as it was
+    assert main([*base, "--model", str(trained["model"] / "model.onnx"), "--overwrite"]) == 0
+    assert len(out.read_text().splitlines()) == len(first.splitlines())
+
+
 def test_killed_predict_restarted_with_the_same_command(trained: dict, tmp_path: Path) -> None:
     data = tmp_path / "many"
     for k in range(30):

@@ -274,3 +274,61 @@ def writer_for(path: str | Path | None, fmt: str | None, options: dict[str, Any]
         if p.suffix:
             raise UserError(f"{p}: unknown output suffix {p.suffix!r} (use .csv, .jsonl or .json, or --format)")
     return CsvWriter(p, options=options)
+
+
+# ------------------------------------------------------------------------------ resume guard
+def model_fingerprint(path: str | Path | None) -> str:
+    """A short hash of a model directory's config and weights (or an ONNX file): changes when
+    the model does. Reads at most the first and last MiB of the weights."""
+    import hashlib
+
+    if path is None:
+        return ""
+    p = Path(path)
+    files = [p / "config.json", p / "model.safetensors"] if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        if not f.is_file():
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(size - (1 << 20))
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def resume_record(out: str | Path) -> Path:
+    p = Path(out)
+    return p.with_name(f".{p.name}.settings.json")
+
+
+def guard_resume(out: str | Path | None, settings: dict[str, Any], resume: bool, write: bool = True) -> None:
+    """Refuse to continue an output written with another model or other settings (its rows
+    would be mixed with this run's), then record this run's settings beside the output."""
+    if out is None:
+        return
+    from imgcls.io import atomic_write_text
+
+    record = resume_record(out)
+    settings = json.loads(json.dumps(settings, default=str))  # the form it is stored in
+    if resume and Path(out).exists() and record.is_file():
+        try:
+            before = json.loads(record.read_text(encoding="utf-8"))
+        except ValueError:
+            before = None
+        if isinstance(before, dict) and before != settings:
+            changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            what = "; ".join(
+                "another model" if k == "model" else f"{k} was {before.get(k)!r}, now {settings.get(k)!r}"
+                for k in changed
+            )
+            raise UserError(
+                f"{out} holds predictions made with other settings ({what}): "
+                "add --overwrite to start it afresh, or choose another --out"
+            )
+    if write:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(settings, indent=1, sort_keys=True) + "\n")

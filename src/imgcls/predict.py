@@ -543,6 +543,23 @@ def _part_path(out: Path, rank: int, world: int) -> Path:
     return out.with_name(f".{out.name}.part-{rank}-of-{world}{out.suffix}")
 
 
+def run_settings(clf: Classifier, fmt: str, options: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What decides an output's rows: the model (a fingerprint of its files), the format and
+    the options that change a row. A resumed output must have been written with the same."""
+    import dataclasses
+
+    from imgcls.outputs import model_fingerprint
+
+    keys = ("top_k", "threshold", "tta")
+    return {
+        "model": model_fingerprint(clf.info.path),  # the model's files, wherever they are
+        "format": fmt,
+        "decision": dataclasses.asdict(clf.decision) if clf.decision is not None else None,
+        **{k: options.get(k) for k in keys},
+        **extra,
+    }
+
+
 def run_predict(
     clf: Classifier,
     inputs: Sequence[str],
@@ -555,10 +572,12 @@ def run_predict(
 ) -> PredictSummary:
     """:func:`predict_files` to ``out``; under ``torchrun`` each process writes its part and
     rank 0 merges the parts, in input order, once every process has finished."""
-    from imgcls.outputs import writer_for
+    from imgcls.outputs import guard_resume, writer_for
 
     writer_options = {"model": clf.describe(), **(writer_options or {})}
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    settings = run_settings(clf, writer_for(out, fmt, writer_options).name, kwargs)
+    guard_resume(out, settings, resume, write=int(os.environ.get("RANK", "0")) == 0)
     if world <= 1:
         writer = writer_for(out, fmt, writer_options)
         summary = predict_files(clf, inputs, writer, resume=resume, **kwargs)

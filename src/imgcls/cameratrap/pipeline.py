@@ -395,8 +395,8 @@ def run(
     """``imgcls predict`` with detections, sequence aggregation or an ecologists' format."""
     from imgcls import __version__
     from imgcls.cameratrap.detections import read_detections
-    from imgcls.outputs import writer_for
-    from imgcls.predict import predict_files
+    from imgcls.outputs import guard_resume, writer_for
+    from imgcls.predict import predict_files, run_settings
 
     require_single_process()
     crops = dict(clf.info.provenance.get("detection_crops") or {})
@@ -413,6 +413,12 @@ def run(
     writer = writer_for(out, fmt, options)
     if writer.name == "megadetector" and detections is None:
         raise UserError("--format megadetector needs --detections md.json (classifications belong to detections)")
+    settings = run_settings(
+        clf, writer.name, kwargs, detections=detections_file, det_threshold=det_threshold,
+        det_categories=det_categories, crop_margin=crop_margin, aggregate=aggregate,
+        sequence_gap=sequence_gap, metadata=metadata, writer_options=writer_options or {},
+    )  # fmt: skip
+    guard_resume(out, settings, resume)
     events = sequence_ids(inputs, metadata, sequence_gap) if aggregate == "sequence" else {}
     locations = _locations(inputs, metadata)
     side = None
