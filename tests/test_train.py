@@ -193,7 +193,9 @@ def test_calibration_fits_a_temperature_that_predict_and_evaluate_use(
     # the ONNX export carries the temperature in its metadata
     assert imgcls.load(run / "model" / "model.onnx").info.temperature == info.temperature
     # on the data it was fitted to, the calibrated model's NLL is lower (or equal)
-    calibrated = evaluate(run / "model", data, split="val").metrics
+    calibrated = evaluate(run / "model", data, split="val", out=tmp_path / "report").metrics
+    assert calibrated["temperature"] == info.temperature
+    assert "Probabilities are calibrated" in (tmp_path / "report" / "report.html").read_text()
     plain = evaluate(raw / "model", data, split="val").metrics
     assert calibrated["nll"] <= plain["nll"] + 1e-6
     assert calibrated["top1"] == plain["top1"]  # the temperature keeps every arg-max

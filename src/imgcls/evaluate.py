@@ -454,6 +454,8 @@ def evaluate(
     metrics = compute_metrics(info.task, probs, targets, names, positive=positive, thresholds=info.thresholds)
     metrics["num_images"] = len(ok)
     metrics["num_skipped"] = len(skipped)
+    if info.task != "multilabel":
+        metrics["temperature"] = info.temperature
     metrics.update(extra)
     from imgcls.decisions import blank_index, blank_tradeoff
 

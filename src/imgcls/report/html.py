@@ -84,6 +84,12 @@ def render_html(r: Any, images: dict[str, Path]) -> str:
             f"{m['log_likelihood']:.2f} "
             f"(its mean negative, the cross-entropy, is {m['nll']:.4f} nats per image).</p>"
         )
+    if m.get("temperature", 1.0) != 1.0:
+        parts.append(
+            f"<p class=note>Probabilities are calibrated: logits divided by the temperature "
+            f"{m['temperature']:.3f} fitted on the training run's validation split (judge NLL and ECE "
+            "on images that were not in it).</p>"
+        )
     sections = [
         ("curves", "Training curves"),
         ("confusion_matrix", "Confusion matrix"),
