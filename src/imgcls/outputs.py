@@ -201,16 +201,15 @@ class JsonlWriter(Writer):
         self.stream.write("".join(records))
 
 
-class JsonWriter(JsonlWriter):
-    """One JSON document ``{"model": ..., "predictions": [...]}``, written at the end from a
-    JSON-lines part file beside it (which is what a resumed run continues)."""
+class PartialJsonlWriter(JsonlWriter):
+    """A document written at the end (:meth:`finalize`) from a JSON-lines part file beside it,
+    ``.NAME.partial.jsonl``, which is what a resumed run continues."""
 
-    name = "json"
-    suffixes: ClassVar[tuple[str, ...]] = (".json",)
+    final: Path
 
     def open(self, resume: bool) -> set[str]:
         if self.path is None:
-            raise UserError("--format json needs --out FILE.json")
+            raise UserError(f"--format {self.name} needs --out FILE.json")
         self.final = self.path
         self.path = self.path.with_name(f".{self.path.name}.partial.jsonl")
         return super().open(resume)
@@ -222,6 +221,13 @@ class JsonWriter(JsonlWriter):
         super().merge(parts)
         for p in parts:
             p.with_name(f".{p.name}.partial.jsonl").unlink(missing_ok=True)
+
+
+class JsonWriter(PartialJsonlWriter):
+    """One JSON document ``{"model": ..., "predictions": [...]}``."""
+
+    name = "json"
+    suffixes: ClassVar[tuple[str, ...]] = (".json",)
 
     def finalize(self) -> None:
         from imgcls.io import atomic_open

@@ -29,25 +29,18 @@ from imgcls.cameratrap.sequences import exif_datetime
 from imgcls.decisions import BLANK_NAMES, TAXONOMY_SEP
 from imgcls.errors import UserError
 from imgcls.io import atomic_open, atomic_write_text
-from imgcls.outputs import JsonlWriter, Writer, _truncate_to_last_newline, register_writer
+from imgcls.outputs import PartialJsonlWriter, Writer, _truncate_to_last_newline, register_writer
 
 MD_FORMAT_VERSION = "1.4"
 CAMTRAP_DP = "1.0.2"
 SCHEMA = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{CAMTRAP_DP}"
 
 
-class MegaDetectorWriter(JsonlWriter):
+class MegaDetectorWriter(PartialJsonlWriter):
     """Rows must carry ``_md``: the image's MegaDetector entry (``file``, ``detections``...)."""
 
     name = "megadetector"
     suffixes: ClassVar[tuple[str, ...]] = ()
-
-    def open(self, resume: bool) -> set[str]:
-        if self.path is None:
-            raise UserError("--format megadetector needs --out FILE.json")
-        self.final = self.path
-        self.path = self.path.with_name(f".{self.path.name}.partial.jsonl")
-        return super().open(resume)
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         assert self.stream is not None
@@ -58,14 +51,6 @@ class MegaDetectorWriter(JsonlWriter):
                 raise UserError("--format megadetector needs --detections (classifications belong to detections)")
             lines.append(json.dumps({"path": r["path"], "entry": entry}) + "\n")
         self.stream.write("".join(lines))
-
-    def records(self, path: Path) -> Iterator[Any]:
-        return super().records(path.with_name(f".{path.name}.partial.jsonl"))
-
-    def merge(self, parts: list[Path]) -> None:
-        super().merge(parts)
-        for p in parts:
-            p.with_name(f".{p.name}.partial.jsonl").unlink(missing_ok=True)
 
     def finalize(self) -> None:
         assert self.path is not None
