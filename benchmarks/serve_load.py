@@ -4,7 +4,8 @@ Sends ``--requests`` requests from ``--clients`` concurrent clients, cycling thr
 four real JPEG uploads (one or two images per request) and six bad ones (not an image,
 truncated, a decompression bomb, an empty file, a request that is not multipart, too many
 files). One good request first warms the server up (its latency is printed apart). Reports
-requests/s, latency percentiles and responses by status class; exits 1 if any response is a 5xx
+requests/s, latency percentiles, responses by status class and the server's resident memory as the
+load goes on (when it started the server, or with --pid); exits 1 if any response is a 5xx
 or a connection failed.
 
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 --requests 400 --clients 8
@@ -77,8 +78,22 @@ def request_kinds() -> list[tuple[str, dict]]:
     ]
 
 
-async def run(url: str, total: int, clients: int) -> dict:
+def rss_mib(pid: int | None) -> float | None:
+    """The resident memory of a process on this machine (Linux), in MiB."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+    return kb / 1024
+
+
+async def run(url: str, total: int, clients: int, pid: int | None = None) -> dict:
     kinds = request_kinds()
+    memory: list[tuple[str, float | None]] = []
+    marks = {total * q // 4: f"{25 * q}%" for q in (1, 2, 3, 4)}
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     failures: list[str] = []
@@ -97,17 +112,27 @@ async def run(url: str, total: int, clients: int) -> dict:
                 statuses["failed"] += 1
                 failures.append(f"{name}: {type(e).__name__} {e}")
             latencies.append(time.perf_counter() - t)
+            if len(latencies) in marks:
+                memory.append((marks[len(latencies)], rss_mib(pid)))
 
     async with httpx.AsyncClient(timeout=120) as c:
         t = time.perf_counter()
         first = await c.post(f"{url}/predict", **kinds[0][1])  # warm-up: the first forward pass
         warmup = time.perf_counter() - t
+        memory.append(("after warm-up", rss_mib(pid)))
         if first.status_code != 200:
             failures.append(f"warm-up: {first.status_code} {first.text[:200]}")
         t0 = time.perf_counter()
         await asyncio.gather(*(client(c) for _ in range(clients)))
         seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "latencies": latencies, "statuses": statuses, "failures": failures, "warmup": warmup}
+    return {
+        "seconds": seconds,
+        "latencies": latencies,
+        "statuses": statuses,
+        "failures": failures,
+        "warmup": warmup,
+        "memory": memory,
+    }
 
 
 def start_server(model: str) -> tuple[subprocess.Popen, str]:
@@ -133,6 +158,7 @@ def main() -> int:
     ap.add_argument("--model", help="start 'imgcls serve' on this model instead")
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--pid", type=int, help="with --url: the server's process id, to follow its memory")
     args = ap.parse_args()
     if not args.url and not args.model:
         ap.error("give --url or --model")
@@ -144,7 +170,7 @@ def main() -> int:
     if host not in ("127.0.0.1", "localhost", "::1"):
         ap.error("load tests only run against this machine (127.0.0.1)")
     try:
-        res = asyncio.run(run(url, args.requests, args.clients))
+        res = asyncio.run(run(url, args.requests, args.clients, proc.pid if proc is not None else args.pid))
     finally:
         if proc is not None:
             proc.terminate()
@@ -161,6 +187,8 @@ def main() -> int:
     )
     print(f"2xx: {st['2xx']}  4xx: {st['4xx']}  5xx: {st['5xx']}  failed: {st['failed']}")
     print(f"warm-up request before the load: {1000 * res['warmup']:.0f} ms")
+    if any(m is not None for _, m in res["memory"]):
+        print("server RSS MiB: " + ", ".join(f"{k} {m:.0f}" for k, m in res["memory"] if m is not None))
     for f in res["failures"][:10]:
         print("  " + f)
     return 1 if st["5xx"] or st["failed"] or res["failures"] else 0
