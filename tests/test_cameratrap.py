@@ -72,6 +72,25 @@ def test_megadetector_file_with_awkward_boxes(tmp_path: Path) -> None:
         read_detections(tmp_path / "baddet.json")
 
 
+def test_listings_written_on_windows_with_backslashes(world: dict[str, Path], tmp_path: Path) -> None:
+    md = json.loads(world["md"].read_text())
+    cct = json.loads(world["cct"].read_text())
+    for im in md["images"]:
+        im["file"] = im["file"].replace("/", "\\")
+    for im in cct["images"]:
+        im["file_name"] = im["file_name"].replace("/", "\\")
+    win_md, win_cct = world["md"].with_name("md_win.json"), world["cct"].with_name("cct_win.json")
+    win_md.write_text(json.dumps(md))
+    win_cct.write_text(json.dumps(cct))
+    table = load_source(win_cct, multilabel=False)
+    assert table.paths == load_source(world["cct"], multilabel=False).paths
+    crops = crop_table(table, read_detections(win_md), threshold=0.2)
+    expected = crop_table(table, read_detections(world["md"]), threshold=0.2)
+    assert len(crops) == len(expected) > 0
+    # the MegaDetector output keeps the file names as the input spelled them
+    assert set(read_detections(win_md).files.values()) == {im["file"] for im in md["images"]}
+
+
 def test_square_crop_with_margin_pads_outside_the_frame() -> None:
     img = Image.new("RGB", (100, 50), (255, 0, 0))
     crop = crop_square(img, (0.9, 0.0, 0.1, 0.4), margin=0.25)

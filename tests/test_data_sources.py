@@ -81,7 +81,7 @@ def test_csv_manifest(tmp_path: Path) -> None:
     rows = [
         "path,label,split,location,camera",
         "imgs/a/a_000.jpg,a,train,site1,c1",
-        "imgs/a/a_001.jpg,a,Validation,site2,c1",
+        "imgs\\a\\a_001.jpg,a,Validation,site2,c1",  # written on Windows
         "imgs/b/b_000.jpg,b,,site1,c2",
         "imgs/b/b_001.jpg,b,holdout,site2,c2",
         ",c,train,site3,c3",
@@ -92,6 +92,7 @@ def test_csv_manifest(tmp_path: Path) -> None:
     t = load_source(tmp_path / "m.csv")
     assert t.kind == "csv" and not t.multilabel and t.class_names == ["a", "b", "c"]
     assert t.paths[0] == str((tmp_path / "imgs/a/a_000.jpg").resolve())
+    assert t.paths[1] == str((tmp_path / "imgs/a/a_001.jpg").resolve())
     assert t.split == ["train", "val", None, "test"]
     assert t.columns["location"] == ["site1", "site2", "site1", "site3"]
     assert t.columns["camera"] == ["c1", "c1", "c2", "c3"]

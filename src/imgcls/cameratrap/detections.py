@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.data.sources.coco import load_json
-from imgcls.data.table import DataTable
+from imgcls.data.table import DataTable, listed_path
 from imgcls.errors import UserError
 
 
@@ -61,7 +61,7 @@ class Detections:
 
     def lookup(self, image: str) -> list[Detection] | None:
         """The image's detections ([] when none), or None when the file does not list it."""
-        return self.images.get(os.path.abspath(image))
+        return self.images.get(os.path.realpath(image))
 
     def above(self, image: str, threshold: float, categories: tuple[str, ...]) -> list[Detection] | None:
         dets = self.lookup(image)
@@ -87,7 +87,7 @@ def read_detections(path: str | Path, image_root: str | Path | None = None) -> D
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict) or "file" not in im:
             raise UserError(f"{p}: image entry {i} has no 'file'")
-        key = os.path.abspath(base / str(im["file"]))
+        key = listed_path(base, str(im["file"]))
         out.files[key] = str(im["file"])
         if im.get("failure"):
             out.failures[key] = str(im["failure"])
@@ -127,7 +127,7 @@ def crop_table(
     index: list[str] = []
     skipped = list(table.skipped)
     for i, path in enumerate(table.paths):
-        failure = detections.failures.get(os.path.abspath(path))
+        failure = detections.failures.get(os.path.realpath(path))
         if failure is not None:
             skipped.append((path, f"the detector failed on it ({failure})"))
             continue

@@ -153,8 +153,8 @@ def _image_row(
     dets = detections.lookup(path)
     if dets is None:
         row["error"] = f"not in the detections file {detections.path.name}"
-    elif os.path.abspath(path) in detections.failures:
-        failure = detections.failures[os.path.abspath(path)]
+    elif os.path.realpath(path) in detections.failures:
+        failure = detections.failures[os.path.realpath(path)]
         row["error"] = f"the detector failed on it ({failure})"
     row["_all"] = dets or []
     row["_kept"] = [j for j, d in enumerate(dets or []) if d.conf >= threshold and d.category in categories]
@@ -197,7 +197,7 @@ def _finish_row(
     dets: list[Detection] = row.pop("_all")
     kept: list[int] = row.pop("_kept")
     cat_ids = {name: cid for cid, name in detections.categories.items()}
-    file = detections.files.get(os.path.abspath(row["path"]), row["path"])
+    file = detections.files.get(os.path.realpath(row["path"]), row["path"])
     if row["error"]:
         row["_md"] = {"file": file, "failure": row["error"]}
         return row

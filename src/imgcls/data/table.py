@@ -3,12 +3,25 @@ million rows cost a few hundred MB of Python strings, not a million objects)."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+
+def listed_path(base: Path, raw: str) -> str:
+    """The absolute, symlink-resolved path of a file named in a listing (CSV manifest, COCO
+    Camera Traps or MegaDetector JSON), relative to ``base`` unless absolute. Listings written
+    on Windows use backslashes (``cam1\\IMG_0001.JPG``); on other systems they are read as
+    folder separators unless a file with the literal name exists."""
+    raw = raw.strip()
+    if "\\" in raw and os.sep == "/" and not (base / raw).exists():
+        raw = raw.replace("\\", "/")
+    return str((base / raw).resolve())
+
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from imgcls.data.table import DataTable, make_targets
+from imgcls.data.table import DataTable, listed_path, make_targets
 from imgcls.errors import UserError
 
 
@@ -59,7 +59,7 @@ def read_coco(
         }
         skipped: list[tuple[str, str]] = []
         for im in images:
-            file = str((base / str(im["file_name"])).resolve())
+            file = listed_path(base, str(im["file_name"]))
             names = per_image.get(im["id"], [])
             if not names:
                 skipped.append((file, "no annotation"))

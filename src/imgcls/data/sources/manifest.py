@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from imgcls.data.table import SPLIT_ALIASES, DataTable, make_targets
+from imgcls.data.table import SPLIT_ALIASES, DataTable, listed_path, make_targets
 from imgcls.errors import UserError
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "filepath")
@@ -57,13 +57,13 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
             continue
         if not multilabel and len(labels[i]) != 1:
             why = "no label" if not labels[i] else f"several labels ({'; '.join(labels[i])})"
-            skipped.append((str((base / raw).resolve()), f"{why} in a single-label manifest"))
+            skipped.append((listed_path(base, raw), f"{why} in a single-label manifest"))
             continue
         split = None
         if split_col is not None and (row.get(split_col) or "").strip():
             value = (row.get(split_col) or "").strip().lower()
             if value not in SPLIT_ALIASES:
-                skipped.append((str((base / raw).resolve()), f"unknown split {value!r}"))
+                skipped.append((listed_path(base, raw), f"unknown split {value!r}"))
                 continue
             split = SPLIT_ALIASES[value]
         keep.append(i)
@@ -81,7 +81,7 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
     return DataTable(
         kind="csv",
         root=path.parent,
-        paths=[str((base / rows[i][path_col].strip()).resolve()) for i in keep],
+        paths=[listed_path(base, rows[i][path_col]) for i in keep],
         targets=make_targets([labels[i] for i in keep], class_names, multilabel),
         class_names=class_names,
         multilabel=multilabel,
