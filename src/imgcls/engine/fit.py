@@ -680,8 +680,9 @@ def describe_start(tr: Trainer) -> None:
     if d.skipped:
         info(f"skipped {len(d.skipped)} unusable files (listed in {tr.run_dir / 'skipped.csv'})")
     pre = tr.preprocess
+    n = tr.task.num_outputs
     info(
-        f"model: {tr.cfg.model.arch} ({tr.task.name}, {tr.task.num_outputs} outputs), "
+        f"model: {tr.cfg.model.arch} ({tr.task.name}, {n} output{'s' if n != 1 else ''}), "
         f"{pre.image_size}px, augment {tr.cfg.data.augment}; {tr.runtime.describe()}; "
         f"batch {t.batch_size}, {tr.cfg.optim.optimizer} lr {tr.cfg.optim.lr:.2e}"
     )
