@@ -343,14 +343,14 @@ class Classifier:
 
     def probabilities(self, pixels: np.ndarray, *, tta: bool | None = None) -> np.ndarray:
         """uint8 (B, H, W, 3) batch after the eval transform -> (B, K) class probabilities.
-        ``tta``: average with the mirror image; None uses the model's own setting."""
+        ``tta``: average the logits with the mirror image's; None uses the model's own setting."""
         if tta is None:
             tta = self.info.tta == "flip"
         x = normalize_np(pixels, self.preprocess)
-        probs = self._probs(self.backend.logits(x))
-        if tta:  # average with the mirror image
-            probs = (probs + self._probs(self.backend.logits(np.ascontiguousarray(x[..., ::-1])))) / 2
-        return probs
+        logits = np.asarray(self.backend.logits(x), dtype=np.float64)
+        if tta:  # the mean logit of the image and its mirror (the temperature was fitted to it)
+            logits = (logits + self.backend.logits(np.ascontiguousarray(x[..., ::-1]))) / 2
+        return self._probs(logits)
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
         # float64: a sharp (calibrated) softmax would round small probabilities to exactly 0 in

@@ -162,34 +162,26 @@ def tune_thresholds(probs: np.ndarray, targets: np.ndarray) -> list[float]:
     return thresholds
 
 
-def fit_temperature(
-    task: str,
-    logits: np.ndarray,
-    targets: np.ndarray,
-    positive: int = 1,
-    flipped: np.ndarray | None = None,
-) -> float:
+def fit_temperature(task: str, logits: np.ndarray, targets: np.ndarray, positive: int = 1) -> float:
     """The temperature T minimising the mean NLL of the validation labels (multiclass: class
     indices and (N, K) logits; binary: class indices and (N,) or (N, 1) logits of ``positive``).
-    With ``flipped`` (the mirror images' logits) the probabilities are the average of both, as
-    test-time augmentation computes them. A golden-section search over log T in [0.05, 20]."""
+    With test-time augmentation, pass the mean logits of the views, as prediction computes them.
+    A golden-section search over log T in [0.05, 20]."""
     if task not in ("multiclass", "binary"):
         raise ValueError(f"temperature scaling applies to multiclass and binary tasks, not {task}")
-    z = [np.asarray(logits, np.float64)] + ([np.asarray(flipped, np.float64)] if flipped is not None else [])
+    z = np.asarray(logits, np.float64)
     y = np.asarray(targets)
     if task == "binary":
-        z = [v.reshape(-1) for v in z]
+        z = z.reshape(-1)
         y = (y == positive).astype(np.float64)
 
-    def nll(log_t: float) -> float:
-        t = math.exp(log_t)
+    def nll(log_t: float) -> float:  # from log-probabilities: exact for any logit size
+        s = z / math.exp(log_t)
         if task == "multiclass":
-            p = np.mean([_np_softmax(v / t) for v in z], axis=0)
-            chosen = p[np.arange(len(y)), y]
-        else:
-            q = np.mean([1 / (1 + np.exp(-v / t)) for v in z], axis=0)
-            chosen = np.where(y == 1, q, 1 - q)
-        return float(-np.log(np.clip(chosen, 1e-12, 1.0)).mean())
+            top = s.max(axis=1, keepdims=True)
+            log_norm = top[:, 0] + np.log(np.exp(s - top).sum(axis=1))
+            return float((log_norm - s[np.arange(len(y)), y]).mean())
+        return float((y * np.logaddexp(0, -s) + (1 - y) * np.logaddexp(0, s)).mean())
 
     lo, hi = math.log(0.05), math.log(20.0)
     g = (math.sqrt(5) - 1) / 2
@@ -206,12 +198,6 @@ def fit_temperature(
             fb = nll(b)
     best = (lo + hi) / 2
     return float(math.exp(best)) if nll(best) < nll(0.0) else 1.0
-
-
-def _np_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def quick_metrics(task: Task, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:

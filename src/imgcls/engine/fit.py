@@ -527,14 +527,14 @@ def finish(tr: Trainer) -> None:
 
         tr.eval_model.load_state_dict(load_file(str(best_file)))
     t0 = time.perf_counter()
-    logits, flipped, rows = validation_logits(tr, tta=tta)
+    logits, rows = validation_logits(tr, tta=tta)
     targets = tr.data.table.targets[rows]
     before = None
     if calibrate and len(rows):
         tr.task.temperature = 1.0
-        before = quick_metrics(tr.task, _val_probs(tr.task, logits, flipped), targets).get("nll")
-        tr.task.temperature = fit_temperature(tr.task.name, logits, targets, tr.task.positive, flipped)
-    probs = _val_probs(tr.task, logits, flipped)
+        before = quick_metrics(tr.task, _val_probs(tr.task, logits), targets).get("nll")
+        tr.task.temperature = fit_temperature(tr.task.name, logits, targets, tr.task.positive)
+    probs = _val_probs(tr.task, logits)
     if tr.task.name == "multilabel" and len(rows):
         tr.task.thresholds = tune_thresholds(probs, targets)
     val = {f"val_{k}": v for k, v in quick_metrics(tr.task, probs, targets).items()} if len(rows) else {}
@@ -558,11 +558,8 @@ def finish(tr: Trainer) -> None:
         )
 
 
-def _val_probs(task: Task, logits: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
-    p = task.probabilities(torch.from_numpy(logits.astype(np.float64))).numpy()
-    if flipped is not None:  # test-time augmentation: the mean with the mirror image
-        p = (p + task.probabilities(torch.from_numpy(flipped.astype(np.float64))).numpy()) / 2
-    return p
+def _val_probs(task: Task, logits: np.ndarray) -> np.ndarray:
+    return task.probabilities(torch.from_numpy(logits.astype(np.float64))).numpy()
 
 
 def write_run_files(tr: Trainer) -> None:

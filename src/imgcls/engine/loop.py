@@ -206,10 +206,9 @@ def predict_batches(
             x = runtime.inputs(x)
             with runtime.autocast():
                 logits = model(x).float()
-                if tta:  # average the probabilities of the image and its mirror
-                    p = (task.probabilities(logits) + task.probabilities(model(x.flip(-1)).float())) / 2
-                else:
-                    p = task.probabilities(logits)
+                if tta:  # the mean logit of the image and its mirror
+                    logits = (logits + model(x.flip(-1)).float()) / 2
+                p = task.probabilities(logits)
             probs.append(p.cpu().numpy())
             rows.append(r)
     model.train(was)
@@ -220,11 +219,10 @@ def predict_batches(
     )
 
 
-def validation_logits(tr: Trainer, *, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """float32 logits of the validation images over all ranks, the mirror images' logits with
-    ``tta``, and the rows."""
+def validation_logits(tr: Trainer, *, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """float32 logits of the validation images over all ranks (with ``tta``, the mean of the
+    image's and its mirror's), and their rows."""
     logits: list[np.ndarray] = []
-    flipped: list[np.ndarray] = []
     rows: list[np.ndarray] = []
     model = tr.eval_model
     was = model.training
@@ -233,21 +231,19 @@ def validation_logits(tr: Trainer, *, tta: bool = False) -> tuple[np.ndarray, np
         for x, _y, r in tr.val_batches or []:
             x = tr.runtime.inputs(x)
             with tr.runtime.autocast():
-                logits.append(model(x).float().cpu().numpy())
+                z = model(x).float()
                 if tta:
-                    flipped.append(model(x.flip(-1)).float().cpu().numpy())
+                    z = (z + model(x.flip(-1)).float()) / 2
+            logits.append(z.cpu().numpy())
             rows.append(r)
     model.train(was)
     k = tr.task.num_outputs
     mine = (
         np.concatenate(logits) if logits else np.zeros((0, k), np.float32),
-        np.concatenate(flipped) if flipped else np.zeros((0, k), np.float32),
         np.concatenate(rows) if rows else np.zeros(0, np.int64),
     )
     parts = tr.dist.all_gather(mine)
-    z = np.concatenate([p[0] for p in parts])
-    zf = np.concatenate([p[1] for p in parts])
-    return z, (zf if tta else None), np.concatenate([p[2] for p in parts])
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def validate(tr: Trainer, *, tta: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
