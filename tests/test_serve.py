@@ -46,6 +46,14 @@ def test_model_health_and_page(client: TestClient, trained: dict) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "Drop images here" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/docs-assets" not in spec["paths"]
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["file"]["items"]["format"] == "binary"  # the docs page offers an upload
     assert "/predict" in client.get("/openapi.json").json()["paths"]
 
 
@@ -198,6 +206,9 @@ def test_the_page_in_a_real_browser(server: str, trained: dict, tmp_path: Path) 
         label = page.inner_text(".card .label")
         bars = page.locator(".card .bar").count()
         page.screenshot(path=str(tmp_path / "page.png"))
+        # the API documentation renders from the installed Swagger UI bundle, with no internet
+        page.goto(server + "/docs")
+        page.wait_for_selector("text=/predict", timeout=30_000)
         browser.close()
     expected = Classifier.load(trained["model"]).predict(str(tmp_path / "fox.jpg"))[0]["label"]
     assert label == expected and bars == 3

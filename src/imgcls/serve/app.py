@@ -91,12 +91,32 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
         yield
         await batcher.stop()
 
+    docs_assets = _swagger_ui_assets()
     app = FastAPI(
         title="imgcls",
         version="1",
         description=f"Image classification with {model_name(cfg.model)}",
         lifespan=lifespan,
+        docs_url=None if docs_assets else "/docs",  # without the bundle: FastAPI's, from a CDN
+        redoc_url=None,
     )
+    if docs_assets:
+        from fastapi.openapi.docs import get_swagger_ui_html
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/docs-assets", StaticFiles(directory=docs_assets), name="docs-assets")
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            """Swagger UI from the installed bundle: no internet needed."""
+            return get_swagger_ui_html(
+                openapi_url="openapi.json",
+                title="imgcls API",
+                swagger_js_url="docs-assets/swagger-ui-bundle.js",
+                swagger_css_url="docs-assets/swagger-ui.css",
+                swagger_favicon_url="docs-assets/favicon-32x32.png",
+            )
+
     if cfg.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -198,7 +218,28 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
             "created": info.provenance.get("created"),
         }
 
-    @app.post("/predict")
+    upload_schema = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "description": "one or several images (repeat the field)",
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+    @app.post("/predict", openapi_extra=upload_schema)
     async def predict(request: Request, top_k: int | None = None) -> dict[str, Any]:
         """Classify one or several images sent as multipart/form-data in the field ``file``
         (repeat it for several). ``top_k``: how many labels with probabilities per image."""
@@ -225,6 +266,16 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
         return {"model": model_name(cfg.model), "predictions": predictions}
 
     return app
+
+
+def _swagger_ui_assets() -> str | None:
+    """The folder of Swagger UI's files from the ``swagger-ui-bundle-v2`` package, if installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    path = str(swagger_ui_path)
+    return path if os.path.isfile(os.path.join(path, "swagger-ui-bundle.js")) else None
 
 
 def check_address(host: str, port: int) -> None:
