@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -117,3 +118,17 @@ def test_python_dash_m_and_help() -> None:
     assert r.returncode == 0 and "summary" in r.stdout
     r = subprocess.run([sys.executable, "-m", "imgcls", "summary", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "examples:" in r.stdout
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    from imgcls.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        f"{name} {a.option_strings[0]}"
+        for name, sub in commands.choices.items()
+        for a in sub._actions
+        if a.option_strings and a.dest != "help" and not a.help
+    ]
+    assert not missing, missing

@@ -103,6 +103,7 @@ TRAIN_HELP = {
     "val_data": "separate validation data (same kinds of SPEC)",
     "image_root": "base folder for relative paths in .csv / .json files",
     "val_split": "share of the training images held out for validation (default 0.2)",
+    "max_val": "at most this many images are held out for validation (default 5000)",
     "split_by": "keep groups (location, sequence, image or any column) on one side of the split; "
     "auto (default): location, else sequence, else image for crops; none: stratified",
     "image_size": "input size in pixels (default: the model's own)",
@@ -411,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_summary,
     )
     p.add_argument("arch", help="architecture name (see 'imgcls models'), timm/NAME, torchvision/NAME")
-    p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"))
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), help="input size (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000, as ImageNet)")
     p.add_argument("--norm", choices=NORMS, help="normalization (ResNet, VGG, LeNet families)")
     p.add_argument("--attn", choices=ATTNS, help="channel attention (ResNet, VGG, LeNet families)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -459,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", help="output format (default: from the --out suffix)")
     p.add_argument("--top-k", type=int, default=5, help="probabilities kept per image (default 5)")
     p.add_argument("--threshold", type=float, help="below this probability the label is 'unknown'")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
     p.add_argument(
         "--tta", choices=["auto", "none", "flip"], default="auto",
@@ -511,17 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="train, val, test or all (default: test, else val, else all)")
     p.add_argument("--out", help="report folder: metrics.json, per_class.csv, plots, report.html")
     p.add_argument("--image-root", help="base folder for relative paths in .csv / .json files")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
     p.add_argument(
         "--tta", choices=["auto", "none", "flip"], default="auto",
         help="test-time augmentation (default: what the model was trained for)",
     )  # fmt: skip
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
     p.add_argument("--detections", help="MegaDetector results JSON: evaluate on the detection crops")
     p.add_argument("--det-threshold", type=float, help="detection confidence for a crop (default: the model's)")
-    p.add_argument("--det-categories", default="animal")
+    p.add_argument("--det-categories", default="animal", help="detection categories to crop, e.g. animal,person")
     p.add_argument("--crop-margin", type=float, help="margin around a crop (default: the model's)")
 
     p = _add(
@@ -537,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", help="onnx")
     p.add_argument("--out", help="output file (default: MODEL/model.onnx)")
     p.add_argument("--images", nargs="+", help="images for the verification (default: the training data)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed probability difference")
 
     p = _add(
@@ -551,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="model directory or exported .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--api-key", help="require this key on /predict (default: $IMGCLS_API_KEY, else none)")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (default 25 MB)")
     p.add_argument("--max-files", type=int, default=16, help="most images per request (default 16)")
@@ -560,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="images per micro-batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--top-k", type=int, default=5, help="default labels per image")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
 
     p = _add(
         sub,
