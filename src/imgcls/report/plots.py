@@ -122,8 +122,10 @@ def plot_reliability(bins: list[dict[str, float]], ece: float, path: str | Path)
     return _save(fig, path)
 
 
-def plot_roc_pr(y_true: Any, score: Any, path: str | Path, *, positive: str) -> Path:
-    """ROC and precision-recall curves of a binary decision."""
+def plot_roc_pr(y_true: Any, score: Any, path: str | Path, *, positive: str, threshold: float | None = None) -> Path:
+    """ROC and precision-recall curves of a binary decision, with the model's operating point
+    (its saved threshold) marked on both."""
+    import numpy as np
     from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
     plt = _pyplot()
@@ -142,6 +144,15 @@ def plot_roc_pr(y_true: Any, score: Any, path: str | Path, *, positive: str) -> 
     b.set_ylabel("precision")
     b.set_title("Precision-recall curve")
     b.set_ylim(0, 1.02)
+    if threshold is not None:
+        y, s = np.asarray(y_true, bool), np.asarray(score) >= threshold
+        tp, fp = float((s & y).sum()), float((s & ~y).sum())
+        recall = tp / max(1.0, float(y.sum()))
+        label = f"threshold {threshold:.2f}"
+        a.plot([fp / max(1.0, float((~y).sum()))], [recall], "o", color="#d62728", ms=7, label=label)
+        a.legend(loc="lower right")
+        if tp + fp:
+            b.plot([recall], [tp / (tp + fp)], "o", color="#d62728", ms=7, label=label)
     b.legend(loc="lower left")
     for ax in (a, b):
         ax.grid(alpha=0.3)

@@ -119,8 +119,9 @@ def write_report(r: Any, out: Path) -> Path:
     if r.task == "binary" and not math.isnan(m.get("roc_auc", float("nan"))):
         pos = r.label_names.index(m["positive_class"])
         images["roc_pr"] = plots.plot_roc_pr(
-            r.targets == pos, r.probs[:, pos], out / "roc_pr.png", positive=m["positive_class"]
-        )
+            r.targets == pos, r.probs[:, pos], out / "roc_pr.png", positive=m["positive_class"],
+            threshold=m.get("threshold"),
+        )  # fmt: skip
     if m.get("blank_tradeoff"):
         images["blank_tradeoff"] = plots.plot_tradeoff(
             m["blank_tradeoff"], out / "blank_tradeoff.png",
