@@ -83,6 +83,8 @@ def test_summary_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["train", "--data", "d", "--out", "r", "--cache", "ram"], "--cache must be one of disk, memory, none"),
         (["train", "--data", "d", "--out", "r", "--ema", "1.5"], "--ema must be"),
         (["serve", "--model", "m", "--port", "99999"], "--port must be between 0 and 65535"),
+        (["serve", "--model", "m", "--max-upload-mb", "-1"], "--max-upload-mb must be at least"),
+        (["serve", "--model", "m", "--max-files", "0"], "--max-files must be at least 1"),
     ],
 )
 def test_errors_are_one_line_and_non_zero(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:

@@ -214,4 +214,5 @@ def test_evaluate_errors(trained: dict, tmp_path: Path, capsys: pytest.CaptureFi
     assert "no 'test' split" in capsys.readouterr().err
     other = image_folder(tmp_path / "o", ("zebra", "yak"), 2)
     assert main(["evaluate", "--model", str(trained["model"]), "--data", str(other)]) == 2
-    assert "no image could be evaluated" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "none of the data's classes (yak, zebra) is one of the model's (cat, dog, fox)" in err

@@ -266,6 +266,17 @@ def test_onnx_export_matches_the_model_directory(
     assert diff <= 1e-4
 
 
+def test_export_to_a_place_that_cannot_be_written(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "model.onnx"  # its parent is a file
+    assert main(["export", "--model", str(trained["model"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}" in err and len(err.strip().splitlines()) == 1
+
+
 def test_export_fails_loudly_above_tolerance(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.onnx"
     # a negative tolerance cannot be met: the verification must fail and write nothing

@@ -595,6 +595,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a file that cannot be written or read where the command needs it
+        if os.environ.get("IMGCLS_DEBUG"):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        sys.stderr.write(f"imgcls: error: {e.strerror or e}{where}\n")
+        return 2
 
 
 def entry() -> None:

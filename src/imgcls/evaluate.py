@@ -215,6 +215,10 @@ class EvalResult:
     run_dir: Path | None = None
 
 
+def _some(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
 def _map_targets(
     table: DataTable, names: list[str], rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
@@ -228,6 +232,12 @@ def _map_targets(
             skipped.append((table.paths[i], f"class {unknown[0]!r} is unknown to the model"))
         else:
             keep.append(int(i))
+    if not keep and len(rows):
+        data_names = sorted({n for i in rows for n in table.label_names(int(i))})
+        raise UserError(
+            f"none of the data's classes ({_some(data_names)}) is one of the model's ({_some(names)}): "
+            "is this the data the model was trained for?"
+        )
     keep_arr = np.array(keep, dtype=np.int64)
     if table.multilabel:
         t = np.zeros((len(keep), len(names)), dtype=np.uint8)
@@ -369,7 +379,7 @@ def compute_metrics(
     thresholds: list[float] | None = None,
 ) -> dict[str, Any]:
     if len(probs) == 0:
-        raise UserError("no image could be evaluated (see skipped.csv)")
+        raise UserError("no image could be evaluated: every one was skipped (unreadable or unusable)")
     if task == "multilabel":
         return multilabel_metrics(probs, targets, names, thresholds or [])
     if task == "binary":

@@ -97,11 +97,11 @@ def export_onnx(
     h, w = pre.input_size[1], pre.input_size[2]
     dummy = torch.zeros(2, 3, h, w)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.",
-        suffix=".tmp.onnx",
-        dir=target.parent if target.parent.exists() else None,
-    )
+    try:  # written beside the target, then renamed: a failed export leaves nothing behind
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.onnx", dir=target.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {target}: {e.strerror}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

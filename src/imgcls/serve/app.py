@@ -45,6 +45,19 @@ class ServeConfig:
     device: str = "auto"
     precision: str = "auto"
 
+    def __post_init__(self) -> None:
+        limits = {
+            "max_upload_mb": (self.max_upload_mb, 0.001),
+            "max_files": (self.max_files, 1),
+            "max_pixels": (self.max_pixels, 1),
+            "max_batch": (self.max_batch, 1),
+            "max_wait_ms": (self.max_wait_ms, 0),
+            "top_k": (self.top_k, 1),
+        }
+        for name, (value, least) in limits.items():
+            if not value >= least:
+                raise UserError(f"--{name.replace('_', '-')} must be at least {least}, not {value}")
+
 
 class HTTPProblem(Exception):
     def __init__(self, status: int, message: str) -> None:
