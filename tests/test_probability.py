@@ -145,3 +145,17 @@ def test_fit_temperature_binary_and_already_calibrated() -> None:
     assert fit_temperature("multiclass", z.reshape(2000, 3), y1) == pytest.approx(1.0, abs=0.1)
     with pytest.raises(ValueError):
         fit_temperature("multilabel", z[:, None], y)
+
+
+def test_binary_threshold_tuning_by_hand() -> None:
+    from imgcls.tasks import tune_binary_threshold
+
+    p = np.array([0.9, 0.4, 0.35, 0.3, 0.2, 0.1, 0.05, 0.6])
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
+    # F1: at 0.35 all three positives are found with no false one (F1 = 1)
+    assert tune_binary_threshold(p, y, "f1") == pytest.approx(0.35)
+    # balanced accuracy is also perfect there
+    assert tune_binary_threshold(p, y, "balanced") == pytest.approx(0.35)
+    assert tune_binary_threshold(p, np.zeros(8, bool), "f1") == 0.5  # no positive: keep 0.5
+    with pytest.raises(ValueError):
+        tune_binary_threshold(p, y, "accuracy")

@@ -201,6 +201,20 @@ def test_calibration_fits_a_temperature_that_predict_and_evaluate_use(
     assert calibrated["top1"] == plain["top1"]  # the temperature keeps every arg-max
 
 
+def test_binary_threshold_fixed_or_tuned_on_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_folder(tmp_path / "d", ("cat", "dog"), 30)  # 12 validation images
+    opts = dict(FAST, epochs=2, positive="dog")
+    fixed = imgcls.train(data, out=tmp_path / "fixed", cache_dir=tmp_path / "c", binary_threshold="0.7", **opts)
+    assert read_info(fixed / "model").thresholds == [0.7]
+    capsys.readouterr()
+    tuned = imgcls.train(data, out=tmp_path / "tuned", cache_dir=tmp_path / "c", binary_threshold="f1", **opts)
+    assert "threshold: dog from p >=" in capsys.readouterr().err
+    (cut,) = read_info(tuned / "model").thresholds
+    assert 0 < cut < 1
+    with pytest.raises(imgcls.errors.UserError, match="--binary-threshold must be"):
+        imgcls.train(data, out=tmp_path / "bad", binary_threshold="always", **opts)
+
+
 def test_frozen_backbone_keeps_pretrained_weights_and_bn_statistics(folder: Path, tmp_path: Path) -> None:
     src = tmp_path / "r18.safetensors"
     pretrained = timm.create_model("resnet18").state_dict()

@@ -145,6 +145,10 @@ TRAIN_HELP = {
     "out": "run directory (created; must be new unless --resume)",
     "task": "auto, multiclass, binary or multilabel",
     "positive": "binary task: the positive class",
+    "binary_threshold": (
+        "binary task: the probability of the positive class from which it is predicted (default 0.5), "
+        "or f1 / balanced: the one that maximises F1 / balanced accuracy on the validation set"
+    ),
     "epochs": "number of epochs (default 10)",
     "time_budget": "plan the run to end within this wall time, e.g. 10m, 1h30m",
     "batch_size": (

@@ -140,6 +140,7 @@ class TrainConfig:
     out: str = ""
     task: str = "auto"  # auto | multiclass | binary | multilabel
     positive: str | None = None  # binary: the positive class (default: the second name)
+    binary_threshold: str = "0.5"  # binary decision: a probability, or f1 / balanced (tuned on validation)
     epochs: int | None = None  # default 10 (or as many as --time-budget allows)
     time_budget: str | None = None  # e.g. 10m: plan the schedule to end on time
     batch_size: int | None = None  # default 64, or 256 for images of 64 px or less; smaller for small datasets
@@ -321,6 +322,13 @@ def check_config(cfg: RunConfig) -> None:
     if not t.device.startswith("cuda:"):
         choice("device", t.device, ("auto", "cpu", "cuda"))
     choice("balance", t.balance, ("none", "weights", "sampler"))
+    if t.binary_threshold not in ("f1", "balanced"):
+        try:
+            cut = float(t.binary_threshold)
+        except ValueError:
+            cut = -1.0
+        if not 0 < cut < 1:
+            bad("binary_threshold", t.binary_threshold, "a probability between 0 and 1, f1 or balanced")
     if t.early_stopping < 0:
         bad("early_stopping", t.early_stopping, "0 (off) or a number of epochs")
     if not t.checkpoint_minutes > 0:

@@ -162,6 +162,29 @@ def tune_thresholds(probs: np.ndarray, targets: np.ndarray) -> list[float]:
     return thresholds
 
 
+def tune_binary_threshold(p_positive: np.ndarray, is_positive: np.ndarray, metric: str) -> float:
+    """The decision threshold on the positive class's probability that maximises ``metric``
+    (``f1`` or ``balanced`` accuracy) on validation data; 0.5 when a class is missing. Ties go
+    to the threshold nearest 0.5."""
+    y = np.asarray(is_positive, bool)
+    p = np.asarray(p_positive, np.float64)
+    if y.all() or not y.any():
+        return 0.5
+    best, best_score = 0.5, -1.0
+    for t in sorted(np.unique(np.concatenate([p, [0.5]])), key=lambda v: abs(v - 0.5)):
+        pred = p >= t
+        tp = float((pred & y).sum())
+        if metric == "f1":
+            score = 2 * tp / (pred.sum() + y.sum())
+        elif metric == "balanced":
+            score = (tp / y.sum() + float((~pred & ~y).sum()) / (~y).sum()) / 2
+        else:
+            raise ValueError(f"unknown threshold metric {metric!r}")
+        if score > best_score + 1e-12:
+            best, best_score = float(t), score
+    return best
+
+
 def fit_temperature(task: str, logits: np.ndarray, targets: np.ndarray, positive: int = 1) -> float:
     """The temperature T minimising the mean NLL of the validation labels (multiclass: class
     indices and (N, K) logits; binary: class indices and (N,) or (N, 1) logits of ``positive``).

@@ -37,7 +37,15 @@ from imgcls.errors import UserError
 from imgcls.io import atomic_write_text
 from imgcls.models.factory import build_model, classifier_name, preprocess_config
 from imgcls.runtime import make_runtime, physical_cores, resolve_device, set_deterministic, set_threads
-from imgcls.tasks import Task, fit_temperature, infer_task, monitor_metric, quick_metrics, tune_thresholds
+from imgcls.tasks import (
+    Task,
+    fit_temperature,
+    infer_task,
+    monitor_metric,
+    quick_metrics,
+    tune_binary_threshold,
+    tune_thresholds,
+)
 
 DEFAULT_EPOCHS = 10
 SMALL_IMAGE = 64  # images at most this size get the small-image architecture and augmentation
@@ -210,12 +218,15 @@ def make_task(cfg: RunConfig, table: DataTable, rows: np.ndarray) -> Task:
         weights = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)  # "balanced"
     elif cfg.train.balance not in ("none", "sampler"):
         raise UserError(f"--balance must be none, weights or sampler, not {cfg.train.balance!r}")
+    cut = cfg.train.binary_threshold
+    fixed = [float(cut)] if name == "binary" and cut not in ("f1", "balanced") else []
     return Task(
         name,
         list(table.class_names),
         positive=positive,
         label_smoothing=smoothing,
         class_weights=weights,
+        thresholds=fixed,
     )
 
 
@@ -497,6 +508,7 @@ def epoch_line(m: dict[str, Any], tr: Trainer) -> str:
 
 
 MIN_CALIBRATION_IMAGES = 20
+TUNED = ("f1", "balanced")  # binary thresholds tuned on the validation set
 
 
 def _after_training(tr: Trainer) -> tuple[bool, bool, bool]:
@@ -504,7 +516,8 @@ def _after_training(tr: Trainer) -> tuple[bool, bool, bool]:
     tta = tr.cfg.train.tta == "flip"
     n_val = len(tr.data.splits.val)
     calibrate = tr.cfg.train.calibrate and tr.task.name != "multilabel" and n_val >= MIN_CALIBRATION_IMAGES
-    return tta, calibrate, tr.task.name == "multilabel" or tta or calibrate
+    tune = tr.task.name == "multilabel" or (tr.task.name == "binary" and tr.cfg.train.binary_threshold in TUNED)
+    return tta, calibrate, tune or tta or calibrate
 
 
 def final_val_passes(tr: Trainer) -> float:
@@ -537,6 +550,10 @@ def finish(tr: Trainer) -> None:
     probs = _val_probs(tr.task, logits)
     if tr.task.name == "multilabel" and len(rows):
         tr.task.thresholds = tune_thresholds(probs, targets)
+    metric = tr.cfg.train.binary_threshold
+    if tr.task.name == "binary" and metric in TUNED and len(rows):
+        pos = tr.task.positive
+        tr.task.thresholds = [tune_binary_threshold(probs[:, pos], targets == pos, metric)]
     val = {f"val_{k}": v for k, v in quick_metrics(tr.task, probs, targets).items()} if len(rows) else {}
     if "val_nll" in val:
         val["val_loss"] = val["val_nll"]
@@ -546,6 +563,11 @@ def finish(tr: Trainer) -> None:
             info(
                 f"calibration: temperature {tr.task.temperature:.3f} fitted on {len(rows)} validation images "
                 f"(NLL {before:.4f} -> {val.get('val_nll', float('nan')):.4f})"
+            )
+        if tr.task.name == "binary" and metric in TUNED and len(rows):
+            info(
+                f"threshold: {tr.task.positive_name} from p >= {tr.task.thresholds[0]:.3f} "
+                f"(the best {metric} on {len(rows)} validation images)"
             )
         last = tr.pos.history[-1] if tr.pos.history else {}
         save_best(
