@@ -528,8 +528,9 @@ def final_val_passes(tr: Trainer) -> float:
 
 def finish(tr: Trainer) -> None:
     """Reload the best weights and, on the validation set, fit the temperature (multiclass,
-    binary: calibrated probabilities) or tune the thresholds (multi-label), then save the model
-    with the validation metrics of the procedure predict will use (temperature, TTA).
+    binary: calibrated probabilities) and tune the thresholds (multi-label; binary with
+    ``--binary-threshold f1|balanced``), then save the model with the validation metrics of the
+    procedure predict will use (temperature, thresholds, TTA).
     Nothing to do when the best model is already saved as it should be."""
     tta, calibrate, todo = _after_training(tr)
     if not todo:
