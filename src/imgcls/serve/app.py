@@ -88,7 +88,6 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     clf = classifier or Classifier.load(cfg.model, device=cfg.device, precision=cfg.precision)
     pre = clf.preprocess
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
-    max_bytes = int(cfg.max_upload_mb * 1024 * 1024)
     decode_slots = asyncio.Semaphore(max(2, os.cpu_count() or 2))
     upload_slots = asyncio.Semaphore(16)  # request bodies held in memory at once
     batcher = MicroBatcher(clf.probabilities, max_batch=cfg.max_batch, max_wait=cfg.max_wait_ms / 1000)
@@ -114,22 +113,7 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
         redoc_url=None,
     )
     if docs_assets:
-        from fastapi.openapi.docs import get_swagger_ui_html
-        from fastapi.staticfiles import StaticFiles
-
-        app.mount("/docs-assets", StaticFiles(directory=docs_assets), name="docs-assets")
-
-        @app.get("/docs", include_in_schema=False)
-        async def docs() -> HTMLResponse:
-            """Swagger UI from the installed bundle: no internet needed."""
-            return get_swagger_ui_html(
-                openapi_url="openapi.json",
-                title="imgcls API",
-                swagger_js_url="docs-assets/swagger-ui-bundle.js",
-                swagger_css_url="docs-assets/swagger-ui.css",
-                swagger_favicon_url="docs-assets/favicon-32x32.png",
-            )
-
+        _mount_offline_docs(app, docs_assets)
     if cfg.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -141,59 +125,6 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     @app.exception_handler(HTTPProblem)
     async def problem(_: Request, exc: HTTPProblem) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
-
-    def check_key(request: Request) -> None:
-        if not api_key:
-            return
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if auth.lower().startswith("bearer "):
-            given = given or auth[7:].strip()
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPProblem(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-
-    async def read_body(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_bytes:
-            raise HTTPProblem(
-                413,
-                f"upload of {int(length) / 2**20:.1f} MB exceeds the limit of {cfg.max_upload_mb:g} MB",
-            )
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise HTTPProblem(413, f"upload exceeds the limit of {cfg.max_upload_mb:g} MB")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def parse_files(request: Request, body: bytes) -> list[tuple[str, bytes]]:
-        from starlette.datastructures import UploadFile
-        from starlette.formparsers import MultiPartException, MultiPartParser
-
-        async def stream() -> Any:
-            yield body
-            yield b""
-
-        try:
-            form = await MultiPartParser(
-                request.headers,
-                stream(),
-                max_files=cfg.max_files,
-                max_fields=64,
-                max_part_size=1 << 20,
-            ).parse()
-        except MultiPartException as e:
-            status = 413 if "Too many files" in str(e) else 400
-            raise HTTPProblem(status, f"bad multipart upload: {e.message} (at most {cfg.max_files} files)") from None
-        files = []
-        for value in form.getlist("file"):
-            if not isinstance(value, UploadFile):
-                raise HTTPProblem(400, "the field 'file' must hold files, not text")
-            files.append((value.filename or "upload", await value.read()))
-        if not files:
-            raise HTTPProblem(400, "no image in the form field 'file'")
-        return files
 
     def decode(name: str, data: bytes) -> np.ndarray:
         try:
@@ -231,32 +162,11 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
             "created": info.provenance.get("created"),
         }
 
-    upload_schema = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {
-                            "file": {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                                "description": "one or several images (repeat the field)",
-                            }
-                        },
-                    }
-                }
-            },
-        }
-    }
-
-    @app.post("/predict", openapi_extra=upload_schema)
+    @app.post("/predict", openapi_extra=UPLOAD_SCHEMA)
     async def predict(request: Request, top_k: int | None = None) -> dict[str, Any]:
         """Classify one or several images sent as multipart/form-data in the field ``file``
         (repeat it for several). ``top_k``: how many labels with probabilities per image."""
-        check_key(request)
+        check_api_key(request.headers, api_key)
         k = cfg.top_k if top_k is None else top_k
         if not 1 <= k <= 1000:
             raise HTTPProblem(422, "top_k must be between 1 and 1000")
@@ -264,8 +174,8 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
         if not ctype.lower().startswith("multipart/form-data"):
             raise HTTPProblem(415, "send images as multipart/form-data in the form field 'file'")
         async with upload_slots:
-            body = await read_body(request)
-            files = await parse_files(request, body)
+            body = await read_limited_body(request, cfg.max_upload_mb)
+            files = await parse_files(request.headers, body, cfg.max_files)
             del body
             async with decode_slots:
                 pixels = await asyncio.gather(*(asyncio.to_thread(decode, n, d) for n, d in files))
@@ -279,6 +189,101 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
         return {"model": model_name(cfg.model), "predictions": predictions}
 
     return app
+
+
+# The body /predict reads itself (multipart, with limits), described for the OpenAPI docs.
+UPLOAD_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one or several images (repeat the field)",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def check_api_key(headers: Any, api_key: str | None) -> None:
+    """401 unless the request carries the key (X-API-Key or Authorization: Bearer)."""
+    if not api_key:
+        return
+    given = headers.get("x-api-key") or ""
+    auth = headers.get("authorization") or ""
+    if auth.lower().startswith("bearer "):
+        given = given or auth[7:].strip()
+    if not hmac.compare_digest(given.encode(), api_key.encode()):
+        raise HTTPProblem(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+
+
+async def read_limited_body(request: Any, limit_mb: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit_mb`` (declared or sent)."""
+    max_bytes = int(limit_mb * 1024 * 1024)
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes:
+        raise HTTPProblem(413, f"upload of {int(length) / 2**20:.1f} MB exceeds the limit of {limit_mb:g} MB")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPProblem(413, f"upload exceeds the limit of {limit_mb:g} MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_files(headers: Any, body: bytes, max_files: int) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of each file in the multipart field ``file``; 400 / 413 otherwise."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def stream() -> Any:
+        yield body
+        yield b""
+
+    try:
+        form = await MultiPartParser(
+            headers, stream(), max_files=max_files, max_fields=64, max_part_size=1 << 20
+        ).parse()
+    except MultiPartException as e:
+        status = 413 if "Too many files" in str(e) else 400
+        raise HTTPProblem(status, f"bad multipart upload: {e.message} (at most {max_files} files)") from None
+    files = []
+    for value in form.getlist("file"):
+        if not isinstance(value, UploadFile):
+            raise HTTPProblem(400, "the field 'file' must hold files, not text")
+        files.append((value.filename or "upload", await value.read()))
+    if not files:
+        raise HTTPProblem(400, "no image in the form field 'file'")
+    return files
+
+
+def _mount_offline_docs(app: Any, assets: str) -> None:
+    """/docs: Swagger UI from the installed bundle's files, so it needs no internet."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="openapi.json",
+            title="imgcls API",
+            swagger_js_url="docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="docs-assets/swagger-ui.css",
+            swagger_favicon_url="docs-assets/favicon-32x32.png",
+        )
 
 
 def _swagger_ui_assets() -> str | None:
