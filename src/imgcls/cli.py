@@ -461,9 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="image files, folders, glob patterns, .txt/.csv lists",
     )
     p.add_argument("--out", help="output file (.csv, .jsonl, .json); default: CSV on stdout")
-    p.add_argument("--format", help="output format (default: from the --out suffix)")
+    p.add_argument(
+        "--format",
+        help="csv, jsonl, json, megadetector or camtrapdp (default: from the --out suffix, else csv)",
+    )
     p.add_argument("--top-k", type=int, default=5, help="probabilities kept per image (default 5)")
-    p.add_argument("--threshold", type=float, help="below this probability the label is 'unknown'")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="multi-class: below this probability the label is 'unknown'; binary: the positive "
+        "class from this probability; multi-label: every label's (default: the model's own)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
     p.add_argument(
@@ -539,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_export,
     )
     p.add_argument("--model", required=True, help="model directory")
-    p.add_argument("--format", default="onnx", help="onnx")
+    p.add_argument("--format", default="onnx", help="onnx (the only format so far)")
     p.add_argument("--out", help="output file (default: MODEL/model.onnx)")
     p.add_argument("--images", nargs="+", help="images for the verification (default: the training data)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
