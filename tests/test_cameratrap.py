@@ -274,6 +274,11 @@ def test_sequences_from_ids_and_from_exif_gaps(tmp_path: Path, world: dict[str, 
     assert len(set(assign_events(files, gap=1.0))) == len(files)  # 2 s > 1 s: every frame alone
     Image.new("RGB", (4, 4)).save(tmp_path / "no_exif.jpg")
     assert assign_events([str(tmp_path / "no_exif.jpg")]) == [f"image:{tmp_path / 'no_exif.jpg'}"]
+    # two cameras whose card folders have the same name, triggered at the same moment
+    when = datetime(2024, 5, 1, 6, 0, 0)
+    two = [str(tmp_path / site / "100RECNX" / "IMG_0001.JPG") for site in ("site_a", "site_b")]
+    events = assign_events(two, times=[when, when])
+    assert events == ["site_a/100RECNX#1", "site_b/100RECNX#1"]
 
 
 def test_decisions_rollup_blank_threshold_and_class_thresholds() -> None:

@@ -69,7 +69,11 @@ def assign_events(
     for i, p in enumerate(paths):
         by_camera[os.path.dirname(os.path.abspath(p))].append(i)
     events = [""] * len(paths)
+    # cameras are named by their folder below the folders they share: site_a/100RECNX and
+    # site_b/100RECNX are two cameras (card folder names repeat from camera to camera)
+    common = os.path.commonpath(list(by_camera)) if len(by_camera) > 1 else ""
     for camera, rows in by_camera.items():
+        label = os.path.relpath(camera, common).replace(os.sep, "/") if common else os.path.basename(camera)
         timed = sorted((i for i in rows if stamps[i] is not None), key=lambda i: (stamps[i], paths[i]))
         n, last = 0, None
         for i in timed:
@@ -77,7 +81,7 @@ def assign_events(
             assert t is not None
             if last is None or (t - last).total_seconds() > gap:
                 n += 1
-            events[i] = f"{os.path.basename(camera) or camera}#{n}"
+            events[i] = f"{label or camera}#{n}"
             last = t
         for i in rows:
             if stamps[i] is None:
