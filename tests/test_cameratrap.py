@@ -244,6 +244,28 @@ def test_predict_csv_with_event_labels_and_camtrapdp(world: dict[str, Path], cro
     assert package["temporal"]["start"] == "2024-05-01"
 
 
+def test_camtrapdp_deployments_from_camera_folders_without_metadata(
+    world: dict[str, Path], crop_model: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    frames = sorted((world["images"] / "site_a").glob("*.JPG"))[:2]
+    for site in ("north", "south"):  # two cameras, card folders of the same name
+        card = tmp_path / "cards" / site / "100RECNX"
+        card.mkdir(parents=True)
+        for f in frames:
+            shutil.copy(f, card / f.name)
+    pkg = tmp_path / "package"
+    argv = ["predict", "--model", str(crop_model / "model"), str(tmp_path / "cards"), "--format", "camtrapdp",
+            "--out", str(pkg)]  # fmt: skip
+    assert main(argv) == 0
+    with open(pkg / "deployments.csv", newline="") as f:
+        deps = sorted(d["deploymentID"] for d in csv.DictReader(f))
+    assert deps == ["north/100RECNX", "south/100RECNX"]
+    with open(pkg / "media.csv", newline="") as f:
+        assert sorted({m["deploymentID"] for m in csv.DictReader(f)}) == deps
+
+
 def test_megadetector_format_needs_detections(
     crop_model: Path, world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

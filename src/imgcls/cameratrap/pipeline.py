@@ -421,6 +421,12 @@ def run(
     guard_resume(out, settings, resume)
     events = sequence_ids(inputs, metadata, sequence_gap) if aggregate == "sequence" else {}
     locations = _locations(inputs, metadata)
+    if not locations and writer.name == "camtrapdp":  # deployments from the camera folders
+        from imgcls.cameratrap.sequences import camera_names
+
+        folders = {p: os.path.dirname(os.path.abspath(p)) for p in iter_inputs(inputs)}
+        names = camera_names(list(folders.values()))
+        locations = {p: names[f] for p, f in folders.items()}
     side = None
     if aggregate == "sequence":
         if out is None:

@@ -54,6 +54,17 @@ def exif_datetime(path: str) -> datetime | None:
     return parse_datetime(value)
 
 
+def camera_names(folders: Sequence[str]) -> dict[str, str]:
+    """A name for each camera folder: its path below the folders they all share, so that
+    site_a/100RECNX and site_b/100RECNX are two cameras (card folder names repeat from camera
+    to camera); a single folder is named by itself."""
+    unique = sorted(set(folders))
+    if len(unique) == 1:
+        return {unique[0]: os.path.basename(unique[0]) or unique[0]}
+    common = os.path.commonpath(unique) if unique else ""
+    return {f: os.path.relpath(f, common).replace(os.sep, "/") for f in unique}
+
+
 def assign_events(
     paths: Sequence[str],
     *,
@@ -69,11 +80,9 @@ def assign_events(
     for i, p in enumerate(paths):
         by_camera[os.path.dirname(os.path.abspath(p))].append(i)
     events = [""] * len(paths)
-    # cameras are named by their folder below the folders they share: site_a/100RECNX and
-    # site_b/100RECNX are two cameras (card folder names repeat from camera to camera)
-    common = os.path.commonpath(list(by_camera)) if len(by_camera) > 1 else ""
+    names = camera_names(list(by_camera))
     for camera, rows in by_camera.items():
-        label = os.path.relpath(camera, common).replace(os.sep, "/") if common else os.path.basename(camera)
+        label = names[camera]
         timed = sorted((i for i in rows if stamps[i] is not None), key=lambda i: (stamps[i], paths[i]))
         n, last = 0, None
         for i in timed:
