@@ -109,10 +109,10 @@ def detection_crops(cfg: RunConfig, table: Any) -> Any:
     d = cfg.data
     if not d.detections:
         return table
-    from imgcls.cameratrap.detections import crop_table, read_detections
+    from imgcls.cameratrap.detections import crop_table, parse_categories, read_detections
 
     dets = read_detections(d.detections, d.image_root)
-    categories = tuple(c.strip() for c in d.det_categories.split(",") if c.strip())
+    categories = parse_categories(d.det_categories)
     return crop_table(table, dets, threshold=d.det_threshold, categories=categories, margin=d.crop_margin)
 
 

@@ -48,16 +48,18 @@ class ModelInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
+    @property
+    def positive_index(self) -> int:
+        """Binary: the positive class's index in ``label_names`` (the second by default)."""
+        return self.label_names.index(self.positive_class) if self.positive_class in self.label_names else 1
+
     def make_task(self) -> Any:
         from imgcls.tasks import Task
 
-        positive = 1
-        if self.task == "binary" and self.positive_class in self.label_names:
-            positive = self.label_names.index(self.positive_class)
         return Task(
             self.task,
             list(self.label_names),
-            positive=positive,
+            positive=self.positive_index,
             thresholds=list(self.thresholds),
             temperature=self.temperature,
         )

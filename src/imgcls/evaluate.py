@@ -397,12 +397,16 @@ def _detection_crops(
     det_categories: str,
     crop_margin: float | None,
 ) -> tuple[DataTable, np.ndarray, dict[str, Any]]:
-    from imgcls.cameratrap.detections import crop_table, detection_tradeoff, read_detections
+    from imgcls.cameratrap.detections import (
+        crop_settings,
+        crop_table,
+        detection_tradeoff,
+        parse_categories,
+        read_detections,
+    )
 
-    crops = dict(info.provenance.get("detection_crops") or {})
-    threshold = det_threshold if det_threshold is not None else float(crops.get("threshold", 0.2))
-    margin = crop_margin if crop_margin is not None else float(crops.get("margin", 0.1))
-    categories = tuple(c.strip() for c in det_categories.split(",") if c.strip())
+    threshold, margin = crop_settings(info.provenance, det_threshold, crop_margin)
+    categories = parse_categories(det_categories)
     dets = read_detections(detections, image_root)
     images = table.subset(rows)
     extra = {
@@ -460,8 +464,9 @@ def evaluate(
     position = {int(r): j for j, r in enumerate(keep)}
     targets = targets[[position[int(r)] for r in ok]]
     names = info.label_names
-    positive = names.index(info.positive_class) if info.positive_class in names else 1
-    metrics = compute_metrics(info.task, probs, targets, names, positive=positive, thresholds=info.thresholds)
+    metrics = compute_metrics(
+        info.task, probs, targets, names, positive=info.positive_index, thresholds=info.thresholds
+    )
     metrics["num_images"] = len(ok)
     metrics["num_skipped"] = len(skipped)
     if info.task != "multilabel":
@@ -474,11 +479,7 @@ def evaluate(
         metrics["blank_tradeoff"] = blank_tradeoff(probs, targets, blank)
     groups = {k: [table.columns[k][int(i)] for i in ok] for k in ("location",) if k in table.columns}
     if info.task != "multilabel" and "location" in groups:
-        correct = (
-            probs.argmax(1) == targets
-            if info.task == "multiclass"
-            else (np.where(probs[:, positive] >= (info.thresholds or [0.5])[0], positive, 1 - positive) == targets)
-        )
+        correct = info.make_task().predict(probs) == targets  # the model's own decisions
         metrics["per_location"] = group_accuracy(correct, groups["location"])
 
     def thumbnail(j: int) -> Any:

@@ -347,26 +347,22 @@ class Classifier:
         if tta is None:
             tta = self.info.tta == "flip"
         x = normalize_np(pixels, self.preprocess)
+        # float64: a sharp (calibrated) softmax would round small probabilities to exactly 0 in
+        # float32, tying them and making top-k orders arbitrary
         logits = np.asarray(self.backend.logits(x), dtype=np.float64)
         if tta:  # the mean logit of the image and its mirror (the temperature was fitted to it)
             logits = (logits + self.backend.logits(np.ascontiguousarray(x[..., ::-1]))) / 2
         return self._probs(logits)
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
-        # float64: a sharp (calibrated) softmax would round small probabilities to exactly 0 in
-        # float32, tying them and making top-k orders arbitrary
-        logits = np.asarray(logits, dtype=np.float64)
         if self.info.temperature != 1.0 and self.info.task != "multilabel":
             logits = logits / self.info.temperature  # calibrated at the end of training
         if self.info.task == "multiclass":
             return _softmax(logits)
         p = _sigmoid(logits)
         if self.info.task == "binary":
-            pos = (
-                self.label_names.index(self.info.positive_class) if self.info.positive_class in self.label_names else 1
-            )
             p = p.reshape(-1)
-            return np.stack([1 - p, p] if pos == 1 else [p, 1 - p], axis=1)
+            return np.stack([1 - p, p] if self.info.positive_index == 1 else [p, 1 - p], axis=1)
         return p
 
     def predict(
@@ -432,7 +428,7 @@ class Classifier:
             label = ";".join(names[i] for i in on)
             score = float(p[on[0]]) if on else float(p[order[0]])
         elif self.info.task == "binary":
-            pos = self.label_names.index(self.info.positive_class) if self.info.positive_class in names else 1
+            pos = self.info.positive_index
             cut = threshold if threshold is not None else (self.info.thresholds or [0.5])[0]
             best = pos if p[pos] >= cut else 1 - pos
             label, score = names[best], float(p[best])
@@ -576,10 +572,9 @@ def run_predict(
 
     writer_options = {"model": clf.describe(), **(writer_options or {})}
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    settings = run_settings(clf, writer_for(out, fmt, writer_options).name, kwargs)
-    guard_resume(out, settings, resume, write=int(os.environ.get("RANK", "0")) == 0)
+    writer = writer_for(out, fmt, writer_options)
+    guard_resume(out, run_settings(clf, writer.name, kwargs), resume, write=int(os.environ.get("RANK", "0")) == 0)
     if world <= 1:
-        writer = writer_for(out, fmt, writer_options)
         summary = predict_files(clf, inputs, writer, resume=resume, **kwargs)
         if hasattr(writer, "finalize"):
             writer.finalize()
@@ -590,7 +585,6 @@ def run_predict(
 
     rank = int(os.environ["RANK"])
     final = Path(out)
-    writer = writer_for(final, fmt, writer_options)
     part = writer_for(_part_path(final, rank, world), writer.name, writer_options)
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")

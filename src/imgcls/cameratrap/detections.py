@@ -109,6 +109,21 @@ def read_detections(path: str | Path, image_root: str | Path | None = None) -> D
     return out
 
 
+def parse_categories(text: str) -> tuple[str, ...]:
+    """``"animal,person"`` -> ``("animal", "person")``."""
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def crop_settings(provenance: dict[str, Any], threshold: float | None, margin: float | None) -> tuple[float, float]:
+    """The detection threshold and crop margin: as given, else those the model was trained on
+    (its provenance records them), else 0.2 and 0.1."""
+    trained = dict(provenance.get("detection_crops") or {})
+    return (
+        threshold if threshold is not None else float(trained.get("threshold", 0.2)),
+        margin if margin is not None else float(trained.get("margin", 0.1)),
+    )
+
+
 def crop_table(
     table: DataTable,
     detections: Detections,

@@ -394,12 +394,11 @@ def run(
 ) -> PredictSummary:
     """``imgcls predict`` with detections, sequence aggregation or an ecologists' format."""
     from imgcls import __version__
-    from imgcls.cameratrap.detections import read_detections
+    from imgcls.cameratrap.detections import crop_settings, parse_categories, read_detections
     from imgcls.outputs import guard_resume, writer_for
     from imgcls.predict import predict_files, run_settings
 
     require_single_process()
-    crops = dict(clf.info.provenance.get("detection_crops") or {})
     options: dict[str, Any] = {
         "model": clf.describe(),
         "version": __version__,
@@ -435,9 +434,8 @@ def run(
         side = Path(out).with_name(f".{Path(out).name}.probs.jsonl")
     wrapped = Annotate(writer, side, events, locations)
     if detections is not None:
-        threshold = det_threshold if det_threshold is not None else float(crops.get("threshold", 0.2))
-        margin = crop_margin if crop_margin is not None else float(crops.get("margin", 0.1))
-        categories = tuple(c.strip() for c in det_categories.split(",") if c.strip())
+        threshold, margin = crop_settings(clf.info.provenance, det_threshold, crop_margin)
+        categories = parse_categories(det_categories)
         summary = predict_detections(
             clf,
             inputs,
