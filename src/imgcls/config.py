@@ -133,6 +133,9 @@ class OptimConfig:
     ema: float = 0.0  # decay of the weights' moving average (e.g. 0.999); 0 = off
 
 
+TUNED_THRESHOLDS = ("f1", "balanced")  # --binary-threshold values tuned on the validation set
+
+
 @dataclass
 class TrainConfig:
     """The run: task, length, precision, device and where the results go."""
@@ -294,6 +297,15 @@ def check_config(cfg: RunConfig) -> None:
     if d.workers is not None and d.workers < 0:
         bad("workers", d.workers, "0 or more")
     choice("cache", d.cache, ("disk", "memory", "none"))
+    if d.crop_pct and not 0.2 <= d.crop_pct <= 1.0:
+        bad("crop_pct", d.crop_pct, "between 0.2 and 1")
+    if d.interpolation:
+        choice("interpolation", d.interpolation, ("bilinear", "bicubic", "nearest"))
+    if d.resize_mode:
+        choice("resize_mode", d.resize_mode, ("crop", "pad"))
+    from imgcls.data.transforms import PRESETS
+
+    choice("augment", d.augment, ("auto", *PRESETS))
     if not 0 <= m.drop_rate < 1:
         bad("drop_rate", m.drop_rate, "at least 0 and below 1")
     choice("freeze", m.freeze, ("none", "backbone"))
@@ -322,7 +334,8 @@ def check_config(cfg: RunConfig) -> None:
     if not t.device.startswith("cuda:"):
         choice("device", t.device, ("auto", "cpu", "cuda"))
     choice("balance", t.balance, ("none", "weights", "sampler"))
-    if t.binary_threshold not in ("f1", "balanced"):
+    choice("tta", t.tta, ("auto", "flip", "none"))
+    if t.binary_threshold not in TUNED_THRESHOLDS:
         try:
             cut = float(t.binary_threshold)
         except ValueError:

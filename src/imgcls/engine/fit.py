@@ -15,13 +15,21 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from imgcls.artifacts import save_model
-from imgcls.config import PreprocessConfig, RunConfig, check_config, dump_yaml, from_dict, to_dict
+from imgcls.config import (
+    TUNED_THRESHOLDS,
+    PreprocessConfig,
+    RunConfig,
+    check_config,
+    dump_yaml,
+    from_dict,
+    to_dict,
+)
 from imgcls.console import info
 from imgcls.data.dataset import TrainingData, prepare_training_data
 from imgcls.data.loaders import EvalBatches, TrainBatches
@@ -31,7 +39,7 @@ from imgcls.data.transforms import PRESETS, BatchAugment
 from imgcls.engine.budget import BudgetPlan, parse_duration
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
-from imgcls.engine.loop import Position, Trainer, train_one_epoch, validate, validation_logits
+from imgcls.engine.loop import Position, Trainer, train_one_epoch, val_metrics, validate, validation_logits
 from imgcls.engine.optim import DEFAULT_WD, Schedule, build_optimizer, default_lr, param_groups
 from imgcls.errors import UserError
 from imgcls.io import atomic_write_text
@@ -150,17 +158,12 @@ def resolve_preprocess(cfg: RunConfig, model: torch.nn.Module, table: DataTable)
         pre = pre.with_size(max(32, side))  # no 224-px upsampling of 28-px images by default
     if side is not None and side <= SMALL_IMAGE:
         pre = dataclasses.replace(pre, crop_pct=1.0)  # small images: keep every pixel
+    # the values were checked by check_config
     if cfg.data.crop_pct:
-        if not 0.2 <= cfg.data.crop_pct <= 1.0:
-            raise UserError(f"--crop-pct must be between 0.2 and 1, not {cfg.data.crop_pct}")
         pre = dataclasses.replace(pre, crop_pct=cfg.data.crop_pct)
     if cfg.data.interpolation:
-        if cfg.data.interpolation not in ("bilinear", "bicubic", "nearest"):
-            raise UserError(f"--interpolation must be bilinear, bicubic or nearest, not {cfg.data.interpolation!r}")
         pre = dataclasses.replace(pre, interpolation=cfg.data.interpolation)
     if cfg.data.resize_mode:
-        if cfg.data.resize_mode not in ("crop", "pad"):
-            raise UserError(f"--resize-mode must be crop or pad, not {cfg.data.resize_mode!r}")
         pre = dataclasses.replace(pre, resize_mode=cfg.data.resize_mode)
     return pre
 
@@ -183,8 +186,6 @@ def resolve_augment(cfg: RunConfig, pre: PreprocessConfig) -> str:
     name = cfg.data.augment
     if name == "auto":
         name = "small" if pre.image_size <= SMALL_IMAGE else "standard"
-    if name not in PRESETS:
-        raise UserError(f"unknown augmentation {name!r}; choose one of: auto, {', '.join(PRESETS)}")
     return name
 
 
@@ -192,8 +193,6 @@ def resolve_tta(tta: str, pre: PreprocessConfig, augment: str) -> str:
     """'auto': flip test-time augmentation for small images (the model is cheap, the gain is
     largest) when training flipped them (so mirror images are the same class by the user's own
     choice)."""
-    if tta not in ("auto", "flip", "none"):
-        raise UserError(f"--tta must be auto, flip or none, not {tta!r}")
     if tta == "auto":
         return "flip" if pre.image_size <= SMALL_IMAGE and PRESETS[augment].hflip > 0 else "none"
     return tta
@@ -216,10 +215,8 @@ def make_task(cfg: RunConfig, table: DataTable, rows: np.ndarray) -> Task:
         )
         counts = np.maximum(counts, 1).astype(np.float64)
         weights = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)  # "balanced"
-    elif cfg.train.balance not in ("none", "sampler"):
-        raise UserError(f"--balance must be none, weights or sampler, not {cfg.train.balance!r}")
     cut = cfg.train.binary_threshold
-    fixed = [float(cut)] if name == "binary" and cut not in ("f1", "balanced") else []
+    fixed = [float(cut)] if name == "binary" and cut not in TUNED_THRESHOLDS else []
     return Task(
         name,
         list(table.class_names),
@@ -465,7 +462,7 @@ def improved(tr: Trainer, metrics: dict[str, Any]) -> bool:
 # ---------------------------------------------------------------------------------- training
 def end_epoch(tr: Trainer, epoch: int, stats: dict[str, float], on_epoch_end: EpochCallback | None) -> bool:
     """Validate, record, keep the best model, checkpoint; True when training should stop."""
-    val, _, _ = validate(tr)
+    val = validate(tr)
     metrics: dict[str, Any] = {"epoch": epoch + 1, **stats, **val}
     metrics["seconds"] = stats["train_seconds"] + val.get("val_seconds", 0.0)
     metrics["images_per_second"] = stats["images"] / max(stats["train_seconds"], 1e-9)
@@ -508,22 +505,29 @@ def epoch_line(m: dict[str, Any], tr: Trainer) -> str:
 
 
 MIN_CALIBRATION_IMAGES = 20
-TUNED = ("f1", "balanced")  # binary thresholds tuned on the validation set
 
 
-def _after_training(tr: Trainer) -> tuple[bool, bool, bool]:
-    """(test-time augmentation, calibrate, anything to do) for :func:`finish`."""
-    tta = tr.cfg.train.tta == "flip"
-    n_val = len(tr.data.splits.val)
-    calibrate = tr.cfg.train.calibrate and tr.task.name != "multilabel" and n_val >= MIN_CALIBRATION_IMAGES
-    tune = tr.task.name == "multilabel" or (tr.task.name == "binary" and tr.cfg.train.binary_threshold in TUNED)
-    return tta, calibrate, tune or tta or calibrate
+class FinishPlan(NamedTuple):
+    """What :func:`finish` does on the validation set."""
+
+    tta: bool  # predict averages each image with its mirror: validate the same way
+    calibrate: bool  # fit the temperature
+    tune_binary: bool  # tune the binary threshold (multi-label thresholds are always tuned)
+    todo: bool  # anything at all
+
+
+def _after_training(tr: Trainer) -> FinishPlan:
+    t, name = tr.cfg.train, tr.task.name
+    tta = t.tta == "flip"
+    calibrate = t.calibrate and name != "multilabel" and len(tr.data.splits.val) >= MIN_CALIBRATION_IMAGES
+    tune_binary = name == "binary" and t.binary_threshold in TUNED_THRESHOLDS
+    return FinishPlan(tta, calibrate, tune_binary, name == "multilabel" or tta or calibrate or tune_binary)
 
 
 def final_val_passes(tr: Trainer) -> float:
     """Validation passes :func:`finish` makes after training (for the time budget)."""
-    tta, _, todo = _after_training(tr)
-    return (2.0 if tta else 1.0) if todo else 0.0
+    plan = _after_training(tr)
+    return (2.0 if plan.tta else 1.0) if plan.todo else 0.0
 
 
 def finish(tr: Trainer) -> None:
@@ -532,8 +536,8 @@ def finish(tr: Trainer) -> None:
     ``--binary-threshold f1|balanced``), then save the model with the validation metrics of the
     procedure predict will use (temperature, thresholds, TTA).
     Nothing to do when the best model is already saved as it should be."""
-    tta, calibrate, todo = _after_training(tr)
-    if not todo:
+    plan = _after_training(tr)
+    if not plan.todo:
         return
     best_file = tr.run_dir / "model" / "model.safetensors"
     if best_file.is_file():
@@ -541,10 +545,10 @@ def finish(tr: Trainer) -> None:
 
         tr.eval_model.load_state_dict(load_file(str(best_file)))
     t0 = time.perf_counter()
-    logits, rows = validation_logits(tr, tta=tta)
+    logits, rows = validation_logits(tr, tta=plan.tta)
     targets = tr.data.table.targets[rows]
     before = None
-    if calibrate and len(rows):
+    if plan.calibrate and len(rows):
         tr.task.temperature = 1.0
         before = quick_metrics(tr.task, _val_probs(tr.task, logits), targets).get("nll")
         tr.task.temperature = fit_temperature(tr.task.name, logits, targets, tr.task.positive)
@@ -552,12 +556,11 @@ def finish(tr: Trainer) -> None:
     if tr.task.name == "multilabel" and len(rows):
         tr.task.thresholds = tune_thresholds(probs, targets)
     metric = tr.cfg.train.binary_threshold
-    if tr.task.name == "binary" and metric in TUNED and len(rows):
+    tune_binary = plan.tune_binary and len(rows) > 0
+    if tune_binary:
         pos = tr.task.positive
         tr.task.thresholds = [tune_binary_threshold(probs[:, pos], targets == pos, metric)]
-    val = {f"val_{k}": v for k, v in quick_metrics(tr.task, probs, targets).items()} if len(rows) else {}
-    if "val_nll" in val:
-        val["val_loss"] = val["val_nll"]
+    val = val_metrics(tr.task, probs, targets) if len(rows) else {}
     val["val_seconds"] = time.perf_counter() - t0
     if tr.dist.main:
         if before is not None:
@@ -565,7 +568,7 @@ def finish(tr: Trainer) -> None:
                 f"calibration: temperature {tr.task.temperature:.3f} fitted on {len(rows)} validation images "
                 f"(NLL {before:.4f} -> {val.get('val_nll', float('nan')):.4f})"
             )
-        if tr.task.name == "binary" and metric in TUNED and len(rows):
+        if tune_binary:
             info(
                 f"threshold: {tr.task.positive_name} from p >= {tr.task.thresholds[0]:.3f} "
                 f"(the best {metric} on {len(rows)} validation images)"

@@ -193,32 +193,6 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
     }
 
 
-def predict_batches(
-    model: nn.Module, batches: EvalBatches, runtime: Runtime, task: Task, *, tta: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and row indices for every batch (this rank's share)."""
-    probs: list[np.ndarray] = []
-    rows: list[np.ndarray] = []
-    was = model.training
-    model.eval()
-    with torch.inference_mode():
-        for x, _y, r in batches:
-            x = runtime.inputs(x)
-            with runtime.autocast():
-                logits = model(x).float()
-                if tta:  # the mean logit of the image and its mirror
-                    logits = (logits + model(x.flip(-1)).float()) / 2
-                p = task.probabilities(logits)
-            probs.append(p.cpu().numpy())
-            rows.append(r)
-    model.train(was)
-    k = len(task.class_names)
-    return (
-        np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
-        np.concatenate(rows) if rows else np.zeros(0, np.int64),
-    )
-
-
 def validation_logits(tr: Trainer, *, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """float32 logits of the validation images over all ranks (with ``tta``, the mean of the
     image's and its mirror's), and their rows."""
@@ -246,18 +220,21 @@ def validation_logits(tr: Trainer, *, tta: bool = False) -> tuple[np.ndarray, np
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def validate(tr: Trainer, *, tta: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Validation metrics (``val_`` keys) over all ranks; also the probabilities and rows."""
-    if tr.val_batches is None:
-        return {}, np.zeros((0, len(tr.task.class_names))), np.zeros(0, np.int64)
-    t0 = time.perf_counter()
-    probs, rows = predict_batches(tr.eval_model, tr.val_batches, tr.runtime, tr.task, tta=tta)
-    parts = tr.dist.all_gather((probs, rows))
-    probs = np.concatenate([p for p, _ in parts])
-    rows = np.concatenate([r for _, r in parts])
-    metrics = quick_metrics(tr.task, probs, tr.data.table.targets[rows])
-    out = {f"val_{k}": v for k, v in metrics.items()}
+def val_metrics(task: Task, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """The ``val_`` metrics of validation probabilities; ``val_loss`` is the mean NLL."""
+    out = {f"val_{k}": v for k, v in quick_metrics(task, probs, targets).items()}
     if "val_nll" in out:
         out["val_loss"] = out["val_nll"]
+    return out
+
+
+def validate(tr: Trainer) -> dict[str, float]:
+    """Validation metrics (``val_`` keys) over all ranks."""
+    if tr.val_batches is None:
+        return {}
+    t0 = time.perf_counter()
+    logits, rows = validation_logits(tr)
+    probs = tr.task.probabilities(torch.from_numpy(logits)).numpy()
+    out = val_metrics(tr.task, probs, tr.data.table.targets[rows])
     out["val_seconds"] = time.perf_counter() - t0
-    return out, probs, rows
+    return out
