@@ -4,12 +4,12 @@ way the command line does, for notebooks and scripts."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from imgcls.artifacts import read_history
 from imgcls.config import (
     DataConfig,
     ModelConfig,
@@ -80,7 +80,7 @@ def train(
     last_plot[0] = time.monotonic()  # the first epochs of a long run draw at one minute
     run = fit(cfg, resume=resume, started=started, on_epoch_end=curves, table_hook=detection_crops)
     if os.environ.get("RANK", "0") == "0":
-        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        history = read_history(run)
         if history:
             plot_curves(history, run / "curves.png")
         if cfg.train.export_onnx:

@@ -6,7 +6,8 @@
 ``timm.create_model("local-dir:MODEL", pretrained=True)`` loads the directory unchanged. imgcls
 adds its own keys beside them: ``task``, ``positive_class``, ``thresholds``, ``imgcls``
 (registry name and options, resize mode) and ``provenance`` (data, run, metrics, time).
-Both files are written atomically; weights are read with safetensors only.
+Both files are written atomically; weights are read with safetensors only. The training run's
+history (``RUN_DIR/metrics.jsonl``, one JSON line per epoch) is read and written here too.
 """
 
 from __future__ import annotations
@@ -215,3 +216,16 @@ def model_name(model: str | Path) -> str:
     if p.suffix == ".onnx":
         return p.stem
     return p.parent.name if p.name == "model" and p.parent.name else p.name
+
+
+def write_history(run: Path, history: list[dict[str, Any]]) -> None:
+    """``RUN_DIR/metrics.jsonl``: one JSON line per epoch, written atomically."""
+    atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+def read_history(run: str | Path) -> list[dict[str, Any]]:
+    """The epochs recorded in ``RUN_DIR/metrics.jsonl`` (none when the file is missing)."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from imgcls.artifacts import save_model
+from imgcls.artifacts import save_model, write_history
 from imgcls.config import (
     TUNED_THRESHOLDS,
     PreprocessConfig,
@@ -87,10 +87,6 @@ def write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> Non
     w.writerow(header)
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
-
-
-def write_history(run: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
 # --------------------------------------------------------------------------------- resolving

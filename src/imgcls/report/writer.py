@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.artifacts import read_history
 from imgcls.io import atomic_write_text
 from imgcls.report import plots
 
@@ -135,11 +136,8 @@ def write_report(r: Any, out: Path) -> Path:
     wrong = mistakes(r)
     if wrong:
         images["mistakes"] = plots.plot_mistakes(wrong, out / "mistakes.png")
-    if r.run_dir is not None and (Path(r.run_dir) / "metrics.jsonl").is_file():
-        history = [
-            json.loads(line) for line in (Path(r.run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()
-        ]
-        if history:
-            images["curves"] = plots.plot_curves(history, out / "curves.png")
+    history = read_history(r.run_dir) if r.run_dir is not None else []
+    if history:
+        images["curves"] = plots.plot_curves(history, out / "curves.png")
     atomic_write_text(out / "report.html", render_html(r, images))
     return out
