@@ -100,17 +100,29 @@ def decode_for_model(path: str, cfg: PreprocessConfig, max_pixels: int | None = 
     return eval_array(read_image(path, min_size=square_size(cfg), max_pixels=max_pixels), cfg)
 
 
+def decode_crops(
+    item: tuple[str, list[tuple[float, float, float, float]], float],
+    cfg: PreprocessConfig,
+    max_pixels: int | None = MAX_PIXELS,
+) -> np.ndarray:
+    """(path, normalised boxes, margin) -> uint8 (len(boxes), size, size, 3): the model inputs
+    of the square crops, from one decode at the scale the smallest box needs."""
+    from imgcls.data.image import crop_draft_size, crop_square
+
+    path, boxes, margin = item
+    smallest = min(boxes, key=lambda b: min(b[2], b[3]))
+    img = read_image(path, min_size=crop_draft_size(smallest, square_size(cfg)), max_pixels=max_pixels)
+    return np.stack([eval_array(crop_square(img, b, margin), cfg) for b in boxes])
+
+
 def decode_crop(
     item: tuple[str, tuple[float, float, float, float], float],
     cfg: PreprocessConfig,
     max_pixels: int | None = MAX_PIXELS,
 ) -> np.ndarray:
     """(path, normalised box, margin) -> the model input of that square crop."""
-    from imgcls.data.image import crop_draft_size, crop_square
-
     path, box, margin = item
-    img = read_image(path, min_size=crop_draft_size(box, square_size(cfg)), max_pixels=max_pixels)
-    return eval_array(crop_square(img, box, margin), cfg)
+    return decode_crops((path, [box], margin), cfg, max_pixels)[0]
 
 
 def _decode_chunk(

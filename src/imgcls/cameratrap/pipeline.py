@@ -24,27 +24,12 @@ import numpy as np
 from imgcls.cameratrap.detections import Detection, Detections
 from imgcls.cameratrap.sequences import assign_events
 from imgcls.config import PreprocessConfig
-from imgcls.data.image import crop_draft_size, crop_square, read_image
-from imgcls.data.preprocess import eval_array, square_size
 from imgcls.decisions import DecisionRule
 from imgcls.errors import UserError
 from imgcls.outputs import Writer, _truncate_to_last_newline
-from imgcls.predict import Classifier, PredictSummary, decode_stream, iter_inputs
+from imgcls.predict import Classifier, PredictSummary, decode_crops, decode_stream, iter_inputs
 
 BLANK = "blank"
-
-
-def decode_crops(
-    item: tuple[str, list[tuple[float, float, float, float]], float],
-    cfg: PreprocessConfig,
-    max_pixels: int | None,
-) -> np.ndarray:
-    """(path, boxes, margin) -> uint8 (len(boxes), size, size, 3): one decode, every crop."""
-    path, boxes, margin = item
-    need = square_size(cfg)
-    smallest = min(boxes, key=lambda b: min(b[2], b[3]))
-    img = read_image(path, min_size=crop_draft_size(smallest, need), max_pixels=max_pixels)
-    return np.stack([eval_array(crop_square(img, b, margin), cfg) for b in boxes])
 
 
 def _md_entry(
