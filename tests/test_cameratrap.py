@@ -266,6 +266,22 @@ def test_camtrapdp_deployments_from_camera_folders_without_metadata(
         assert sorted({m["deploymentID"] for m in csv.DictReader(f)}) == deps
 
 
+def test_decompression_bomb_among_detections_is_refused(crop_model: Path, tmp_path: Path) -> None:
+    from imgfactory import png_bomb
+
+    (tmp_path / "bomb.png").write_bytes(png_bomb())
+    md = {"images": [{"file": "bomb.png", "detections": [{"category": "1", "conf": 0.9, "bbox": [0.1, 0.1, 0.5, 0.5]}]}],
+          "detection_categories": {"1": "animal"}}  # fmt: skip
+    (tmp_path / "md.json").write_text(json.dumps(md))
+    out = tmp_path / "p.csv"
+    argv = ["predict", "--model", str(crop_model / "model"), str(tmp_path / "bomb.png"),
+            "--detections", str(tmp_path / "md.json"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    with open(out, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert "too many pixels" in row["error"] and not row["label"]
+
+
 def test_megadetector_format_needs_detections(
     crop_model: Path, world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

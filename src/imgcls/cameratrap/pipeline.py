@@ -24,6 +24,7 @@ import numpy as np
 from imgcls.cameratrap.detections import Detection, Detections
 from imgcls.cameratrap.sequences import assign_events
 from imgcls.config import PreprocessConfig
+from imgcls.data.image import MAX_PIXELS
 from imgcls.decisions import DecisionRule
 from imgcls.errors import UserError
 from imgcls.outputs import Writer, _truncate_to_last_newline
@@ -83,7 +84,7 @@ def predict_detections(
     workers: int | None = None,
     resume: bool = True,
     show_progress: bool = True,
-    max_pixels: int | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> PredictSummary:
     from imgcls.console import Progress
     from imgcls.runtime import physical_cores
