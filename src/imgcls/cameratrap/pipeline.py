@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.cameratrap.detections import Detection, Detections
-from imgcls.cameratrap.sequences import assign_events
+from imgcls.cameratrap.sequences import assign_events, camera_names
 from imgcls.config import PreprocessConfig
 from imgcls.data.image import MAX_PIXELS
 from imgcls.decisions import DecisionRule
@@ -300,18 +300,37 @@ def event_labels(side: Path, names: list[str], rule: DecisionRule | None) -> dic
     return out
 
 
-def sequence_ids(inputs: Sequence[str], metadata: str | None, gap: float) -> dict[str, str]:
-    """Event id per input image: from a COCO Camera Traps file or CSV (``seq_id`` / ``sequence``)
-    when given, else from camera folder and EXIF time."""
+def image_events_and_locations(
+    inputs: Sequence[str], metadata: str | None, *, events: bool, gap: float, by_folder: bool
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Per input image: its event (with ``events``: ``seq_id`` / ``sequence`` from the metadata
+    file, a COCO Camera Traps .json or a CSV, else camera folder and EXIF time) and its location
+    (from the metadata file; with ``by_folder`` and no location there, its camera folder). The
+    inputs are listed, and the metadata file read, once."""
+    if not (events or metadata or by_folder):
+        return {}, {}
     paths = list(iter_inputs(inputs))
-    seq: list[str] | None = None
+    table = None
     if metadata:
         from imgcls.data.sources import load_source
 
         table = load_source(metadata, multilabel=True)
-        by_path = dict(zip(table.paths, table.columns.get("sequence", [""] * len(table)), strict=True))
-        seq = [by_path.get(str(Path(p).resolve()), "") for p in paths]
-    return dict(zip(paths, assign_events(paths, sequence_ids=seq, gap=gap), strict=True))
+
+    def column(name: str) -> list[str]:
+        if table is None or name not in table.columns:
+            return [""] * len(paths)
+        values = dict(zip(table.paths, table.columns[name], strict=True))
+        return [values.get(str(Path(p).resolve()), "") for p in paths]
+
+    image_event = (
+        dict(zip(paths, assign_events(paths, sequence_ids=column("sequence"), gap=gap), strict=True)) if events else {}
+    )
+    locations = {p: loc for p, loc in zip(paths, column("location"), strict=True) if loc}
+    if not locations and by_folder:  # deployments from the camera folders
+        folders = {p: os.path.dirname(os.path.abspath(p)) for p in paths}
+        names = camera_names(list(folders.values()))
+        locations = {p: names[f] for p, f in folders.items()}
+    return image_event, locations
 
 
 def add_event_columns(out: Path, fmt: str, events: dict[str, dict[str, Any]], image_event: dict[str, str]) -> None:
@@ -404,14 +423,9 @@ def run(
         sequence_gap=sequence_gap, metadata=metadata, writer_options=writer_options or {},
     )  # fmt: skip
     guard_resume(out, settings, resume)
-    events = sequence_ids(inputs, metadata, sequence_gap) if aggregate == "sequence" else {}
-    locations = _locations(inputs, metadata)
-    if not locations and writer.name == "camtrapdp":  # deployments from the camera folders
-        from imgcls.cameratrap.sequences import camera_names
-
-        folders = {p: os.path.dirname(os.path.abspath(p)) for p in iter_inputs(inputs)}
-        names = camera_names(list(folders.values()))
-        locations = {p: names[f] for p, f in folders.items()}
+    events, locations = image_events_and_locations(
+        inputs, metadata, events=aggregate == "sequence", gap=sequence_gap, by_folder=writer.name == "camtrapdp"
+    )
     side = None
     if aggregate == "sequence":
         if out is None:
@@ -445,17 +459,3 @@ def run(
     if by_event and out is not None and writer.name in ("csv", "jsonl", "json"):
         add_event_columns(Path(out), writer.name, by_event, events)
     return summary
-
-
-def _locations(inputs: Sequence[str], metadata: str | None) -> dict[str, str]:
-    """Image -> location (deployment) from the metadata file, when it has them."""
-    if not metadata:
-        return {}
-    from imgcls.data.sources import load_source
-
-    table = load_source(metadata, multilabel=True)
-    locs = table.columns.get("location")
-    if not locs:
-        return {}
-    wanted = {str(Path(p).resolve()): p for p in iter_inputs(inputs)}
-    return {wanted[p]: loc for p, loc in zip(table.paths, locs, strict=True) if p in wanted and loc}
