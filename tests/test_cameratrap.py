@@ -319,6 +319,21 @@ def test_sequences_from_ids_and_from_exif_gaps(tmp_path: Path, world: dict[str, 
     assert events == ["site_a/100RECNX#1", "site_b/100RECNX#1"]
 
 
+def test_event_label_is_the_models_own_decision(tmp_path: Path) -> None:
+    from imgcls.artifacts import ModelInfo
+    from imgcls.cameratrap.pipeline import event_labels
+    from imgcls.predict import Classifier
+
+    info = ModelInfo(arch="x", num_outputs=1, label_names=["blank", "deer"], task="binary", thresholds=[0.3])
+    clf = Classifier(info=info, _backend=object(), label_names=info.label_names)
+    side = tmp_path / "side.jsonl"
+    side.write_text(
+        "".join(json.dumps({"path": f"{i}.jpg", "sequence": "e1", "probs": [0.65, 0.35]}) + "\n" for i in range(2))
+    )
+    # a deer at p = 0.35 passes the model's threshold of 0.3, as it would for one image
+    assert event_labels(side, clf)["e1"]["label"] == "deer"
+
+
 def test_decisions_rollup_blank_threshold_and_class_thresholds() -> None:
     names = [
         "blank",

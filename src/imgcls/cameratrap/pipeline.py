@@ -25,7 +25,6 @@ from imgcls.cameratrap.detections import Detection, Detections
 from imgcls.cameratrap.sequences import assign_events, camera_names
 from imgcls.config import PreprocessConfig
 from imgcls.data.image import MAX_PIXELS
-from imgcls.decisions import DecisionRule
 from imgcls.errors import UserError
 from imgcls.outputs import Writer, _truncate_to_last_newline
 from imgcls.predict import Classifier, PredictSummary, decode_crops, decode_stream, iter_inputs
@@ -275,9 +274,9 @@ def _log_record(r: dict[str, Any]) -> dict[str, Any]:
     return {"path": r["path"], "sequence": r.get("sequence", ""), "probs": probs}
 
 
-def event_labels(side: Path, names: list[str], rule: DecisionRule | None) -> dict[str, dict[str, Any]]:
-    """Per event: its label (from the mean probability of its classified images; blank when
-    none was classified), score, images and time span."""
+def event_labels(side: Path, clf: Classifier) -> dict[str, dict[str, Any]]:
+    """Per event: its label (the model's decision on the mean probability of its classified
+    images, as for one image; blank when none was classified), score, images and time span."""
     members: dict[str, list[dict[str, Any]]] = defaultdict(list)
     with open(side, encoding="utf-8") as f:
         for line in f:
@@ -288,12 +287,8 @@ def event_labels(side: Path, names: list[str], rule: DecisionRule | None) -> dic
     for event, recs in members.items():
         probs = [np.asarray(r["probs"]) for r in recs if r["probs"] is not None]
         if probs:
-            mean = np.mean(probs, axis=0)
-            if rule is not None:
-                label, score = rule.decide(mean)
-            else:
-                k = int(np.argmax(mean))
-                label, score = names[k], float(mean[k])
+            decided = clf.row(event, np.mean(probs, axis=0), top_k=1)
+            label, score = decided["label"], decided["score"]
         else:
             label, score = BLANK, 1.0
         out[event] = {"label": label, "score": float(score), "images": [r["path"] for r in recs]}
@@ -451,7 +446,7 @@ def run(
         summary = predict_files(clf, inputs, wrapped, resume=resume, **kwargs)
     by_event: dict[str, dict[str, Any]] = {}
     if side is not None:
-        by_event = event_labels(side, clf.label_names, clf.decision)
+        by_event = event_labels(side, clf)
     if writer.name == "camtrapdp":
         writer.finalize(events=by_event)  # type: ignore[attr-defined]
     elif hasattr(writer, "finalize"):
