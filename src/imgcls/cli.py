@@ -383,6 +383,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
+
+
+def _inference_options(p: argparse.ArgumentParser, *, batch_size: int) -> None:
+    """The options predict and evaluate share: batches, decoding, TTA, device, precision."""
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per forward pass (default {batch_size})")
+    p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
+    p.add_argument(
+        "--tta", choices=["auto", "none", "flip"], default="auto",
+        help="test-time augmentation (default: what the model was trained for)",
+    )  # fmt: skip
+    _device_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from imgcls import __version__
 
@@ -472,14 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="multi-class: below this probability the label is 'unknown'; binary: the positive "
         "class from this probability; multi-label: every label's (default: the model's own)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
-    p.add_argument(
-        "--tta", choices=["auto", "none", "flip"], default="auto",
-        help="test-time augmentation (default: what the model was trained for)",
-    )  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
+    _inference_options(p, batch_size=32)
     p.add_argument(
         "--backend", choices=["auto", "torch", "onnx"], default="auto",
         help="auto: ONNX Runtime (the model directory's model.onnx) for up to 200 images, else PyTorch",
@@ -524,14 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="train, val, test or all (default: test, else val, else all)")
     p.add_argument("--out", help="report folder: metrics.json, per_class.csv, plots, report.html")
     p.add_argument("--image-root", help="base folder for relative paths in .csv / .json files")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
-    p.add_argument(
-        "--tta", choices=["auto", "none", "flip"], default="auto",
-        help="test-time augmentation (default: what the model was trained for)",
-    )  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
+    _inference_options(p, batch_size=64)
     p.add_argument("--detections", help="MegaDetector results JSON: evaluate on the detection crops")
     p.add_argument("--det-threshold", type=float, help="detection confidence for a crop (default: the model's)")
     p.add_argument("--det-categories", default="animal", help="detection categories to crop, e.g. animal,person")
@@ -573,8 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="images per micro-batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--top-k", type=int, default=5, help="default labels per image")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
+    _device_options(p)
 
     p = _add(
         sub,
