@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from common import BIN, report, timed
+from common import BIN, report, scratch, timed
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 
@@ -27,8 +25,7 @@ def main() -> None:
     args = ap.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} is missing: apt-get install dataset-fashion-mnist")
-    work = Path(tempfile.mkdtemp(prefix="imgcls-bench-"))
-    try:
+    with scratch() as work:
         wall, _, _ = timed([str(BIN / "imgcls"), "train", "--data", str(DATA), "--time-budget", args.budget,
                             "--seed", str(args.seed), "--out", str(work / "run")])  # fmt: skip
         epochs = len((work / "run" / "metrics.jsonl").read_text().splitlines())
@@ -48,8 +45,6 @@ def main() -> None:
             },
             args.json,
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,28 +9,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from common import BIN, make_dataset, peak_rss_mib, report, timed
-
-BENCH = Path(tempfile.gettempdir()) / "imgcls-bench"
+from common import BENCH, BIN, cached_model, make_dataset, peak_rss_mib, report, scratch
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="imgcls-bench-"))
-    try:
+    with scratch() as work:
         small = make_dataset(BENCH / "memory-160x120", {"": 125}, (160, 120))
         files = sorted(small.rglob("*.jpg"))[:1000]
-        model = BENCH / "model-smallnet" / "model"
-        if not (model / "model.safetensors").is_file():
-            shutil.rmtree(model.parent, ignore_errors=True)
-            timed([str(BIN / "imgcls"), "train", "--data", str(small), "--arch", "smallnet", "--image-size", "32",
-                   "--epochs", "2", "--out", str(model.parent), "--cache-dir", str(work / "cache")])  # fmt: skip
+        model = cached_model("model-smallnet", ["--data", str(small), "--arch", "smallnet", "--image-size", "32",
+                             "--epochs", "2"], work)  # fmt: skip
         few, many = work / "few", work / "many"
         few.mkdir()
         for i, f in enumerate(files):
@@ -54,8 +46,6 @@ def main() -> None:
             },
             args.json,
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

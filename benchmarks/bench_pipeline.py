@@ -9,15 +9,13 @@ process start-up are left out of both figures. Target: end to end >= 70% of mode
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench_predict import BENCH, trained_model
-from common import make_dataset, report
+from bench_predict import trained_model
+from common import BENCH, make_dataset, report, scratch
 
 
 def main() -> None:
@@ -28,8 +26,7 @@ def main() -> None:
     from imgcls.outputs import writer_for
     from imgcls.predict import Classifier, predict_files
 
-    work = Path(tempfile.mkdtemp(prefix="imgcls-bench-"))
-    try:
+    with scratch() as work:
         model = trained_model(work)
         data = make_dataset(BENCH / "pipeline-1024x768", {"": 64}, (1024, 768))
         clf = Classifier.load(model, backend="torch")
@@ -55,8 +52,6 @@ def main() -> None:
             },
             args.json,
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

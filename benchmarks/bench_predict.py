@@ -16,26 +16,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from common import BIN, ROOT, make_dataset, median, report, timed
-
-BENCH = Path(tempfile.gettempdir()) / "imgcls-bench"
+from common import BENCH, BIN, ROOT, cached_model, make_dataset, median, report, scratch, timed
 
 
 def trained_model(work: Path) -> Path:
     """A ResNet-18 trained by imgcls on the training benchmark's data (cached)."""
-    model = BENCH / "model-resnet18" / "model"
-    if not (model / "model.safetensors").is_file():
-        data = make_dataset(BENCH / "train-1024x768", {"train": 32, "val": 8}, (1024, 768))
-        shutil.rmtree(model.parent, ignore_errors=True)
-        # the baseline's preprocessing (Resize 256, CenterCrop 224, bilinear) is the model's own
-        timed([str(BIN / "imgcls"), "train", "--data", str(data), "--arch", "resnet18", "--pretrained", "none",
-               "--epochs", "6", "--batch-size", "32", "--crop-pct", "0.875", "--interpolation", "bilinear",
-               "--out", str(model.parent), "--cache-dir", str(work / "cache")])  # fmt: skip
-    return model
+    data = make_dataset(BENCH / "train-1024x768", {"train": 32, "val": 8}, (1024, 768))
+    # the baseline's preprocessing (Resize 256, CenterCrop 224, bilinear) is the model's own
+    return cached_model("model-resnet18", ["--data", str(data), "--arch", "resnet18", "--pretrained", "none",
+                        "--epochs", "6", "--batch-size", "32", "--crop-pct", "0.875", "--interpolation", "bilinear"],
+                        work)  # fmt: skip
 
 
 def rows_by_path(path: Path) -> dict[str, dict[str, str]]:
@@ -52,8 +44,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="imgcls-bench-"))
-    try:
+    with scratch() as work:
         model = trained_model(work)
         per_class = -(-args.images // 8)
         data = make_dataset(BENCH / "predict-4000x3000", {"": per_class}, (4000, 3000))
@@ -92,8 +83,6 @@ def main() -> None:
             },
             args.json,
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,10 @@ plain PyTorch script. Medians of several runs.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
-from bench_predict import BENCH, trained_model
-from common import BIN, ROOT, make_dataset, median, report, timed
+from bench_predict import trained_model
+from common import BENCH, BIN, ROOT, make_dataset, median, report, scratch, timed
 
 
 def main() -> None:
@@ -21,8 +19,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="imgcls-bench-"))
-    try:
+    with scratch() as work:
         model = trained_model(work)
         image = sorted(make_dataset(BENCH / "train-1024x768", {"train": 32, "val": 8}, (1024, 768)).rglob("*.jpg"))[0]
         base, ours, ours_torch = [], [], []
@@ -44,8 +41,6 @@ def main() -> None:
             },
             args.json,
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

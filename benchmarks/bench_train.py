@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from common import BIN, ROOT, make_dataset, median, report, timed
+from common import BENCH, BIN, ROOT, make_dataset, median, report, scratch, timed
 
 
 def main() -> None:
@@ -24,14 +22,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "imgcls-bench" / "train-1024x768")
+    ap.add_argument("--data", type=Path, default=BENCH / "train-1024x768")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
     data = make_dataset(args.data, {"train": 32, "val": 8}, (1024, 768))
     base_t, ours_t, base_acc, ours_acc = [], [], [], []
     for run in range(args.runs):
-        work = Path(tempfile.mkdtemp(prefix="imgcls-bench-"))
-        try:
+        with scratch() as work:
             wall, _, out = timed([str(BIN / "python"), str(ROOT / "baselines" / "train_plain.py"), str(data),
                                   str(args.epochs), str(args.batch_size), str(work / "plain.safetensors")])  # fmt: skip
             base_t.append(wall)
@@ -45,8 +42,6 @@ def main() -> None:
             ours_acc.append(json.loads(last)["val_top1"])
             print(f"run {run + 1}: baseline {base_t[-1]:.1f}s (top-1 {base_acc[-1]:.3f}), "
                   f"imgcls {ours_t[-1]:.1f}s (top-1 {ours_acc[-1]:.3f})", flush=True)  # fmt: skip
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     report(
         "train",
         {

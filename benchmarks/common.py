@@ -7,13 +7,17 @@ contrast and colour shifts, resized to the size under test and saved as JPEG (qu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -24,6 +28,28 @@ PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubb
           "immunohistochemistry", "retina"]  # fmt: skip
 ROOT = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
+BENCH = Path(tempfile.gettempdir()) / "imgcls-bench"  # data sets and models kept between runs
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[Path]:
+    """A temporary folder for one run, removed afterwards."""
+    work = Path(tempfile.mkdtemp(prefix="imgcls-bench-"))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cached_model(name: str, train_args: list[str], work: Path) -> Path:
+    """``BENCH/name/model``, trained with ``imgcls train TRAIN_ARGS`` the first time it is needed."""
+    model = BENCH / name / "model"
+    if not (model / "model.safetensors").is_file():
+        shutil.rmtree(model.parent, ignore_errors=True)
+        timed(
+            [str(BIN / "imgcls"), "train", *train_args, "--out", str(model.parent), "--cache-dir", str(work / "cache")]
+        )
+    return model
 
 
 def photo(name: str) -> Image.Image:
