@@ -6,8 +6,9 @@ importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imgcls._lazy import lazy_getattr
 
 _NAMES = {
     "TrainingData": "imgcls.data.dataset",
@@ -48,10 +49,4 @@ if TYPE_CHECKING:
     from imgcls.data.transforms import PRESETS, AugmentSpec, eval_transform
 
 
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imgcls.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _NAMES)

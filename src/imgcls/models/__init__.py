@@ -6,8 +6,9 @@ the command line without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imgcls._lazy import lazy_getattr
 
 _NAMES = {
     "build_model": "imgcls.models.factory",
@@ -55,10 +56,4 @@ if TYPE_CHECKING:
     from imgcls.models.weights import LoadReport, load_state, read_state_dict
 
 
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imgcls.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _NAMES)
