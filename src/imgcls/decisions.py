@@ -97,12 +97,19 @@ class DecisionRule:
 def blank_tradeoff(probs: np.ndarray, targets: np.ndarray, blank: int, steps: int = 21) -> list[dict[str, float]]:
     """For blank thresholds from 0 to 1: the share of animal images kept (animal recall) and
     the share of blank images removed, when an image is called blank iff p(blank) >= t."""
-    is_blank = targets == blank
+    return tradeoff(probs[:, blank], targets == blank, np.linspace(0, 1, steps), blank_at_or_above=True)
+
+
+def tradeoff(
+    score: np.ndarray, is_blank: np.ndarray, thresholds: np.ndarray, *, blank_at_or_above: bool
+) -> list[dict[str, float]]:
+    """Per threshold t: animal recall (the share of animal images not called blank) and blanks
+    removed (the share of blank images called blank), where an image is called blank when its
+    ``score`` is at or above t (``blank_at_or_above``) or below it (a detector's confidence)."""
+    animals, blanks = (~is_blank).sum(), is_blank.sum()
     out = []
-    for t in np.linspace(0, 1, steps):
-        called_blank = probs[:, blank] >= t
-        animals = (~is_blank).sum()
-        blanks = is_blank.sum()
+    for t in thresholds:
+        called_blank = score >= t if blank_at_or_above else score < t
         out.append(
             {
                 "threshold": float(t),

@@ -184,7 +184,7 @@ def detection_tradeoff(
     """Per detection threshold: the share of animal images that keep a detection (animal
     recall) and the share of blank images left without one (blanks removed). Images whose label
     is a blank class count as blank; images the file does not list are left out."""
-    from imgcls.decisions import BLANK_NAMES
+    from imgcls.decisions import BLANK_NAMES, tradeoff
 
     best: list[float] = []
     is_blank: list[bool] = []
@@ -194,16 +194,9 @@ def detection_tradeoff(
             continue
         best.append(max((d.conf for d in dets if d.category in categories), default=0.0))
         is_blank.append(all(n.strip().lower() in BLANK_NAMES for n in table.label_names(i)))
-    conf, blank = np.asarray(best), np.asarray(is_blank, dtype=bool)
-    out = []
-    for t in np.linspace(0.05, 0.95, steps):
-        kept = conf >= t
-        animals, blanks = (~blank).sum(), blank.sum()
-        out.append(
-            {
-                "threshold": float(round(t, 4)),
-                "animal_recall": float((kept & ~blank).sum() / animals) if animals else float("nan"),
-                "blanks_removed": float((~kept & blank).sum() / blanks) if blanks else float("nan"),
-            }
-        )
-    return out
+    points = tradeoff(
+        np.asarray(best), np.asarray(is_blank, dtype=bool), np.linspace(0.05, 0.95, steps), blank_at_or_above=False
+    )
+    for point in points:
+        point["threshold"] = round(point["threshold"], 4)
+    return points
