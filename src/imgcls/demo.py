@@ -44,9 +44,32 @@ def write_digits(folder: Path, test_share: float = 0.25, seed: int = 0) -> Path:
     return folder
 
 
-def run_demo(out: str | Path = "demo-run", epochs: int = 15) -> Path:
+#: The file that marks a folder as the demo's own: only such a folder is ever emptied.
+MARKER = ".imgcls-demo"
+
+
+def claim_folder(out_dir: Path) -> None:
+    """Make ``out_dir`` an empty folder the demo owns. A folder from an earlier demo (it holds
+    the marker file) is cleared; an empty folder is taken; anything else is refused, so
+    ``imgcls demo --out ~`` deletes nothing."""
     import shutil
 
+    from imgcls.errors import UserError
+
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise UserError(f"{out_dir} exists and is not a folder: choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / MARKER).is_file():
+            raise UserError(
+                f"{out_dir} already exists and was not made by 'imgcls demo': choose another --out "
+                "(the demo only replaces its own folders)"
+            )
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("made by 'imgcls demo'; the next demo run with this --out replaces this folder\n")
+
+
+def run_demo(out: str | Path = "demo-run", epochs: int = 15) -> Path:
     from imgcls.api import train
     from imgcls.evaluate import evaluate
     from imgcls.models import summarize_arch
@@ -55,24 +78,14 @@ def run_demo(out: str | Path = "demo-run", epochs: int = 15) -> Path:
     from imgcls.predict import Classifier, predict_files
 
     out_dir = Path(out)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # the demo owns this folder: start clean every time
-    out_dir.mkdir(parents=True)
+    claim_folder(out_dir)
     t0 = time.perf_counter()
 
     _section("1. The architecture registry (imgcls models)")
     rows = catalog()
     print(f"{len(rows)} architectures, e.g.:")
     for row in rows:
-        if row.name in (
-            "lenet",
-            "alexnet",
-            "vgg16_c",
-            "resnet50",
-            "seresnet50",
-            "convnext_tiny",
-            "efficientnet_b0",
-        ):
+        if row.name in SHOWN:
             print(
                 f"  {row.name:16s} {row.params / 1e6:8.2f}M params {row.macs / 1e9:7.2f}G MACs at {row.input_size[1]}px"
             )
