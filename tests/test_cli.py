@@ -134,3 +134,17 @@ def test_every_option_of_every_command_has_help() -> None:
         if a.option_strings and a.dest != "help" and not a.help
     ]
     assert not missing, missing
+
+
+def test_train_raises_pillows_limit_to_its_max_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgcls.cli import _allow_train_pixels, build_parser
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored afterwards
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  max_pixels: 400000000\n")
+    args = build_parser().parse_args(["train", "--config", str(recipe), "--out", str(tmp_path / "run")])
+    _allow_train_pixels(args, {"max_pixels": None})
+    assert Image.MAX_IMAGE_PIXELS == 400_000_000
+    args = build_parser().parse_args(["train", "--max-pixels", "500000000", "--out", str(tmp_path / "run")])
+    _allow_train_pixels(args, {"max_pixels": 500_000_000})
+    assert Image.MAX_IMAGE_PIXELS == 500_000_000

@@ -222,6 +222,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = {
         k: v for k, v in vars(args).items() if k not in ("handler", "config", "resume", "command", "out", "_started")
     }
+    _allow_train_pixels(args, options)
     run = train(out=args.out, config=args.config, resume=args.resume, started=started, **options)
     if os.environ.get("RANK", "0") != "0":
         return 0
@@ -229,6 +230,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"model: {model}")
     print(f"evaluate it: imgcls evaluate --model {model} --data {options.get('data') or '...'}")
     return 0
+
+
+def _allow_train_pixels(args: argparse.Namespace, options: dict[str, Any]) -> None:
+    """This process is the command's own: let Pillow open what --max-pixels allows (from the
+    command line, the --config file or, on --resume, the run's config.yaml)."""
+    from pathlib import Path
+
+    import yaml
+
+    from imgcls.data.image import MAX_PIXELS, allow_pixels
+
+    limit = options.get("max_pixels")
+    for source in ([Path(args.config)] if args.config else []) + (
+        [Path(args.out) / "config.yaml"] if args.resume and args.out else []
+    ):
+        if limit is None and source.is_file():
+            try:
+                saved = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError):
+                continue  # the training command reports it
+            if isinstance(saved, dict):
+                section = saved.get("data")
+                limit = (section if isinstance(section, dict) else saved).get("max_pixels")
+    allow_pixels(int(limit) if isinstance(limit, (int, float)) else MAX_PIXELS)
 
 
 # --------------------------------------------------------------------------------------- predict
@@ -365,6 +390,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"imgcls serve: listening on {args.host}: reachable from other machines\n")
+    from imgcls.data.image import allow_pixels
+
+    allow_pixels(args.max_pixels)  # this process is the server's own
     cfg = ServeConfig(
         model=args.model, host=args.host, port=args.port, api_key=args.api_key,
         max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_pixels=args.max_pixels,

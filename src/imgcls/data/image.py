@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Default pixel limit (width x height): above the largest camera-trap sensors (~60 MP).
 MAX_PIXELS = 100_000_000
@@ -31,10 +31,12 @@ MAX_PIXELS = 100_000_000
 #: Transparent pixels are composited on this neutral gray.
 BACKGROUND = (128, 128, 128)
 
-# Our own header check replaces Pillow's global bomb guard (which warns, then raises at twice
-# its limit) so the limit is configurable per call; truncated files must still fail loudly.
-Image.MAX_IMAGE_PIXELS = None
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's process-wide settings (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``)
+# belong to the program that imports imgcls and are never changed here: a web app that imports
+# imgcls keeps its own decompression-bomb guard. imgcls checks its own, per-call limit from the
+# header on top of Pillow's (warns above MAX_IMAGE_PIXELS, refuses above twice that: 179 MP by
+# default). Only the ``imgcls`` command, which owns its process, raises Pillow's limit when a
+# user asks for a larger ``--max-pixels`` (see :func:`allow_pixels`).
 
 
 class ImageError(Exception):
@@ -62,12 +64,41 @@ def _open(source: str | Path | bytes | IO[bytes]) -> tuple[Image.Image, str]:
     return Image.open(source), "<stream>"
 
 
+def allow_pixels(max_pixels: int | None) -> None:
+    """Raise Pillow's process-wide bomb guard so that images up to ``max_pixels`` (None: any)
+    open. For programs that own their process (the ``imgcls`` command); the library itself never
+    calls it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None:
+        return
+    if max_pixels is None:
+        Image.MAX_IMAGE_PIXELS = None
+    elif max_pixels > limit:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
+def _bomb_message(error: Exception, max_pixels: int | None) -> str:
+    """Pillow's own guard refused the image (above twice ``PIL.Image.MAX_IMAGE_PIXELS``)."""
+    import re
+
+    pillow = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    limit = min(max_pixels, pillow) if max_pixels else pillow
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "the image"
+    return f"too many pixels: {size} exceeds the limit of {limit / 1e6:.0f} MP (decompression bomb?)"
+
+
 def open_image(source: str | Path | bytes | IO[bytes], *, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Open (header only) and check the pixel limit; nothing is decoded yet."""
     try:
-        img, _ = _open(source)
+        with warnings.catch_warnings():
+            # Pillow warns between its limit and twice it; imgcls's own limit decides below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img, _ = _open(source)
     except ImageError:
         raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(_bomb_message(e, max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageError("not an image, or an image format Pillow cannot read") from None
     except (OSError, ValueError, SyntaxError) as e:
@@ -132,7 +163,9 @@ def read_image(
             img.load()
             img = ImageOps.exif_transpose(img) or img
             return _to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # a frame larger than the header said (GIF...)
+        raise ImageError(_bomb_message(e, max_pixels)) from None
+    except (OSError, ValueError, SyntaxError) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg:
             raise ImageError(f"truncated image data ({msg})") from None
