@@ -264,6 +264,13 @@ def test_camtrapdp_deployments_from_camera_folders_without_metadata(
     assert deps == ["north/100RECNX", "south/100RECNX"]
     with open(pkg / "media.csv", newline="") as f:
         assert sorted({m["deploymentID"] for m in csv.DictReader(f)}) == deps
+    # --overwrite starts the package afresh and removes only the package's own files
+    (pkg / "README.txt").write_text("the user's note")
+    (pkg / "media.csv").write_text("stale")
+    assert main([*argv, "--overwrite"]) == 0
+    assert (pkg / "README.txt").read_text() == "the user's note"
+    with open(pkg / "media.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
 
 
 def test_decompression_bomb_among_detections_is_refused(crop_model: Path, tmp_path: Path) -> None:

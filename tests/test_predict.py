@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -183,6 +184,57 @@ def test_resuming_with_another_model_or_options_is_refused(
     assert out.read_text() == first  # refused runs leave the output as it was
     assert main([*base, "--model", str(trained["model"] / "model.onnx"), "--overwrite"]) == 0
     assert len(out.read_text().splitlines()) == len(first.splitlines())
+
+
+def _other_model(trained: dict, tmp_path: Path) -> Path:
+    """A second model: the trained one with another config (so another fingerprint)."""
+    other = tmp_path / "other_model"
+    shutil.copytree(trained["model"], other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["provenance"]["note"] = "another model"
+    (other / "config.json").write_text(json.dumps(cfg))
+    return other
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_an_interrupted_output_is_not_continued_with_another_model(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    from imgcls.outputs import JsonlWriter, resume_record
+
+    out = tmp_path / f"p{suffix}"
+    argv = ["predict", str(trained["data"]), "--out", str(out), "--batch-size", "4"]
+    # interrupted after 8 rows: a .json document is not assembled yet, its rows are in the part file
+    monkeypatch.setattr(JsonlWriter, "write", _stop_after(8, JsonlWriter.write))
+    assert main([*argv, "--model", str(trained["model"])]) == 130
+    monkeypatch.undo()
+    in_progress = out.with_name(f".{out.name}.partial.jsonl") if suffix == ".json" else out
+    assert not (suffix == ".json" and out.exists()) and len(read_jsonl(in_progress)) == 8
+    rows_before, record_before = in_progress.read_text(), resume_record(out).read_text()
+    assert main([*argv, "--model", str(_other_model(trained, tmp_path))]) == 2
+    assert "another model" in capsys.readouterr().err
+    assert in_progress.read_text() == rows_before and resume_record(out).read_text() == record_before
+    assert main([*argv, "--model", str(trained["model"])]) == 0  # the same model continues it
+    rows = json.loads(out.read_text())["predictions"] if suffix == ".json" else read_jsonl(out)
+    assert len(rows) == len({r["path"] for r in rows}) == 30
+
+
+def _stop_after(n: int, write: Any) -> Any:
+    """A writer's write that is interrupted (Ctrl-C) once ``n`` rows are written."""
+    seen = [0]
+
+    def wrapped(self: object, rows: Any) -> None:
+        rows = list(rows)
+        if seen[0] >= n:
+            raise KeyboardInterrupt
+        seen[0] += len(rows)
+        write(self, rows)
+
+    return wrapped
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_killed_predict_restarted_with_the_same_command(trained: dict, tmp_path: Path) -> None:

@@ -292,10 +292,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     n = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1))
     if n == 0:
         raise UserError(f"no files found in {' '.join(args.inputs)} (folders, globs and lists were all empty)")
-    if args.out and args.overwrite:
-        from pathlib import Path
-
-        Path(args.out).unlink(missing_ok=True)
     backend = args.backend
     if backend == "auto":
         # a few images: ONNX Runtime starts in a fraction of PyTorch's import time; many

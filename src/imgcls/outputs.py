@@ -60,6 +60,11 @@ class Writer:
     def open(self, resume: bool) -> set[str]:
         raise NotImplementedError
 
+    def files(self) -> list[Path]:
+        """Every file this output keeps its rows in, finished or in progress (whether it exists
+        yet or not): what a resumed run continues and what ``--overwrite`` removes."""
+        return [] if self.path is None else [self.path]
+
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         raise NotImplementedError
 
@@ -211,16 +216,25 @@ class PartialJsonlWriter(JsonlWriter):
         if self.path is None:
             raise UserError(f"--format {self.name} needs --out FILE.json")
         self.final = self.path
-        self.path = self.path.with_name(f".{self.path.name}.partial.jsonl")
+        self.path = partial_path(self.path)
         return super().open(resume)
 
+    def files(self) -> list[Path]:
+        final = getattr(self, "final", None) or self.path
+        return [] if final is None else [final, partial_path(final)]
+
     def records(self, path: Path) -> Iterator[Any]:
-        return super().records(path.with_name(f".{path.name}.partial.jsonl"))
+        return super().records(partial_path(path))
 
     def merge(self, parts: list[Path]) -> None:
         super().merge(parts)
         for p in parts:
-            p.with_name(f".{p.name}.partial.jsonl").unlink(missing_ok=True)
+            partial_path(p).unlink(missing_ok=True)
+
+
+def partial_path(path: Path) -> Path:
+    """The JSON-lines file a document output (``.json``, MegaDetector) is assembled from."""
+    return path.with_name(f".{path.name}.partial.jsonl")
 
 
 class JsonWriter(PartialJsonlWriter):
@@ -311,16 +325,36 @@ def resume_record(out: str | Path) -> Path:
     return p.with_name(f".{p.name}.settings.json")
 
 
-def guard_resume(out: str | Path | None, settings: dict[str, Any], resume: bool, write: bool = True) -> None:
+def discard_output(writer: Writer, extra: Iterable[Path] = ()) -> None:
+    """``--overwrite``: remove the files this output keeps its rows in (and ``extra`` files of
+    the same run), never a folder or anything else in it."""
+    for f in [*writer.files(), *extra]:
+        if f.is_file() or f.is_symlink():
+            f.unlink()
+
+
+def guard_resume(
+    out: str | Path | None, settings: dict[str, Any], resume: bool, write: bool = True, writer: Writer | None = None
+) -> None:
     """Refuse to continue an output written with another model or other settings (its rows
-    would be mixed with this run's), then record this run's settings beside the output."""
+    would be mixed with this run's), then record this run's settings beside the output. Every
+    file the output keeps rows in counts (``writer.files()``: the in-progress part of a JSON or
+    MegaDetector document, a Camtrap DP folder's files) and torchrun's part files, not only the
+    final file. With ``resume`` False (``--overwrite``) the output's files are removed first."""
     if out is None:
         return
     from imgcls.io import atomic_write_text
 
     record = resume_record(out)
     settings = json.loads(json.dumps(settings, default=str))  # the form it is stored in
-    if resume and Path(out).exists() and record.is_file():
+    files = writer.files() if writer is not None else [Path(out)]
+    if not resume and writer is not None and write:
+        discard_output(writer, [record])
+    import glob
+
+    out_path = Path(out)  # torchrun's per-process parts (each rank truncates its own when starting afresh)
+    files += out_path.parent.glob(f".{glob.escape(out_path.name)}.part-*")
+    if resume and any(f.exists() for f in files) and record.is_file():
         try:
             before = json.loads(record.read_text(encoding="utf-8"))
         except ValueError:

@@ -585,7 +585,8 @@ def run_predict(
     writer_options = {"model": clf.describe(), **(writer_options or {})}
     world = int(os.environ.get("WORLD_SIZE", "1"))
     writer = writer_for(out, fmt, writer_options)
-    guard_resume(out, run_settings(clf, writer.name, kwargs), resume, write=int(os.environ.get("RANK", "0")) == 0)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    guard_resume(out, run_settings(clf, writer.name, kwargs), resume, write=rank0, writer=writer)
     if world <= 1:
         summary = predict_files(clf, inputs, writer, resume=resume, **kwargs)
         if hasattr(writer, "finalize"):

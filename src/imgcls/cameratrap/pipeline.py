@@ -417,16 +417,16 @@ def run(
         det_categories=det_categories, crop_margin=crop_margin, aggregate=aggregate,
         sequence_gap=sequence_gap, metadata=metadata, writer_options=writer_options or {},
     )  # fmt: skip
-    guard_resume(out, settings, resume)
+    if aggregate == "sequence" and out is None:
+        raise UserError("--aggregate sequence needs --out")
+    # beside the output (for Camtrap DP beside the folder, so the package holds only its files)
+    side = Path(out).with_name(f".{Path(out).name}.probs.jsonl") if aggregate == "sequence" and out else None
+    if not resume and side is not None:
+        side.unlink(missing_ok=True)
+    guard_resume(out, settings, resume, writer=writer)
     events, locations = image_events_and_locations(
         inputs, metadata, events=aggregate == "sequence", gap=sequence_gap, by_folder=writer.name == "camtrapdp"
     )
-    side = None
-    if aggregate == "sequence":
-        if out is None:
-            raise UserError("--aggregate sequence needs --out")
-        # beside the output (for Camtrap DP beside the folder, so the package holds only its files)
-        side = Path(out).with_name(f".{Path(out).name}.probs.jsonl")
     wrapped = Annotate(writer, side, events, locations)
     if detections is not None:
         threshold, margin = crop_settings(clf.info.provenance, det_threshold, crop_margin)

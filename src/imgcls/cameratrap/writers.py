@@ -131,6 +131,9 @@ class CamtrapDPWriter(Writer):
 
     name = "camtrapdp"
     suffixes: ClassVar[tuple[str, ...]] = ()
+    #: the package's files (in the --out folder) and the parts they are assembled from
+    PACKAGE: ClassVar[tuple[str, ...]] = ("datapackage.json", "deployments.csv", "media.csv", "observations.csv")
+    PARTS: ClassVar[tuple[str, ...]] = (".media.partial.csv", ".observations.partial.csv")
 
     def open(self, resume: bool) -> set[str]:
         if self.path is None:
@@ -139,8 +142,7 @@ class CamtrapDPWriter(Writer):
             raise UserError(f"{self.path}: --format camtrapdp writes a folder, and this is a file")
         self.folder = self.path
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.media_part = self.folder / ".media.partial.csv"
-        self.obs_part = self.folder / ".observations.partial.csv"
+        self.media_part, self.obs_part = (self.folder / name for name in self.PARTS)
         self.tz = _parse_offset(self.options.get("utc_offset", "+00:00"))
         self.stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         done: set[str] = set()
@@ -159,6 +161,9 @@ class CamtrapDPWriter(Writer):
         self.media_stream = open(self.media_part, "a", encoding="utf-8", newline="")  # noqa: SIM115
         self.stream = open(self.obs_part, "a", encoding="utf-8", newline="")  # noqa: SIM115
         return done
+
+    def files(self) -> list[Path]:
+        return [] if self.path is None else [self.path / name for name in (*self.PACKAGE, *self.PARTS)]
 
     def _keep_observations(self, done: set[str]) -> None:
         with open(self.media_part, newline="", encoding="utf-8") as f:
