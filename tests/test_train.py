@@ -259,36 +259,46 @@ def test_pickle_that_would_run_code_is_refused_from_the_cli(
 def _train_cmd(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
     return [
         str(BIN / "imgcls"), "train", "--data", str(data), "--out", str(out), "--cache-dir", str(cache),
-        "--arch", "resnet18", "--pretrained", "none", "--epochs", "4", "--batch-size", "8",
-        "--image-size", "32", "--seed", "5", "--deterministic", "--checkpoint-minutes", "0.0001", *extra,
+        "--arch", "resnet18", "--pretrained", "none", "--epochs", "3", "--batch-size", "2",
+        "--image-size", "32", "--seed", "5", "--deterministic", *extra,
     ]  # fmt: skip
+
+
+def _position(ckpt: Path) -> dict | None:
+    try:
+        return torch.load(ckpt, weights_only=True)["position"]
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return None
 
 
 def test_kill_minus_nine_and_resume_ends_with_the_uninterrupted_weights(folder: Path, tmp_path: Path) -> None:
     cache = tmp_path / "c"
     subprocess.run(_train_cmd(folder, tmp_path / "full", cache), check=True, capture_output=True)
     proc = subprocess.Popen(
-        _train_cmd(folder, tmp_path / "killed", cache),
+        _train_cmd(folder, tmp_path / "killed", cache, "--checkpoint-minutes", "0.0001"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    metrics = tmp_path / "killed" / "metrics.jsonl"
+    ckpt = tmp_path / "killed" / "checkpoint" / "state.pt"
     deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # into epoch 2: a mid-epoch checkpoint
+    # 14 steps an epoch, a checkpoint after every step: kill early in the second epoch
+    while time.monotonic() < deadline:
+        pos = _position(ckpt) if ckpt.exists() else None
+        if pos is not None and pos["epoch"] == 1 and 2 <= pos["step"] <= 6:
+            break
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    state = torch.load(tmp_path / "killed" / "checkpoint" / "state.pt", weights_only=True)
-    assert state["position"]["epoch"] < 4
+    pos = _position(ckpt)
+    assert pos is not None and pos["epoch"] == 1 and 0 < pos["step"] < 14  # killed inside an epoch
     r = subprocess.run(
         [str(BIN / "imgcls"), "train", "--out", str(tmp_path / "killed"), "--resume"],
         capture_output=True,
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    assert "resuming" in r.stderr
+    assert f"resuming {tmp_path / 'killed'} at epoch 2, step {pos['step']}" in r.stderr
     a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -68,6 +68,7 @@ def train(
     cfg = make_run_config(config, out=str(out) if out is not None else None, **options)
     if not cfg.data.data and not resume:
         raise UserError("no training data given (--data SPEC)")
+    requested = given_options(config, options)
 
     last_plot = [0.0]
 
@@ -78,14 +79,37 @@ def train(
             last_plot[0] = time.monotonic()
 
     last_plot[0] = time.monotonic()  # the first epochs of a long run draw at one minute
-    run = fit(cfg, resume=resume, started=started, on_epoch_end=curves, table_hook=detection_crops)
+    run = fit(cfg, resume=resume, started=started, on_epoch_end=curves, table_hook=detection_crops, requested=requested)
     if os.environ.get("RANK", "0") == "0":
+        from imgcls.predict import exported_onnx
+
         history = read_history(run)
         if history:
             plot_curves(history, run / "curves.png")
-        if cfg.train.export_onnx:
+        saved = run_config(run)  # what the run was made with (a resumed run's own settings)
+        if saved.train.export_onnx and exported_onnx(run / "model") is None:
             export_quietly(run / "model")
     return run
+
+
+def given_options(config: str | Path | dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The options a user gave, flat (``--config`` file keys, then keyword options): what a
+    resumed run compares with the options its run was started with."""
+    base: dict[str, Any] = {}
+    if config is not None:
+        raw = dict(load_yaml(config)) if not isinstance(config, dict) else dict(config)
+        for key, value in raw.items():
+            if key in _SECTIONS and isinstance(value, dict):
+                base.update(value)
+            else:
+                base[key] = value
+    base.update({k: v for k, v in options.items() if v is not None})
+    return {k: v for k, v in base.items() if isinstance(v, (str, int, float, bool))}
+
+
+def run_config(run: str | Path) -> RunConfig:
+    """The resolved configuration of a training run (``RUN_DIR/config.yaml``)."""
+    return from_dict(RunConfig, load_yaml(Path(run) / "config.yaml"), "config.yaml")
 
 
 def export_quietly(model_dir: Path) -> None:

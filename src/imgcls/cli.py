@@ -226,9 +226,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = train(out=args.out, config=args.config, resume=args.resume, started=started, **options)
     if os.environ.get("RANK", "0") != "0":
         return 0
+    from imgcls.api import run_config
+
     model = run / "model"
+    data = run_config(run).data
+    listing = run / "splits.csv"  # the test split, where the data has one, is the one to judge by
+    has_test = listing.is_file() and ",test\n" in listing.read_text(encoding="utf-8")
     print(f"model: {model}")
-    print(f"evaluate it: imgcls evaluate --model {model} --data {options.get('data') or '...'}")
+    import shlex
+
+    split = " --split test" if has_test else ""
+    print(f"evaluate it: imgcls evaluate --model {shlex.quote(str(model))} --data {shlex.quote(data.data)}{split}")
     return 0
 
 

@@ -249,7 +249,11 @@ def make_mixer(cfg: RunConfig, task: Task) -> Callable[..., Any] | None:
 
 
 # ------------------------------------------------------------------------------------- setup
-def build_trainer(cfg: RunConfig, run: Path, dist: Dist, table: DataTable, started: float) -> Trainer:
+def build_trainer(
+    cfg: RunConfig, run: Path, dist: Dist, table: DataTable, started: float, *, resuming: bool = False
+) -> Trainer:
+    """The trainer of ``cfg``. ``resuming``: the weights come from the checkpoint, so the
+    pretrained ones are neither fetched nor read again."""
     t = cfg.train
     arch = resolve_arch(cfg, table)
     cfg.model.arch = arch
@@ -260,7 +264,7 @@ def build_trainer(cfg: RunConfig, run: Path, dist: Dist, table: DataTable, start
     model, report = build_model(
         arch,
         num_classes=outputs,
-        pretrained=pretrained,
+        pretrained=None if resuming else pretrained,
         norm=cfg.model.norm,
         attn=cfg.model.attn,
         drop_rate=cfg.model.drop_rate,
@@ -397,8 +401,9 @@ def checkpoint_state(tr: Trainer) -> dict[str, Any]:
         "scaler": tr.scaler.state_dict() if tr.scaler is not None else None,
         "position": tr.pos.to_dict(),
         "schedule": {"total": tr.schedule.total, "warmup": tr.schedule.warmup},
-        "elapsed": tr.pos.elapsed + (time.monotonic() - tr.started),
+        "elapsed": tr.elapsed,
         "config": to_dict(tr.cfg),
+        "requested": dict(tr.requested),
     }
 
 
@@ -617,24 +622,35 @@ def fit(
     started: float | None = None,
     on_epoch_end: EpochCallback | None = None,
     table_hook: TableHook | None = None,
+    requested: dict[str, Any] | None = None,
 ) -> Path:
-    """Train as ``cfg`` says; returns the run directory (its ``model/`` is the best model)."""
+    """Train as ``cfg`` says; returns the run directory (its ``model/`` is the best model).
+
+    ``requested``: the options the user gave (command line and ``--config`` file), kept in the
+    checkpoint; with ``resume`` they are the options given now, applied to the saved
+    configuration as :mod:`imgcls.engine.resume` allows."""
     started = started if started is not None else time.monotonic()
     check_config(cfg)
     resolve_device(cfg.train.device)  # no GPU for --device cuda: say so before any work
     fresh = not Path(cfg.train.out).exists() if cfg.train.out else False
     run, state = prepare_run_dir(cfg, resume)
+    changes: list[str] = []
     if state is not None:
+        from imgcls.engine.resume import apply_resume_options
+
         out = cfg.train.out
         cfg = from_dict(RunConfig, state["config"])
         cfg.train.out = out
+        changes = apply_resume_options(cfg, requested or {}, state.get("requested"))
+        check_config(cfg)
+        requested = state.get("requested")
     t = cfg.train
     set_threads(t.threads)
     set_deterministic(t.deterministic)
     torch.manual_seed(t.seed)
     dist = init_distributed("cuda" if t.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return _fit(cfg, run, state, dist, started, on_epoch_end, table_hook)
+        return _fit(cfg, run, state, dist, started, on_epoch_end, table_hook, requested or {}, changes)
     except BaseException:
         if fresh and dist.main and run.is_dir() and not any(run.iterdir()):
             run.rmdir()  # a run that failed before writing anything leaves no empty folder
@@ -651,6 +667,8 @@ def _fit(
     started: float,
     on_epoch_end: EpochCallback | None,
     table_hook: TableHook | None,
+    requested: dict[str, Any],
+    changes: list[str],
 ) -> Path:
     t = cfg.train
     d = cfg.data
@@ -664,11 +682,18 @@ def _fit(
     from imgcls.data.splits import resolve_split_by
 
     d.split_by = resolve_split_by(table, d.split_by) or "none"
-    tr = build_trainer(cfg, run, dist, table, started)
+    tr = build_trainer(cfg, run, dist, table, started, resuming=state is not None)
+    tr.requested = requested
     if state is not None:
         restore(tr, state)
+        replan_on_resume(tr, changes)
+        if tr.pos.finished:
+            if dist.main:
+                info(f"{run} is complete ({describe_best(tr)}): nothing to train; add --epochs N to train more")
+            return run
         if dist.main:
-            info(f"resuming {run} at epoch {tr.pos.epoch + 1}, step {tr.pos.step}")
+            said = f" ({'; '.join(changes)})" if changes else ""
+            info(f"resuming {run} at epoch {tr.pos.epoch + 1}, step {tr.pos.step}{said}")
     elif dist.main:
         describe_start(tr)
     write_run_files(tr)
@@ -682,12 +707,39 @@ def _fit(
     try:
         run_epochs(tr, on_epoch_end)
         finish(tr)
+        tr.pos.finished = True
         if tr.save_checkpoint is not None:
             tr.save_checkpoint()
     finally:
         writer.wait()
+    if dist.main and tr.pos.best:
+        info(f"best: {describe_best(tr)}")
     dist.barrier()
     return run
+
+
+def replan_on_resume(tr: Trainer, changes: list[str]) -> None:
+    """A resumed run keeps its restored schedule, unless ``--epochs`` changed: then the
+    schedule is planned for the new length (the learning rate follows the longer cosine)."""
+    t = tr.cfg.train
+    if t.time_budget or not any(c.startswith("epochs ") for c in changes):
+        return
+    total = (t.epochs or DEFAULT_EPOCHS) * tr.steps_per_epoch
+    if total <= tr.steps_done and total != tr.pos.total_steps:
+        raise UserError(
+            f"--epochs {t.epochs}: the run has already trained {tr.pos.epoch} epochs; give more to train more"
+        )
+    tr.pos.total_steps = tr.schedule.total = total
+    tr.pos.finished = tr.pos.finished and total == tr.steps_done
+
+
+def describe_best(tr: Trainer) -> str:
+    """'epoch 7 of 8, val_top1 0.9742' (the epoch the model directory holds)."""
+    best = tr.pos.best
+    n = -(-tr.pos.total_steps // max(1, tr.steps_per_epoch))
+    value = best.get("value")
+    shown = f", {best.get('metric')} {value:.4f}" if isinstance(value, (int, float)) else ""
+    return f"epoch {best.get('epoch')} of {n}{shown}"
 
 
 def describe_start(tr: Trainer) -> None:

@@ -39,6 +39,7 @@ class Position:
     epoch_images: int = 0
     epoch_seconds: float = 0.0
     lr: float = 0.0  # the last rate applied
+    finished: bool = False  # training and the final calibration are done
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -69,10 +70,20 @@ class Trainer:
     save_checkpoint: Callable[[], None] | None = None
     step_times: list[float] = field(default_factory=list)
     ddp_frozen: bool | None = None  # the stage the DDP wrapper was built for
+    requested: dict[str, Any] = field(default_factory=dict)  # the options the user gave (for --resume)
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.train_batches)
+
+    @property
+    def steps_done(self) -> int:
+        return self.pos.epoch * self.steps_per_epoch + self.pos.step
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds the run has taken: earlier sessions of a resumed run, then this command's."""
+        return self.pos.elapsed + (time.monotonic() - self.started)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -126,7 +137,7 @@ def _maybe_replan(tr: Trainer, global_step: int) -> None:
     step_s = float(np.median(tr.step_times[-50:]))
     batch = tr.train_batches.batch_size
     val_image_s = step_s / batch / 3.0  # a forward pass costs about a third of a training step
-    total = tr.budget.total_steps(time.monotonic() - tr.started, step_s, global_step, val_image_s)
+    total = tr.budget.total_steps(tr.elapsed, step_s, global_step, val_image_s)
     tr.pos.total_steps = tr.dist.broadcast(total)
     tr.schedule.total = tr.pos.total_steps
     if tr.pos.step == 0 and global_step < tr.steps_per_epoch:

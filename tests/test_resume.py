@@ -1,0 +1,93 @@
+"""``train --resume``: which options may change, finished runs, no second weights fetch, and
+the time budget across sessions (imgcls.engine.resume, imgcls.engine.fit)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import timm
+from safetensors.torch import save_file
+
+from imgcls.cli import main
+from imgfactory import image_folder
+
+ARGS = ["--arch", "lenet", "--pretrained", "none", "--epochs", "2", "--batch-size", "8", "--image-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return image_folder(tmp_path_factory.mktemp("resume") / "imgs", ("cat", "dog"), 12)
+
+
+def history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_keeps_the_runs_settings_and_extends_a_finished_run(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    first = ["train", "--data", str(data), "--out", str(run), "--cache-dir", str(tmp_path / "c"), *ARGS]
+    assert main([*first, "--no-export-onnx"]) == 0
+    out = capsys.readouterr()
+    assert "best: epoch " in out.err and " of 2, val_top1 " in out.err
+    assert f"--data {data}" in out.out  # the closing hint names the run's data
+    state = (run / "checkpoint" / "state.pt").read_bytes()
+    # another learning rate or architecture: refused in one line, nothing touched
+    assert main(["train", "--out", str(run), "--resume", "--lr", "0.5", "--arch", "resnet18"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--arch (the run has 'lenet', given 'resnet18')" in err and "--lr" in err
+    assert (run / "checkpoint" / "state.pt").read_bytes() == state
+    # the original command line again, with --resume: the run is complete, nothing is trained
+    assert main([*first, "--no-export-onnx", "--resume"]) == 0
+    assert "is complete (epoch " in capsys.readouterr().err and len(history(run)) == 2
+    # more epochs: trained, and said
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err and "epochs 2 -> 3" in err
+    assert [h["epoch"] for h in history(run)] == [1, 2, 3]
+    assert not (run / "model" / "model.onnx").exists()  # the run was made with --no-export-onnx
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "1"]) == 2
+    assert "already trained 3 epochs" in capsys.readouterr().err
+
+
+def test_resume_does_not_read_the_pretrained_weights_again(data: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "r18.safetensors"
+    save_file(timm.create_model("resnet18").state_dict(), str(weights))
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--cache-dir", str(tmp_path / "c"), "--arch", "resnet18",
+            "--pretrained", str(weights), "--epochs", "1", "--batch-size", "8", "--image-size", "32"]  # fmt: skip
+    assert main([*args, "--no-export-onnx"]) == 0
+    weights.unlink()  # moved away, or an offline machine for published weights
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    assert len(history(run)) == 2
+
+
+def test_a_time_budget_counts_the_earlier_sessions_of_a_resumed_run() -> None:
+    from imgcls.engine.budget import BudgetPlan
+    from imgcls.engine.loop import Position, Trainer, _maybe_replan
+
+    def plan(elapsed_before: float) -> int:
+        tr = SimpleNamespace(
+            budget=BudgetPlan(budget=100.0, steps_per_epoch=10, val_images=0, batch_size=8),
+            step_times=[0.1] * 8,
+            train_batches=SimpleNamespace(batch_size=8),
+            pos=Position(epoch=1, step=0, total_steps=30, elapsed=elapsed_before),
+            started=time.monotonic(),
+            dist=SimpleNamespace(broadcast=lambda v: v),
+            schedule=SimpleNamespace(total=30, warmup=0),
+            cfg=SimpleNamespace(optim=SimpleNamespace(warmup=0.05)),
+            steps_per_epoch=10,
+        )
+        tr.elapsed = Trainer.elapsed.fget(tr)  # type: ignore[attr-defined]
+        _maybe_replan(tr, 10)  # type: ignore[arg-type]
+        return int(tr.pos.total_steps)
+
+    fresh, resumed = plan(0.0), plan(60.0)
+    # 0.1 s a step: ~970 steps fit in a fresh 100 s budget, ~370 when 60 s were spent before
+    assert 900 < fresh < 1000 and 330 < resumed < 400
+    assert fresh - resumed == pytest.approx(600, abs=5)
