@@ -6,7 +6,8 @@
 ``timm.create_model("local-dir:MODEL", pretrained=True)`` loads the directory unchanged. imgcls
 adds its own keys beside them: ``task``, ``positive_class``, ``thresholds``, ``imgcls``
 (registry name and options, resize mode) and ``provenance`` (data, run, metrics, time).
-Both files are written atomically; weights are read with safetensors only. The training run's
+The folder is replaced as a whole (config and weights together); weights are read with
+safetensors only. The training run's
 history (``RUN_DIR/metrics.jsonl``, one JSON line per epoch) is read and written here too.
 """
 
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgcls.config import PreprocessConfig
 from imgcls.errors import UserError
-from imgcls.io import atomic_write_text, atomic_write_with
+from imgcls.io import atomic_dir, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+EXPORTS = ("model.onnx", "model.int8.onnx")  # made from the weights: stale once they change
 
 
 @dataclass
@@ -97,7 +99,6 @@ def save_model(
     from imgcls.models.registry import get_entry
 
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
     arch: dict[str, Any] = dict(getattr(model, "imgcls_arch", {}) or {})
     if "arch" not in arch:
         raise ValueError("save_model needs a model built by imgcls.create_model")
@@ -132,8 +133,11 @@ def save_model(
     }
     config["provenance"] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(provenance or {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_with(out / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    # one folder, swapped in whole: a kill never leaves new weights beside an old config, and an
+    # export of the old weights (model.onnx) goes with them
+    with atomic_dir(out, replaces=(CONFIG, WEIGHTS, *EXPORTS)) as tmp:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from imgcls.artifacts import load_model, read_config
 from imgcls.errors import UserError
+from imgcls.io import publish_file
 
 TOLERANCE = 1e-4  # largest allowed probability difference, ONNX Runtime vs PyTorch
 
@@ -141,7 +142,7 @@ def export_onnx(
                 f"(tolerance {tolerance:.0e}) on {len(pixels)} {source}; nothing written"
             )
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
+        publish_file(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     return ExportReport(target, len(pixels), logit_diff, prob_diff, agree), source

@@ -1,7 +1,11 @@
-"""Atomic file writes: a temporary file in the same folder, fsync, then ``os.replace``.
+"""Atomic file and folder writes: a temporary file in the same folder, fsync, then ``os.replace``.
 
 A reader (or a resumed run) sees either the old file or the complete new one, never half of it,
 even when the writer is killed with SIGKILL or the machine loses power after the replace.
+:func:`atomic_dir` does the same for a whole folder (a model directory: its config and weights
+change together). Files get the permissions an ordinary ``open`` would give them (the user's
+umask; an existing file keeps its mode), not the 0600 of a temporary file, so a model written
+to a group drive is readable by the group.
 """
 
 from __future__ import annotations
@@ -24,6 +28,30 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else by
+    setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str | Path, target: Path) -> None:
+    """Give ``tmp`` the mode ``target`` has (or a new file's under the umask), sync it and
+    rename it over ``target``."""
+    try:
+        mode = os.stat(target).st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~current_umask()
+    os.chmod(tmp, mode)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; it replaces ``path`` on success only."""
@@ -35,8 +63,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        _publish(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -64,9 +91,83 @@ def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        _publish(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def publish_file(tmp: str | Path, target: str | Path) -> None:
+    """Sync a finished temporary file and rename it over ``target`` (see :func:`atomic_open`)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    _publish(tmp, Path(target))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system cannot."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    return bool(done)
+
+
+def _carry(src: Path, dst: Path) -> None:
+    """A file or folder of the old version into the new one (a hard link where possible)."""
+    import shutil
+
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True)
+        return
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, *, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write a folder as a whole: the caller fills the temporary folder it is given; on success
+    it takes the place of ``path`` in one rename (an exchange where ``path`` exists), so a reader
+    sees the old folder or the new one, never new weights beside an old config. Files of the old
+    folder that the new one does not have are carried over, except those named in ``replaces``
+    (what the writer owns and would otherwise leave stale). On failure the old folder is kept."""
+    import shutil
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        os.chmod(tmp, 0o777 & ~current_umask())
+        if target.is_dir():
+            for old in target.iterdir():
+                if old.name not in replaces and not (tmp / old.name).exists():
+                    _carry(old, tmp / old.name)
+            _fsync_dir(tmp)
+            if not _exchange(tmp, target):  # elsewhere: two renames, a moment without the folder
+                aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, aside)
+                os.replace(tmp, target)
+                tmp = aside
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
