@@ -151,7 +151,18 @@ def test_binary_and_multilabel_reports(tmp_path: Path) -> None:
         cache_dir=tmp_path / "c",
     )
     r = evaluate(run / "model", data, split="all", out=tmp_path / "eb")
-    assert {"roc_auc", "average_precision", "precision", "recall", "f1"} <= set(r.metrics)
+    m, pos = r.metrics, r.label_names.index("animal")
+    p, y = r.probs[:, pos], r.targets == pos
+    pred = p >= m["threshold"]
+    tp, fp, fn = (pred & y).sum(), (pred & ~y).sum(), (~pred & y).sum()
+    assert m["positive_class"] == "animal" and m["threshold"] == 0.5
+    assert m["precision"] == pytest.approx(tp / max(tp + fp, 1)) and m["recall"] == pytest.approx(tp / (tp + fn))
+    assert m["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert m["accuracy"] == pytest.approx(((pred == y).sum()) / len(y))
+    # ROC-AUC: the chance that a random positive scores above a random negative (ties count half)
+    pairs = p[y][:, None] - p[~y][None, :]
+    assert m["roc_auc"] == pytest.approx(float((pairs > 0).mean() + 0.5 * (pairs == 0).mean()))
+    assert 0 < m["average_precision"] <= 1 and m["num_images"] == 20
     assert (tmp_path / "eb" / "roc_pr.png").is_file()
     image_folder(tmp_path / "m", ("a", "b"), 8)
     lines = ["path,label"] + [
@@ -170,8 +181,21 @@ def test_binary_and_multilabel_reports(tmp_path: Path) -> None:
         cache_dir=tmp_path / "c",
     )
     r = evaluate(run / "model", tmp_path / "m.csv", split="all", out=tmp_path / "em")
-    for key in ("mAP", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"):
-        assert key in r.metrics
+    m = r.metrics
+    assert r.label_names == ["sea", "sky"] and r.targets.shape == (16, 2)
+    assert r.targets[:, 0].all() and r.targets[:, 1].sum() == 8  # every row has sea, half have sky
+    th = np.array([c["threshold"] for c in m["per_class"]])
+    pred = r.probs >= th
+    assert m["subset_accuracy"] == pytest.approx((pred == r.targets).all(1).mean())
+    assert m["hamming_loss"] == pytest.approx((pred != r.targets).mean())
+    tp = (pred & (r.targets == 1)).sum()
+    assert m["micro_f1"] == pytest.approx(2 * tp / (pred.sum() + r.targets.sum()))
+    from sklearn.metrics import average_precision_score
+
+    # 'sea' is on every image: its AP is 1 whatever the scores; the mean is over both labels
+    assert m["per_class"][0]["average_precision"] == pytest.approx(1.0)
+    ap_sky = average_precision_score(r.targets[:, 1], r.probs[:, 1])
+    assert m["mAP"] == pytest.approx((1.0 + ap_sky) / 2)
     assert (tmp_path / "em" / "report.html").is_file()
 
 

@@ -3,6 +3,7 @@ reference parameter count, and exchanges weights with torchvision / timm."""
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -207,10 +208,13 @@ def test_norm_option(name: str, norm: str) -> None:
                 assert isinstance(m, nn.BatchNorm2d)
             else:
                 assert isinstance(m, nn.GroupNorm)
-                groups = {"layer": 1, "instance": m.num_channels}.get(norm, 32)
-                assert m.num_groups == min(groups, m.num_groups if norm == "group" else groups)
-                if norm == "group" and m.num_channels % 32 == 0:
-                    assert m.num_groups == 32
+                # layer: one group; instance: one channel a group; group: G = 32 (Wu & He), or the
+                # largest divisor of C that divides 32 for narrow layers (LeNet's 6 and 16 channels)
+                expected = {"layer": 1, "instance": m.num_channels, "group": math.gcd(m.num_channels, 32)}[norm]
+                assert m.num_groups == expected, (m.num_channels, m.num_groups)
+        if norm == "group":
+            widths = {m.num_channels: m.num_groups for m in norms}
+            assert widths.get(64, 32) == 32 and widths.get(6, 2) == 2 and widths.get(16, 16) == 16
     x = torch.randn(2, 3, 32, 32)
     assert torch.isfinite(model.train()(x)).all()
 

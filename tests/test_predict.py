@@ -126,26 +126,34 @@ def test_every_output_format(trained: dict, tmp_path: Path, suffix: str) -> None
     assert len(top) == 2
 
 
-def test_threshold_gives_unknown_and_tta_runs(trained: dict, tmp_path: Path) -> None:
+def test_threshold_gives_unknown_and_tta_averages_the_logits_of_the_image_and_its_mirror(
+    trained: dict, tmp_path: Path
+) -> None:
+    from imgcls.data.preprocess import normalize_np
+
     out = tmp_path / "p.csv"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(trained["model"]),
-                str(trained["data"] / "dog"),
-                "--out",
-                str(out),
-                "--threshold",
-                "0.9999",
-                "--tta",
-                "flip",
-            ]
-        )
-        == 0
+    argv = ["predict", "--model", str(trained["model"]), str(trained["data"] / "dog"), "--out", str(out)]
+    assert main([*argv, "--threshold", "0.9999", "--tta", "flip"]) == 0
+    rows = read_csv(out)
+    assert len(rows) == 10 and {r["label"] for r in rows} == {"unknown"}
+    assert all(float(r["score"]) < 0.9999 for r in rows)
+    clf = imgcls.load(trained["model"], backend="torch")
+    pixels = np.stack(
+        [np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in sorted((trained["data"] / "dog").iterdir())]
     )
-    assert {r["label"] for r in read_csv(out)} == {"unknown"}
+    x = normalize_np(pixels, clf.preprocess)
+    z = clf.backend.logits(x).astype(np.float64)
+    z_mirror = clf.backend.logits(np.ascontiguousarray(x[..., ::-1])).astype(np.float64)
+    assert np.abs(z - z_mirror).max() > 1e-3  # the mirror is another input
+    mean = (z + z_mirror) / 2 / clf.info.temperature
+    expected = np.exp(mean - mean.max(1, keepdims=True))
+    np.testing.assert_allclose(
+        clf.probabilities(pixels, tta=True), expected / expected.sum(1, keepdims=True), rtol=1e-6
+    )
+    plain = (z / clf.info.temperature) - (z / clf.info.temperature).max(1, keepdims=True)
+    np.testing.assert_allclose(
+        clf.probabilities(pixels, tta=False), np.exp(plain) / np.exp(plain).sum(1, keepdims=True), rtol=1e-6
+    )
 
 
 def test_resume_after_a_partial_write_writes_every_input_exactly_once(trained: dict, tmp_path: Path) -> None:

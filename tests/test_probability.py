@@ -159,3 +159,17 @@ def test_binary_threshold_tuning_by_hand() -> None:
     assert tune_binary_threshold(p, np.zeros(8, bool), "f1") == 0.5  # no positive: keep 0.5
     with pytest.raises(ValueError):
         tune_binary_threshold(p, y, "accuracy")
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_float32_probabilities_of_exactly_zero_and_one_give_a_finite_nll(as_tensor: bool) -> None:
+    p = np.array([[1.0, 0.0, 0.5]], dtype=np.float32)  # a saturated sigmoid in float32
+    y = np.array([[0, 1, 1]])
+    q, t = (torch.from_numpy(p), torch.from_numpy(y)) if as_tensor else (p, y)
+    value = float(P.nll(t, q, kind="bernoulli"))
+    # -log(1e-12) twice (the clipped 0 and 1), plus -log(0.5)
+    assert value == pytest.approx(2 * -np.log(1e-12) - np.log(0.5), rel=1e-5)
+    assert np.isfinite(float(P.log_likelihood(t, q, kind="bernoulli")))
+    cat = np.array([[0.0, 1.0]], dtype=np.float32)
+    qc = torch.from_numpy(cat) if as_tensor else cat
+    assert float(P.nll(np.array([0]), qc, kind="categorical")) == pytest.approx(-np.log(1e-12))

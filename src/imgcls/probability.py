@@ -56,8 +56,9 @@ ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 Reduction = Literal["mean", "sum", "none"]
 Kind = Literal["categorical", "bernoulli"]
 
-#: Probabilities are clipped to [EPS, 1 - EPS] before taking logs, so that a single exactly-zero
-#: probability gives a large but finite loss (the same convention as scikit-learn's log_loss).
+#: Probabilities are clipped to [EPS, 1 - EPS] (in float64, whatever the input's precision)
+#: before taking logs, so that a single exactly-zero or exactly-one probability gives a large but
+#: finite loss (the same convention as scikit-learn's log_loss).
 EPS = 1e-12
 
 
@@ -134,16 +135,17 @@ def _label_log_probs(y_true: Any, y_prob: Any, kind: Kind | None, eps: float) ->
     """Per-example log-probability of the observed labels (one value per example)."""
     y_true = torch.as_tensor(y_true, device=y_prob.device) if isinstance(y_prob, torch.Tensor) else np.asarray(y_true)
     kind = kind or _infer_kind(y_true, y_prob)
+    # in float64: 1 - 1e-12 rounds to exactly 1.0 in float32, and log1p(-1) is -inf
     p = _as_float(y_prob)
     if isinstance(p, torch.Tensor):
-        p = p.clamp(eps, 1 - eps)
+        p = p.double().clamp(eps, 1 - eps)
         if kind == "categorical":
             idx = y_true.argmax(dim=-1) if y_true.ndim == p.ndim else y_true.long()
             return torch.log(p.gather(-1, idx.unsqueeze(-1)).squeeze(-1))
         y = y_true.to(p.dtype)
         ll = y * torch.log(p) + (1 - y) * torch.log1p(-p)
         return ll.sum(dim=-1) if ll.ndim > 1 else ll
-    p = np.clip(p, eps, 1 - eps)
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
     if kind == "categorical":
         idx = y_true.argmax(axis=-1) if y_true.ndim == p.ndim else y_true.astype(np.int64)
         return np.log(np.take_along_axis(p, idx[..., None], axis=-1)[..., 0])

@@ -37,10 +37,21 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+#: oneDNN's ISA tiers (``ONEDNN_MAX_CPU_ISA``) that include native bf16 instructions
+_ONEDNN_BF16_TIERS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+                      "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512",
+                      "AVX10_2_512_AMX_2", "ALL", "DEFAULT")  # fmt: skip
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN has native bf16 matrix units: AMX tiles or AVX512-BF16."""
+    """True where oneDNN has native bf16 matrix units: AMX tiles or AVX512-BF16, and oneDNN is
+    allowed to use them (``ONEDNN_MAX_CPU_ISA=AVX2`` holds it to a lower tier, where bf16 would
+    be emulated and slower than float32)."""
     import torch
 
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if limit and limit not in _ONEDNN_BF16_TIERS:
+        return False
     flags = cpu_flags()
     if "amx_bf16" in flags or "avx512_bf16" in flags:
         return True

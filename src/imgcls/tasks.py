@@ -34,7 +34,8 @@ class Task:
     class_names: list[str]
     positive: int = 1  # binary: index (in class_names) of the positive class
     label_smoothing: float = 0.0
-    class_weights: torch.Tensor | None = None
+    class_weights: torch.Tensor | None = None  # multiclass, binary: per-class loss weights
+    pos_weight: torch.Tensor | None = None  # multilabel: per-label weight of a positive (neg / pos)
     thresholds: list[float] = field(default_factory=list)
     temperature: float = 1.0  # logits are divided by it before softmax / sigmoid (calibration)
 
@@ -85,9 +86,8 @@ class Task:
             return F.binary_cross_entropy_with_logits(
                 logits.reshape(-1), target.reshape(-1).float(), pos_weight=pos_weight
             )
-        loss = F.binary_cross_entropy_with_logits(
-            logits, target.float(), pos_weight=self._weights(logits), reduction="none"
-        )
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        loss = F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=pos_weight, reduction="none")
         return loss.sum(dim=1).mean()
 
     def _weights(self, logits: torch.Tensor) -> torch.Tensor | None:

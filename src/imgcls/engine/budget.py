@@ -1,9 +1,11 @@
 """``--time-budget``: plan the whole schedule so the run ends on time.
 
-The budget counts from the start of the command. After a few measured training steps the
-planner fixes the total number of steps so that training, every validation pass and the final
-save fit; it re-plans at each epoch end from the measured averages. The learning-rate schedule is
-a function of (step, total), so it is planned to reach its end, not cut off.
+The budget counts from the start of the command (and, for a resumed run, includes its earlier
+sessions). After a few measured training steps the planner fixes the total number of steps so
+that training, every validation pass and the final save fit; it re-plans early in every epoch,
+half-way through it and every 50 steps from the measured step time. The learning-rate schedule
+is a function of (step, total), so it is planned to reach its end, not cut off, and the warm-up
+is the configured share of the planned steps (not of a provisional guess).
 """
 
 from __future__ import annotations
@@ -61,3 +63,37 @@ class BudgetPlan:
             else:
                 hi = mid - 1
         return steps_done + max(1, lo)
+
+
+#: a forward pass costs about a third of a training step (no backward, no optimiser)
+FORWARD_SHARE = 1.0 / 3.0
+
+
+def replan_due(step_in_epoch: int, steps_per_epoch: int) -> bool:
+    """Whether the loop re-plans after this many steps of an epoch."""
+    return step_in_epoch in (5, steps_per_epoch // 2) or step_in_epoch % 50 == 0
+
+
+def planned_warmup(share: float, total: int, warmup: int, steps_done: int) -> int:
+    """The warm-up length once the plan says ``total`` steps: ``share`` of them. While the
+    warm-up is still running it follows the plan (never ending before the current step);
+    once it is over it stays as it was, so the rate never falls back into a warm-up."""
+    if steps_done >= warmup:
+        return warmup
+    return max(int(share * total), steps_done)
+
+
+def replan(
+    plan: BudgetPlan,
+    *,
+    elapsed: float,
+    step_seconds: float,
+    steps_done: int,
+    batch_size: int,
+    warmup_share: float,
+    warmup: int,
+) -> tuple[int, int]:
+    """(total steps, warm-up steps) for the rest of a budgeted run."""
+    val_image_s = step_seconds / batch_size * FORWARD_SHARE
+    total = plan.total_steps(elapsed, step_seconds, steps_done, val_image_s)
+    return total, planned_warmup(warmup_share, total, warmup, steps_done)

@@ -202,15 +202,13 @@ def make_task(cfg: RunConfig, table: DataTable, rows: np.ndarray) -> Task:
             raise UserError(f"--positive {cfg.train.positive!r} is not a class ({', '.join(table.class_names)})")
         positive = table.class_names.index(cfg.train.positive)
     smoothing = cfg.optim.label_smoothing if name == "multiclass" else 0.0
-    weights = None
+    weights = pos_weight = None
     if cfg.train.balance == "weights":
-        counts = (
-            np.bincount(table.targets[rows], minlength=table.num_classes)
-            if not table.multilabel
-            else table.targets[rows].sum(0)
-        )
-        counts = np.maximum(counts, 1).astype(np.float64)
-        weights = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)  # "balanced"
+        if table.multilabel:
+            pos_weight = torch.tensor(label_pos_weight(table.targets[rows]), dtype=torch.float32)
+        else:
+            counts = np.maximum(np.bincount(table.targets[rows], minlength=table.num_classes), 1).astype(np.float64)
+            weights = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)  # "balanced"
     cut = cfg.train.binary_threshold
     fixed = [float(cut)] if name == "binary" and cut not in TUNED_THRESHOLDS else []
     return Task(
@@ -219,16 +217,28 @@ def make_task(cfg: RunConfig, table: DataTable, rows: np.ndarray) -> Task:
         positive=positive,
         label_smoothing=smoothing,
         class_weights=weights,
+        pos_weight=pos_weight,
         thresholds=fixed,
     )
 
 
+def label_pos_weight(targets: np.ndarray) -> np.ndarray:
+    """Multi-label ``--balance weights``: per label, negatives / positives, the weight of a
+    positive in that label's binary cross-entropy (PyTorch's ``pos_weight``), so each label's
+    positives count as much as its negatives. A label with no positive gets 1."""
+    positives = targets.sum(axis=0).astype(np.float64)
+    negatives = len(targets) - positives
+    return np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+
+
 def sampler_weights(cfg: RunConfig, table: DataTable, rows: np.ndarray) -> np.ndarray | None:
+    """``--balance sampler``: each row's weight is 1 / the size of its stratum (its class; for
+    multi-label rows the rarest label, and rows with no label a stratum of their own), so every
+    stratum is drawn equally often."""
     if cfg.train.balance != "sampler":
         return None
-    keys = table.stratify_key()[rows]
-    counts = np.bincount(np.maximum(keys, 0))
-    return 1.0 / np.maximum(counts[np.maximum(keys, 0)], 1)
+    _, stratum = np.unique(table.stratify_key()[rows], return_inverse=True)
+    return 1.0 / np.bincount(stratum)[stratum]
 
 
 def make_mixer(cfg: RunConfig, task: Task) -> Callable[..., Any] | None:

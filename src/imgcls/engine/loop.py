@@ -17,7 +17,7 @@ from imgcls.config import PreprocessConfig, RunConfig
 from imgcls.console import Progress
 from imgcls.data.dataset import TrainingData
 from imgcls.data.loaders import EvalBatches, TrainBatches, batch_generator
-from imgcls.engine.budget import BudgetPlan
+from imgcls.engine.budget import BudgetPlan, replan, replan_due
 from imgcls.engine.distributed import Dist, wrap_ddp
 from imgcls.engine.optim import Schedule
 from imgcls.runtime import Runtime
@@ -134,14 +134,17 @@ def _maybe_replan(tr: Trainer, global_step: int) -> None:
     at each epoch end (see :mod:`imgcls.engine.budget`)."""
     if tr.budget is None or len(tr.step_times) < 4:
         return
-    step_s = float(np.median(tr.step_times[-50:]))
-    batch = tr.train_batches.batch_size
-    val_image_s = step_s / batch / 3.0  # a forward pass costs about a third of a training step
-    total = tr.budget.total_steps(tr.elapsed, step_s, global_step, val_image_s)
-    tr.pos.total_steps = tr.dist.broadcast(total)
-    tr.schedule.total = tr.pos.total_steps
-    if tr.pos.step == 0 and global_step < tr.steps_per_epoch:
-        tr.schedule.warmup = int(tr.cfg.optim.warmup * tr.pos.total_steps)
+    total, warmup = replan(
+        tr.budget,
+        elapsed=tr.elapsed,
+        step_seconds=float(np.median(tr.step_times[-50:])),
+        steps_done=global_step,
+        batch_size=tr.train_batches.batch_size,
+        warmup_share=tr.cfg.optim.warmup,
+        warmup=tr.schedule.warmup,
+    )
+    tr.pos.total_steps = tr.schedule.total = tr.dist.broadcast(total)
+    tr.schedule.warmup = tr.dist.broadcast(warmup)
 
 
 def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, float]:
@@ -188,7 +191,7 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
             tr.pos.epoch_seconds += tr.step_times[-1]
             tr.pos.step += 1
             bar.update(n, loss=tr.pos.epoch_loss / max(1, tr.pos.epoch_images), lr=lr)
-            if tr.pos.step in (5, spe // 2) or tr.pos.step % 50 == 0:
+            if replan_due(tr.pos.step, spe):
                 _maybe_replan(tr, global_step + 1)
             minutes = cfg.train.checkpoint_minutes
             at_boundary = tr.pos.step % accumulate == 0  # no half-accumulated gradient is lost
