@@ -213,7 +213,7 @@ def test_idx_test_split_and_onnx_model(tmp_path: Path) -> None:
         cache_dir=tmp_path / "c",
     )
     a = evaluate(run / "model", data, split="test", precision="fp32")
-    assert a.split == "test" and a.metrics["num_images"] == 30
+    assert a.split == "test" and a.metrics["num_images"] == 30 and not a.selection_split
     assert main(["export", "--model", str(run / "model"), "--out", str(tmp_path / "m.onnx")]) == 0
     b = evaluate(tmp_path / "m.onnx", data, split="test")
     assert b.metrics["top1"] == a.metrics["top1"]

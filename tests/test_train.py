@@ -199,9 +199,14 @@ def test_calibration_fits_a_temperature_that_predict_and_evaluate_use(
     # the ONNX export carries the temperature in its metadata
     assert imgcls.load(run / "model" / "model.onnx").info.temperature == info.temperature
     # on the data it was fitted to, the calibrated model's NLL is lower (or equal)
-    calibrated = evaluate(run / "model", data, split="val", out=tmp_path / "report").metrics
+    on_val = evaluate(run / "model", data, split="val", out=tmp_path / "report")
+    calibrated = on_val.metrics
     assert calibrated["temperature"] == info.temperature
-    assert "Probabilities are calibrated" in (tmp_path / "report" / "report.html").read_text()
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Probabilities are calibrated" in page
+    # the validation split chose the epoch and the temperature: the report says its figures are optimistic
+    assert on_val.selection_split and "<b>Optimistic:</b> measured on the validation split" in page
+    assert "split that chose the best epoch" in page  # beside the training curves
     plain = evaluate(raw / "model", data, split="val").metrics
     assert calibrated["nll"] <= plain["nll"] + 1e-6
     assert calibrated["top1"] == plain["top1"]  # the temperature keeps every arg-max

@@ -367,6 +367,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  {g['group']:<{width}}  {g['accuracy']:.4f}  {g['images']}")
         if len(groups) > 20:
             print(f"  ... {len(groups) - 20} more in metrics.json")
+    if r.selection_split:
+        print(f"note: {r.selection_note}")
     if args.out:
         print(f"report: {args.out}/report.html")
     return 0

@@ -213,6 +213,18 @@ class EvalResult:
     data: str = ""
     model: str = ""
     run_dir: Path | None = None
+    #: the images are the training run's validation split, which also chose the best epoch, the
+    #: temperature and the thresholds: the figures are optimistic
+    selection_split: bool = False
+
+    @property
+    def selection_note(self) -> str:
+        """One line saying so, with the command that gives an unbiased figure."""
+        return (
+            "measured on the validation split that also chose the best epoch, the temperature and the "
+            "thresholds, so optimistic; for an unbiased figure evaluate images the run never saw "
+            f"(a test split, or: imgcls evaluate --model {self.model} --data TEST_DATA)"
+        )
 
 
 def _some(names: list[str], n: int = 6) -> str:
@@ -300,6 +312,12 @@ def _run_split_rows(table: DataTable, run: Path, split: str) -> np.ndarray:
                     listed[p] = next(iter(sides[str(g)]))
             break
     return np.array([i for i, p in enumerate(table.paths) if listed.get(p) == split], dtype=np.int64)
+
+
+def _same_data(a: str | Path | None, b: str | Path | None) -> bool:
+    if not a or not b:
+        return False
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def collect_probabilities(
@@ -512,6 +530,7 @@ def evaluate(
         data=str(data),
         model=str(model),
         run_dir=run,
+        selection_split=split_name == "val" and _same_data(data, info.provenance.get("data")),
     )
     if out is not None:
         from imgcls.report.writer import write_report

@@ -78,6 +78,8 @@ def render_html(r: Any, images: dict[str, Path]) -> str:
         f"{m['num_images']} images evaluated, {m['num_skipped']} skipped</p>",
         f"<div class=cards>{cards}</div>",
     ]
+    if getattr(r, "selection_split", False):
+        parts.append(f"<p class=note><b>Optimistic:</b> {html.escape(r.selection_note)}.</p>")
     if "log_likelihood" in m:
         parts.append(
             f"<p class=note>Log-likelihood of all {m['num_images']} labels: "
@@ -102,6 +104,12 @@ def render_html(r: Any, images: dict[str, Path]) -> str:
     for key, title in sections:
         if key in images:
             parts.append(f"<h2>{title}</h2>{_img(images[key], title)}")
+            if key == "curves":
+                parts.append(
+                    "<p class=note>The validation metrics of the training curves were measured on the "
+                    "split that chose the best epoch (and the temperature and thresholds): judge the model "
+                    "on a held-out test split.</p>"
+                )
     parts.append(f"<h2>Per class</h2>{_table(m.get('per_class', []))}")
     if m.get("per_location"):
         parts.append(f"<h2>Per location</h2>{_table(m['per_location'])}")
