@@ -217,6 +217,27 @@ def test_grouped_split_never_puts_a_group_on_both_sides(tmp_path: Path) -> None:
         make_splits(t, split_by="camera")
 
 
+def test_max_val_caps_a_grouped_split_by_whole_groups(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from imgcls.data.table import DataTable
+
+    sizes = [5, 8, 10, 12, 20, 30, 40, 60]  # images per location
+    loc = [f"site{k}" for k, n in enumerate(sizes) for _ in range(n)]
+    n = len(loc)
+    t = DataTable("csv", tmp_path, [f"{i}.jpg" for i in range(n)], np.arange(n) % 2, ["a", "b"],
+                  columns={"location": loc})  # fmt: skip
+    locs = np.array(loc)
+    for seed in range(5):
+        for cap in (15, 25, 40):
+            s = make_splits(t, val_split=0.4, split_by="location", seed=seed, max_val=cap)
+            assert 0 < len(s.val) <= cap, (seed, cap, len(s.val))
+            assert not set(locs[s.train]) & set(locs[s.val])  # still whole groups
+            assert len(s.train) + len(s.val) == n
+    # no group fits under the cap: the smallest group of the drawn ones, and a warning
+    with caplog.at_level("WARNING"):
+        s = make_splits(t, val_split=0.4, split_by="location", seed=0, max_val=3)
+    assert len(set(locs[s.val])) == 1 and "--max-val 3" in caplog.text
+
+
 # -------------------------------------------------------------------------------------- store
 
 

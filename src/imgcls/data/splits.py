@@ -70,6 +70,34 @@ def _grouped(keys: np.ndarray, groups: Sequence[str], fraction: float, seed: int
     return np.sort(val).astype(np.int64)
 
 
+def _cap_groups(picked: np.ndarray, groups: Sequence[str], max_val: int, seed: int, column: str) -> np.ndarray:
+    """At most ``max_val`` validation rows, by whole groups (a group is never cut in two): the
+    drawn groups first, then the others, each in a seeded random order and kept while it fits.
+    Where not even one group fits, the smallest is kept (with a warning): a leak-free split needs
+    a whole group."""
+    import logging
+
+    members: dict[str, list[int]] = {}
+    for row, g in enumerate(groups):
+        members.setdefault(g if g else f"\0row{row}", []).append(row)
+    rng = np.random.default_rng([seed, 104729])
+    drawn = sorted({g if g else f"\0row{i}" for i in picked.tolist() for g in [groups[i]]})
+    others = sorted(set(members) - set(drawn))
+    rng.shuffle(drawn)
+    rng.shuffle(others)
+    kept: list[int] = []
+    for g in [*drawn, *others]:
+        if len(kept) + len(members[g]) <= max_val:
+            kept += members[g]
+    if not kept:
+        smallest = min(members, key=lambda g: (len(members[g]), g))
+        kept = members[smallest]
+        logging.getLogger(__name__).warning(
+            "--max-val %d: the smallest %s group has %d images; it is the validation split", max_val, column, len(kept)
+        )
+    return np.array(sorted(kept), dtype=np.int64)
+
+
 def resolve_split_by(table: DataTable, requested: str | None) -> str | None:
     """'auto' groups by location when the data has two or more, else by sequence, else (for
     detection crops) by image, so that near-identical frames never straddle the split."""
@@ -112,6 +140,8 @@ def make_splits(
         if split_by:
             groups = [table.columns[split_by][i] for i in train]
             picked = _grouped(keys, groups, val_split, seed, split_by)
+            if max_val and len(picked) > max_val:
+                picked = _cap_groups(picked, groups, max_val, seed, split_by)
         else:
             picked = _stratified(keys, val_split, np.random.default_rng(seed))
         val = train[picked]
