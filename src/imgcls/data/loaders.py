@@ -160,23 +160,28 @@ def _prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
     done = object()
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        """Hand ``item`` over unless the consumer has stopped (then a full queue would block
+        this thread for ever): False when it has."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def run() -> None:
         try:
             for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
         except BaseException as e:  # re-raised in the consumer
-            q.put(e)
+            put(e)
             return
-        q.put(done)
+        put(done)
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=run, name="imgcls-prefetch", daemon=True)
     thread.start()
     try:
         while True:
