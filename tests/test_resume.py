@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import timm
+import torch
 from safetensors.torch import save_file
 
 from imgcls.cli import main
@@ -91,3 +92,28 @@ def test_a_time_budget_counts_the_earlier_sessions_of_a_resumed_run() -> None:
     # 0.1 s a step: ~970 steps fit in a fresh 100 s budget, ~370 when 60 s were spent before
     assert 900 < fresh < 1000 and 330 < resumed < 400
     assert fresh - resumed == pytest.approx(600, abs=5)
+
+
+def test_ema_and_everything_else_continue_exactly_after_an_interruption(data: Path, tmp_path: Path) -> None:
+    from imgcls.api import make_run_config
+    from imgcls.engine.fit import fit
+
+    opts = dict(arch="lenet", pretrained="none", epochs=3, batch_size=8, image_size=32, ema=0.9, seed=2,
+                cache_dir=str(tmp_path / "c"), export_onnx=False)  # fmt: skip
+    fit(make_run_config(data=str(data), out=str(tmp_path / "full"), **opts))
+
+    def killed_after_epoch_2(run: Path, hist: list) -> None:
+        if len(hist) == 2:  # after epoch 2's validation, before its checkpoint: epoch 1's is the last
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_run_config(data=str(data), out=str(tmp_path / "cut"), **opts), on_epoch_end=killed_after_epoch_2)
+
+    saved = torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=True)
+    assert saved["position"]["epoch"] == 1 and saved["ema"] is not None
+    fit(make_run_config(out=str(tmp_path / "cut")), resume=True)
+    a = torch.load(tmp_path / "full" / "checkpoint" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=True)
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert [h["val_loss"] for h in a["position"]["history"]] == [h["val_loss"] for h in b["position"]["history"]]
