@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -28,8 +29,8 @@ def test_one_cycle_rises_over_30_percent_then_falls() -> None:
     f = [lr_factor(s, 100, 0, "onecycle") for s in range(101)]
     assert f[0] == pytest.approx(1 / 25) and f[30] == pytest.approx(1.0) and max(f) == pytest.approx(1.0)
     assert f[100] == pytest.approx(1 / 25e4)
-    assert all(a <= b for a, b in zip(f[:30], f[1:31], strict=True))
-    assert all(a >= b for a, b in zip(f[30:-1], f[31:], strict=True))
+    assert all(a <= b for a, b in itertools.pairwise(f[:31]))
+    assert all(a >= b for a, b in itertools.pairwise(f[30:]))
 
 
 def test_schedule_sets_every_group_with_its_multiplier() -> None:
