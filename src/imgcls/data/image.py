@@ -92,8 +92,9 @@ def open_image(source: str | Path | bytes | IO[bytes], *, max_pixels: int | None
     """Open (header only) and check the pixel limit; nothing is decoded yet."""
     try:
         with warnings.catch_warnings():
-            # Pillow warns between its limit and twice it; imgcls's own limit decides below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns between its limit and twice it (imgcls's own limit decides below) and
+            # about damaged metadata it skips (TIFF tags, EXIF): the image decodes or fails alone
+            warnings.simplefilter("ignore")
             img, _ = _open(source)
     except ImageError:
         raise

@@ -1,12 +1,17 @@
 """The web service: ``POST /predict``, ``GET /model``, ``GET /health``, ``GET /`` (the page),
-OpenAPI at ``/openapi.json`` (Swagger UI at ``/docs`` loads its assets from a CDN).
+OpenAPI at ``/openapi.json`` (Swagger UI at ``/docs`` from the installed bundle, else a CDN).
 
-Every bad input is a 4xx with a clear message, never a 5xx: a request that is not
-multipart/form-data (415), a body over the upload limit (413), too many files (413), no ``file``
-field (400), bytes that are no image (415), truncated or corrupt images (400), images over the
-pixel limit — decompression bombs are refused from the header (413), a missing or wrong API key
-(401). Memory stays bounded under load: request bodies are capped, concurrent decodes are
-limited, and decoded images wait in a bounded queue for the micro-batcher.
+Every bad input is a 4xx with a clear message (``{"error": ...}``), never a 5xx: a request that
+is not multipart/form-data (415), a body over the upload limit (413), too many files (413), no
+``file`` field (400), bytes that are no image (415), truncated or corrupt images (400), images
+over the pixel limit — decompression bombs are refused from the header (413), a missing or wrong
+API key (401), a bad query parameter (422). In an upload of several images a bad one does not
+cost the others their answers: it gets its own ``error`` in its place among the predictions; only
+an upload whose every image is bad is answered with the 4xx of the first. Every status and body
+is declared in the OpenAPI schema (checked by schemathesis in the tests). Each request is logged
+in one line: method, path, status, images, milliseconds. Memory stays bounded under load: request
+bodies are capped, concurrent decodes are limited, and decoded images wait in a bounded queue for
+the micro-batcher.
 """
 
 # No "from __future__ import annotations" here: FastAPI reads the endpoints' annotations at
@@ -14,12 +19,15 @@ limited, and decoded images wait in a bounded queue for the micro-batcher.
 import asyncio
 import contextlib
 import hmac
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from imgcls.artifacts import model_name
 from imgcls.data.image import ImageError, read_image
@@ -59,6 +67,46 @@ class ServeConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {least}, not {value}")
 
 
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    """One uploaded image: its label, score and top labels, or the error that stopped it."""
+
+    filename: str
+    label: str | None = None
+    score: float | None = None
+    top_k: list[LabelProbability] = []
+    error: str | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Prediction]
+
+
+class Problem(BaseModel):
+    """Every error response: one line saying what is wrong."""
+
+    error: str
+
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "description": text}
+    for code, text in (
+        (400, "no file field, a text field, a malformed upload, or a truncated or corrupt image"),
+        (401, "missing or wrong API key"),
+        (413, "upload, file count or image pixels over the limit"),
+        (415, "not multipart/form-data, or not an image"),
+        (422, "a query parameter out of range"),
+    )
+}
+
+access_log = logging.getLogger("imgcls.serve.access")
+
+
 class HTTPProblem(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -77,7 +125,8 @@ def _reason_status(reason: str) -> int:
 def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     """The FastAPI application (the classifier is loaded here unless given)."""
     try:
-        from fastapi import FastAPI, Request
+        from fastapi import FastAPI, Query, Request
+        from fastapi.exceptions import RequestValidationError
         from fastapi.middleware.cors import CORSMiddleware
         from fastapi.responses import HTMLResponse, JSONResponse
     except ImportError as e:
@@ -126,11 +175,28 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     async def problem(_: Request, exc: HTTPProblem) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
-    def decode(name: str, data: bytes) -> np.ndarray:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.middleware("http")
+    async def log_access(request: Request, call_next: Any) -> Any:
+        t0 = time.perf_counter()
+        request.state.images = 0
+        response = await call_next(request)
+        access_log.info(
+            "%s %s %d %d images %.1f ms", request.method, request.url.path, response.status_code,
+            request.state.images, 1000 * (time.perf_counter() - t0),
+        )  # fmt: skip
+        return response
+
+    def decode(name: str, data: bytes) -> np.ndarray | HTTPProblem:
         try:
             img = read_image(data, min_size=square_size(pre), max_pixels=cfg.max_pixels)
         except ImageError as e:
-            raise HTTPProblem(_reason_status(str(e)), f"{name}: {e}") from None
+            return HTTPProblem(_reason_status(str(e)), f"{name}: {e}")
         return eval_array(img, pre)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -162,14 +228,13 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
             "created": info.provenance.get("created"),
         }
 
-    @app.post("/predict", openapi_extra=UPLOAD_SCHEMA)
-    async def predict(request: Request, top_k: int | None = None) -> dict[str, Any]:
+    @app.post("/predict", openapi_extra=UPLOAD_SCHEMA, response_model=PredictResponse, responses=PROBLEMS)
+    async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=1000)) -> dict[str, Any]:
         """Classify one or several images sent as multipart/form-data in the field ``file``
-        (repeat it for several). ``top_k``: how many labels with probabilities per image."""
+        (repeat it for several). ``top_k``: how many labels with probabilities per image. An image
+        that cannot be used gets its ``error`` in its place; the others are answered."""
         check_api_key(request.headers, api_key)
         k = cfg.top_k if top_k is None else top_k
-        if not 1 <= k <= 1000:
-            raise HTTPProblem(422, "top_k must be between 1 and 1000")
         ctype = request.headers.get("content-type", "")
         if not ctype.lower().startswith("multipart/form-data"):
             raise HTTPProblem(415, "send images as multipart/form-data in the form field 'file'")
@@ -178,11 +243,18 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
             files = await parse_files(request.headers, body, cfg.max_files)
             del body
             async with decode_slots:
-                pixels = await asyncio.gather(*(asyncio.to_thread(decode, n, d) for n, d in files))
-        probs = await batcher.submit(np.stack(pixels))
-        predictions = []
-        for (name, _), p in zip(files, probs, strict=True):
-            row = clf.row(name, p, top_k=k)
+                decoded = await asyncio.gather(*(asyncio.to_thread(decode, n, d) for n, d in files))
+        request.state.images = len(files)
+        good = [a for a in decoded if not isinstance(a, HTTPProblem)]
+        if not good:  # every image is bad (a single bad image too): the request failed
+            raise next(a for a in decoded if isinstance(a, HTTPProblem))
+        probs = iter(await batcher.submit(np.stack(good)))
+        predictions: list[dict[str, Any]] = []
+        for (name, _), pixels in zip(files, decoded, strict=True):
+            if isinstance(pixels, HTTPProblem):
+                predictions.append({"filename": name, "error": pixels.message})
+                continue
+            row = clf.row(name, next(probs), top_k=k)
             top = [{"label": lab, "probability": prob} for lab, prob in row["top_k"].items()]
             score = None if row["score"] is None else round(float(row["score"]), 6)
             predictions.append({"filename": name, "label": row["label"], "score": score, "top_k": top})
@@ -323,4 +395,9 @@ def serve(cfg: ServeConfig) -> None:
 
     check_address(cfg.host, cfg.port)
     app = create_app(cfg)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False)
