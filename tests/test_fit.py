@@ -148,3 +148,15 @@ def test_mixup_and_cutmix_mix_images_and_labels_alike() -> None:
     torch.testing.assert_close(yc, (1 - share) * one_hot + share * one_hot.roll(1, 0))
     with pytest.raises(Exception, match="multi-class"):
         make_mixer(make_run_config(data="x", mixup=0.2), Task("binary", ["a", "b"]))
+
+
+def test_small_image_files_get_the_small_image_defaults(tmp_path: Path) -> None:
+    from imgcls.engine.fit import SMALL_ARCH, image_side, resolve_arch
+
+    small = load_source(image_folder(tmp_path / "small", ("a", "b"), 6, size=(28, 28), fmt="PNG"))
+    large = load_source(image_folder(tmp_path / "large", ("a", "b"), 6, size=(160, 120)))
+    assert image_side(small) == 28 and image_side(large) is None
+    assert resolve_arch(make_run_config(data="x"), small) == SMALL_ARCH
+    assert resolve_arch(make_run_config(data="x"), large) == "resnet18"
+    tr = trainer(tmp_path / "small", tmp_path / "run", epochs=1)
+    assert tr.cfg.model.arch == SMALL_ARCH and tr.preprocess.image_size == 28 and tr.cfg.data.augment == "small"

@@ -90,11 +90,25 @@ def write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> Non
 
 
 # --------------------------------------------------------------------------------- resolving
-def image_side(table: DataTable) -> int | None:
-    """The larger side of the source's images when they are all alike in memory (IDX)."""
+def image_side(table: DataTable, sample: int = 48) -> int | None:
+    """The larger side of the source's images when they are small (at most 64 px): all of them
+    for images held in memory (IDX), else read from the headers of ``sample`` files spread over
+    the table (a folder of 28-px PNGs is as small as MNIST). None for larger or mixed images and
+    for detection crops."""
     if table.pixels is not None:
         return int(max(table.pixels.shape[1:3]))
-    return None
+    if table.boxes is not None or not len(table):
+        return None
+    from imgcls.data.image import ImageError, open_image
+
+    sides = []
+    for i in np.unique(np.linspace(0, len(table) - 1, min(sample, len(table))).astype(int)):
+        try:
+            with open_image(table.paths[i]) as img:
+                sides.append(max(img.size))
+        except ImageError:
+            continue  # an unusable file is skipped later, with its reason
+    return max(sides) if sides and max(sides) <= SMALL_IMAGE else None
 
 
 def resolve_arch(cfg: RunConfig, table: DataTable) -> str:
