@@ -315,3 +315,31 @@ def test_flip_only_preset_mirrors_or_keeps_the_image() -> None:
     mirrored = [torch.allclose(img, ramp.flip(0).expand(3, 16, 16), atol=1e-3) for img in out]
     assert all(k or m for k, m in zip(kept, mirrored, strict=True))  # nothing but the two
     assert 6 <= sum(mirrored) <= 26  # about half mirrored (p = 0.5; 32 draws)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'path,label\na.jpg,cat\n"b.jpg,dog\nc.jpg,fox\nd.jpg,owl\n',
+            r"line 3: malformed CSV \(a quote that is never closed\)",
+        ),
+        ('path,label\na.jpg,cat\n"b.jpg,dog\nc.jpg",fox\nd.jpg,owl\n', "line 3: a quoted value runs over 2 lines"),
+        ("path,label\na.jpg,cat\nb.jpg,big,dog\n", "line 3: 3 fields where the header has 2"),
+        ('path,label\na.jpg,cat\nb.jpg,"dog" x\n', "line 3: malformed CSV"),
+    ],
+)
+def test_a_malformed_manifest_is_one_line_naming_the_line(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(UserError, match=message) as e:
+        load_source(tmp_path / "m.csv")
+    assert "\n" not in str(e.value)
+
+
+def test_quoted_values_with_commas_and_blank_lines_are_fine(tmp_path: Path) -> None:
+    image_folder(tmp_path / "d", ("a", "b"), 2)
+    files = sorted((tmp_path / "d").rglob("*.jpg"))
+    lines = ["path,label,note"] + [f'd/{f.parent.name}/{f.name},{f.parent.name},"seen, twice"' for f in files]
+    (tmp_path / "m.csv").write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    t = load_source(tmp_path / "m.csv")
+    assert len(t) == 4 and t.columns["note"] == ["seen, twice"] * 4 and t.class_names == ["a", "b"]

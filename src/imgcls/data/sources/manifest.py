@@ -27,16 +27,45 @@ def parse_labels(text: str) -> list[str]:
     return [s.strip() for s in text.split(";") if s.strip()]
 
 
-def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Path | None = None) -> DataTable:
+def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
+    """(header, rows, the line each row starts on). A malformed file is a one-line error naming
+    the line: an unterminated quote (which would swallow every later row into one field), a
+    quote in the middle of a field, a row with more fields than the header, a value holding a
+    line break."""
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    lines: list[int] = []
+    start = 1
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
+            reader = csv.reader(f, strict=True)
+            for values in reader:
+                if not header:
+                    header = [h.strip() for h in values]
+                elif any(v.strip() for v in values):
+                    if len(values) > len(header):
+                        raise UserError(
+                            f"{path}, line {start}: {len(values)} fields where the header has {len(header)} "
+                            "(a comma inside a value needs quotes)"
+                        )
+                    if any("\n" in v or "\r" in v for v in values):
+                        raise UserError(
+                            f"{path}, line {start}: a quoted value runs over {reader.line_num - start + 1} lines "
+                            "(a quote that is never closed?)"
+                        )
+                    rows.append(dict(zip(header, values, strict=False)))
+                    lines.append(start)
+                start = reader.line_num + 1
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text CSV file") from None
     except csv.Error as e:
-        raise UserError(f"{path}: malformed CSV ({e})") from None
+        what = "a quote that is never closed" if "end of data" in str(e) else str(e)
+        raise UserError(f"{path}, line {start}: malformed CSV ({what})") from None
+    return header, rows, lines
+
+
+def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Path | None = None) -> DataTable:
+    header, rows, line_of = read_rows(path)
     path_col, label_col = _pick(header, PATH_COLUMNS), _pick(header, LABEL_COLUMNS)
     if path_col is None or label_col is None:
         raise UserError(f"{path}: needs a 'path' and a 'label' column (found: {', '.join(header) or 'nothing'})")
@@ -50,7 +79,7 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
     skipped: list[tuple[str, str]] = []
     splits: list[str | None] = []
     for i, row in enumerate(rows):
-        line = i + 2  # header is line 1
+        line = line_of[i]
         raw = (row.get(path_col) or "").strip()
         if not raw:
             skipped.append((f"{path.name}:{line}", "empty path"))
