@@ -340,6 +340,6 @@ def test_quoted_values_with_commas_and_blank_lines_are_fine(tmp_path: Path) -> N
     image_folder(tmp_path / "d", ("a", "b"), 2)
     files = sorted((tmp_path / "d").rglob("*.jpg"))
     lines = ["path,label,note"] + [f'd/{f.parent.name}/{f.name},{f.parent.name},"seen, twice"' for f in files]
-    (tmp_path / "m.csv").write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    (tmp_path / "m.csv").write_text("\n".join([*lines[:2], "", *lines[2:]]) + "\n")
     t = load_source(tmp_path / "m.csv")
     assert len(t) == 4 and t.columns["note"] == ["seen, twice"] * 4 and t.class_names == ["a", "b"]
