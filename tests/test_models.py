@@ -267,3 +267,29 @@ def test_default_preprocessing_is_exposed(name: str) -> None:
     assert len(cfg.mean) == 3 and len(cfg.std) == 3 and all(s > 0 for s in cfg.std)
     assert 0.5 < cfg.crop_pct <= 1.0
     assert cfg.interpolation in ("bilinear", "bicubic", "nearest")
+
+
+def test_published_weights_come_from_the_cache_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model fetched once before is there offline: timm's weights read from the Hugging Face
+    cache (written here as the hub lays it out), with no request; without them, the error is
+    immediate and names what to do instead."""
+    import huggingface_hub.constants as hub
+    from safetensors.torch import save_file
+
+    from imgcls.models import weights as W
+
+    torch.manual_seed(3)
+    published = timm.create_model("resnet18").state_dict()
+    snapshot = tmp_path / "hub" / "models--timm--resnet18.a1_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    save_file(published, str(snapshot / "model.safetensors"))
+    (tmp_path / "hub" / "models--timm--resnet18.a1_in1k" / "refs").mkdir()
+    (tmp_path / "hub" / "models--timm--resnet18.a1_in1k" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(W, "reachable", lambda host, timeout=3.0: False)  # no network
+    model = create_model("resnet18", num_classes=1000, pretrained=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in published.items() if "num_batches" not in k)
+    with pytest.raises(UserError, match="huggingface.co cannot be reached and they are not in the cache; train "
+                       "from scratch with --pretrained none"):  # fmt: skip
+        create_model("convnext_tiny", pretrained=True)  # not cached: said at once, no minute of retries

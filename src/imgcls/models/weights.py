@@ -157,40 +157,88 @@ def load_state(
     return report
 
 
+#: what to do instead, in every error about published weights
+INSTEAD = "train from scratch with --pretrained none, or give a weights file or model directory: --pretrained PATH"
+
+
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds (a machine
+    without network answers at once or not at all; a hub client would retry for a minute)."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_file_in_cache(repo_id: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id, name)
+        if isinstance(found, str):
+            return found
+    return None
+
+
 def _timm_state_dict(entry: ModelEntry) -> dict[str, torch.Tensor]:
+    """timm's published weights: from the Hugging Face cache when they are there, downloaded
+    when the Hub answers, else a one-line error at once (no minute of retries)."""
+    import logging
+    from urllib.parse import urlparse
+
     import timm
+    from huggingface_hub import constants
 
     assert entry.timm_weights
-    import logging
-
+    name = entry.timm_weights
+    overlay: dict[str, Any] = {}
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(pretrained_cfg, "hf_hub_id", None) if pretrained_cfg is not None else None
+    cached = _hub_file_in_cache(repo) if repo else None
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if cached is not None:
+        overlay = {"file": cached}  # read the cached file itself: no request to the Hub at all
+    elif constants.HF_HUB_OFFLINE or not reachable(host):
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{host} cannot be reached"
+        raise UserError(
+            f"cannot get timm's published weights for {name}: {why} and they are not in the cache; {INSTEAD}"
+        )
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry warnings would precede our one-line error
     try:
-        src = timm.create_model(entry.timm_weights, pretrained=True)
+        src = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay or None)
     except Exception as e:
-        raise UserError(
-            f"cannot get timm's published weights for {entry.timm_weights}: "
-            f"{str(e).splitlines()[0]} (offline and not in the Hugging Face cache? pass "
-            "--pretrained PATH with a weights file or model directory instead)"
-        ) from e
+        raise UserError(f"cannot get timm's published weights for {name}: {str(e).splitlines()[0]}; {INSTEAD}") from e
     finally:
         hub_log.setLevel(level)
     return src.state_dict()
 
 
 def _torchvision_weights(entry: ModelEntry) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    import os
+    from urllib.parse import urlparse
+
+    import torch.hub
     from torchvision.models import get_weight
 
     assert entry.torchvision_weights
     weights = get_weight(entry.torchvision_weights)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
+    host = urlparse(weights.url).hostname or "download.pytorch.org"
+    if not os.path.isfile(cached) and not reachable(host):
+        raise UserError(
+            f"cannot get torchvision's weights {entry.torchvision_weights}: {host} cannot be reached and they "
+            f"are not in the cache ({cached}); {INSTEAD}"
+        )
     try:
         state = weights.get_state_dict(progress=True, check_hash=True)
     except Exception as e:
         raise UserError(
-            f"cannot get torchvision's weights {entry.torchvision_weights}: "
-            f"{str(e).splitlines()[0]} (offline and not in the torch hub cache? pass "
-            "--pretrained PATH with a weights file or model directory instead)"
+            f"cannot get torchvision's weights {entry.torchvision_weights}: {str(e).splitlines()[0]}; {INSTEAD}"
         ) from e
     tr = weights.transforms()
     cfg = {
