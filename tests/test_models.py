@@ -290,6 +290,6 @@ def test_published_weights_come_from_the_cache_without_network(tmp_path: Path, m
     monkeypatch.setattr(W, "reachable", lambda host, timeout=3.0: False)  # no network
     model = create_model("resnet18", num_classes=1000, pretrained=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in published.items() if "num_batches" not in k)
-    with pytest.raises(UserError, match="huggingface.co cannot be reached and they are not in the cache; train "
+    with pytest.raises(UserError, match=r"huggingface\.co cannot be reached and they are not in the cache; train "
                        "from scratch with --pretrained none"):  # fmt: skip
         create_model("convnext_tiny", pretrained=True)  # not cached: said at once, no minute of retries
