@@ -160,3 +160,47 @@ def test_small_image_files_get_the_small_image_defaults(tmp_path: Path) -> None:
     assert resolve_arch(make_run_config(data="x"), large) == "resnet18"
     tr = trainer(tmp_path / "small", tmp_path / "run", epochs=1)
     assert tr.cfg.model.arch == SMALL_ARCH and tr.preprocess.image_size == 28 and tr.cfg.data.augment == "small"
+
+
+def test_flip_tta_is_kept_only_where_it_helps_on_validation() -> None:
+    from imgcls.engine.finish import choose_tta
+    from imgcls.tasks import Task
+
+    task = Task("multiclass", ["a", "b"])
+    y = np.array([0, 0, 1, 1])
+    plain = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 2.0], [0.0, 2.0]])  # image 2 wrong: 0.75
+    helps = np.array([[2.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 2.0]])  # its mirror is right: mean right
+    hurts = np.array([[0.0, 5.0], [0.0, 1.0], [0.0, 2.0], [0.0, 2.0]])  # the first one turns wrong
+    choice, figures = choose_tta(task, plain, helps, y)
+    assert choice == "flip" and figures["flip"]["val_top1"] == 1.0 and figures["none"]["val_top1"] == 0.75
+    choice, figures = choose_tta(task, plain, hurts, y)
+    assert choice == "none" and figures["flip"]["val_top1"] == 0.5
+    sharper = plain * np.array([[1.0], [1.0], [2.0], [2.0]])  # same decisions, more confident where right
+    assert choose_tta(task, plain, sharper, y)[0] == "flip"  # same top-1, lower NLL
+
+
+def test_the_closing_line_and_evaluate_agree_on_the_validation_split(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    import imgcls
+    from imgcls.artifacts import read_info
+    from imgcls.evaluate import evaluate
+
+    run = imgcls.train(data, out=tmp_path / "run", cache_dir=tmp_path / "c", arch="lenet", pretrained="none",
+                       image_size=32, epochs=3, batch_size=8, precision="fp32")  # fmt: skip
+    err = capsys.readouterr().err
+    info = read_info(run / "model")
+    choice = info.provenance["tta_choice"]  # 32-px images trained with flips: decided on validation
+    assert set(choice) == {"none", "flip"} and "test-time flip: " in err
+    flip_better = choice["flip"]["val_top1"] > choice["none"]["val_top1"] or (
+        choice["flip"]["val_top1"] == choice["none"]["val_top1"]
+        and choice["flip"]["val_nll"] < choice["none"]["val_nll"]
+    )
+    assert info.tta == ("flip" if flip_better else "none")
+    closing = re.search(r"best: epoch \d+ of 3, val_top1 ([0-9.]+), val_nll ([0-9.]+)", err)
+    assert closing is not None, err
+    val = evaluate(run / "model", data, split="val", precision="fp32").metrics
+    assert val["top1"] == pytest.approx(float(closing.group(1)), abs=1e-4)
+    assert val["nll"] == pytest.approx(float(closing.group(2)), abs=2e-3)

@@ -363,8 +363,9 @@ def test_time_budget_plans_the_schedule_to_end_on_time(folder: Path, tmp_path: P
     assert h[-1]["lr"] < 0.1 * peak  # the cosine schedule reached its end: planned, not cut off
     state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)
     total, warmup = state["schedule"]["total"], state["schedule"]["warmup"]
-    # the configured share of the planned steps (at least the 5 steps measured before the plan)
-    assert state["position"]["finished"] and warmup <= max(5, round(0.05 * total) + 1)
+    # about the configured share (5%) of the planned steps, not of a provisional guess (the exact
+    # arithmetic: test_budget.py); at least the 5 steps measured before the first plan
+    assert state["position"]["finished"] and warmup <= max(6, 0.1 * total)
 
 
 def test_yaml_config_with_command_line_overrides(folder: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +39,8 @@ from imgcls.data.transforms import PRESETS, BatchAugment
 from imgcls.engine.budget import BudgetPlan, parse_duration
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
-from imgcls.engine.loop import Position, Trainer, train_one_epoch, val_metrics, validate, validation_logits
+from imgcls.engine.finish import final_val_passes, finish
+from imgcls.engine.loop import Position, Trainer, train_one_epoch, validate
 from imgcls.engine.optim import DEFAULT_WD, Schedule, build_optimizer, default_lr, param_groups
 from imgcls.errors import UserError
 from imgcls.io import atomic_write_text
@@ -47,12 +48,8 @@ from imgcls.models.factory import build_model, classifier_name, preprocess_confi
 from imgcls.runtime import make_runtime, physical_cores, resolve_device, set_deterministic, set_threads
 from imgcls.tasks import (
     Task,
-    fit_temperature,
     infer_task,
     monitor_metric,
-    quick_metrics,
-    tune_binary_threshold,
-    tune_thresholds,
 )
 
 DEFAULT_EPOCHS = 10
@@ -200,11 +197,12 @@ def resolve_augment(cfg: RunConfig, pre: PreprocessConfig) -> str:
 
 
 def resolve_tta(tta: str, pre: PreprocessConfig, augment: str) -> str:
-    """'auto': flip test-time augmentation for small images (the model is cheap, the gain is
-    largest) when training flipped them (so mirror images are the same class by the user's own
-    choice)."""
+    """'auto' stays 'auto' (flip test-time augmentation, kept after training only where the
+    validation split shows it helps: :mod:`imgcls.engine.finish`) for small images (the model is
+    cheap, the gain largest) trained with flips (so a mirror image is the same class by the
+    user's own choice); elsewhere it is 'none'."""
     if tta == "auto":
-        return "flip" if pre.image_size <= SMALL_IMAGE and PRESETS[augment].hflip > 0 else "none"
+        return "auto" if pre.image_size <= SMALL_IMAGE and PRESETS[augment].hflip > 0 else "none"
     return tta
 
 
@@ -366,6 +364,7 @@ def build_trainer(
         scaler=scaler,
         mix=make_mixer(cfg, task),
         started=started,
+        tta="flip" if t.tta == "flip" else "none",  # auto: decided by finish()
     )
     plan_steps(tr)
     return tr
@@ -451,7 +450,7 @@ def save_best(tr: Trainer, metrics: dict[str, Any]) -> None:
         tr.run_dir / "model",
         label_names=tr.task.class_names,
         preprocess=pre,
-        task={**tr.task.to_dict(), "test_time_augmentation": tr.cfg.train.tta},
+        task={**tr.task.to_dict(), "test_time_augmentation": tr.tta},
         provenance={
             "data": str(tr.cfg.data.data),
             "run": str(tr.run_dir.resolve()),
@@ -467,6 +466,7 @@ def save_best(tr: Trainer, metrics: dict[str, Any]) -> None:
                 else None
             ),
             "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
+            **({"tta_choice": metrics["tta_choice"]} if "tta_choice" in metrics else {}),
         },
     )
 
@@ -527,90 +527,6 @@ def epoch_line(m: dict[str, Any], tr: Trainer) -> str:
     parts += [f"{k} {v:.4f}" for k, v in m.items() if k.startswith("val_") and k not in ("val_seconds", "val_nll")]
     parts += [f"lr {m['lr']:.2e}", f"{m['images_per_second']:.1f} img/s", f"{m['seconds']:.1f}s"]
     return "  ".join(parts)
-
-
-MIN_CALIBRATION_IMAGES = 20
-
-
-class FinishPlan(NamedTuple):
-    """What :func:`finish` does on the validation set."""
-
-    tta: bool  # predict averages each image with its mirror: validate the same way
-    calibrate: bool  # fit the temperature
-    tune_binary: bool  # tune the binary threshold (multi-label thresholds are always tuned)
-    todo: bool  # anything at all
-
-
-def _after_training(tr: Trainer) -> FinishPlan:
-    t, name = tr.cfg.train, tr.task.name
-    tta = t.tta == "flip"
-    calibrate = t.calibrate and name != "multilabel" and len(tr.data.splits.val) >= MIN_CALIBRATION_IMAGES
-    tune_binary = name == "binary" and t.binary_threshold in TUNED_THRESHOLDS
-    return FinishPlan(tta, calibrate, tune_binary, name == "multilabel" or tta or calibrate or tune_binary)
-
-
-def final_val_passes(tr: Trainer) -> float:
-    """Validation passes :func:`finish` makes after training (for the time budget)."""
-    plan = _after_training(tr)
-    return (2.0 if plan.tta else 1.0) if plan.todo else 0.0
-
-
-def finish(tr: Trainer) -> None:
-    """Reload the best weights and, on the validation set, fit the temperature (multiclass,
-    binary: calibrated probabilities) and tune the thresholds (multi-label; binary with
-    ``--binary-threshold f1|balanced``), then save the model with the validation metrics of the
-    procedure predict will use (temperature, thresholds, TTA).
-    Nothing to do when the best model is already saved as it should be."""
-    plan = _after_training(tr)
-    if not plan.todo:
-        return
-    best_file = tr.run_dir / "model" / "model.safetensors"
-    if best_file.is_file():
-        from safetensors.torch import load_file
-
-        tr.eval_model.load_state_dict(load_file(str(best_file)))
-    t0 = time.perf_counter()
-    logits, rows = validation_logits(tr, tta=plan.tta)
-    targets = tr.data.table.targets[rows]
-    before = None
-    if plan.calibrate and len(rows):
-        tr.task.temperature = 1.0
-        before = quick_metrics(tr.task, _val_probs(tr.task, logits), targets).get("nll")
-        tr.task.temperature = fit_temperature(tr.task.name, logits, targets, tr.task.positive)
-    probs = _val_probs(tr.task, logits)
-    if tr.task.name == "multilabel" and len(rows):
-        tr.task.thresholds = tune_thresholds(probs, targets)
-    metric = tr.cfg.train.binary_threshold
-    tune_binary = plan.tune_binary and len(rows) > 0
-    if tune_binary:
-        pos = tr.task.positive
-        tr.task.thresholds = [tune_binary_threshold(probs[:, pos], targets == pos, metric)]
-    val = val_metrics(tr.task, probs, targets) if len(rows) else {}
-    val["val_seconds"] = time.perf_counter() - t0
-    if tr.dist.main:
-        if before is not None:
-            info(
-                f"calibration: temperature {tr.task.temperature:.3f} fitted on {len(rows)} validation images "
-                f"(NLL {before:.4f} -> {val.get('val_nll', float('nan')):.4f})"
-            )
-        if tune_binary:
-            info(
-                f"threshold: {tr.task.positive_name} from p >= {tr.task.thresholds[0]:.3f} "
-                f"(the best {metric} on {len(rows)} validation images)"
-            )
-        last = tr.pos.history[-1] if tr.pos.history else {}
-        save_best(
-            tr,
-            {
-                **{k: v for k, v in last.items() if not k.startswith("val_")},
-                "epoch": tr.pos.best.get("epoch"),
-                **val,
-            },
-        )
-
-
-def _val_probs(task: Task, logits: np.ndarray) -> np.ndarray:
-    return task.probabilities(torch.from_numpy(logits.astype(np.float64))).numpy()
 
 
 def write_run_files(tr: Trainer) -> None:
@@ -730,14 +646,14 @@ def _fit(
         tr.save_checkpoint = checkpoint
     try:
         run_epochs(tr, on_epoch_end)
-        finish(tr)
+        final = finish(tr, save_best)
         tr.pos.finished = True
         if tr.save_checkpoint is not None:
             tr.save_checkpoint()
     finally:
         writer.wait()
     if dist.main and tr.pos.best:
-        info(f"best: {describe_best(tr)}")
+        info(f"best: {describe_best(tr, final)}")
     dist.barrier()
     return run
 
@@ -757,13 +673,19 @@ def replan_on_resume(tr: Trainer, changes: list[str]) -> None:
     tr.pos.finished = tr.pos.finished and total == tr.steps_done
 
 
-def describe_best(tr: Trainer) -> str:
-    """'epoch 7 of 8, val_top1 0.9742' (the epoch the model directory holds)."""
+def describe_best(tr: Trainer, final: dict[str, Any] | None = None) -> str:
+    """'epoch 7 of 8, val_top1 0.9742, val_nll 0.0608 (test-time flip, temperature 0.445)': the
+    model directory's epoch and its validation metrics as predict and evaluate compute them."""
     best = tr.pos.best
     n = -(-tr.pos.total_steps // max(1, tr.steps_per_epoch))
-    value = best.get("value")
-    shown = f", {best.get('metric')} {value:.4f}" if isinstance(value, (int, float)) else ""
-    return f"epoch {best.get('epoch')} of {n}{shown}"
+    key = str(best.get("metric"))
+    value = (final or {}).get(key, best.get("value"))
+    shown = f", {key} {value:.4f}" if isinstance(value, (int, float)) else ""
+    if final and isinstance(final.get("val_nll"), float):
+        shown += f", val_nll {final['val_nll']:.4f}"
+    how = [w for w, on in (("test-time flip", tr.tta == "flip"),
+                           (f"temperature {tr.task.temperature:.3f}", tr.task.temperature != 1.0)) if on]  # fmt: skip
+    return f"epoch {best.get('epoch')} of {n}{shown}" + (f" ({', '.join(how)})" if how else "")
 
 
 def describe_start(tr: Trainer) -> None:

@@ -71,6 +71,7 @@ class Trainer:
     step_times: list[float] = field(default_factory=list)
     ddp_frozen: bool | None = None  # the stage the DDP wrapper was built for
     requested: dict[str, Any] = field(default_factory=dict)  # the options the user gave (for --resume)
+    tta: str = "none"  # the test-time augmentation the saved model uses (auto: decided after training)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -207,10 +208,11 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
     }
 
 
-def validation_logits(tr: Trainer, *, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """float32 logits of the validation images over all ranks (with ``tta``, the mean of the
-    image's and its mirror's), and their rows."""
-    logits: list[np.ndarray] = []
+def validation_logits(tr: Trainer, *, mirror: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """float32 logits of the validation images over all ranks, those of their mirror images too
+    with ``mirror`` (else None), and their rows."""
+    plain: list[np.ndarray] = []
+    mirrored: list[np.ndarray] = []
     rows: list[np.ndarray] = []
     model = tr.eval_model
     was = model.training
@@ -219,19 +221,20 @@ def validation_logits(tr: Trainer, *, tta: bool = False) -> tuple[np.ndarray, np
         for x, _y, r in tr.val_batches or []:
             x = tr.runtime.inputs(x)
             with tr.runtime.autocast():
-                z = model(x).float()
-                if tta:
-                    z = (z + model(x.flip(-1)).float()) / 2
-            logits.append(z.cpu().numpy())
+                plain.append(model(x).float().cpu().numpy())
+                if mirror:
+                    mirrored.append(model(x.flip(-1)).float().cpu().numpy())
             rows.append(r)
     model.train(was)
     k = tr.task.num_outputs
-    mine = (
-        np.concatenate(logits) if logits else np.zeros((0, k), np.float32),
-        np.concatenate(rows) if rows else np.zeros(0, np.int64),
-    )
+
+    def joined(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros((0, k), np.float32)
+
+    mine = (joined(plain), joined(mirrored), np.concatenate(rows) if rows else np.zeros(0, np.int64))
     parts = tr.dist.all_gather(mine)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    every = [np.concatenate([p[i] for p in parts]) for i in range(3)]
+    return every[0], (every[1] if mirror else None), every[2]
 
 
 def val_metrics(task: Task, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -247,7 +250,7 @@ def validate(tr: Trainer) -> dict[str, float]:
     if tr.val_batches is None:
         return {}
     t0 = time.perf_counter()
-    logits, rows = validation_logits(tr)
+    logits, _, rows = validation_logits(tr)
     probs = tr.task.probabilities(torch.from_numpy(logits)).numpy()
     out = val_metrics(tr.task, probs, tr.data.table.targets[rows])
     out["val_seconds"] = time.perf_counter() - t0

@@ -1,0 +1,143 @@
+"""After the last epoch: the procedure prediction will use, decided on the validation split.
+
+With the best weights reloaded, one pass over the validation images (and their mirror images
+where test-time augmentation is on or to be decided):
+
+- ``--tta auto``: flip TTA is kept only where it helps: the validation metric the run monitors
+  (top-1, mAP...) with the mean logits of each image and its mirror against without, the NLL
+  breaking ties; both figures are recorded in the model directory and printed;
+- the temperature is fitted (multi-class, binary; at least 20 validation images, else it says
+  so) to the logits prediction computes, so probabilities are calibrated;
+- thresholds are tuned (multi-label; binary with ``--binary-threshold f1|balanced``);
+- the model is saved again with the validation metrics of exactly that procedure, which is what
+  ``imgcls evaluate`` on the same split computes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+
+from imgcls.config import TUNED_THRESHOLDS
+from imgcls.console import info
+from imgcls.engine.loop import val_metrics, validation_logits
+from imgcls.tasks import Task, fit_temperature, monitor_metric, quick_metrics, tune_binary_threshold, tune_thresholds
+
+if TYPE_CHECKING:
+    from imgcls.engine.loop import Trainer
+
+MIN_CALIBRATION_IMAGES = 20
+
+
+class FinishPlan(NamedTuple):
+    """What :func:`finish` does on the validation set."""
+
+    tta: str  # flip: predict averages each image with its mirror; auto: decide; none
+    calibrate: bool  # fit the temperature
+    tune_binary: bool  # tune the binary threshold (multi-label thresholds are always tuned)
+    todo: bool  # anything at all
+
+
+def after_training(tr: Trainer) -> FinishPlan:
+    t, name = tr.cfg.train, tr.task.name
+    calibrate = t.calibrate and name != "multilabel" and len(tr.data.splits.val) >= MIN_CALIBRATION_IMAGES
+    tune_binary = name == "binary" and t.binary_threshold in TUNED_THRESHOLDS
+    tta = t.tta if len(tr.data.splits.val) or t.tta != "auto" else "none"  # nothing to decide on
+    todo = name == "multilabel" or tta != "none" or calibrate or tune_binary
+    return FinishPlan(tta, calibrate, tune_binary, todo)
+
+
+def final_val_passes(tr: Trainer) -> float:
+    """Validation passes :func:`finish` makes after training (for the time budget)."""
+    plan = after_training(tr)
+    return (2.0 if plan.tta != "none" else 1.0) if plan.todo else 0.0
+
+
+def probabilities(task: Task, logits: np.ndarray) -> np.ndarray:
+    return task.probabilities(torch.from_numpy(logits.astype(np.float64))).numpy()
+
+
+def choose_tta(
+    task: Task, plain: np.ndarray, mirror: np.ndarray, targets: np.ndarray, monitor: str = "auto"
+) -> tuple[str, dict[str, dict[str, float]]]:
+    """'flip' when averaging each image's logits with its mirror's improves the monitored
+    validation metric (or keeps it and lowers the NLL), else 'none'; and both figures."""
+    key, higher = monitor_metric(task, monitor)
+    figures = {
+        name: val_metrics(task, probabilities(task, z), targets)
+        for name, z in (("none", plain), ("flip", (plain + mirror) / 2))
+    }
+    a, b = figures["none"].get(key), figures["flip"].get(key)
+    if a is None or b is None:
+        return "none", figures
+    better = b > a if higher else b < a
+    tie = b == a and figures["flip"].get("val_nll", np.inf) < figures["none"].get("val_nll", np.inf)
+    return ("flip" if better or tie else "none"), figures
+
+
+def finish(tr: Trainer, save: Any) -> dict[str, Any]:
+    """Run the procedure of the module docstring; ``save(tr, metrics)`` saves the model. Returns
+    the validation metrics of the saved model's procedure (empty when there was nothing to do:
+    the best epoch's model is already saved as predict will use it)."""
+    plan = after_training(tr)
+    if tr.cfg.train.calibrate and tr.task.name != "multilabel" and not plan.calibrate and tr.dist.main:
+        n = len(tr.data.splits.val)
+        info(
+            f"calibration: not fitted: {n} validation images, at least {MIN_CALIBRATION_IMAGES} are needed "
+            "(probabilities are the network's own)"
+        )
+    if not plan.todo:
+        return {}
+    best_file = tr.run_dir / "model" / "model.safetensors"
+    if best_file.is_file():
+        from safetensors.torch import load_file
+
+        tr.eval_model.load_state_dict(load_file(str(best_file)))
+    t0 = time.perf_counter()
+    plain, mirror, rows = validation_logits(tr, mirror=plan.tta != "none")
+    targets = tr.data.table.targets[rows]
+    figures: dict[str, dict[str, float]] = {}
+    tr.tta = plan.tta
+    if plan.tta == "auto":
+        assert mirror is not None
+        tr.tta, figures = choose_tta(tr.task, plain, mirror, targets, tr.cfg.train.monitor)
+    logits = (plain + mirror) / 2 if tr.tta == "flip" and mirror is not None else plain
+    before = None
+    if plan.calibrate and len(rows):
+        tr.task.temperature = 1.0
+        before = quick_metrics(tr.task, probabilities(tr.task, logits), targets).get("nll")
+        tr.task.temperature = fit_temperature(tr.task.name, logits, targets, tr.task.positive)
+    probs = probabilities(tr.task, logits)
+    if tr.task.name == "multilabel" and len(rows):
+        tr.task.thresholds = tune_thresholds(probs, targets)
+    metric = tr.cfg.train.binary_threshold
+    tune_binary = plan.tune_binary and len(rows) > 0
+    if tune_binary:
+        pos = tr.task.positive
+        tr.task.thresholds = [tune_binary_threshold(probs[:, pos], targets == pos, metric)]
+    val = val_metrics(tr.task, probs, targets) if len(rows) else {}
+    val["val_seconds"] = time.perf_counter() - t0
+    if tr.dist.main:
+        if figures:
+            key, _ = monitor_metric(tr.task, tr.cfg.train.monitor)
+            with_, without = figures["flip"].get(key, float("nan")), figures["none"].get(key, float("nan"))
+            kept = "kept" if tr.tta == "flip" else "left off"
+            info(f"test-time flip: {kept} ({key} {with_:.4f} with it, {without:.4f} without, on {len(rows)} images)")
+        if before is not None:
+            info(
+                f"calibration: temperature {tr.task.temperature:.3f} fitted on {len(rows)} validation images "
+                f"(NLL {before:.4f} -> {val.get('val_nll', float('nan')):.4f})"
+            )
+        if tune_binary:
+            info(
+                f"threshold: {tr.task.positive_name} from p >= {tr.task.thresholds[0]:.3f} "
+                f"(the best {metric} on {len(rows)} validation images)"
+            )
+        last = tr.pos.history[-1] if tr.pos.history else {}
+        extra = {"tta_choice": {k: {m: round(float(v), 6) for m, v in f.items()} for k, f in figures.items()}}
+        save(tr, {**{k: v for k, v in last.items() if not k.startswith("val_")}, "epoch": tr.pos.best.get("epoch"),
+                  **val, **(extra if figures else {})})  # fmt: skip
+    return val
