@@ -148,3 +148,48 @@ def test_train_raises_pillows_limit_to_its_max_pixels(tmp_path: Path, monkeypatc
     args = build_parser().parse_args(["train", "--max-pixels", "500000000", "--out", str(tmp_path / "run")])
     _allow_train_pixels(args, {"max_pixels": 500_000_000})
     assert Image.MAX_IMAGE_PIXELS == 500_000_000
+
+
+def test_every_output_location_is_checked_before_the_work(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line naming the path and the reason, before a model is loaded or an image read."""
+    import imgcls.predict
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("the command started working before checking its output")
+
+    monkeypatch.setattr(imgcls.predict.Classifier, "load", no_work)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    model, data = str(trained["model"]), str(trained["data"])
+    cases = [
+        (["predict", "--model", model, data, "--out", str(blocker / "p.csv")], f"{blocker} is a file, not a folder"),
+        (["predict", "--model", model, data, "--out", str(tmp_path)], "is a folder; give a file name"),
+        (["predict", "--model", model, data, "--format", "camtrapdp", "--out", str(blocker)], "is not a folder"),
+        (["evaluate", "--model", model, "--data", data, "--out", str(blocker / "rep")], "is a file, not a folder"),
+        (["train", "--data", data, "--out", str(blocker / "run")], "is a file, not a folder"),
+        (["demo", "--out", str(blocker / "demo")], "is a file, not a folder"),
+    ]
+    import os
+
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((["predict", "--model", model, data, "--out", str(locked / "p.csv")], "cannot write there"))
+    for argv, reason in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and reason in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert ".tmp" not in err and ".imgcls-probe" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "locked"]  # nothing left behind
+    locked.chmod(0o700)
+
+
+def test_evaluate_without_out_writes_its_report_beside_the_model(
+    trained: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "evaluate", "--model", str(trained["model"]))
+    report = trained["run"] / "eval-val" / "report.html"  # the run's own data, its validation split
+    assert code == 0 and f"report: {report}" in out and report.is_file()
+    assert "optimistic" in out  # the split that chose the epoch

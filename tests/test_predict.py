@@ -334,7 +334,7 @@ def test_export_to_a_place_that_cannot_be_written(
     out = blocker / "model.onnx"  # its parent is a file
     assert main(["export", "--model", str(trained["model"]), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"cannot write {out}" in err and len(err.strip().splitlines()) == 1
+    assert f"--out {out}: {blocker} is a file, not a folder" in err and len(err.strip().splitlines()) == 1
 
 
 def test_export_fails_loudly_above_tolerance(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -229,14 +229,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from imgcls.api import run_config
 
     model = run / "model"
-    data = run_config(run).data
+    data = options.get("data") or run_config(run).data.data  # as the user wrote it, else the run's
     listing = run / "splits.csv"  # the test split, where the data has one, is the one to judge by
     has_test = listing.is_file() and ",test\n" in listing.read_text(encoding="utf-8")
     print(f"model: {model}")
     import shlex
 
     split = " --split test" if has_test else ""
-    print(f"evaluate it: imgcls evaluate --model {shlex.quote(str(model))} --data {shlex.quote(data.data)}{split}")
+    print(f"evaluate it: imgcls evaluate --model {shlex.quote(str(model))} --data {shlex.quote(str(data))}{split}")
     return 0
 
 
@@ -297,6 +297,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from imgcls.predict import iter_inputs
 
+    if args.out:
+        from imgcls.io import check_writable
+
+        check_writable(args.out, folder=args.format == "camtrapdp")
     n = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1))
     if n == 0:
         raise UserError(f"no files found in {' '.join(args.inputs)} (folders, globs and lists were all empty)")
@@ -350,7 +354,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, device=args.device,
         precision=args.precision, tta={"flip": True, "none": False}.get(args.tta), detections=args.detections,
         det_threshold=args.det_threshold, det_categories=args.det_categories,
-        crop_margin=args.crop_margin,
+        crop_margin=args.crop_margin, default_out=True,
     )  # fmt: skip
     m = r.metrics
     print(f"{r.task} evaluation on {m['num_images']} images ({r.split}), {m['num_skipped']} skipped")
@@ -369,8 +373,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  ... {len(groups) - 20} more in metrics.json")
     if r.selection_split:
         print(f"note: {r.selection_note}")
-    if args.out:
-        print(f"report: {args.out}/report.html")
+    if r.report_dir is not None:
+        print(f"report: {r.report_dir / 'report.html'}")
     return 0
 
 
@@ -565,7 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory or exported .onnx file")
     p.add_argument("--data", help="labelled data (default: the model's training data)")
     p.add_argument("--split", help="train, val, test or all (default: test, else val, else all)")
-    p.add_argument("--out", help="report folder: metrics.json, per_class.csv, plots, report.html")
+    p.add_argument(
+        "--out",
+        help="report folder: metrics.json, per_class.csv, plots, report.html (default: RUN/eval-SPLIT by the model)",
+    )
     p.add_argument("--image-root", help="base folder for relative paths in .csv / .json files")
     _inference_options(p, batch_size=64)
     p.add_argument("--detections", help="MegaDetector results JSON: evaluate on the detection crops")
@@ -645,9 +652,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # a file that cannot be written or read where the command needs it
         if os.environ.get("IMGCLS_DEBUG"):
             raise
-        where = f": {e.filename}" if e.filename else ""
+        where = f": {_shown_path(e.filename)}" if e.filename else ""
         sys.stderr.write(f"imgcls: error: {e.strerror or e}{where}\n")
         return 2
+
+
+def _shown_path(name: Any) -> str:
+    """The file a user named, not the temporary sibling it is written through
+    (``.preds.csv.k3j2.tmp`` -> ``preds.csv``)."""
+    import re
+    from pathlib import Path
+
+    p = Path(str(name))
+    found = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+\.tmp(\.onnx)?", p.name)
+    return str(p.with_name(found.group(1))) if found else str(name)
 
 
 def entry() -> None:

@@ -55,9 +55,11 @@ def claim_folder(out_dir: Path) -> None:
     import shutil
 
     from imgcls.errors import UserError
+    from imgcls.io import check_writable
 
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise UserError(f"{out_dir} exists and is not a folder: choose another --out")
+    check_writable(out_dir, folder=True)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not (out_dir / MARKER).is_file():
             raise UserError(

@@ -216,6 +216,7 @@ class EvalResult:
     #: the images are the training run's validation split, which also chose the best epoch, the
     #: temperature and the thresholds: the figures are optimistic
     selection_split: bool = False
+    report_dir: Path | None = None  # where the report was written
 
     @property
     def selection_note(self) -> str:
@@ -451,15 +452,21 @@ def evaluate(
     det_threshold: float | None = None,
     det_categories: str = "animal",
     crop_margin: float | None = None,
+    default_out: bool = False,
 ) -> EvalResult:
-    """Evaluate a model directory (or .onnx) on labelled data; with ``out``, write the report.
+    """Evaluate a model directory (or .onnx) on labelled data; with ``out``, write the report
+    there (with ``default_out`` and no ``out``: to :func:`default_report_dir`). Where the report
+    goes is checked before any image is read.
 
     With ``detections`` (MegaDetector results) the model is evaluated on the detection crops,
     as it was trained, and the report adds the detector's animal-recall / blank-removal
     trade-off over detection thresholds."""
     from imgcls.data.sources import load_source
+    from imgcls.io import check_writable
     from imgcls.predict import Classifier
 
+    if out is not None:
+        check_writable(out, folder=True)
     clf = Classifier.load(model, device=device, precision=precision)
     info = clf.info
     run_value = info.provenance.get("run")
@@ -470,6 +477,8 @@ def evaluate(
             raise UserError("--data is required: the model does not record its training data")
     table = load_source(data, multilabel=True if info.task == "multilabel" else None, image_root=image_root)
     rows, split_name = choose_rows(table, split, run)
+    if out is None and default_out:
+        out = check_writable(default_report_dir(model, run, data, info.provenance.get("data"), split_name), folder=True)
     extra: dict[str, Any] = {}
     if detections is not None:
         table, rows, extra = _detection_crops(
@@ -536,4 +545,21 @@ def evaluate(
         from imgcls.report.writer import write_report
 
         write_report(result, Path(out))
+        result.report_dir = Path(out)
     return result
+
+
+def default_report_dir(
+    model: str | Path, run: Path | None, data: str | Path, trained_on: str | None, split: str
+) -> Path:
+    """Where ``imgcls evaluate`` writes its report without ``--out``: beside the model, in its
+    training run's folder (``RUN/eval-test``; ``RUN/eval-photos-test`` for other data than the
+    run's), else in the current folder when that one cannot be written."""
+    import os
+
+    name = f"eval-{split}" if _same_data(data, trained_on) else f"eval-{Path(str(data)).stem or 'data'}-{split}"
+    home = run if run is not None and run.is_dir() else Path(model).resolve().parent
+    if not os.access(home, os.W_OK):
+        home = Path.cwd()
+        name = f"{Path(str(model)).resolve().parent.name}-{name}"
+    return home / name

@@ -24,7 +24,7 @@ import numpy as np
 
 from imgcls.artifacts import load_model, read_config
 from imgcls.errors import UserError
-from imgcls.io import publish_file
+from imgcls.io import check_writable, publish_file
 
 TOLERANCE = 1e-4  # largest allowed probability difference, ONNX Runtime vs PyTorch
 
@@ -92,7 +92,7 @@ def export_onnx(
 
     src = Path(model_dir)
     config = read_config(src)
-    target = Path(out) if out else src / "model.onnx"
+    target = check_writable(Path(out) if out else src / "model.onnx")
     model, info = load_model(src)
     pre = info.preprocess
     h, w = pre.input_size[1], pre.input_size[2]

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from imgcls.errors import UserError
+
 
 def _fsync_dir(folder: Path) -> None:
     # The rename itself lives in the directory entry: sync it too (POSIX only).
@@ -171,3 +173,38 @@ def atomic_dir(path: str | Path, *, replaces: tuple[str, ...] = ()) -> Iterator[
         _fsync_dir(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(path: str | Path, *, folder: bool = False, option: str = "--out") -> Path:
+    """Refuse at once, in one line naming the path and the reason, an output that could not be
+    written: a file where a folder is wanted or the other way round, a parent that is a file, a
+    place without write permission. Checked by creating what is missing and a probe file there,
+    then removing both, so nothing is left behind and the real write later meets no surprise."""
+    p = Path(path).expanduser()
+    if folder and p.exists() and not p.is_dir():
+        raise UserError(f"{option} {p}: exists and is not a folder")
+    if not folder and p.is_dir():
+        raise UserError(f"{option} {p}: is a folder; give a file name")
+    where = p if folder else p.parent
+    missing: list[Path] = []
+    d = where
+    while not d.exists() and d.parent != d:
+        missing.append(d)
+        d = d.parent
+    if not d.is_dir():
+        raise UserError(f"{option} {p}: {d} is a file, not a folder")
+    created: list[Path] = []
+    try:
+        for m in reversed(missing):
+            m.mkdir()
+            created.append(m)
+        fd, probe = tempfile.mkstemp(prefix=".imgcls-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{option} {p}: cannot write there ({e.strerror or e})") from None
+    finally:
+        for m in reversed(created):
+            with contextlib.suppress(OSError):
+                m.rmdir()
+    return p

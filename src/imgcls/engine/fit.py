@@ -71,9 +71,12 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] 
         if state is None:
             raise UserError(f"--resume: {run} has no checkpoint to resume from")
         return run, state
-    if run.exists() and any(run.iterdir()):
+    if run.is_dir() and any(run.iterdir()):
         hint = " (add --resume to continue it)" if (ckpt_dir / "state.pt").exists() else ""
         raise UserError(f"{run} already exists and is not empty{hint}; choose another --out")
+    from imgcls.io import check_writable
+
+    check_writable(run, folder=True)
     run.mkdir(parents=True, exist_ok=True)
     return run, None
 
@@ -571,6 +574,7 @@ def fit(
     configuration as :mod:`imgcls.engine.resume` allows."""
     started = started if started is not None else time.monotonic()
     check_config(cfg)
+    absolute_paths(cfg)
     resolve_device(cfg.train.device)  # no GPU for --device cuda: say so before any work
     fresh = not Path(cfg.train.out).exists() if cfg.train.out else False
     run, state = prepare_run_dir(cfg, resume)
@@ -656,6 +660,20 @@ def _fit(
         info(f"best: {describe_best(tr, final)}")
     dist.barrier()
     return run
+
+
+def absolute_paths(cfg: RunConfig) -> None:
+    """The run records where its data is as absolute paths, so its config.yaml, its model's
+    provenance (``imgcls evaluate`` without --data) and --resume work from any folder."""
+    import os
+
+    d = cfg.data
+    for name in ("data", "val_data", "image_root", "detections", "cache_dir"):
+        value = getattr(d, name)
+        if value:
+            setattr(d, name, os.path.abspath(os.path.expanduser(value)))
+    if cfg.model.pretrained and os.path.exists(os.path.expanduser(cfg.model.pretrained)):
+        cfg.model.pretrained = os.path.abspath(os.path.expanduser(cfg.model.pretrained))
 
 
 def replan_on_resume(tr: Trainer, changes: list[str]) -> None:
