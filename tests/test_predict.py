@@ -66,21 +66,11 @@ def test_mixed_good_and_broken_files_give_one_row_each(trained: dict, tmp_path: 
     folder = image_folder(tmp_path / "imgs", ("cat", "dog"), 4)
     broken = broken_files(folder / "bad")
     out = tmp_path / "p.csv"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(trained["model"]),
-                str(folder),
-                str(tmp_path / "nope.jpg"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    listing = tmp_path / "more.txt"
+    listing.write_text("nope.jpg\n")  # a list naming a file that is gone: a row with its error
+    assert main(["predict", "--model", str(trained["model"]), str(folder), str(listing), "--out", str(out)]) == 0
     rows = read_csv(out)
+    broken.pop("drawing.svg")  # not an image format's name: left out of the folder, not a row
     assert len(rows) == 8 + len(broken) + 1
     assert len({r["path"] for r in rows}) == len(rows)
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
@@ -397,24 +387,13 @@ def test_torchrun_predict_merges_parts_in_input_order(trained: dict, tmp_path: P
 
 
 def test_predict_errors(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", "--model", str(tmp_path / "none"), "x.jpg"]) == 2
+    image = str(next((trained["data"] / "cat").iterdir()))
+    assert main(["predict", "--model", str(tmp_path / "none"), image]) == 2
     assert "model not found" in capsys.readouterr().err
-    assert main(["predict", "--model", str(trained["model"]), "x.jpg", "--out", str(tmp_path / "p.xyz")]) == 2
+    assert main(["predict", "--model", str(trained["model"]), image, "--out", str(tmp_path / "p.xyz")]) == 2
     assert "unknown output suffix" in capsys.readouterr().err
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(trained["model"]),
-                "x.jpg",
-                "--out",
-                str(tmp_path / "other.csv"),
-            ]
-        )
-        == 2
-    )
+    assert main(["predict", "--model", str(trained["model"]), image, "--out", str(tmp_path / "other.csv")]) == 2
     assert "not an imgcls prediction CSV" in capsys.readouterr().err
     # nothing to predict: an error, and --overwrite does not delete the output first
     (tmp_path / "empty").mkdir()
@@ -446,3 +425,31 @@ def test_training_exports_onnx_and_few_images_start_without_torch(trained: dict,
     shutil.copytree(model, stale)
     os.utime(stale / "model.onnx", (1, 1))
     assert isinstance(imgcls.load(stale, backend="auto").backend, TorchBackend)
+
+
+def test_folders_leave_out_sidecar_files_and_missing_inputs_are_errors(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "card"
+    shutil.copytree(trained["data"] / "cat", folder)
+    (folder / "manifest.json").write_text("{}")
+    (folder / "notes.txt").write_text("site visit")
+    (folder / "Thumbs.db").write_bytes(b"\0" * 64)
+    (folder / "clip.MP4").write_bytes(b"\0" * 64)
+    shutil.copy(next((trained["data"] / "dog").iterdir()), folder / "IMG_0001")  # no extension: tried
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")  # an image's name: tried, a row with its error
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(trained["model"]), str(folder), "--out", str(out)]) == 0
+    rows = {Path(r["path"]).name: r for r in read_csv(out)}
+    assert len(rows) == 12 and rows["IMG_0001"]["label"] and "not an image" in rows["broken.jpg"]["error"]
+    assert not {"manifest.json", "notes.txt", "Thumbs.db", "clip.MP4"} & set(rows)
+    err = capsys.readouterr().err
+    assert "left out 4 files that are not images (.db 1, .json 1, .mp4 1, .txt 1)" in err
+    # a file named explicitly is always tried
+    assert main(["predict", "--model", str(trained["model"]), str(folder / "manifest.json")]) == 0
+    assert "not an image" in capsys.readouterr().out
+    # a named input that does not exist, or a pattern that matches nothing: an error, not a row
+    for missing in (str(tmp_path / "nonexistent" / "dir"), str(tmp_path / "*.nothing")):
+        assert main(["predict", "--model", str(trained["model"]), str(folder), missing]) == 2
+        err = capsys.readouterr().err
+        assert missing in err and ("no such file" in err or "matches no file" in err)

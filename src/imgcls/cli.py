@@ -294,9 +294,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UserError("--threshold must be between 0 and 1")
     import itertools
+    from pathlib import Path
 
-    from imgcls.predict import iter_inputs
+    from imgcls.predict import check_inputs, iter_inputs
 
+    if not Path(args.model).exists():
+        raise UserError(f"model not found: {args.model} (expected a model directory or an .onnx file)")
+    check_inputs(args.inputs)
     if args.out:
         from imgcls.io import check_writable
 
@@ -336,12 +340,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             clf, args.inputs, out=args.out, fmt=args.format, threshold=args.threshold,
             tta={"flip": True, "none": False}.get(args.tta), **common,
         )  # fmt: skip
+    note = summary.left_out_note()
     if args.out and os.environ.get("RANK", "0") == "0":
         done = f", {summary.skipped_done} already done" if summary.skipped_done else ""
         sys.stderr.write(
             f"predicted {summary.written} images{done} ({summary.errors} unreadable) in "
-            f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s) -> {args.out}\n"
+            f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s) -> {args.out}"
+            f"{'; ' + note if note else ''}\n"
         )
+    elif note:
+        sys.stderr.write(f"imgcls predict: {note}\n")
     return 0
 
 

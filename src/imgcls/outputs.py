@@ -99,13 +99,21 @@ class Writer:
     def flush(self) -> None:
         if self.stream is not None:
             self.stream.flush()
-            if self.stream.fileno() > 2:
+            if _is_file(self.stream):
                 os.fsync(self.stream.fileno())
 
     def close(self) -> None:
-        if self.stream is not None and self.stream.fileno() > 2:
+        if self.stream is not None and _is_file(self.stream):
             self.stream.close()
         self.stream = None
+
+
+def _is_file(stream: IO[str]) -> bool:
+    """A file of ours (to sync and close), not stdout or an in-memory stream."""
+    try:
+        return stream.fileno() > 2
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _open_append(path: Path | None, resume: bool) -> tuple[IO[str], bool]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import glob
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -44,12 +44,40 @@ _GLOB_CHARS = "*?["
 
 
 # ------------------------------------------------------------------------------------- inputs
-def _walk(folder: Path) -> Iterator[str]:
+_IMAGE_SUFFIXES: frozenset[str] = frozenset()
+
+
+def image_suffixes() -> frozenset[str]:
+    """File extensions of the formats Pillow can open (``.jpg``, ``.png``, ``.tif``, ``.webp``...)."""
+    global _IMAGE_SUFFIXES
+    if not _IMAGE_SUFFIXES:
+        Image.init()
+        _IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    return _IMAGE_SUFFIXES
+
+
+def not_an_image_name(name: str) -> str | None:
+    """The extension of a file that is no image by its name (``.json``, ``.txt``, ``.xml``,
+    ``.db``, videos), else None. Files without an extension, or with an image format's, are
+    tried by their content."""
+    suffix = os.path.splitext(name)[1].lower()
+    return suffix if suffix and suffix not in image_suffixes() else None
+
+
+def _walk(folder: Path, left_out: Counter[str] | None = None) -> Iterator[str]:
+    """The image files below ``folder``; sidecar and other non-image files (by extension) are
+    left out, and counted by extension in ``left_out``."""
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
-            if not f.startswith("."):
-                yield os.path.join(dirpath, f)
+            if f.startswith("."):
+                continue
+            other = not_an_image_name(f)
+            if other is not None:
+                if left_out is not None:
+                    left_out[other] += 1
+                continue
+            yield os.path.join(dirpath, f)
 
 
 def _read_list(path: Path) -> Iterator[str]:
@@ -75,19 +103,32 @@ def _read_list(path: Path) -> Iterator[str]:
                 yield str(base / line)
 
 
-def iter_inputs(inputs: Sequence[str]) -> Iterator[str]:
-    """Every image path the inputs name, in a stable order (a lazy generator)."""
+def iter_inputs(inputs: Sequence[str], left_out: Counter[str] | None = None) -> Iterator[str]:
+    """Every image path the inputs name, in a stable order (a lazy generator). Folders are
+    walked (non-image files left out, counted in ``left_out``); a file named explicitly, or in a
+    list, is always tried (a missing one becomes a row with its error)."""
     for item in inputs:
         p = Path(item)
         if any(c in item for c in _GLOB_CHARS) and not p.exists():
             for match in sorted(glob.iglob(item, recursive=True)):
-                yield from _walk(Path(match)) if os.path.isdir(match) else (match,)
+                yield from _walk(Path(match), left_out) if os.path.isdir(match) else (match,)
         elif p.is_dir():
-            yield from _walk(p)
+            yield from _walk(p, left_out)
         elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
             yield from _read_list(p)
         else:
-            yield item  # a missing file becomes a row with its error
+            yield item
+
+
+def check_inputs(inputs: Sequence[str]) -> None:
+    """A named input that does not exist (or a pattern that matches nothing) is a mistake to say
+    at once, not a row."""
+    for item in inputs:
+        if any(c in item for c in _GLOB_CHARS) and not Path(item).exists():
+            if next(glob.iglob(item, recursive=True), None) is None:
+                raise UserError(f"{item}: the pattern matches no file")
+        elif not Path(item).exists():
+            raise UserError(f"{item}: no such file or folder")
 
 
 def count_inputs(inputs: Sequence[str]) -> int:
@@ -469,6 +510,15 @@ class PredictSummary:
     errors: int
     seconds: float
     output: Path | None
+    left_out: dict[str, int] = field(default_factory=dict)  # non-image files in folders, by extension
+
+    def left_out_note(self) -> str:
+        """'left out 3 files that are not images (.json 1, .txt 2)', or ''."""
+        n = sum(self.left_out.values())
+        if not n:
+            return ""
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.left_out.items(), key=lambda kv: (-kv[1], kv[0])))
+        return f"left out {n} file{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not images ({kinds})"
 
     @property
     def images_per_second(self) -> float:
@@ -508,7 +558,8 @@ def predict_files(
         workers = 0 if few else physical_cores()
     done = writer.open(resume)
     total = sum(1 for _ in _shard(iter_inputs(inputs), rank, world)) if show_progress else 0
-    todo = (p for p in _shard(iter_inputs(inputs), rank, world) if p not in done)
+    left_out: Counter[str] = Counter()
+    todo = (p for p in _shard(iter_inputs(inputs, left_out), rank, world) if p not in done)
     t0 = time.perf_counter()
     written = errors = 0
     batch: list[tuple[str, np.ndarray | None, str | None]] = []
@@ -523,7 +574,7 @@ def predict_files(
                 written, errors = _flush(clf, writer, batch, bar, written, errors, top_k, threshold, tta)
     finally:
         writer.close()
-    return PredictSummary(total, written, len(done), errors, time.perf_counter() - t0, writer.path)
+    return PredictSummary(total, written, len(done), errors, time.perf_counter() - t0, writer.path, dict(left_out))
 
 
 def _flush(
