@@ -193,3 +193,27 @@ def test_evaluate_without_out_writes_its_report_beside_the_model(
     report = trained["run"] / "eval-val" / "report.html"  # the run's own data, its validation split
     assert code == 0 and f"report: {report}" in out and report.is_file()
     assert "optimistic" in out  # the split that chose the epoch
+
+
+def test_typos_in_options_are_said_with_the_option_meant(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, said in [
+        (["predict", "--model", "m", "a.jpg", "--topk", "2"], "imgcls predict: error: unknown option --topk (did you mean --top-k?)"),
+        (["train", "--dat", "photos", "--epoch", "3"], "imgcls train: error: unknown option --dat (did you mean --data?)"),
+        (["evaluate", "--model", "m", "--split=test", "--outt", "r"], "unknown option --outt (did you mean --out?)"),
+        (["trian"], "imgcls: error: argument COMMAND: invalid choice: 'trian'"),
+    ]:  # fmt: skip
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+    # no abbreviations: --epoch is not taken for --epochs
+    from imgcls.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--epoch", "3"])
+    capsys.readouterr()
+
+
+def test_python_api_rows_hold_no_private_keys(trained: dict) -> None:
+    import imgcls
+
+    rows = imgcls.load(trained["model"]).predict(sorted((trained["data"] / "dog").iterdir())[:2], top_k=2)
+    assert all(set(r) == {"path", "label", "score", "top_k", "error"} for r in rows)

@@ -25,7 +25,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 def _parser_error(parser: argparse.ArgumentParser) -> Callable[[str], Any]:
     def error(message: str) -> None:
         # One line, non-zero exit: argparse's usage dump stays available through --help.
-        sys.stderr.write(f"imgcls {parser.prog.split()[-1]}: error: {message} (see --help)\n")
+        name = parser.prog if parser.prog.startswith("imgcls") else f"imgcls {parser.prog.split()[-1]}"
+        sys.stderr.write(f"{name}: error: {message} (see {name} --help)\n")
         raise SystemExit(2)
 
     return error
@@ -37,6 +38,7 @@ def _add(sub: Any, name: str, help_text: str, examples: str, handler: Handler) -
         help=help_text,
         description=f"{help_text}\n\nexamples:\n{examples}",
         formatter_class=_Formatter,
+        allow_abbrev=False,  # --epoch is not --epochs: a typo is said, not guessed
     )
     p.error = _parser_error(p)  # type: ignore[method-assign,assignment]
     p.set_defaults(handler=handler)
@@ -450,11 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="imgcls",
+        allow_abbrev=False,
         description="Image classification: train, evaluate, predict at scale, export and serve.",
         formatter_class=_Formatter,
         epilog="Run 'imgcls COMMAND --help' for a command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    parser.error = _parser_error(parser)  # type: ignore[method-assign,assignment]
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _add(
@@ -642,7 +646,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = process_started()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _unknown_options(parser, args, unknown)
     args._started = started
     if not getattr(args, "handler", None):
         parser.print_help()
@@ -663,6 +669,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {_shown_path(e.filename)}" if e.filename else ""
         sys.stderr.write(f"imgcls: error: {e.strerror or e}{where}\n")
         return 2
+
+
+def _unknown_options(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> None:
+    """One line for arguments the command does not know, with the option meant where one is
+    close (``--topk``: did you mean --top-k?)."""
+    import difflib
+
+    command = getattr(args, "command", None)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    target = sub.choices.get(command) if sub is not None and command else None
+    known = [o for a in (target or parser)._actions for o in a.option_strings if o.startswith("--")]
+    word = unknown[0].split("=")[0]
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.75) if word.startswith("-") else []
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    what = "option" if word.startswith("-") else "argument"
+    name = f"imgcls {command}" if command else "imgcls"
+    sys.stderr.write(f"{name}: error: unknown {what} {word}{hint} (see {name} --help)\n")
+    raise SystemExit(2)
 
 
 def _shown_path(name: Any) -> str:

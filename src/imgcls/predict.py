@@ -427,7 +427,8 @@ class Classifier:
         batch_size: int = 32,
         tta: bool | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows (path, label, score, top_k, error) for file paths and/or PIL images."""
+        """Rows (path, label, score, top_k, error) for file paths and/or PIL images; ``top_k``
+        maps the best labels to their probabilities."""
         items = [inputs] if isinstance(inputs, (str, Path, Image.Image)) else list(inputs)
         rows: list[dict[str, Any]] = []
         for start in range(0, len(items), batch_size):
@@ -444,7 +445,9 @@ class Classifier:
                 except ImageError as e:
                     decoded.append((name, None, str(e)))
             rows.extend(self.rows_for(decoded, top_k=top_k, threshold=threshold, tta=tta))
-        return rows
+        from imgcls.outputs import clean_row
+
+        return [clean_row(r) for r in rows]
 
     def rows_for(
         self,
