@@ -453,3 +453,37 @@ def test_folders_leave_out_sidecar_files_and_missing_inputs_are_errors(
         assert main(["predict", "--model", str(trained["model"]), str(folder), missing]) == 2
         err = capsys.readouterr().err
         assert missing in err and ("no such file" in err or "matches no file" in err)
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_decoding_workers_end_when_predict_is_killed(trained: dict, tmp_path: Path) -> None:
+    data = tmp_path / "many"
+    for k in range(30):
+        shutil.copytree(trained["data"], data / f"copy{k}")
+    out = tmp_path / "p.csv"
+    cmd = [str(BIN / "imgcls"), "predict", "--model", str(trained["model"]), str(data), "--out", str(out),
+           "--workers", "2", "--batch-size", "2", "--backend", "torch"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while time.monotonic() < deadline and not (len(workers) >= 2 and out.exists() and out.read_text().count("\n") > 20):
+        workers = _children(proc.pid)
+        time.sleep(0.02)
+    assert len(workers) >= 2, "the decoding workers did not start"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "predict finished before the kill"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.05)
+    alive = [
+        w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]
+    ]
+    assert not alive, f"workers {alive} outlived their parent"

@@ -190,6 +190,31 @@ class _Inline(Executor):
         return f
 
 
+def die_with_parent(parent: int) -> None:
+    """Worker-process initializer: end when the parent ends, ``kill -9`` included (a forked
+    worker holds the pipes' other ends itself, so it would otherwise wait for work for ever):
+    Linux's parent-death signal, and a watchdog thread elsewhere."""
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import contextlib
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent ended before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="imgcls-parent-watch", daemon=True).start()
+
+
 def _executor(workers: int) -> Executor:
     if workers <= 0:
         return _Inline()
@@ -197,7 +222,9 @@ def _executor(workers: int) -> Executor:
 
     # fork: workers start in milliseconds and share the already imported modules
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context(method), initializer=die_with_parent, initargs=(os.getpid(),)
+    )
 
 
 def decode_stream(
