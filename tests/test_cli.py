@@ -217,3 +217,21 @@ def test_python_api_rows_hold_no_private_keys(trained: dict) -> None:
 
     rows = imgcls.load(trained["model"]).predict(sorted((trained["data"] / "dog").iterdir())[:2], top_k=2)
     assert all(set(r) == {"path", "label", "score", "top_k", "error"} for r in rows)
+
+
+def test_an_interrupted_predict_says_how_to_continue(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imgcls.predict
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imgcls.predict, "predict_files", interrupted)
+    out = tmp_path / "p.csv"
+    code, _, err = run(capsys, "predict", "--model", str(trained["model"]), str(trained["data"]), "--out", str(out))
+    assert code == 130
+    assert (
+        err.strip()
+        == f"imgcls: interrupted; run the same command again to continue where it stopped ({out} keeps every row)"
+    )

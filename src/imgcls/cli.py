@@ -659,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"imgcls: error: {e}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("imgcls: interrupted\n")
+        sys.stderr.write(f"imgcls: interrupted{_how_to_continue(args)}\n")
         return 130
     except BrokenPipeError:
         return 0
@@ -669,6 +669,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {_shown_path(e.filename)}" if e.filename else ""
         sys.stderr.write(f"imgcls: error: {e.strerror or e}{where}\n")
         return 2
+
+
+def _how_to_continue(args: argparse.Namespace) -> str:
+    """For an interrupted command that can be continued: how."""
+    import shlex
+
+    if args.command == "predict" and args.out:
+        return f"; run the same command again to continue where it stopped ({shlex.quote(args.out)} keeps every row)"
+    if args.command == "train" and args.out:
+        from pathlib import Path
+
+        if (Path(args.out) / "checkpoint" / "state.pt").is_file():
+            return f"; continue from its last checkpoint with: imgcls train --out {shlex.quote(args.out)} --resume"
+    return ""
 
 
 def _unknown_options(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> None:
