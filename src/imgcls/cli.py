@@ -117,6 +117,7 @@ TRAIN_HELP = {
     "cutmix": "cutmix alpha (0 = off)",
     "cache": "decoded-image cache: disk (default, reused across runs), memory or none",
     "cache_dir": "folder of the disk cache (default ~/.cache/imgcls/decoded)",
+    "cache_max_gb": "size of the disk cache; least recently used entries go beyond it (default 50)",
     "workers": "decoding threads / processes (default: the cores)",
     "max_skipped": "stop when a larger share of the files is unusable (default 0.5)",
     "max_pixels": "refuse images with more pixels (default 100 million)",
@@ -423,6 +424,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- cache
+def _cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from imgcls.data.store import cache_entries, default_cache_dir, remove_entries
+    from imgcls.engine.budget import parse_duration
+
+    folder = args.cache_dir or str(default_cache_dir())
+    entries = cache_entries(folder)
+    if args.action == "info":
+        total = sum(e.bytes for e in entries)
+        print(f"{folder}: {len(entries)} entries, {total / 1e9:.2f} GB (training keeps it under --cache-max-gb, 50)")
+        for e in entries:
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+            what = f"{e.images} images of {e.side}x{e.side} px" if e.images else "unfinished write"
+            print(f"  {e.key}  {e.bytes / 1e6:9.1f} MB  used {used}  {what}  from {e.data}")
+        return 0
+    if args.older_than:
+        cutoff = time.time() - parse_duration(args.older_than)
+        entries = [e for e in entries if e.last_used < cutoff]
+    freed = remove_entries(entries)
+    print(f"removed {len(entries)} entries ({freed / 1e9:.2f} GB) from {folder}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     from imgcls.demo import run_demo
@@ -629,6 +655,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--top-k", type=int, default=5, help="default labels per image")
     _device_options(p)
+
+    p = _add(
+        sub,
+        "cache",
+        "Show or clear the decoded-image cache that training fills (and reuses across runs).",
+        "  imgcls cache info\n  imgcls cache clear\n  imgcls cache clear --older-than 30d\n"
+        "  imgcls cache info --cache-dir /scratch/imgcls-cache",
+        _cmd_cache,
+    )
+    p.add_argument("action", choices=["info", "clear"], help="info: list the entries; clear: remove them")
+    p.add_argument("--cache-dir", help="the cache folder (default ~/.cache/imgcls/decoded)")
+    p.add_argument("--older-than", help="clear: only entries not used for this long, e.g. 30d, 12h")
 
     p = _add(
         sub,

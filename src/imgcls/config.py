@@ -93,6 +93,7 @@ class DataConfig:
     cutmix: float = 0.0
     cache: str = "disk"  # disk | memory | none
     cache_dir: str | None = None
+    cache_max_gb: float = 50.0  # the disk cache's size: least recently used entries go beyond it
     workers: int | None = None  # decoding threads / processes; default: the cores
     max_skipped: float = 0.5  # stop when a larger share of the files is unusable
     max_pixels: int = 100_000_000
@@ -297,6 +298,8 @@ def check_config(cfg: RunConfig) -> None:
     if d.workers is not None and d.workers < 0:
         bad("workers", d.workers, "0 or more")
     choice("cache", d.cache, ("disk", "memory", "none"))
+    if not d.cache_max_gb > 0:
+        bad("cache_max_gb", d.cache_max_gb, "positive")
     if d.crop_pct and not 0.2 <= d.crop_pct <= 1.0:
         bad("crop_pct", d.crop_pct, "between 0.2 and 1")
     if d.interpolation:

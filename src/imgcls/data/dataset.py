@@ -19,7 +19,7 @@ from imgcls.data.image import MAX_PIXELS
 from imgcls.data.loaders import PixelSource
 from imgcls.data.sources import load_source
 from imgcls.data.splits import Splits, make_splits, splits_csv
-from imgcls.data.store import build_store
+from imgcls.data.store import DEFAULT_MAX_BYTES, build_store
 from imgcls.data.table import DataTable, make_targets
 from imgcls.data.transforms import square_size
 from imgcls.errors import UserError
@@ -106,6 +106,7 @@ def prepare_training_data(
     max_skipped: float = 0.5,
     progress: Callable[[int], None] | None = None,
     table: DataTable | None = None,
+    cache_max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> TrainingData:
     """Index, split and (unless ``cache='none'``) decode the training and validation rows."""
     if table is None:
@@ -132,6 +133,7 @@ def prepare_training_data(
             workers=workers,
             max_pixels=max_pixels,
             progress=progress,
+            max_bytes=cache_max_bytes,
         )
         skipped.extend(bad)
         check_skipped(len(skipped), len(table) + len(table.skipped), max_skipped)

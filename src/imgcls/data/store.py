@@ -8,6 +8,11 @@ transform (:func:`imgcls.data.transforms.prepare_square`), held in one array.
 - ``cache="memory"`` builds the same array in RAM for this run only.
 - Images held in memory by their source (IDX) are used as they are.
 
+The disk cache is bounded: after a new entry is written, the least recently used others are
+removed until the folder holds at most ``max_bytes`` (``--cache-max-gb``, 50 GB by default; the
+entry in use is never removed). ``imgcls cache info`` lists the entries, ``imgcls cache clear``
+removes them (:func:`cache_entries`, :func:`remove_entries`).
+
 Decoding runs on a thread pool: Pillow releases the GIL while it decodes and resizes. Files that
 cannot be used are reported with their reason, never raised.
 """
@@ -35,6 +40,7 @@ from imgcls.data.transforms import prepare_square, square_size, to_nchw
 
 log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when the stored pixels would change for the same files
+DEFAULT_MAX_BYTES = 50 * 10**9
 
 
 @dataclass
@@ -135,6 +141,7 @@ def build_store(
     workers: int = 2,
     max_pixels: int | None = MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[Store, list[tuple[str, str]]]:
     """Decode ``table`` into a :class:`Store`; returns it and the (path, reason) skips."""
     if table.pixels is not None:
@@ -163,6 +170,7 @@ def build_store(
             array = np.load(data_file, mmap_mode="r")
             if array.shape == shape and len(reasons) == len(table):
                 log.info("decoded-image cache hit: %s", data_file)
+                os.utime(meta_file)  # last used: what eviction goes by
                 if progress is not None:
                     progress(len(table))
                 return _finish(table, array, reasons, data_file)
@@ -195,11 +203,87 @@ def build_store(
         os.replace(tmp, data_file)
         from imgcls.io import atomic_write_text
 
-        atomic_write_text(meta_file, json.dumps({"shape": list(shape), "reasons": reasons}))
+        meta = {"shape": list(shape), "reasons": reasons, "data": str(table.root), "kind": table.kind,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+        atomic_write_text(meta_file, json.dumps(meta))
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+    evict(folder, max_bytes, keep=key)
     return _finish(table, np.load(data_file, mmap_mode="r"), reasons, data_file)
+
+
+# ------------------------------------------------------------------------ the cache folder
+@dataclass
+class CacheEntry:
+    """One decoded data set in the cache folder."""
+
+    key: str
+    files: list[Path]
+    bytes: int
+    last_used: float  # seconds since the epoch
+    images: int
+    side: int  # the stored squares' side in pixels
+    data: str  # the source it was decoded from
+
+
+def cache_entries(folder: str | Path | None = None) -> list[CacheEntry]:
+    """The entries of a cache folder (default :func:`default_cache_dir`), most recently used
+    first; unfinished writes of a process that is gone count as entries of their own."""
+    root = Path(folder) if folder else default_cache_dir()
+    if not root.is_dir():
+        return []
+    out = []
+    for meta_file in root.glob("*.json"):
+        key = meta_file.stem
+        data_file = root / f"{key}.npy"
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            shape = meta["shape"]
+        except (OSError, ValueError, KeyError):
+            meta, shape = {}, [0, 0]
+        files = [f for f in (data_file, meta_file) if f.exists()]
+        size = sum(f.stat().st_size for f in files)
+        out.append(CacheEntry(key, files, size, meta_file.stat().st_mtime, int(shape[0]), int(shape[1]),
+                              str(meta.get("data", "?"))))  # fmt: skip
+    for tmp in root.glob(".*.npy.tmp"):  # ".KEY.PID.TIME.npy.tmp"
+        pid = tmp.name.split(".")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and Path("/proc").is_dir():
+            st = tmp.stat()
+            out.append(CacheEntry(tmp.name, [tmp], st.st_size, st.st_mtime, 0, 0, "(an unfinished write)"))
+    return sorted(out, key=lambda e: -e.last_used)
+
+
+def remove_entries(entries: list[CacheEntry]) -> int:
+    """Delete the entries' files; the bytes freed."""
+    freed = 0
+    for e in entries:
+        for f in e.files:
+            with contextlib.suppress(FileNotFoundError):
+                size = f.stat().st_size
+                f.unlink()
+                freed += size
+    return freed
+
+
+def evict(folder: Path, max_bytes: int, keep: str | None = None) -> list[CacheEntry]:
+    """Remove the least recently used entries (never ``keep``) until the folder holds at most
+    ``max_bytes``; returns those removed."""
+    entries = cache_entries(folder)
+    total = sum(e.bytes for e in entries)
+    removed = []
+    for e in reversed(entries):  # least recently used first
+        if total <= max_bytes:
+            break
+        if e.key == keep:
+            continue
+        remove_entries([e])
+        total -= e.bytes
+        removed.append(e)
+    if removed:
+        log.warning("decoded-image cache over %.1f GB: removed %d least recently used entries", max_bytes / 1e9,
+                    len(removed))  # fmt: skip
+    return removed
 
 
 def _finish(

@@ -386,6 +386,7 @@ def load_training_data(cfg: RunConfig, pre: PreprocessConfig, table: DataTable, 
                 seed=cfg.train.seed,
                 cache=d.cache, cache_dir=d.cache_dir, workers=workers, max_pixels=d.max_pixels,
                 max_skipped=d.max_skipped, progress=lambda n: bar.update(n - bar.done),
+                cache_max_bytes=int(d.cache_max_gb * 1e9),
             )  # fmt: skip
 
     # rank 0 decodes (and fills the shared disk cache) first; the others then read it

@@ -31,6 +31,7 @@ RESUMABLE = (
     "early_stopping",
     "export_onnx",
     "cache_dir",
+    "cache_max_gb",
 )
 
 
