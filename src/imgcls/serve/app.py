@@ -186,9 +186,10 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
         t0 = time.perf_counter()
         request.state.images = 0
         response = await call_next(request)
+        n = request.state.images
         access_log.info(
-            "%s %s %d %d images %.1f ms", request.method, request.url.path, response.status_code,
-            request.state.images, 1000 * (time.perf_counter() - t0),
+            "%s %s %d %d image%s %.1f ms", request.method, request.url.path, response.status_code,
+            n, "" if n == 1 else "s", 1000 * (time.perf_counter() - t0),
         )  # fmt: skip
         return response
 
