@@ -232,14 +232,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from imgcls.api import run_config
 
     model = run / "model"
-    data = options.get("data") or run_config(run).data.data  # as the user wrote it, else the run's
+    d = run_config(run).data
+    data = options.get("data") or d.data  # as the user wrote it, else the run's
     listing = run / "splits.csv"  # the test split, where the data has one, is the one to judge by
     has_test = listing.is_file() and ",test\n" in listing.read_text(encoding="utf-8")
     print(f"model: {model}")
     import shlex
 
     split = " --split test" if has_test else ""
-    print(f"evaluate it: imgcls evaluate --model {shlex.quote(str(model))} --data {shlex.quote(str(data))}{split}")
+    crops = ""
+    if d.detections:  # a model of detection crops is judged on crops
+        crops = f" --detections {shlex.quote(str(options.get('detections') or d.detections))}"
+        crops += f" --det-categories {d.det_categories}"
+    print(
+        f"evaluate it: imgcls evaluate --model {shlex.quote(str(model))} --data {shlex.quote(str(data))}{crops}{split}"
+    )
     return 0
 
 
