@@ -173,3 +173,36 @@ def test_float32_probabilities_of_exactly_zero_and_one_give_a_finite_nll(as_tens
     cat = np.array([[0.0, 1.0]], dtype=np.float32)
     qc = torch.from_numpy(cat) if as_tensor else cat
     assert float(P.nll(np.array([0]), qc, kind="categorical")) == pytest.approx(-np.log(1e-12))
+
+
+def test_the_task_probabilities_and_decisions_are_one_implementation() -> None:
+    """Training's Task, prediction's Classifier and NumPy/torch inputs give the same numbers."""
+    from imgcls.artifacts import ModelInfo
+    from imgcls.predict import Classifier
+    from imgcls.tasks import Task
+
+    rng = np.random.default_rng(0)
+    for task, k, positive in (("multiclass", 4, 1), ("binary", 1, 0), ("binary", 1, 1), ("multilabel", 3, 1)):
+        logits = rng.normal(size=(6, k)) * 3
+        names = ["a", "b"] if task == "binary" else ["a", "b", "c", "d"][:k]
+        thresholds = [0.3] if task == "binary" else ([0.2, 0.5, 0.7] if task == "multilabel" else [])
+        t = Task(task, names, positive=positive, temperature=1.5, thresholds=list(thresholds))
+        info = ModelInfo(arch="lenet", num_outputs=k, label_names=names, task=task, temperature=1.5,
+                         positive_class=names[positive] if task == "binary" else None, thresholds=list(thresholds))  # fmt: skip
+        clf = Classifier(info=info, _backend=None, label_names=names)
+        from_numpy = P.class_probabilities(logits, task, temperature=1.5, positive=positive)
+        from_torch = t.probabilities(torch.from_numpy(logits)).numpy()
+        np.testing.assert_allclose(from_numpy, from_torch, rtol=1e-12)
+        np.testing.assert_allclose(clf._probs(logits), from_numpy, rtol=1e-12)
+        decided = t.predict(from_numpy)
+        for i in range(6):  # the classifier's row labels are the same decisions
+            label = clf.row("x", from_numpy[i])["label"]
+            if task == "multilabel":
+                assert set(filter(None, label.split(";"))) == {names[j] for j in np.flatnonzero(decided[i])}
+            else:
+                assert label == names[int(decided[i])]
+    import subprocess
+    import sys
+
+    code = "import sys, imgcls.probability; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

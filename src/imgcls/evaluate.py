@@ -88,7 +88,7 @@ def per_class_table(y: np.ndarray, pred: np.ndarray, names: list[str]) -> list[d
 def multiclass_metrics(probs: np.ndarray, y: np.ndarray, names: list[str]) -> dict[str, Any]:
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
-    pred = probs.argmax(axis=1)
+    pred = P.decide(probs, "multiclass")
     k = probs.shape[1]
     order = np.argsort(-probs, axis=1)
     conf = probs.max(axis=1)
@@ -123,8 +123,8 @@ def binary_metrics(
     out = multiclass_metrics(probs, y, names)
     p_pos = probs[:, positive]
     is_pos = y == positive
-    pred_pos = p_pos >= threshold
-    pred = np.where(pred_pos, positive, 1 - positive)
+    pred = P.decide(probs, "binary", thresholds=[threshold], positive=positive)
+    pred_pos = pred == positive
     p, r, f, _ = precision_recall_fscore_support(is_pos, pred_pos, average="binary", zero_division=0)
     out.update(
         top1=float((pred == y).mean()),
@@ -158,7 +158,7 @@ def multilabel_metrics(probs: np.ndarray, y: np.ndarray, names: list[str], thres
     )
 
     th = np.asarray(thresholds or [0.5] * len(names))
-    pred = (probs >= th[None, :]).astype(np.uint8)
+    pred = P.decide(probs, "multilabel", thresholds=th)
     ap = [
         float(average_precision_score(y[:, k], probs[:, k])) if y[:, k].any() else float("nan")
         for k in range(len(names))

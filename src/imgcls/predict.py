@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from imgcls import probability as P
 from imgcls.artifacts import ModelInfo, read_info
 from imgcls.config import PreprocessConfig
 from imgcls.data.image import MAX_PIXELS, ImageError, read_image
@@ -326,16 +327,6 @@ def exported_onnx(model_dir: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------------- classifier
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
-
-
 @dataclass
 class Classifier:
     """A trained model with its labels, task and preprocessing: ``imgcls.load(MODEL)``."""
@@ -435,15 +426,8 @@ class Classifier:
         return self._probs(logits)
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
-        if self.info.temperature != 1.0 and self.info.task != "multilabel":
-            logits = logits / self.info.temperature  # calibrated at the end of training
-        if self.info.task == "multiclass":
-            return _softmax(logits)
-        p = _sigmoid(logits)
-        if self.info.task == "binary":
-            p = p.reshape(-1)
-            return np.stack([1 - p, p] if self.info.positive_index == 1 else [p, 1 - p], axis=1)
-        return p
+        i = self.info  # the temperature was fitted at the end of training
+        return P.class_probabilities(logits, i.task, temperature=i.temperature, positive=i.positive_index)
 
     def predict(
         self,
@@ -501,20 +485,17 @@ class Classifier:
         names = self.label_names
         order = np.argsort(-p, kind="stable")
         top = {names[i]: round(float(p[i]), 6) for i in order[: max(1, top_k)]}
-        if self.info.task == "multilabel":
-            th = (
-                np.full(len(names), threshold)
-                if threshold is not None
-                else np.asarray(self.info.thresholds or [0.5] * len(names))
-            )
-            on = [i for i in order if p[i] >= th[i]]
-            label = ";".join(names[i] for i in on)
-            score = float(p[on[0]]) if on else float(p[order[0]])
-        elif self.info.task == "binary":
-            pos = self.info.positive_index
-            cut = threshold if threshold is not None else (self.info.thresholds or [0.5])[0]
-            best = pos if p[pos] >= cut else 1 - pos
-            label, score = names[best], float(p[best])
+        task = self.info.task
+        if task in ("multilabel", "binary"):
+            n = 1 if task == "binary" else len(names)
+            cuts = [threshold] * n if threshold is not None else (self.info.thresholds or [0.5] * n)
+            on = P.decide(p[None], task, thresholds=cuts, positive=self.info.positive_index)[0]
+            if task == "binary":
+                label, score = names[int(on)], float(p[int(on)])
+            else:
+                chosen = [i for i in order if on[i]]  # most probable first
+                label = ";".join(names[i] for i in chosen)
+                score = float(p[chosen[0]]) if chosen else float(p[order[0]])
         elif self.decision is not None or threshold is not None:
             rule = self.decision or DecisionRule(names, threshold=threshold)
             label, score = rule.decide(p)

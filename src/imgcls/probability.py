@@ -6,7 +6,15 @@ K classes (multi-class); the sigmoid turns each one into an independent Bernoull
 as minimising the negative log-likelihood (NLL); for one-hot / integer labels the NLL of an
 example is exactly the cross-entropy between the label distribution and the prediction.
 
-Every function accepts NumPy arrays or torch tensors and returns the same kind.
+Every function accepts NumPy arrays or torch tensors and returns the same kind. NumPy is the
+core: torch is never imported here (a tensor can only come from a program that imported it), so
+prediction on ONNX Runtime and the evaluation metrics run without torch.
+
+The same module turns a classifier's logits into its task's probabilities
+(:func:`class_probabilities`: softmax, sigmoid, the binary task's two columns, the calibration
+temperature) and probabilities into decisions (:func:`decide`: the arg-max, the binary threshold
+on the positive class, the multi-label thresholds): the one implementation that training
+(``tasks.Task``), prediction (``predict.Classifier``) and evaluation use.
 
 Worked example (multi-class, three images, three classes):
 
@@ -47,12 +55,16 @@ array([    0., -1000.])
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, TypeVar, cast
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
-import torch
 
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:
+    import torch
+
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 Reduction = Literal["mean", "sum", "none"]
 Kind = Literal["categorical", "bernoulli"]
 
@@ -62,16 +74,28 @@ Kind = Literal["categorical", "bernoulli"]
 EPS = 1e-12
 
 
+def _is_tensor(x: Any) -> bool:
+    """A torch tensor (torch is only looked up, never imported: without it, nothing is one)."""
+    torch_module = sys.modules.get("torch")
+    return torch_module is not None and isinstance(x, torch_module.Tensor)
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
 def _as_float(x: Any) -> Any:
     """A floating-point tensor or array (integers become float64)."""
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
         return x if x.is_floating_point() else x.double()
     arr = np.asarray(x)
     return arr if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.float64)
 
 
 def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
         return x.detach().cpu().numpy()
     return np.asarray(x)
 
@@ -89,8 +113,8 @@ def _reduce(neg: Any, reduction: str) -> Any:
 def log_softmax(logits: ArrayT, axis: int = -1) -> ArrayT:
     """log softmax(z)_k = z_k - logsumexp(z), computed without overflow."""
     z = _as_float(logits)
-    if isinstance(z, torch.Tensor):
-        return cast(Any, torch.log_softmax(z, dim=axis))
+    if _is_tensor(z):
+        return cast(Any, _torch().log_softmax(z, dim=axis))
     shifted = z - np.max(z, axis=axis, keepdims=True)
     return cast(Any, shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True)))
 
@@ -98,16 +122,16 @@ def log_softmax(logits: ArrayT, axis: int = -1) -> ArrayT:
 def softmax(logits: ArrayT, axis: int = -1) -> ArrayT:
     """softmax(z)_k = exp(z_k) / sum_j exp(z_j): logits to a categorical distribution."""
     z = _as_float(logits)
-    if isinstance(z, torch.Tensor):
-        return cast(Any, torch.softmax(z, dim=axis))
+    if _is_tensor(z):
+        return cast(Any, _torch().softmax(z, dim=axis))
     return cast(Any, np.exp(log_softmax(z, axis=axis)))
 
 
 def sigmoid(logits: ArrayT) -> ArrayT:
     """sigmoid(z) = 1 / (1 + exp(-z)): one logit to a Bernoulli probability, stable for any z."""
     z = _as_float(logits)
-    if isinstance(z, torch.Tensor):
-        return cast(Any, torch.sigmoid(z))
+    if _is_tensor(z):
+        return cast(Any, _torch().sigmoid(z))
     # exp of a non-positive number never overflows: use exp(-|z|) on both sides.
     e = np.exp(-np.abs(z))
     return cast(Any, np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)))
@@ -133,17 +157,17 @@ def _infer_kind(y_true: Any, y_prob: Any) -> Kind:
 
 def _label_log_probs(y_true: Any, y_prob: Any, kind: Kind | None, eps: float) -> Any:
     """Per-example log-probability of the observed labels (one value per example)."""
-    y_true = torch.as_tensor(y_true, device=y_prob.device) if isinstance(y_prob, torch.Tensor) else np.asarray(y_true)
+    y_true = _torch().as_tensor(y_true, device=y_prob.device) if _is_tensor(y_prob) else np.asarray(y_true)
     kind = kind or _infer_kind(y_true, y_prob)
     # in float64: 1 - 1e-12 rounds to exactly 1.0 in float32, and log1p(-1) is -inf
     p = _as_float(y_prob)
-    if isinstance(p, torch.Tensor):
+    if _is_tensor(p):
         p = p.double().clamp(eps, 1 - eps)
         if kind == "categorical":
             idx = y_true.argmax(dim=-1) if y_true.ndim == p.ndim else y_true.long()
-            return torch.log(p.gather(-1, idx.unsqueeze(-1)).squeeze(-1))
+            return _torch().log(p.gather(-1, idx.unsqueeze(-1)).squeeze(-1))
         y = y_true.to(p.dtype)
-        ll = y * torch.log(p) + (1 - y) * torch.log1p(-p)
+        ll = y * _torch().log(p) + (1 - y) * _torch().log1p(-p)
         return ll.sum(dim=-1) if ll.ndim > 1 else ll
     p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
     if kind == "categorical":
@@ -182,7 +206,7 @@ def likelihood(y_true: ArrayT, y_prob: ArrayT, *, kind: Kind | None = None, eps:
     0.432
     """
     ll: Any = log_likelihood(y_true, y_prob, kind=kind, eps=eps)
-    return cast(Any, ll.exp() if isinstance(ll, torch.Tensor) else np.exp(ll))
+    return cast(Any, ll.exp() if _is_tensor(ll) else np.exp(ll))
 
 
 def nll(
@@ -221,8 +245,8 @@ def cross_entropy(p: ArrayT, q: ArrayT, *, axis: int = -1, eps: float = EPS) -> 
     (1.204, 0.6931)
     """
     qf = _as_float(q)
-    if isinstance(qf, torch.Tensor):
-        pt = torch.as_tensor(p, dtype=qf.dtype, device=qf.device)
+    if _is_tensor(qf):
+        pt = _torch().as_tensor(p, dtype=qf.dtype, device=qf.device)
         return cast(Any, -(pt * qf.clamp_min(eps).log()).sum(dim=axis))
     return cast(Any, -(np.asarray(p) * np.log(np.clip(qf, eps, None))).sum(axis=axis))
 
@@ -242,9 +266,9 @@ def nll_from_logits(
     ll: Any
     if multilabel or z.ndim == 1:
         # log sigmoid(z) = -softplus(-z) and log(1 - sigmoid(z)) = -softplus(z)
-        if isinstance(z, torch.Tensor):
-            y = torch.as_tensor(y_true, dtype=z.dtype, device=z.device)
-            sp = torch.nn.functional.softplus
+        if _is_tensor(z):
+            y = _torch().as_tensor(y_true, dtype=z.dtype, device=z.device)
+            sp = _torch().nn.functional.softplus
             ll = -(y * sp(-z) + (1 - y) * sp(z))
         else:
             y_np = _as_float(y_true)
@@ -252,8 +276,8 @@ def nll_from_logits(
         ll = ll.sum(-1) if ll.ndim > 1 else ll
     else:
         logp = log_softmax(z)
-        if isinstance(logp, torch.Tensor):
-            idx = torch.as_tensor(y_true, device=logp.device).long()
+        if _is_tensor(logp):
+            idx = _torch().as_tensor(y_true, device=logp.device).long()
             ll = logp.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
         else:
             idx_np = np.asarray(y_true).astype(np.int64)
@@ -264,3 +288,55 @@ def nll_from_logits(
 def entropy_bits(p: ArrayT, *, axis: int = -1) -> ArrayT:
     """Entropy of each distribution in bits (log base 2): 1 bit for a fair coin."""
     return cast(Any, cross_entropy(p, p, axis=axis) / math.log(2))
+
+
+# ----------------------------------------------------------------- a classifier's task
+TaskName = Literal["multiclass", "binary", "multilabel"]
+
+
+def class_probabilities(logits: ArrayT, task: str, *, temperature: float = 1.0, positive: int = 1) -> ArrayT:
+    """A model's logits (N, K) -> its task's probabilities (N, K): softmax for multi-class, the
+    sigmoid of each logit for multi-label, and for a binary model (one logit, the positive
+    class's) the two columns (1 - p, p) in class order, ``positive`` being the positive class's
+    column. Logits are divided by the calibration ``temperature`` first (not for multi-label),
+    which keeps every arg-max and the sign of a binary logit.
+
+    >>> import numpy as np
+    >>> np.round(class_probabilities(np.array([[0.0], [2.0]]), "binary"), 3)
+    array([[0.5  , 0.5  ],
+           [0.119, 0.881]])
+    """
+    z: Any = _as_float(logits)
+    if temperature != 1.0 and task != "multilabel":
+        z = z / temperature
+    if task == "multiclass":
+        return cast(Any, softmax(z, axis=1))
+    p: Any = sigmoid(z)
+    if task == "binary":
+        p = p.reshape(-1)
+        cols = [1 - p, p] if positive == 1 else [p, 1 - p]
+        return cast(Any, _torch().stack(cols, dim=1) if _is_tensor(p) else np.stack(cols, axis=1))
+    if task != "multilabel":
+        raise ValueError(f"unknown task {task!r}")
+    return cast(Any, p)
+
+
+def decide(probs: np.ndarray, task: str, *, thresholds: Sequence[float] = (), positive: int = 1) -> np.ndarray:
+    """Probabilities (N, K) -> decisions: class indices (N,) for multi-class (the arg-max) and
+    binary (the positive class from ``thresholds[0]``, 0.5 by default), a 0/1 matrix (N, K) for
+    multi-label (each label from its own threshold, 0.5 by default).
+
+    >>> import numpy as np
+    >>> decide(np.array([[0.4, 0.6], [0.8, 0.2]]), "binary", thresholds=[0.7]).tolist()
+    [0, 0]
+    """
+    p = np.asarray(probs)
+    if task == "multiclass":
+        return p.argmax(axis=1)
+    if task == "binary":
+        cut = thresholds[0] if len(thresholds) else 0.5
+        return np.where(p[:, positive] >= cut, positive, 1 - positive)
+    if task != "multilabel":
+        raise ValueError(f"unknown task {task!r}")
+    th = np.asarray(thresholds if len(thresholds) else [0.5] * p.shape[1], dtype=np.float64)
+    return (p >= th[None, :]).astype(np.uint8)

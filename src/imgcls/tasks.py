@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imgcls import probability as P
 from imgcls.errors import UserError
 
 TASKS = ("multiclass", "binary", "multilabel")
@@ -95,27 +96,14 @@ class Task:
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-class probabilities (N, K); for binary the two columns are (1 - p, p) in class
-        order."""
+        order (:func:`imgcls.probability.class_probabilities`)."""
         logits = logits if logits.dtype == torch.float64 else logits.float()
-        if self.temperature != 1.0 and self.name != "multilabel":
-            logits = logits / self.temperature
-        if self.name == "multiclass":
-            return torch.softmax(logits, dim=1)
-        p = torch.sigmoid(logits)
-        if self.name == "binary":
-            p = p.reshape(-1)
-            cols = [1 - p, p] if self.positive == 1 else [p, 1 - p]
-            return torch.stack(cols, dim=1)
-        return p
+        return P.class_probabilities(logits, self.name, temperature=self.temperature, positive=self.positive)
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
-        """Decisions from probabilities: class indices (N,) or a multi-hot matrix (N, K)."""
-        if self.name == "multiclass":
-            return probs.argmax(axis=1)
-        if self.name == "binary":
-            p = probs[:, self.positive]
-            return np.where(p >= self.thresholds[0], self.positive, 1 - self.positive)
-        return (probs >= np.asarray(self.thresholds)[None, :]).astype(np.uint8)
+        """Decisions from probabilities: class indices (N,) or a multi-hot matrix (N, K)
+        (:func:`imgcls.probability.decide`)."""
+        return P.decide(probs, self.name, thresholds=self.thresholds, positive=self.positive)
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"task": self.name}
@@ -229,8 +217,6 @@ def quick_metrics(task: Task, probs: np.ndarray, targets: np.ndarray) -> dict[st
     ``probs`` (N, K) as :meth:`Task.probabilities` returns them; ``targets`` the table's class
     indices (N,) or multi-hot rows (N, K). ``nll`` is the mean negative log-likelihood.
     """
-    from imgcls import probability as P
-
     out: dict[str, float] = {}
     if len(probs) == 0:
         return out
