@@ -22,6 +22,27 @@ T = TypeVar("T")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: the augmentation presets' names (their settings: imgcls.data.transforms.PRESETS)
+AUGMENT_PRESETS = ("none", "flip", "light", "standard", "strong", "small")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1h30m', '2h', '600' (seconds) -> seconds."""
+    import re
+
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", t)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != t.replace(" ", ""):
+        raise UserError(f"cannot read the duration {text!r} (examples: 90s, 10m, 1h30m)")
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise UserError(f"the time budget must be positive, not {text!r}")
+    return seconds
+
 
 @dataclass
 class PreprocessConfig:
@@ -278,8 +299,6 @@ def check_config(cfg: RunConfig) -> None:
     if t.batch_size is not None and t.batch_size < 1:
         bad("batch_size", t.batch_size, "at least 1")
     if t.time_budget is not None:
-        from imgcls.engine.budget import parse_duration
-
         parse_duration(t.time_budget)
     if not 0 <= d.val_split < 1:
         bad("val_split", d.val_split, "at least 0 and below 1")
@@ -306,9 +325,7 @@ def check_config(cfg: RunConfig) -> None:
         choice("interpolation", d.interpolation, ("bilinear", "bicubic", "nearest"))
     if d.resize_mode:
         choice("resize_mode", d.resize_mode, ("crop", "pad"))
-    from imgcls.data.transforms import PRESETS
-
-    choice("augment", d.augment, ("auto", *PRESETS))
+    choice("augment", d.augment, ("auto", *AUGMENT_PRESETS))
     if not 0 <= m.drop_rate < 1:
         bad("drop_rate", m.drop_rate, "at least 0 and below 1")
     choice("freeze", m.freeze, ("none", "backbone"))

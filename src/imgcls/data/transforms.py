@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from imgcls.config import PreprocessConfig
+from imgcls.config import AUGMENT_PRESETS, PreprocessConfig
 from imgcls.data.preprocess import eval_array, prepare_square, square_size
 
 __all__ = [
@@ -105,6 +105,9 @@ PRESETS = {
     # pad-and-crop recipe of CIFAR / Fashion-MNIST training
     "small": AugmentSpec(translate=0.08),
 }
+
+
+assert tuple(PRESETS) == AUGMENT_PRESETS, "the presets' names are listed in imgcls.config"
 
 
 class BatchAugment:

@@ -10,26 +10,11 @@ is the configured share of the planned steps (not of a provisional guess).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from imgcls.errors import UserError
+from imgcls.config import parse_duration
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '10m', '1h30m', '2h', '600' (seconds) -> seconds."""
-    t = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        return float(t)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", t)
-    if not parts or "".join(f"{n}{u}" for n, u in parts) != t.replace(" ", ""):
-        raise UserError(f"cannot read the duration {text!r} (examples: 90s, 10m, 1h30m)")
-    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise UserError(f"the time budget must be positive, not {text!r}")
-    return seconds
+__all__ = ["BudgetPlan", "parse_duration", "planned_warmup", "replan", "replan_due"]
 
 
 @dataclass

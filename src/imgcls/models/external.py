@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from imgcls.errors import UserError
-from imgcls.models.registry import TORCHVISION_CFG, ModelEntry, attach_cfg
+from imgcls.models.registry import TORCHVISION_CFG, ModelEntry, attach_cfg, register_source
 
 
 def build_timm(timm_name: str, *, num_classes: int, drop_rate: float = 0.0, **kw: Any) -> nn.Module:
@@ -84,3 +84,7 @@ def torchvision_entry(tv_name: str) -> ModelEntry:
         description=f"torchvision {tv_name}",
         torchvision_weights=f"{type(default).__name__}.{default.name}",
     )
+
+
+register_source("timm", timm_entry)
+register_source("torchvision", torchvision_entry)

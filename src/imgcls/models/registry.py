@@ -24,7 +24,10 @@ from imgcls.errors import UserError
 #: Builders are keyword-only: ``build(num_classes=..., norm=..., attn=..., drop_rate=...)``.
 Builder = Callable[..., nn.Module]
 
-_FAMILY_MODULES = ("lenet", "smallnet", "alexnet", "vgg", "resnet", "convnext", "efficientnet")
+_FAMILY_MODULES = ("lenet", "smallnet", "alexnet", "vgg", "resnet", "convnext", "efficientnet", "external")
+#: ``timm/NAME`` and ``torchvision/NAME``: a library's own classifiers, resolved on demand by the
+#: functions the ``external`` module registers here
+_SOURCES: dict[str, Callable[[str], ModelEntry]] = {}
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,11 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
+def register_source(prefix: str, resolve: Callable[[str], ModelEntry]) -> None:
+    """``PREFIX/NAME`` architectures: ``resolve(NAME)`` makes their entry."""
+    _SOURCES[prefix] = resolve
+
+
 def _ensure_loaded() -> None:
     global _loaded
     if not _loaded:
@@ -111,14 +119,9 @@ def get_entry(name: str) -> ModelEntry:
     _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith("timm/"):
-        from imgcls.models.external import timm_entry
-
-        return timm_entry(name.split("/", 1)[1])
-    if name.startswith("torchvision/"):
-        from imgcls.models.external import torchvision_entry
-
-        return torchvision_entry(name.split("/", 1)[1])
+    source, _, rest = name.partition("/")
+    if rest and source in _SOURCES:
+        return _SOURCES[source](rest)
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UserError(
