@@ -321,7 +321,9 @@ def class_probabilities(logits: ArrayT, task: str, *, temperature: float = 1.0, 
     return cast(Any, p)
 
 
-def decide(probs: np.ndarray, task: str, *, thresholds: Sequence[float] = (), positive: int = 1) -> np.ndarray:
+def decide(
+    probs: np.ndarray, task: str, *, thresholds: Sequence[float] | np.ndarray = (), positive: int = 1
+) -> np.ndarray:
     """Probabilities (N, K) -> decisions: class indices (N,) for multi-class (the arg-max) and
     binary (the positive class from ``thresholds[0]``, 0.5 by default), a 0/1 matrix (N, K) for
     multi-label (each label from its own threshold, 0.5 by default).

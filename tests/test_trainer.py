@@ -1,4 +1,5 @@
-"""The training engine's options, each by its observable effect (imgcls.engine.fit, .loop).
+"""The training engine's options, each by its observable effect (imgcls.engine.trainer, .loop,
+.finish).
 
 A trainer is built exactly as ``fit`` builds it and driven an epoch at a time."""
 
@@ -12,12 +13,12 @@ import pytest
 import torch
 
 from imgcls.api import make_run_config
-from imgcls.data.sources import load_source
-from imgcls.data.splits import resolve_split_by
 from imgcls.data.table import DataTable
 from imgcls.engine.distributed import Dist
-from imgcls.engine.fit import build_trainer, label_pos_weight, make_task, sampler_weights
+from imgcls.engine.fit import load_table
 from imgcls.engine.loop import Trainer, train_one_epoch
+from imgcls.engine.plan import resolve_model
+from imgcls.engine.trainer import build_trainer, label_pos_weight, make_task, sampler_weights
 from imgfactory import image_folder
 
 PLAIN = dict(arch="lenet", pretrained="none", image_size=32, augment="none", precision="fp32", calibrate=False)
@@ -32,10 +33,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trainer(data: Path, tmp_path: Path, **options: object) -> Trainer:
     cfg = make_run_config(data=str(data), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "c"), **options)
     (tmp_path / "run").mkdir(parents=True, exist_ok=True)
-    table = load_source(cfg.data.data)
-    cfg.data.split_by = resolve_split_by(table, cfg.data.split_by) or "none"
+    table = load_table(cfg)
     torch.manual_seed(cfg.train.seed)
-    return build_trainer(cfg, tmp_path / "run", Dist(), table, time.monotonic())
+    tr, _ = build_trainer(cfg, resolve_model(cfg, table), tmp_path / "run", Dist(), table, time.monotonic())
+    return tr
 
 
 def weights(tr: Trainer) -> dict[str, torch.Tensor]:
@@ -123,7 +124,7 @@ def test_multilabel_balance_and_rows_without_labels(tmp_path: Path) -> None:
 
 
 def test_mixup_and_cutmix_mix_images_and_labels_alike() -> None:
-    from imgcls.engine.fit import make_mixer
+    from imgcls.engine.trainer import make_mixer
     from imgcls.tasks import Task
 
     task = Task("multiclass", ["a", "b", "c"])
@@ -151,13 +152,9 @@ def test_mixup_and_cutmix_mix_images_and_labels_alike() -> None:
 
 
 def test_small_image_files_get_the_small_image_defaults(tmp_path: Path) -> None:
-    from imgcls.engine.fit import SMALL_ARCH, image_side, resolve_arch
+    from imgcls.engine.plan import SMALL_ARCH
 
-    small = load_source(image_folder(tmp_path / "small", ("a", "b"), 6, size=(28, 28), fmt="PNG"))
-    large = load_source(image_folder(tmp_path / "large", ("a", "b"), 6, size=(160, 120)))
-    assert image_side(small) == 28 and image_side(large) is None
-    assert resolve_arch(make_run_config(data="x"), small) == SMALL_ARCH
-    assert resolve_arch(make_run_config(data="x"), large) == "resnet18"
+    image_folder(tmp_path / "small", ("a", "b"), 6, size=(28, 28), fmt="PNG")
     tr = trainer(tmp_path / "small", tmp_path / "run", epochs=1)
     assert tr.cfg.model.arch == SMALL_ARCH and tr.preprocess.image_size == 28 and tr.cfg.data.augment == "small"
 
