@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from ctfactory import SITES, build
-from imgcls.cameratrap.detections import clip_box, crop_table, read_detections
 from imgcls.cameratrap.sequences import assign_events, exif_datetime
 from imgcls.cli import main
 from imgcls.data import load_source
 from imgcls.data.image import BACKGROUND, crop_square
+from imgcls.data.sources.detections import clip_box, crop_table, read_detections
 from imgcls.decisions import DecisionRule, blank_tradeoff
 from imgcls.errors import UserError
 

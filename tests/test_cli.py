@@ -154,7 +154,7 @@ def test_every_output_location_is_checked_before_the_work(
     trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One line naming the path and the reason, before a model is loaded or an image read."""
-    import imgcls.predict
+    import imgcls.predict.runner
 
     def no_work(*a: object, **k: object) -> None:
         raise AssertionError("the command started working before checking its output")
@@ -222,12 +222,12 @@ def test_python_api_rows_hold_no_private_keys(trained: dict) -> None:
 def test_an_interrupted_predict_says_how_to_continue(
     trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import imgcls.predict
+    import imgcls.predict.runner
 
     def interrupted(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(imgcls.predict, "predict_files", interrupted)
+    monkeypatch.setattr(imgcls.predict.runner, "stream", interrupted)
     out = tmp_path / "p.csv"
     code, _, err = run(capsys, "predict", "--model", str(trained["model"]), str(trained["data"]), "--out", str(out))
     assert code == 130

@@ -133,7 +133,7 @@ def detection_crops(cfg: RunConfig, table: Any) -> Any:
     d = cfg.data
     if not d.detections:
         return table
-    from imgcls.cameratrap.detections import crop_table, parse_categories, read_detections
+    from imgcls.data.sources.detections import crop_table, parse_categories, read_detections
 
     dets = read_detections(d.detections, d.image_root)
     categories = parse_categories(d.det_categories)

@@ -416,7 +416,7 @@ def _detection_crops(
     det_categories: str,
     crop_margin: float | None,
 ) -> tuple[DataTable, np.ndarray, dict[str, Any]]:
-    from imgcls.cameratrap.detections import (
+    from imgcls.data.sources.detections import (
         crop_settings,
         crop_table,
         detection_tradeoff,

@@ -1,33 +1,34 @@
-"""Camera-trap prediction: classify MegaDetector crops, decide blanks, aggregate sequences.
+"""Camera-trap prediction on top of the one prediction runner: classify MegaDetector crops
+(:class:`DetectionSource`, an item source), decide blanks, aggregate sequences.
 
-``predict_detections`` decodes every image once (at the scale its smallest crop needs), crops
-each detection at or above the threshold, classifies the crops in batches, and writes one row
-per image: the image-level label (the detection-confidence weighted mean of its crops'
+:class:`DetectionSource` decodes every image once (at the scale its smallest crop needs), crops
+each detection at or above the threshold, classifies the crops in batches, and gives one row per
+image: the image-level label (the detection-confidence weighted mean of its crops'
 probabilities; ``blank`` when no detection passes), and every detection with its own label.
 
-``aggregate`` then (for ``--aggregate sequence``) averages the probabilities over each event and
-adds the event-level label next to the image labels.
+``--aggregate sequence`` then averages the probabilities over each event and adds the event-level
+label next to the image labels; Camtrap DP and MegaDetector outputs are assembled at the end.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imgcls.cameratrap.detections import Detection, Detections
 from imgcls.cameratrap.sequences import assign_events, camera_names
 from imgcls.config import PreprocessConfig
-from imgcls.data.image import MAX_PIXELS
+from imgcls.data.sources.detections import Detection, Detections
 from imgcls.errors import UserError
 from imgcls.outputs import Writer, _truncate_to_last_newline
-from imgcls.predict import Classifier, PredictSummary, decode_crops, decode_stream, iter_inputs
+from imgcls.predict import Classifier, PredictSummary, decode_crops, iter_inputs
+from imgcls.predict.runner import ItemSource
 
 BLANK = "blank"
 
@@ -54,161 +55,68 @@ def _md_entry(
     return {"file": file, "detections": out}
 
 
-class _Pending:
-    """Crops of the images in flight, until their batch has been classified."""
+@dataclass
+class DetectionSource(ItemSource):
+    """Prediction on MegaDetector crops: each image is decoded once (at the scale its smallest
+    crop needs), every detection at or above the threshold is cropped and classified, and the
+    image's row gets the detection-confidence weighted mean of its crops' probabilities
+    (``blank`` when no detection passes) and every detection with its own label."""
 
-    def __init__(self) -> None:
-        self.images: list[dict[str, Any]] = []
-        self.crops: list[np.ndarray] = []
-        self.owner: list[tuple[int, int]] = []  # (image index in self.images, detection index)
+    detections: Detections
+    threshold: float = 0.2
+    categories: tuple[str, ...] = ("animal",)
+    margin: float = 0.1
+    top_k: int = 5
 
-    def __len__(self) -> int:
-        return sum(len(c) for c in self.crops)
+    @staticmethod
+    def decode(item: Any, cfg: PreprocessConfig, max_pixels: int | None) -> np.ndarray | None:
+        """Images without a kept detection are blank: nothing to decode."""
+        return decode_crops(item, cfg, max_pixels) if item[1] else None
 
-    def clear(self) -> None:
-        self.images, self.crops, self.owner = [], [], []
+    def items(self, paths: Iterator[str]) -> Iterator[tuple[str, list[tuple[float, float, float, float]], float]]:
+        for path in paths:
+            kept = self.detections.above(path, self.threshold, self.categories) or []
+            yield path, [d.bbox for d in kept], self.margin
 
+    def row(self, clf: Classifier, item: Any, probs: np.ndarray | None, error: str | None) -> dict[str, Any]:
+        path = item[0]
+        row: dict[str, Any] = {"path": path, "label": "", "score": None, "top_k": None, "error": error}
+        dets = self.detections.lookup(path)
+        failure = self.detections.failures.get(os.path.realpath(path))
+        if dets is None:
+            row["error"] = f"not in the detections file {self.detections.path.name}"
+        elif failure is not None:
+            row["error"] = f"the detector failed on it ({failure})"
+        file = self.detections.files.get(os.path.realpath(path), path)
+        if row["error"]:
+            row["_md"] = {"file": file, "failure": row["error"]}
+            return row
+        assert dets is not None
+        kept = [j for j, d in enumerate(dets) if d.conf >= self.threshold and d.category in self.categories]
+        classified = {kept[j]: p for j, p in enumerate(probs if probs is not None else [])}
+        return self._classified(clf, row, file, dets, classified)
 
-def predict_detections(
-    clf: Classifier,
-    inputs: Sequence[str],
-    writer: Writer,
-    detections: Detections,
-    *,
-    threshold: float = 0.2,
-    categories: tuple[str, ...] = ("animal",),
-    margin: float = 0.1,
-    top_k: int = 5,
-    batch_size: int = 32,
-    workers: int | None = None,
-    resume: bool = True,
-    show_progress: bool = True,
-    max_pixels: int | None = MAX_PIXELS,
-) -> PredictSummary:
-    from imgcls.console import Progress
-    from imgcls.runtime import physical_cores
-
-    workers = physical_cores() if workers is None else workers
-    done = writer.open(resume)
-    total = sum(1 for _ in iter_inputs(inputs)) if show_progress else 0
-
-    def items() -> Iterator[tuple[str, list[tuple[float, float, float, float]], float]]:
-        for path in iter_inputs(inputs):
-            if path in done:
-                continue
-            kept = detections.above(path, threshold, categories) or []
-            yield path, [d.bbox for d in kept], margin
-
-    t0 = time.perf_counter()
-    written = errors = 0
-    pending = _Pending()
-    try:
-        with Progress(total, "predicting", enabled=show_progress) as bar:
-            bar.done = len(done)
-            for item, crops, err in decode_stream(
-                items(), clf.preprocess, workers=workers, max_pixels=max_pixels, fn=_decode_if_boxes
-            ):
-                path = item[0]
-                image = _image_row(path, detections, threshold, categories, err)
-                pending.images.append(image)
-                if crops is not None and err is None:
-                    pending.crops.append(crops)
-                    pending.owner += [(len(pending.images) - 1, j) for j in range(len(crops))]
-                if len(pending) >= batch_size or len(pending.images) >= 4 * batch_size:
-                    written, errors = _flush(clf, writer, pending, bar, written, errors, top_k, detections)
-            written, errors = _flush(clf, writer, pending, bar, written, errors, top_k, detections)
-    finally:
-        writer.close()
-    return PredictSummary(total, written, len(done), errors, time.perf_counter() - t0, writer.path)
-
-
-def _decode_if_boxes(item: Any, cfg: PreprocessConfig, max_pixels: int | None) -> np.ndarray | None:
-    """Images without a kept detection are blank: nothing to decode."""
-    return decode_crops(item, cfg, max_pixels) if item[1] else None
-
-
-def _image_row(
-    path: str,
-    detections: Detections,
-    threshold: float,
-    categories: tuple[str, ...],
-    err: str | None,
-) -> dict[str, Any]:
-    row: dict[str, Any] = {"path": path, "label": "", "score": None, "top_k": None, "error": err}
-    dets = detections.lookup(path)
-    if dets is None:
-        row["error"] = f"not in the detections file {detections.path.name}"
-    elif os.path.realpath(path) in detections.failures:
-        failure = detections.failures[os.path.realpath(path)]
-        row["error"] = f"the detector failed on it ({failure})"
-    row["_all"] = dets or []
-    row["_kept"] = [j for j, d in enumerate(dets or []) if d.conf >= threshold and d.category in categories]
-    return row
-
-
-def _flush(
-    clf: Classifier,
-    writer: Writer,
-    pending: _Pending,
-    bar: Any,
-    written: int,
-    errors: int,
-    top_k: int,
-    detections: Detections,
-) -> tuple[int, int]:
-    if not pending.images:
-        return written, errors
-    probs = clf.probabilities(np.concatenate(pending.crops)) if pending.crops else np.zeros((0, len(clf.label_names)))
-    per_image: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
-    for (i, j), p in zip(pending.owner, probs, strict=True):
-        per_image[i][j] = p
-    rows = [_finish_row(clf, img, per_image.get(i, {}), top_k, detections) for i, img in enumerate(pending.images)]
-    writer.write(rows)
-    writer.flush()
-    bar.update(len(rows))
-    written += len(rows)
-    errors += sum(1 for r in rows if r["error"])
-    pending.clear()
-    return written, errors
-
-
-def _finish_row(
-    clf: Classifier,
-    row: dict[str, Any],
-    crop_probs: dict[int, np.ndarray],
-    top_k: int,
-    detections: Detections,
-) -> dict[str, Any]:
-    dets: list[Detection] = row.pop("_all")
-    kept: list[int] = row.pop("_kept")
-    cat_ids = {name: cid for cid, name in detections.categories.items()}
-    file = detections.files.get(os.path.realpath(row["path"]), row["path"])
-    if row["error"]:
-        row["_md"] = {"file": file, "failure": row["error"]}
+    def _classified(
+        self, clf: Classifier, row: dict[str, Any], file: str, dets: list[Detection], classified: dict[int, np.ndarray]
+    ) -> dict[str, Any]:
+        path = row["path"]
+        cat_ids = {name: cid for cid, name in self.detections.categories.items()}
+        row["_md"] = _md_entry(file, dets, classified, cat_ids, self.top_k)
+        row["detections"] = []
+        for j, d in enumerate(dets):
+            if j in classified:
+                r = clf.row(path, classified[j], top_k=self.top_k)
+                row["detections"].append({"category": d.category, "conf": d.conf, "bbox": list(d.bbox),
+                                          "label": r["label"], "score": r["score"], "top_k": r["top_k"]})  # fmt: skip
+        if not classified:
+            blank = round(1.0 - max((d.conf for d in dets), default=0.0), 6)
+            row.update(label=BLANK, score=blank, top_k={BLANK: blank}, _probs=None)
+            return row
+        weights = np.array([dets[j].conf for j in classified])
+        p = (np.stack(list(classified.values())) * weights[:, None]).sum(0) / weights.sum()
+        image = clf.row(path, p, top_k=self.top_k)
+        row.update(label=image["label"], score=image["score"], top_k=image["top_k"], _probs=p)
         return row
-    classified = {kept[j]: p for j, p in crop_probs.items()}
-    row["_md"] = _md_entry(file, dets, classified, cat_ids, top_k)
-    row["detections"] = []
-    for j, d in enumerate(dets):
-        entry: dict[str, Any] = {"category": d.category, "conf": d.conf, "bbox": list(d.bbox)}
-        if j in classified:
-            r = clf.row(row["path"], classified[j], top_k=top_k)
-            entry.update(label=r["label"], score=r["score"], top_k=r["top_k"])
-            row["detections"].append(entry)
-    if not classified:
-        best = max((d.conf for d in dets), default=0.0)
-        row.update(
-            label=BLANK,
-            score=round(1.0 - best, 6),
-            top_k={BLANK: round(1.0 - best, 6)},
-            _probs=None,
-        )
-        return row
-    weights = np.array([dets[j].conf for j in classified])
-    p = (np.stack(list(classified.values())) * weights[:, None]).sum(0) / weights.sum()
-    image = clf.row(row["path"], p, top_k=top_k)
-    row.update(label=image["label"], score=image["score"], top_k=image["top_k"], _probs=p)
-    return row
 
 
 # ------------------------------------------------------------------------------- sequences
@@ -392,65 +300,47 @@ def run(
     resume: bool = True,
     **kwargs: Any,
 ) -> PredictSummary:
-    """``imgcls predict`` with detections, sequence aggregation or an ecologists' format."""
+    """``imgcls predict`` with detections, sequence aggregation or an ecologists' format: the
+    one prediction runner (:func:`imgcls.predict.run_predict`) with the detection crops as its
+    item source, each row annotated with its event and deployment, and at the end the events
+    decided and the package assembled."""
     from imgcls import __version__
-    from imgcls.cameratrap.detections import crop_settings, parse_categories, read_detections
-    from imgcls.outputs import guard_resume, writer_for
-    from imgcls.predict import predict_files, run_settings
+    from imgcls.data.sources.detections import crop_settings, parse_categories, read_detections
+    from imgcls.predict import run_predict
 
     require_single_process()
-    options: dict[str, Any] = {
-        "model": clf.describe(),
-        "version": __version__,
-        **(writer_options or {}),
-    }
-    detections = None
+    options: dict[str, Any] = {"version": __version__, **(writer_options or {})}
+    source = None
     if detections_file:
         detections = read_detections(detections_file, image_root)
-        options["detection_categories"] = detections.categories
-        options["detector_info"] = detections.info
-    writer = writer_for(out, fmt, options)
-    if writer.name == "megadetector" and detections is None:
+        options.update(detection_categories=detections.categories, detector_info=detections.info)
+        threshold, margin = crop_settings(clf.info.provenance, det_threshold, crop_margin)
+        source = DetectionSource(detections, threshold, parse_categories(det_categories), margin, kwargs["top_k"])
+    elif fmt == "megadetector":
         raise UserError("--format megadetector needs --detections md.json (classifications belong to detections)")
-    settings = run_settings(
-        clf, writer.name, kwargs, detections=detections_file, det_threshold=det_threshold,
-        det_categories=det_categories, crop_margin=crop_margin, aggregate=aggregate,
-        sequence_gap=sequence_gap, metadata=metadata, writer_options=writer_options or {},
-    )  # fmt: skip
     if aggregate == "sequence" and out is None:
         raise UserError("--aggregate sequence needs --out")
     # beside the output (for Camtrap DP beside the folder, so the package holds only its files)
     side = Path(out).with_name(f".{Path(out).name}.probs.jsonl") if aggregate == "sequence" and out else None
     if not resume and side is not None:
         side.unlink(missing_ok=True)
-    guard_resume(out, settings, resume, writer=writer)
     events, locations = image_events_and_locations(
-        inputs, metadata, events=aggregate == "sequence", gap=sequence_gap, by_folder=writer.name == "camtrapdp"
+        inputs, metadata, events=aggregate == "sequence", gap=sequence_gap, by_folder=fmt == "camtrapdp"
     )
-    wrapped = Annotate(writer, side, events, locations)
-    if detections is not None:
-        threshold, margin = crop_settings(clf.info.provenance, det_threshold, crop_margin)
-        categories = parse_categories(det_categories)
-        summary = predict_detections(
-            clf,
-            inputs,
-            wrapped,
-            detections,
-            threshold=threshold,
-            categories=categories,
-            margin=margin,
-            resume=resume,
-            **kwargs,
-        )
-    else:
-        summary = predict_files(clf, inputs, wrapped, resume=resume, **kwargs)
-    by_event: dict[str, dict[str, Any]] = {}
-    if side is not None:
-        by_event = event_labels(side, clf)
-    if writer.name == "camtrapdp":
-        writer.finalize(events=by_event)  # type: ignore[attr-defined]
-    elif hasattr(writer, "finalize"):
-        writer.finalize()
-    if by_event and out is not None and writer.name in ("csv", "jsonl", "json"):
-        add_event_columns(Path(out), writer.name, by_event, events)
-    return summary
+    settings = dict(detections=detections_file, det_threshold=det_threshold, det_categories=det_categories,
+                    crop_margin=crop_margin, aggregate=aggregate, sequence_gap=sequence_gap, metadata=metadata,
+                    writer_options=writer_options or {})  # fmt: skip
+
+    def finish(writer: Writer) -> None:
+        by_event = event_labels(side, clf) if side is not None else {}
+        if writer.name == "camtrapdp":
+            writer.finalize(events=by_event)  # type: ignore[attr-defined]
+        elif hasattr(writer, "finalize"):
+            writer.finalize()
+        if by_event and out is not None and writer.name in ("csv", "jsonl", "json"):
+            add_event_columns(Path(out), writer.name, by_event, events)
+
+    return run_predict(
+        clf, inputs, out=out, fmt=fmt, resume=resume, writer_options=options, source=source, settings=settings,
+        wrap=lambda writer: Annotate(writer, side, events, locations), finish=finish, **kwargs,
+    )  # fmt: skip

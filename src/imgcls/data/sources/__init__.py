@@ -3,7 +3,10 @@
 - a folder of class sub-folders, or one holding ``train/ val/ test/`` class-folder trees;
 - a folder of MNIST-format IDX files;
 - a ``.csv`` manifest;
-- a ``.json`` in COCO Camera Traps format.
+- a ``.json`` in COCO Camera Traps format;
+
+and, on top of any of them, MegaDetector detections (:mod:`imgcls.data.sources.detections`):
+a row per detection crop, for training, evaluation and prediction.
 """
 
 from __future__ import annotations
