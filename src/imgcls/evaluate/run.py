@@ -1,0 +1,366 @@
+"""``imgcls evaluate``: a model over labelled data, with predict's own inference.
+
+Predictions come from the same batched inference as ``imgcls predict`` (the model's own
+preprocessing, bad files skipped and listed), so evaluate's top-1 is the accuracy of predict's
+labels on the same images. The steps: the rows to evaluate (:func:`choose_rows`), their true
+labels in the model's label order, the probabilities (:func:`collect_probabilities`), the
+metrics (:mod:`imgcls.evaluate.metrics`) and the report (:mod:`imgcls.report`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcls.data.table import DataTable
+from imgcls.errors import UserError
+from imgcls.evaluate.metrics import compute_metrics, group_accuracy
+
+
+@dataclass
+class EvalResult:
+    task: str
+    label_names: list[str]
+    paths: list[str]
+    targets: np.ndarray  # class indices (N,) or multi-hot (N, K), in the model's label order
+    probs: np.ndarray
+    metrics: dict[str, Any]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    thumbnail: Any = None  # index -> PIL image, for the gallery of mistakes
+    split: str = ""
+    data: str = ""
+    model: str = ""
+    run_dir: Path | None = None
+    #: the images are the training run's validation split, which also chose the best epoch, the
+    #: temperature and the thresholds: the figures are optimistic
+    selection_split: bool = False
+    report_dir: Path | None = None  # where the report was written
+
+    @property
+    def selection_note(self) -> str:
+        """One line saying so, with the command that gives an unbiased figure."""
+        return (
+            "measured on the validation split that also chose the best epoch, the temperature and the "
+            "thresholds, so optimistic; for an unbiased figure evaluate images the run never saw "
+            f"(a test split, or: imgcls evaluate --model {self.model} --data TEST_DATA)"
+        )
+
+
+def _some(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def _map_targets(
+    table: DataTable, names: list[str], rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Table targets -> the model's label indices; rows with a class the model lacks are skipped."""
+    index = {n: i for i, n in enumerate(names)}
+    keep, skipped = [], []
+    for i in rows:
+        labels = table.label_names(int(i))
+        unknown = [n for n in labels if n not in index]
+        if unknown:
+            skipped.append((table.paths[i], f"class {unknown[0]!r} is unknown to the model"))
+        else:
+            keep.append(int(i))
+    if not keep and len(rows):
+        data_names = sorted({n for i in rows for n in table.label_names(int(i))})
+        raise UserError(
+            f"none of the data's classes ({_some(data_names)}) is one of the model's ({_some(names)}): "
+            "is this the data the model was trained for?"
+        )
+    keep_arr = np.array(keep, dtype=np.int64)
+    if table.multilabel:
+        t = np.zeros((len(keep), len(names)), dtype=np.uint8)
+        for r, i in enumerate(keep):
+            for n in table.label_names(i):
+                t[r, index[n]] = 1
+    else:
+        t = np.array([index[table.label_names(i)[0]] for i in keep], dtype=np.int64)
+    return keep_arr, t, skipped
+
+
+def choose_rows(table: DataTable, split: str | None, model_run: Path | None) -> tuple[np.ndarray, str]:
+    """Rows to evaluate: the named split; by default the source's test split, else its
+    validation split, else the training run's validation rows (when the data is the run's),
+    else every row."""
+    available = table.available_splits()
+    if split:
+        if split not in ("train", "val", "test", "all"):
+            raise UserError(f"--split must be train, val, test or all, not {split!r}")
+        if split == "all":
+            return np.arange(len(table)), "all"
+        rows = table.rows_in_split(split)
+        if len(rows) == 0 and model_run is not None:
+            rows = _run_split_rows(table, model_run, split)
+        if len(rows) == 0:
+            have = ", ".join(available) or "none"
+            raise UserError(f"the data has no {split!r} split (splits: {have})")
+        return rows, split
+    for name in ("test", "val"):
+        if name in available:
+            return table.rows_in_split(name), name
+    if model_run is not None:
+        rows = _run_split_rows(table, model_run, "val")
+        if len(rows):
+            return rows, "val"
+    return np.arange(len(table)), "all"
+
+
+def _run_split_rows(table: DataTable, run: Path, split: str) -> np.ndarray:
+    import csv
+
+    listing = run / "splits.csv"
+    if not listing.is_file():
+        return np.zeros(0, dtype=np.int64)
+    with open(listing, newline="", encoding="utf-8") as f:
+        listed = {r["path"]: r["split"] for r in csv.DictReader(f)}
+    # Images the run skipped (e.g. blanks without a detection) are not listed; when the run
+    # split by a group column (location, sequence), they belong to their group's side.
+    for column in ("location", "sequence"):
+        values = table.columns.get(column)
+        if values is None:
+            continue
+        sides: dict[str, set[str]] = {}
+        for p, g in zip(table.paths, values, strict=True):
+            if p in listed and g:
+                sides.setdefault(str(g), set()).add(listed[p])
+        if sides and all(len(v) == 1 for v in sides.values()):
+            for p, g in zip(table.paths, values, strict=True):
+                if p not in listed and str(g) in sides:
+                    listed[p] = next(iter(sides[str(g)]))
+            break
+    return np.array([i for i, p in enumerate(table.paths) if listed.get(p) == split], dtype=np.int64)
+
+
+def _same_data(a: str | Path | None, b: str | Path | None) -> bool:
+    if not a or not b:
+        return False
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def collect_probabilities(
+    clf: Any,
+    table: DataTable,
+    rows: np.ndarray,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    tta: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """(probabilities of the decodable rows, those rows, (path, reason) of the others)."""
+    from imgcls.console import Progress
+
+    probs: list[np.ndarray] = []
+    ok: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    batch: list[np.ndarray] = []
+    batch_rows: list[int] = []
+
+    def flush() -> None:
+        probs.append(clf.probabilities(np.stack(batch), tta=tta))
+        ok.extend(batch_rows)
+        batch.clear()
+        batch_rows.clear()
+
+    with Progress(len(rows), "evaluating") as bar:
+        for i, (path, arr, err) in zip(rows, model_inputs(clf, table, rows, workers), strict=True):
+            if arr is None:
+                skipped.append((path, err or "unreadable"))
+                continue
+            batch.append(arr)
+            batch_rows.append(int(i))
+            if len(batch) >= batch_size:
+                bar.update(len(batch))
+                flush()
+        if batch:
+            flush()
+    k = len(clf.label_names)
+    return (np.concatenate(probs) if probs else np.zeros((0, k))), np.array(ok, dtype=np.int64), skipped
+
+
+def model_inputs(clf: Any, table: DataTable, rows: np.ndarray, workers: int | None) -> Any:
+    """(path, uint8 model input or None, error or None) for each row, in order: images held in
+    memory (IDX), detection crops, or files decoded in worker processes."""
+    from PIL import Image
+
+    from imgcls.data.preprocess import eval_array
+    from imgcls.predict import decode_crop, decode_stream
+    from imgcls.runtime import physical_cores
+
+    pre = clf.preprocess
+    n_workers = physical_cores() if workers is None else workers
+    if table.pixels is not None:
+        px = table.pixels
+        return ((table.paths[i], eval_array(Image.fromarray(px[i]).convert("RGB"), pre), None) for i in rows)
+    if table.boxes is not None:  # detection crops
+        crops = ((table.paths[i], tuple(table.boxes[i]), table.crop_margin) for i in rows)
+        return ((item[0], a, e) for item, a, e in decode_stream(crops, pre, workers=n_workers, fn=decode_crop))
+    return decode_stream((table.paths[i] for i in rows), pre, workers=n_workers)
+
+
+def _detection_crops(
+    table: DataTable,
+    rows: np.ndarray,
+    info: Any,
+    detections: str | Path,
+    image_root: str | Path | None,
+    det_threshold: float | None,
+    det_categories: str,
+    crop_margin: float | None,
+) -> tuple[DataTable, np.ndarray, dict[str, Any]]:
+    from imgcls.data.sources.detections import (
+        crop_settings,
+        crop_table,
+        detection_tradeoff,
+        parse_categories,
+        read_detections,
+    )
+
+    threshold, margin = crop_settings(info.provenance, det_threshold, crop_margin)
+    categories = parse_categories(det_categories)
+    dets = read_detections(detections, image_root)
+    images = table.subset(rows)
+    extra = {
+        "detection_threshold": threshold,
+        "detection_tradeoff": detection_tradeoff(images, dets, categories),
+    }
+    cropped = crop_table(images, dets, threshold=threshold, categories=categories, margin=margin)
+    return cropped, np.arange(len(cropped)), extra
+
+
+def evaluate(
+    model: str | Path,
+    data: str | Path | None = None,
+    *,
+    split: str | None = None,
+    out: str | Path | None = None,
+    image_root: str | Path | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    tta: bool | None = None,
+    detections: str | Path | None = None,
+    det_threshold: float | None = None,
+    det_categories: str = "animal",
+    crop_margin: float | None = None,
+    default_out: bool = False,
+) -> EvalResult:
+    """Evaluate a model directory (or .onnx) on labelled data; with ``out``, write the report
+    there (with ``default_out`` and no ``out``: to :func:`default_report_dir`). Where the report
+    goes is checked before any image is read.
+
+    With ``detections`` (MegaDetector results) the model is evaluated on the detection crops,
+    as it was trained, and the report adds the detector's animal-recall / blank-removal
+    trade-off over detection thresholds."""
+    from imgcls.data.sources import load_source
+    from imgcls.io import check_writable
+    from imgcls.predict import Classifier
+
+    if out is not None:
+        check_writable(out, folder=True)
+    clf = Classifier.load(model, device=device, precision=precision)
+    info = clf.info
+    run = Path(info.provenance["run"]) if info.provenance.get("run") else None
+    data = data or info.provenance.get("data")
+    if not data:
+        raise UserError("--data is required: the model does not record its training data")
+    table = load_source(data, multilabel=True if info.task == "multilabel" else None, image_root=image_root)
+    rows, split_name = choose_rows(table, split, run)
+    if out is None and default_out:
+        out = check_writable(default_report_dir(model, run, data, info.provenance.get("data"), split_name), folder=True)
+    extra: dict[str, Any] = {}
+    if detections is not None:
+        crops = (detections, image_root, det_threshold, det_categories, crop_margin)
+        table, rows, extra = _detection_crops(table, rows, info, *crops)
+    keep, targets, skipped = _map_targets(table, info.label_names, rows)
+    skipped = list(table.skipped if split_name == "all" or detections else []) + skipped
+    probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta)
+    position = {int(r): j for j, r in enumerate(keep)}
+    targets = targets[[position[int(r)] for r in ok]]
+    metrics = {**all_metrics(info, table, probs, targets, ok, skipped + bad), **extra}
+    result = EvalResult(
+        thumbnail=Thumbnails(table, ok), task=info.task, label_names=info.label_names,
+        paths=[table.paths[int(i)] for i in ok], targets=targets, probs=probs, metrics=metrics,
+        skipped=skipped + bad, groups=_groups(table, ok), split=split_name, data=str(data), model=str(model),
+        run_dir=run, selection_split=split_name == "val" and _same_data(data, info.provenance.get("data")),
+    )  # fmt: skip
+    if out is not None:
+        from imgcls.report.writer import write_report
+
+        write_report(result, Path(out))
+        result.report_dir = Path(out)
+    return result
+
+
+def _groups(table: DataTable, ok: np.ndarray) -> dict[str, list[str]]:
+    return {k: [table.columns[k][int(i)] for i in ok] for k in ("location",) if k in table.columns}
+
+
+def all_metrics(
+    info: Any, table: DataTable, probs: np.ndarray, targets: np.ndarray, ok: np.ndarray, skipped: list
+) -> dict[str, Any]:
+    """The task's metrics, the counts, the temperature, the blank trade-off (a model with a
+    blank class) and the accuracy per location (data with locations)."""
+    from imgcls.decisions import blank_index, blank_tradeoff
+
+    names = info.label_names
+    metrics = compute_metrics(info.task, probs, targets, names, positive=info.positive_index,
+                              thresholds=info.thresholds)  # fmt: skip
+    metrics["num_images"] = len(ok)
+    metrics["num_skipped"] = len(skipped)
+    if info.task == "multilabel":
+        return metrics
+    metrics["temperature"] = info.temperature
+    blank = blank_index(names)
+    if blank is not None and len(probs):
+        metrics["blank_tradeoff"] = blank_tradeoff(probs, targets, blank)
+    groups = _groups(table, ok)
+    if "location" in groups:
+        correct = info.make_task().predict(probs) == targets  # the model's own decisions
+        metrics["per_location"] = group_accuracy(correct, groups["location"])
+    return metrics
+
+
+@dataclass
+class Thumbnails:
+    """Image ``j`` of the evaluated ones as a picture for the report: what the model saw (the
+    detection crop of a crop, the image held in memory)."""
+
+    table: DataTable
+    ok: np.ndarray
+
+    def __call__(self, j: int) -> Any:
+        from PIL import Image
+
+        from imgcls.data.image import crop_square, read_image
+
+        t, i = self.table, int(self.ok[j])
+        if t.pixels is not None:
+            return Image.fromarray(t.pixels[i]).convert("RGB")
+        img = read_image(t.paths[i], min_size=160)
+        if t.boxes is not None and not np.isnan(t.boxes[i]).any():  # show what the model saw
+            x, y, w, h = (float(v) for v in t.boxes[i])
+            img = crop_square(img, (x, y, w, h), t.crop_margin)
+        return img
+
+
+def default_report_dir(
+    model: str | Path, run: Path | None, data: str | Path, trained_on: str | None, split: str
+) -> Path:
+    """Where ``imgcls evaluate`` writes its report without ``--out``: beside the model, in its
+    training run's folder (``RUN/eval-test``; ``RUN/eval-photos-test`` for other data than the
+    run's), else in the current folder when that one cannot be written."""
+    import os
+
+    name = f"eval-{split}" if _same_data(data, trained_on) else f"eval-{Path(str(data)).stem or 'data'}-{split}"
+    home = run if run is not None and run.is_dir() else Path(model).resolve().parent
+    if not os.access(home, os.W_OK):
+        home = Path.cwd()
+        name = f"{Path(str(model)).resolve().parent.name}-{name}"
+    return home / name
