@@ -282,89 +282,82 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _share(low: float, high: float, *, open_high: bool = True) -> Any:
+    return lambda v: low <= v < high if open_high else low <= v <= high
+
+
+#: field -> (whether a value is acceptable, what it must be); None means "not set" throughout
+_RANGES: dict[str, tuple[Any, str]] = {
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "val_split": (_share(0, 1), "at least 0 and below 1"),
+    "max_val": (lambda v: v >= 1, "at least 1"),
+    "image_size": (_share(8, 4096, open_high=False), "between 8 and 4096"),
+    "max_skipped": (_share(0, 1, open_high=False), "a share between 0 and 1"),
+    "det_threshold": (_share(0, 1, open_high=False), "between 0 and 1"),
+    "crop_margin": (_share(0, 2, open_high=False), "between 0 and 2"),
+    "mixup": (lambda v: v >= 0, "0 (off) or a positive alpha"),
+    "cutmix": (lambda v: v >= 0, "0 (off) or a positive alpha"),
+    "workers": (lambda v: v >= 0, "0 or more"),
+    "cache_max_gb": (lambda v: v > 0, "positive"),
+    "crop_pct": (lambda v: not v or 0.2 <= v <= 1.0, "between 0.2 and 1"),
+    "drop_rate": (_share(0, 1), "at least 0 and below 1"),
+    "head_epochs": (lambda v: v >= 0, "0 or more"),
+    "lr": (lambda v: v > 0, "positive"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "momentum": (_share(0, 1), "at least 0 and below 1"),
+    "warmup": (_share(0, 1), "a share of the steps, at least 0 and below 1"),
+    "backbone_lr_mult": (lambda v: v >= 0, "0 or more"),
+    "clip_grad": (lambda v: v > 0, "positive"),
+    "accumulate": (lambda v: v >= 1, "at least 1"),
+    "label_smoothing": (_share(0, 1), "at least 0 and below 1"),
+    "ema": (_share(0, 1), "0 (off) or a decay below 1, e.g. 0.999"),
+    "early_stopping": (lambda v: v >= 0, "0 (off) or a number of epochs"),
+    "checkpoint_minutes": (lambda v: v > 0, "positive"),
+    "threads": (lambda v: v >= 1, "at least 1"),
+    "binary_threshold": (
+        lambda v: v in TUNED_THRESHOLDS or _probability(v),
+        "a probability between 0 and 1, f1 or balanced",
+    ),
+    "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "one of auto, cpu, cuda"),
+}
+
+#: field -> the values it may take (an empty value means "the model's own" for the optional ones)
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "cache": ("disk", "memory", "none"),
+    "interpolation": ("bilinear", "bicubic", "nearest"),
+    "resize_mode": ("crop", "pad"),
+    "augment": ("auto", *AUGMENT_PRESETS),
+    "freeze": ("none", "backbone"),
+    "task": ("auto", "multiclass", "binary", "multilabel"),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+    "balance": ("none", "weights", "sampler"),
+    "tta": ("auto", "flip", "none"),
+}
+
+
+def _probability(text: str) -> bool:
+    try:
+        return 0 < float(text) < 1
+    except ValueError:
+        return False
+
+
 def check_config(cfg: RunConfig) -> None:
     """Refuse out-of-range and unknown settings at once, before any data is read or weights are
     fetched, with the option's command-line name in the message."""
-    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    for section in (cfg.data, cfg.model, cfg.optim, cfg.train):
+        for f in fields(section):
+            value = getattr(section, f.name)
+            if value is None or (value == "" and f.name in ("interpolation", "resize_mode")):
+                continue
+            if f.name in _CHOICES and value not in _CHOICES[f.name]:
+                _bad(f.name, value, "one of " + ", ".join(_CHOICES[f.name]))
+            if f.name in _RANGES and not _RANGES[f.name][0](value):
+                _bad(f.name, value, _RANGES[f.name][1])
+    if cfg.train.time_budget is not None:
+        parse_duration(cfg.train.time_budget)
 
-    def bad(option: str, value: Any, want: str) -> None:
-        raise UserError(f"--{option.replace('_', '-')} must be {want}, not {value!r}")
 
-    def choice(option: str, value: Any, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            bad(option, value, "one of " + ", ".join(allowed))
-
-    if t.epochs is not None and t.epochs < 1:
-        bad("epochs", t.epochs, "at least 1")
-    if t.batch_size is not None and t.batch_size < 1:
-        bad("batch_size", t.batch_size, "at least 1")
-    if t.time_budget is not None:
-        parse_duration(t.time_budget)
-    if not 0 <= d.val_split < 1:
-        bad("val_split", d.val_split, "at least 0 and below 1")
-    if d.max_val is not None and d.max_val < 1:
-        bad("max_val", d.max_val, "at least 1")
-    if d.image_size is not None and not 8 <= d.image_size <= 4096:
-        bad("image_size", d.image_size, "between 8 and 4096")
-    if not 0 <= d.max_skipped <= 1:
-        bad("max_skipped", d.max_skipped, "a share between 0 and 1")
-    if not 0 <= d.det_threshold <= 1:
-        bad("det_threshold", d.det_threshold, "between 0 and 1")
-    if not 0 <= d.crop_margin <= 2:
-        bad("crop_margin", d.crop_margin, "between 0 and 2")
-    if d.mixup < 0 or d.cutmix < 0:
-        bad("mixup" if d.mixup < 0 else "cutmix", min(d.mixup, d.cutmix), "0 (off) or a positive alpha")
-    if d.workers is not None and d.workers < 0:
-        bad("workers", d.workers, "0 or more")
-    choice("cache", d.cache, ("disk", "memory", "none"))
-    if not d.cache_max_gb > 0:
-        bad("cache_max_gb", d.cache_max_gb, "positive")
-    if d.crop_pct and not 0.2 <= d.crop_pct <= 1.0:
-        bad("crop_pct", d.crop_pct, "between 0.2 and 1")
-    if d.interpolation:
-        choice("interpolation", d.interpolation, ("bilinear", "bicubic", "nearest"))
-    if d.resize_mode:
-        choice("resize_mode", d.resize_mode, ("crop", "pad"))
-    choice("augment", d.augment, ("auto", *AUGMENT_PRESETS))
-    if not 0 <= m.drop_rate < 1:
-        bad("drop_rate", m.drop_rate, "at least 0 and below 1")
-    choice("freeze", m.freeze, ("none", "backbone"))
-    if m.head_epochs is not None and m.head_epochs < 0:
-        bad("head_epochs", m.head_epochs, "0 or more")
-    if o.lr is not None and not o.lr > 0:
-        bad("lr", o.lr, "positive")
-    if o.weight_decay is not None and o.weight_decay < 0:
-        bad("weight_decay", o.weight_decay, "0 or more")
-    if not 0 <= o.momentum < 1:
-        bad("momentum", o.momentum, "at least 0 and below 1")
-    if not 0 <= o.warmup < 1:
-        bad("warmup", o.warmup, "a share of the steps, at least 0 and below 1")
-    if o.backbone_lr_mult is not None and o.backbone_lr_mult < 0:
-        bad("backbone_lr_mult", o.backbone_lr_mult, "0 or more")
-    if o.clip_grad is not None and not o.clip_grad > 0:
-        bad("clip_grad", o.clip_grad, "positive")
-    if o.accumulate < 1:
-        bad("accumulate", o.accumulate, "at least 1")
-    if not 0 <= o.label_smoothing < 1:
-        bad("label_smoothing", o.label_smoothing, "at least 0 and below 1")
-    if not 0 <= o.ema < 1:
-        bad("ema", o.ema, "0 (off) or a decay below 1, e.g. 0.999")
-    choice("task", t.task, ("auto", "multiclass", "binary", "multilabel"))
-    choice("precision", t.precision, ("auto", "bf16", "fp16", "fp32"))
-    if not t.device.startswith("cuda:"):
-        choice("device", t.device, ("auto", "cpu", "cuda"))
-    choice("balance", t.balance, ("none", "weights", "sampler"))
-    choice("tta", t.tta, ("auto", "flip", "none"))
-    if t.binary_threshold not in TUNED_THRESHOLDS:
-        try:
-            cut = float(t.binary_threshold)
-        except ValueError:
-            cut = -1.0
-        if not 0 < cut < 1:
-            bad("binary_threshold", t.binary_threshold, "a probability between 0 and 1, f1 or balanced")
-    if t.early_stopping < 0:
-        bad("early_stopping", t.early_stopping, "0 (off) or a number of epochs")
-    if not t.checkpoint_minutes > 0:
-        bad("checkpoint_minutes", t.checkpoint_minutes, "positive")
-    if t.threads is not None and t.threads < 1:
-        bad("threads", t.threads, "at least 1")
+def _bad(option: str, value: Any, want: str) -> None:
+    raise UserError(f"--{option.replace('_', '-')} must be {want}, not {value!r}")
