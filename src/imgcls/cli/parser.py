@@ -1,19 +1,29 @@
-"""The ``imgcls`` command line: parses arguments, fills configs, calls the library.
+"""The command line's grammar: every command, its options, their help and examples.
 
-Nothing else imports this module. Each subcommand imports what it needs when it runs, so
-``imgcls --help`` and a single-image ``imgcls predict`` start quickly.
+Each ``add_*`` function is the argument table of one command; the training options come from
+the fields of :mod:`imgcls.config`'s dataclasses. The handlers live in
+:mod:`imgcls.cli.commands`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from imgcls.errors import UserError
+from imgcls.cli.commands import (
+    _cmd_cache,
+    _cmd_demo,
+    _cmd_evaluate,
+    _cmd_export,
+    _cmd_models,
+    _cmd_predict,
+    _cmd_serve,
+    _cmd_summary,
+    _cmd_train,
+)
+from imgcls.models.options import ATTNS, NORMS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -45,60 +55,6 @@ def _add(sub: Any, name: str, help_text: str, examples: str, handler: Handler) -
     return p
 
 
-# ---------------------------------------------------------------------------------------- models
-def _cmd_models(args: argparse.Namespace) -> int:
-    from imgcls.models.catalog import catalog, rows_as_dicts
-    from imgcls.models.summary import human
-
-    rows = catalog(args.pattern)
-    if not rows:
-        raise UserError(f"no registered architecture matches {args.pattern!r}")
-    if args.json:
-        print(json.dumps(rows_as_dicts(rows), indent=2))
-        return 0
-    head = ("name", "family", "source", "params", "MACs", "input", "pretrained", "options")
-    table = [
-        (
-            r.name,
-            r.family,
-            r.source,
-            f"{r.params / 1e6:.2f}M",
-            human(r.macs),
-            "x".join(str(d) for d in r.input_size[1:]),
-            ",".join(r.pretrained) or "-",
-            ",".join(r.options) or "-",
-        )
-        for r in rows
-    ]
-    widths = [max(len(c) for c in col) for col in zip(head, *table, strict=True)]
-    for line in (head, *table):
-        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-    print(
-        f"\n{len(rows)} architectures; MACs = multiply-adds of one forward pass at the input size."
-        "\nAny timm or torchvision classifier also works as timm/NAME or torchvision/NAME."
-    )
-    return 0
-
-
-# --------------------------------------------------------------------------------------- summary
-def _cmd_summary(args: argparse.Namespace) -> int:
-    from imgcls.models.summary import summarize_arch
-
-    size = tuple(args.input_size) if args.input_size else None
-    if size is not None and (min(size) < 1 or size[0] != 3):
-        raise UserError(f"--input-size must be 3 H W with positive H and W, not {size}")
-    try:
-        s = summarize_arch(args.arch, input_size=size, num_classes=args.num_classes, norm=args.norm, attn=args.attn)
-    except RuntimeError as e:
-        if size is None:
-            raise
-        reason = str(e).splitlines()[0]
-        raise UserError(f"{args.arch} cannot run at input size {size}: {reason}") from None
-    print(json.dumps(s.to_dict(), indent=2) if args.json else s.table())
-    return 0
-
-
-# ----------------------------------------------------------------------------------------- train
 #: help for every training option; the options themselves come from imgcls.config's dataclasses
 TRAIN_HELP = {
     "data": "training data: class folders, train/val/test folders, IDX folder, .csv, COCO .json",
@@ -216,254 +172,6 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
                 )
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    import time
-
-    from imgcls.api import train
-
-    started = getattr(args, "_started", time.monotonic())
-    options = {
-        k: v for k, v in vars(args).items() if k not in ("handler", "config", "resume", "command", "out", "_started")
-    }
-    _allow_train_pixels(args, options)
-    run = train(out=args.out, config=args.config, resume=args.resume, started=started, **options)
-    if os.environ.get("RANK", "0") != "0":
-        return 0
-    from imgcls.api import run_config
-
-    model = run / "model"
-    d = run_config(run).data
-    data = options.get("data") or d.data  # as the user wrote it, else the run's
-    listing = run / "splits.csv"  # the test split, where the data has one, is the one to judge by
-    has_test = listing.is_file() and ",test\n" in listing.read_text(encoding="utf-8")
-    print(f"model: {model}")
-    import shlex
-
-    split = " --split test" if has_test else ""
-    crops = ""
-    if d.detections:  # a model of detection crops is judged on crops
-        crops = f" --detections {shlex.quote(str(options.get('detections') or d.detections))}"
-        crops += f" --det-categories {d.det_categories}"
-    print(
-        f"evaluate it: imgcls evaluate --model {shlex.quote(str(model))} --data {shlex.quote(str(data))}{crops}{split}"
-    )
-    return 0
-
-
-def _allow_train_pixels(args: argparse.Namespace, options: dict[str, Any]) -> None:
-    """This process is the command's own: let Pillow open what --max-pixels allows (from the
-    command line, the --config file or, on --resume, the run's config.yaml)."""
-    from pathlib import Path
-
-    import yaml
-
-    from imgcls.data.image import MAX_PIXELS, allow_pixels
-
-    limit = options.get("max_pixels")
-    for source in ([Path(args.config)] if args.config else []) + (
-        [Path(args.out) / "config.yaml"] if args.resume and args.out else []
-    ):
-        if limit is None and source.is_file():
-            try:
-                saved = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-            except (OSError, yaml.YAMLError):
-                continue  # the training command reports it
-            if isinstance(saved, dict):
-                section = saved.get("data")
-                limit = (section if isinstance(section, dict) else saved).get("max_pixels")
-    allow_pixels(int(limit) if isinstance(limit, (int, float)) else MAX_PIXELS)
-
-
-# --------------------------------------------------------------------------------------- predict
-FEW_IMAGES = 200  # up to this many inputs, predict starts on ONNX Runtime when it can
-
-
-def _set_decision(clf: Any, args: argparse.Namespace) -> None:
-    """--threshold, --class-thresholds, --rollup, --blank-threshold -> the classifier's rule."""
-    from imgcls.decisions import DecisionRule, parse_class_thresholds
-
-    wanted = args.class_thresholds or args.rollup or args.blank_threshold is not None
-    if not wanted:
-        return
-    if clf.task != "multiclass":
-        raise UserError("--class-thresholds, --rollup and --blank-threshold apply to multi-class models")
-    clf.decision = DecisionRule(
-        clf.label_names,
-        threshold=args.threshold if args.threshold is not None else (0.5 if args.rollup else None),
-        class_thresholds=parse_class_thresholds(args.class_thresholds, clf.label_names),
-        rollup=args.rollup,
-        blank_threshold=args.blank_threshold,
-    )
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from imgcls.predict import Classifier, run_predict
-
-    if args.top_k < 1:
-        raise UserError("--top-k must be at least 1")
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise UserError("--threshold must be between 0 and 1")
-    import itertools
-    from pathlib import Path
-
-    from imgcls.predict import check_inputs, iter_inputs
-
-    if not Path(args.model).exists():
-        raise UserError(f"model not found: {args.model} (expected a model directory or an .onnx file)")
-    check_inputs(args.inputs)
-    if args.out:
-        from imgcls.io import check_writable
-
-        check_writable(args.out, folder=args.format == "camtrapdp")
-    n = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1))
-    if n == 0:
-        raise UserError(f"no files found in {' '.join(args.inputs)} (folders, globs and lists were all empty)")
-    backend = args.backend
-    if backend == "auto":
-        # a few images: ONNX Runtime starts in a fraction of PyTorch's import time; many
-        # images: PyTorch's bf16 kernels are faster per image
-        backend = "auto" if n <= FEW_IMAGES else "torch"
-    clf = Classifier.load(args.model, device=args.device, precision=args.precision, backend=backend)
-    _set_decision(clf, args)
-    common = dict(
-        top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
-        show_progress=args.out is not None, resume=not args.overwrite,
-    )  # fmt: skip
-    camera = args.detections or args.aggregate != "none" or args.format in ("megadetector", "camtrapdp")
-    if camera:
-        import imgcls.cameratrap.writers  # noqa: F401  (registers the formats)
-        from imgcls.cameratrap.pipeline import run
-
-        options = {
-            "utc_offset": args.utc_offset,
-            "deployments": args.deployments,
-            "metadata": args.camtrapdp_metadata,
-        }
-        summary = run(
-            clf, args.inputs, out=args.out, fmt=args.format, detections_file=args.detections,
-            image_root=args.image_root, det_threshold=args.det_threshold, det_categories=args.det_categories,
-            crop_margin=args.crop_margin, aggregate=args.aggregate, sequence_gap=args.sequence_gap,
-            metadata=args.metadata, writer_options=options, **common,
-        )  # fmt: skip
-    else:
-        summary = run_predict(
-            clf, args.inputs, out=args.out, fmt=args.format, threshold=args.threshold,
-            tta={"flip": True, "none": False}.get(args.tta), **common,
-        )  # fmt: skip
-    note = summary.left_out_note()
-    if args.out and os.environ.get("RANK", "0") == "0":
-        done = f", {summary.skipped_done} already done" if summary.skipped_done else ""
-        sys.stderr.write(
-            f"predicted {summary.written} images{done} ({summary.errors} unreadable) in "
-            f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s) -> {args.out}"
-            f"{'; ' + note if note else ''}\n"
-        )
-    elif note:
-        sys.stderr.write(f"imgcls predict: {note}\n")
-    return 0
-
-
-# -------------------------------------------------------------------------------------- evaluate
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from imgcls.evaluate import evaluate
-
-    r = evaluate(
-        args.model, args.data, split=args.split, out=args.out, image_root=args.image_root,
-        batch_size=args.batch_size, workers=args.workers, device=args.device,
-        precision=args.precision, tta={"flip": True, "none": False}.get(args.tta), detections=args.detections,
-        det_threshold=args.det_threshold, det_categories=args.det_categories,
-        crop_margin=args.crop_margin, default_out=True,
-    )  # fmt: skip
-    m = r.metrics
-    print(f"{r.task} evaluation on {m['num_images']} images ({r.split}), {m['num_skipped']} skipped")
-    keys = ("top1", "top5", "balanced_accuracy", "macro_f1", "roc_auc", "average_precision", "mAP",
-            "micro_f1", "subset_accuracy", "hamming_loss", "nll", "ece")  # fmt: skip
-    width = max(len(k) for k in keys)
-    for k in keys:
-        if isinstance(m.get(k), float):
-            print(f"  {k:<{width}}  {m[k]:.4f}")
-    groups = m.get("per_location") or []
-    if groups:
-        print("per location (accuracy, images):")
-        for g in groups[:20]:
-            print(f"  {g['group']:<{width}}  {g['accuracy']:.4f}  {g['images']}")
-        if len(groups) > 20:
-            print(f"  ... {len(groups) - 20} more in metrics.json")
-    if r.selection_split:
-        print(f"note: {r.selection_note}")
-    if r.report_dir is not None:
-        print(f"report: {r.report_dir / 'report.html'}")
-    return 0
-
-
-# ---------------------------------------------------------------------------------------- export
-def _cmd_export(args: argparse.Namespace) -> int:
-    from imgcls.export import export_onnx
-
-    if args.format != "onnx":
-        raise UserError(f"unknown export format {args.format!r} (onnx is supported)")
-    report, source = export_onnx(args.model, args.out, images=args.images, opset=args.opset, tolerance=args.tolerance)
-    print(f"wrote {report.path}")
-    print(
-        f"verified with ONNX Runtime on {report.images} {source}: max |logit diff| "
-        f"{report.max_logit_diff:.2e}, max |probability diff| {report.max_prob_diff:.2e}, "
-        f"top-1 agreement {100 * report.top1_agreement:.1f}%"
-    )
-    return 0
-
-
-# ----------------------------------------------------------------------------------------- serve
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from imgcls.serve.app import ServeConfig, serve
-
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        sys.stderr.write(f"imgcls serve: listening on {args.host}: reachable from other machines\n")
-    from imgcls.data.image import allow_pixels
-
-    allow_pixels(args.max_pixels)  # this process is the server's own
-    cfg = ServeConfig(
-        model=args.model, host=args.host, port=args.port, api_key=args.api_key,
-        max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_pixels=args.max_pixels,
-        cors_origins=args.cors_origin or [], max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        top_k=args.top_k, device=args.device, precision=args.precision,
-    )  # fmt: skip
-    serve(cfg)
-    return 0
-
-
-# ----------------------------------------------------------------------------------------- cache
-def _cmd_cache(args: argparse.Namespace) -> int:
-    import time
-
-    from imgcls.data.store import cache_entries, default_cache_dir, remove_entries
-    from imgcls.engine.budget import parse_duration
-
-    folder = args.cache_dir or str(default_cache_dir())
-    entries = cache_entries(folder)
-    if args.action == "info":
-        total = sum(e.bytes for e in entries)
-        print(f"{folder}: {len(entries)} entries, {total / 1e9:.2f} GB (training keeps it under --cache-max-gb, 50)")
-        for e in entries:
-            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
-            what = f"{e.images} images of {e.side}x{e.side} px" if e.images else "unfinished write"
-            print(f"  {e.key}  {e.bytes / 1e6:9.1f} MB  used {used}  {what}  from {e.data}")
-        return 0
-    if args.older_than:
-        cutoff = time.time() - parse_duration(args.older_than)
-        entries = [e for e in entries if e.last_used < cutoff]
-    freed = remove_entries(entries)
-    print(f"removed {len(entries)} entries ({freed / 1e9:.2f} GB) from {folder}")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------ demo
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from imgcls.demo import run_demo
-
-    run_demo(out=args.out)
-    return 0
-
-
 def _device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
@@ -493,7 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     parser.error = _parser_error(parser)  # type: ignore[method-assign,assignment]
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_models(sub)
+    add_summary(sub)
+    add_train(sub)
+    add_predict(sub)
+    add_evaluate(sub)
+    add_export(sub)
+    add_serve(sub)
+    add_cache(sub)
+    add_demo(sub)
+    return parser
 
+
+def add_models(sub: Any) -> None:
+    """``imgcls models``."""
     p = _add(
         sub,
         "models",
@@ -504,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", help="shell pattern or substring of the name")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    from imgcls.models.options import ATTNS, NORMS
 
+def add_summary(sub: Any) -> None:
+    """``imgcls summary``."""
     p = _add(
         sub,
         "summary",
@@ -521,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn", choices=ATTNS, help="channel attention (ResNet, VGG, LeNet families)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+
+def add_train(sub: Any) -> None:
+    """``imgcls train``."""
     p = _add(
         sub,
         "train",
@@ -539,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     _add_config_options(p)
 
+
+def add_predict(sub: Any) -> None:
+    """``imgcls predict``."""
     p = _add(
         sub,
         "predict",
@@ -602,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--deployments", help="CSV with deploymentID and coordinates to merge (Camtrap DP)")
     g.add_argument("--camtrapdp-metadata", help="JSON merged into datapackage.json (project, contributors)")
 
+
+def add_evaluate(sub: Any) -> None:
+    """``imgcls evaluate``."""
     p = _add(
         sub,
         "evaluate",
@@ -625,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--det-categories", default="animal", help="detection categories to crop, e.g. animal,person")
     p.add_argument("--crop-margin", type=float, help="margin around a crop (default: the model's)")
 
+
+def add_export(sub: Any) -> None:
+    """``imgcls export``."""
     p = _add(
         sub,
         "export",
@@ -641,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed probability difference")
 
+
+def add_serve(sub: Any) -> None:
+    """``imgcls serve``."""
     p = _add(
         sub,
         "serve",
@@ -663,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="default labels per image")
     _device_options(p)
 
+
+def add_cache(sub: Any) -> None:
+    """``imgcls cache``."""
     p = _add(
         sub,
         "cache",
@@ -675,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="the cache folder (default ~/.cache/imgcls/decoded)")
     p.add_argument("--older-than", help="clear: only entries not used for this long, e.g. 30d, 12h")
 
+
+def add_demo(sub: Any) -> None:
+    """``imgcls demo``."""
     p = _add(
         sub,
         "demo",
@@ -683,93 +426,3 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_demo,
     )
     p.add_argument("--out", default="demo-run", help="folder for the demo's outputs")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from imgcls.runtime import process_started
-
-    started = process_started()
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        _unknown_options(parser, args, unknown)
-    args._started = started
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.handler(args) or 0)
-    except UserError as e:
-        sys.stderr.write(f"imgcls: error: {e}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write(f"imgcls: interrupted{_how_to_continue(args)}\n")
-        return 130
-    except BrokenPipeError:
-        return 0
-    except OSError as e:  # a file that cannot be written or read where the command needs it
-        if os.environ.get("IMGCLS_DEBUG"):
-            raise
-        where = f": {_shown_path(e.filename)}" if e.filename else ""
-        sys.stderr.write(f"imgcls: error: {e.strerror or e}{where}\n")
-        return 2
-
-
-def _how_to_continue(args: argparse.Namespace) -> str:
-    """For an interrupted command that can be continued: how."""
-    import shlex
-
-    if args.command == "predict" and args.out:
-        return f"; run the same command again to continue where it stopped ({shlex.quote(args.out)} keeps every row)"
-    if args.command == "train" and args.out:
-        from pathlib import Path
-
-        if (Path(args.out) / "checkpoint" / "state.pt").is_file():
-            return f"; continue from its last checkpoint with: imgcls train --out {shlex.quote(args.out)} --resume"
-    return ""
-
-
-def _unknown_options(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> None:
-    """One line for arguments the command does not know, with the option meant where one is
-    close (``--topk``: did you mean --top-k?)."""
-    import difflib
-
-    command = getattr(args, "command", None)
-    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    target = sub.choices.get(command) if sub is not None and command else None
-    known = [o for a in (target or parser)._actions for o in a.option_strings if o.startswith("--")]
-    word = unknown[0].split("=")[0]
-    close = difflib.get_close_matches(word, known, n=1, cutoff=0.75) if word.startswith("-") else []
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    what = "option" if word.startswith("-") else "argument"
-    name = f"imgcls {command}" if command else "imgcls"
-    sys.stderr.write(f"{name}: error: unknown {what} {word}{hint} (see {name} --help)\n")
-    raise SystemExit(2)
-
-
-def _shown_path(name: Any) -> str:
-    """The file a user named, not the temporary sibling it is written through
-    (``.preds.csv.k3j2.tmp`` -> ``preds.csv``)."""
-    import re
-    from pathlib import Path
-
-    p = Path(str(name))
-    found = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+\.tmp(\.onnx)?", p.name)
-    return str(p.with_name(found.group(1))) if found else str(name)
-
-
-def entry() -> None:
-    """The ``imgcls`` program: :func:`main`, then a fast exit. Unloading torch, timm and
-    friends at interpreter shutdown takes over a second on two cores and serves no purpose
-    once every file is closed and synced (all writes here are), so the process ends at once."""
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if "torch" in sys.modules:
-        os._exit(code)
-    raise SystemExit(code)
-
-
-if __name__ == "__main__":
-    entry()

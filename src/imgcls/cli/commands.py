@@ -1,0 +1,315 @@
+"""The command handlers: each takes the parsed arguments, calls the library and prints what a
+user needs to see. Each imports what it needs when it runs, so ``imgcls --help`` and a
+single-image ``imgcls predict`` start quickly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from imgcls.errors import UserError
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from imgcls.models.catalog import catalog, rows_as_dicts
+    from imgcls.models.summary import human
+
+    rows = catalog(args.pattern)
+    if not rows:
+        raise UserError(f"no registered architecture matches {args.pattern!r}")
+    if args.json:
+        print(json.dumps(rows_as_dicts(rows), indent=2))
+        return 0
+    head = ("name", "family", "source", "params", "MACs", "input", "pretrained", "options")
+    table = [
+        (
+            r.name,
+            r.family,
+            r.source,
+            f"{r.params / 1e6:.2f}M",
+            human(r.macs),
+            "x".join(str(d) for d in r.input_size[1:]),
+            ",".join(r.pretrained) or "-",
+            ",".join(r.options) or "-",
+        )
+        for r in rows
+    ]
+    widths = [max(len(c) for c in col) for col in zip(head, *table, strict=True)]
+    for line in (head, *table):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    print(
+        f"\n{len(rows)} architectures; MACs = multiply-adds of one forward pass at the input size."
+        "\nAny timm or torchvision classifier also works as timm/NAME or torchvision/NAME."
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------- summary
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from imgcls.models.summary import summarize_arch
+
+    size = tuple(args.input_size) if args.input_size else None
+    if size is not None and (min(size) < 1 or size[0] != 3):
+        raise UserError(f"--input-size must be 3 H W with positive H and W, not {size}")
+    try:
+        s = summarize_arch(args.arch, input_size=size, num_classes=args.num_classes, norm=args.norm, attn=args.attn)
+    except RuntimeError as e:
+        if size is None:
+            raise
+        reason = str(e).splitlines()[0]
+        raise UserError(f"{args.arch} cannot run at input size {size}: {reason}") from None
+    print(json.dumps(s.to_dict(), indent=2) if args.json else s.table())
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from imgcls.api import train
+
+    started = getattr(args, "_started", time.monotonic())
+    options = {
+        k: v for k, v in vars(args).items() if k not in ("handler", "config", "resume", "command", "out", "_started")
+    }
+    _allow_train_pixels(args, options)
+    run = train(out=args.out, config=args.config, resume=args.resume, started=started, **options)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    from imgcls.api import run_config
+
+    model = run / "model"
+    d = run_config(run).data
+    data = options.get("data") or d.data  # as the user wrote it, else the run's
+    listing = run / "splits.csv"  # the test split, where the data has one, is the one to judge by
+    has_test = listing.is_file() and ",test\n" in listing.read_text(encoding="utf-8")
+    print(f"model: {model}")
+    import shlex
+
+    split = " --split test" if has_test else ""
+    crops = ""
+    if d.detections:  # a model of detection crops is judged on crops
+        crops = f" --detections {shlex.quote(str(options.get('detections') or d.detections))}"
+        crops += f" --det-categories {d.det_categories}"
+    print(
+        f"evaluate it: imgcls evaluate --model {shlex.quote(str(model))} --data {shlex.quote(str(data))}{crops}{split}"
+    )
+    return 0
+
+
+def _allow_train_pixels(args: argparse.Namespace, options: dict[str, Any]) -> None:
+    """This process is the command's own: let Pillow open what --max-pixels allows (from the
+    command line, the --config file or, on --resume, the run's config.yaml)."""
+    from pathlib import Path
+
+    import yaml
+
+    from imgcls.data.image import MAX_PIXELS, allow_pixels
+
+    limit = options.get("max_pixels")
+    for source in ([Path(args.config)] if args.config else []) + (
+        [Path(args.out) / "config.yaml"] if args.resume and args.out else []
+    ):
+        if limit is None and source.is_file():
+            try:
+                saved = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError):
+                continue  # the training command reports it
+            if isinstance(saved, dict):
+                section = saved.get("data")
+                limit = (section if isinstance(section, dict) else saved).get("max_pixels")
+    allow_pixels(int(limit) if isinstance(limit, (int, float)) else MAX_PIXELS)
+
+
+FEW_IMAGES = 200  # up to this many inputs, predict starts on ONNX Runtime when it can
+
+
+def _set_decision(clf: Any, args: argparse.Namespace) -> None:
+    """--threshold, --class-thresholds, --rollup, --blank-threshold -> the classifier's rule."""
+    from imgcls.decisions import DecisionRule, parse_class_thresholds
+
+    wanted = args.class_thresholds or args.rollup or args.blank_threshold is not None
+    if not wanted:
+        return
+    if clf.task != "multiclass":
+        raise UserError("--class-thresholds, --rollup and --blank-threshold apply to multi-class models")
+    clf.decision = DecisionRule(
+        clf.label_names,
+        threshold=args.threshold if args.threshold is not None else (0.5 if args.rollup else None),
+        class_thresholds=parse_class_thresholds(args.class_thresholds, clf.label_names),
+        rollup=args.rollup,
+        blank_threshold=args.blank_threshold,
+    )
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from imgcls.predict import Classifier, run_predict
+
+    n = _check_predict(args)
+    backend = args.backend
+    if backend == "auto":
+        # a few images: ONNX Runtime starts in a fraction of PyTorch's import time; many
+        # images: PyTorch's bf16 kernels are faster per image
+        backend = "auto" if n <= FEW_IMAGES else "torch"
+    clf = Classifier.load(args.model, device=args.device, precision=args.precision, backend=backend)
+    _set_decision(clf, args)
+    common = dict(
+        top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
+        show_progress=args.out is not None, resume=not args.overwrite,
+    )  # fmt: skip
+    if args.detections or args.aggregate != "none" or args.format in ("megadetector", "camtrapdp"):
+        summary = _predict_camera_traps(clf, args, common)
+    else:
+        tta = {"flip": True, "none": False}.get(args.tta)
+        summary = run_predict(clf, args.inputs, out=args.out, fmt=args.format, threshold=args.threshold, tta=tta,
+                              **common)  # fmt: skip
+    note = summary.left_out_note()
+    if args.out and os.environ.get("RANK", "0") == "0":
+        done = f", {summary.skipped_done} already done" if summary.skipped_done else ""
+        sys.stderr.write(
+            f"predicted {summary.written} images{done} ({summary.errors} unreadable) in "
+            f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s) -> {args.out}"
+            f"{'; ' + note if note else ''}\n"
+        )
+    elif note:
+        sys.stderr.write(f"imgcls predict: {note}\n")
+    return 0
+
+
+def _check_predict(args: argparse.Namespace) -> int:
+    """Every mistake that can be seen before the model loads (options, the model's and the
+    inputs' existence, the output's location); the inputs counted up to FEW_IMAGES + 1."""
+    import itertools
+    from pathlib import Path
+
+    from imgcls.io import check_writable
+    from imgcls.predict import check_inputs, iter_inputs
+
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise UserError("--threshold must be between 0 and 1")
+    if not Path(args.model).exists():
+        raise UserError(f"model not found: {args.model} (expected a model directory or an .onnx file)")
+    check_inputs(args.inputs)
+    if args.out:
+        check_writable(args.out, folder=args.format == "camtrapdp")
+    n = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1))
+    if n == 0:
+        raise UserError(f"no files found in {' '.join(args.inputs)} (folders, globs and lists were all empty)")
+    return n
+
+
+def _predict_camera_traps(clf: Any, args: argparse.Namespace, common: dict[str, Any]) -> Any:
+    import imgcls.cameratrap.writers  # noqa: F401  (registers the formats)
+    from imgcls.cameratrap.pipeline import run
+
+    options = {"utc_offset": args.utc_offset, "deployments": args.deployments, "metadata": args.camtrapdp_metadata}
+    return run(
+        clf, args.inputs, out=args.out, fmt=args.format, detections_file=args.detections,
+        image_root=args.image_root, det_threshold=args.det_threshold, det_categories=args.det_categories,
+        crop_margin=args.crop_margin, aggregate=args.aggregate, sequence_gap=args.sequence_gap,
+        metadata=args.metadata, writer_options=options, **common,
+    )  # fmt: skip
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from imgcls.evaluate import evaluate
+
+    r = evaluate(
+        args.model, args.data, split=args.split, out=args.out, image_root=args.image_root,
+        batch_size=args.batch_size, workers=args.workers, device=args.device,
+        precision=args.precision, tta={"flip": True, "none": False}.get(args.tta), detections=args.detections,
+        det_threshold=args.det_threshold, det_categories=args.det_categories,
+        crop_margin=args.crop_margin, default_out=True,
+    )  # fmt: skip
+    m = r.metrics
+    print(f"{r.task} evaluation on {m['num_images']} images ({r.split}), {m['num_skipped']} skipped")
+    keys = ("top1", "top5", "balanced_accuracy", "macro_f1", "roc_auc", "average_precision", "mAP",
+            "micro_f1", "subset_accuracy", "hamming_loss", "nll", "ece")  # fmt: skip
+    width = max(len(k) for k in keys)
+    for k in keys:
+        if isinstance(m.get(k), float):
+            print(f"  {k:<{width}}  {m[k]:.4f}")
+    groups = m.get("per_location") or []
+    if groups:
+        print("per location (accuracy, images):")
+        for g in groups[:20]:
+            print(f"  {g['group']:<{width}}  {g['accuracy']:.4f}  {g['images']}")
+        if len(groups) > 20:
+            print(f"  ... {len(groups) - 20} more in metrics.json")
+    if r.selection_split:
+        print(f"note: {r.selection_note}")
+    if r.report_dir is not None:
+        print(f"report: {r.report_dir / 'report.html'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- export
+def _cmd_export(args: argparse.Namespace) -> int:
+    from imgcls.export import export_onnx
+
+    if args.format != "onnx":
+        raise UserError(f"unknown export format {args.format!r} (onnx is supported)")
+    report, source = export_onnx(args.model, args.out, images=args.images, opset=args.opset, tolerance=args.tolerance)
+    print(f"wrote {report.path}")
+    print(
+        f"verified with ONNX Runtime on {report.images} {source}: max |logit diff| "
+        f"{report.max_logit_diff:.2e}, max |probability diff| {report.max_prob_diff:.2e}, "
+        f"top-1 agreement {100 * report.top1_agreement:.1f}%"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- serve
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from imgcls.serve.app import ServeConfig, serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        sys.stderr.write(f"imgcls serve: listening on {args.host}: reachable from other machines\n")
+    from imgcls.data.image import allow_pixels
+
+    allow_pixels(args.max_pixels)  # this process is the server's own
+    cfg = ServeConfig(
+        model=args.model, host=args.host, port=args.port, api_key=args.api_key,
+        max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_pixels=args.max_pixels,
+        cors_origins=args.cors_origin or [], max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        top_k=args.top_k, device=args.device, precision=args.precision,
+    )  # fmt: skip
+    serve(cfg)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- cache
+def _cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from imgcls.data.store import cache_entries, default_cache_dir, remove_entries
+    from imgcls.engine.budget import parse_duration
+
+    folder = args.cache_dir or str(default_cache_dir())
+    entries = cache_entries(folder)
+    if args.action == "info":
+        total = sum(e.bytes for e in entries)
+        print(f"{folder}: {len(entries)} entries, {total / 1e9:.2f} GB (training keeps it under --cache-max-gb, 50)")
+        for e in entries:
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+            what = f"{e.images} images of {e.side}x{e.side} px" if e.images else "unfinished write"
+            print(f"  {e.key}  {e.bytes / 1e6:9.1f} MB  used {used}  {what}  from {e.data}")
+        return 0
+    if args.older_than:
+        cutoff = time.time() - parse_duration(args.older_than)
+        entries = [e for e in entries if e.last_used < cutoff]
+    freed = remove_entries(entries)
+    print(f"removed {len(entries)} entries ({freed / 1e9:.2f} GB) from {folder}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ demo
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from imgcls.demo import run_demo
+
+    run_demo(out=args.out)
+    return 0
