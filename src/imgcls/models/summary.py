@@ -113,66 +113,68 @@ def _numel(out: Any) -> tuple[list[int], int]:
     return [], 0
 
 
+class _Recorder:
+    """Forward hooks that record a row per leaf-module call (its output, its own parameters the
+    first time, the multiply-adds inside it), plus a row for a container's own parameters."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.rows: list[LayerRow] = []
+        self.counters: list[FlopCounterMode] = []
+        self.seen: set[int] = set()
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.handles: list[Any] = []
+        for m in model.modules():
+            if isinstance(m, nn.Identity):
+                continue  # placeholders for switched-off options (no norm, no attention, no dropout)
+            if not any(True for _ in m.children()):
+                self.handles.append(m.register_forward_pre_hook(self.pre))
+                self.handles.append(m.register_forward_hook(self.post))
+            elif _direct_params(m):
+                self.handles.append(m.register_forward_hook(self.post_container))
+
+    def pre(self, m: nn.Module, _inp: Any) -> None:
+        counter = FlopCounterMode(display=False)
+        counter.__enter__()
+        self.counters.append(counter)
+
+    def post(self, m: nn.Module, _inp: Any, out: Any) -> None:
+        counter = self.counters.pop()
+        counter.__exit__(None, None, None)
+        first = id(m) not in self.seen
+        self.seen.add(id(m))
+        self._row(m, out, _direct_params(m) if first else 0, counter.get_total_flops() // 2, type(m).__name__)
+
+    def post_container(self, m: nn.Module, _inp: Any, out: Any) -> None:
+        # A non-leaf module with its own parameters (ConvNeXt's layer scale, a ViT's position
+        # embedding): a row for those parameters, so the column adds up to the total.
+        if id(m) in self.seen:
+            return
+        self.seen.add(id(m))
+        self._row(m, out, _direct_params(m), 0, "")
+
+    def _row(self, m: nn.Module, out: Any, params: int, macs: int, unnamed: str) -> None:
+        shape, numel = _numel(out)
+        name = self.names.get(id(m), unnamed) or type(m).__name__
+        self.rows.append(LayerRow(name=name, type=type(m).__name__, output_shape=shape, params=params,
+                                  memory_kb=numel * BYTES_PER_FLOAT32 / 1024, macs=macs))  # fmt: skip
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        # a forward pass that failed inside a leaf left its counter on torch's dispatch-mode
+        # stack; a mode left there would count (and slow down) every later op of the process
+        while self.counters:
+            self.counters.pop().__exit__(None, None, None)
+
+
+def _direct_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters(recurse=False))
+
+
 def summarize(model: nn.Module, input_size: tuple[int, ...], arch: str = "") -> ModelSummary:
     """Run one forward pass of a single example of ``input_size`` (C, H, W) on the model's device
     and collect a row per leaf-module call (plus modules that hold parameters directly)."""
-    rows: list[LayerRow] = []
-    counters: list[FlopCounterMode] = []
-    seen: set[int] = set()
-    handles = []
-    names = {id(m): n for n, m in model.named_modules()}
-
-    def direct_params(m: nn.Module) -> int:
-        return sum(p.numel() for p in m.parameters(recurse=False))
-
-    def pre(m: nn.Module, _inp: Any) -> None:
-        counter = FlopCounterMode(display=False)
-        counter.__enter__()
-        counters.append(counter)
-
-    def post(m: nn.Module, _inp: Any, out: Any) -> None:
-        counter = counters.pop()
-        counter.__exit__(None, None, None)
-        shape, numel = _numel(out)
-        first = id(m) not in seen
-        seen.add(id(m))
-        rows.append(
-            LayerRow(
-                name=names.get(id(m), "?") or type(m).__name__,
-                type=type(m).__name__,
-                output_shape=shape,
-                params=direct_params(m) if first else 0,
-                memory_kb=numel * BYTES_PER_FLOAT32 / 1024,
-                macs=counter.get_total_flops() // 2,
-            )
-        )
-
-    def post_container(m: nn.Module, _inp: Any, out: Any) -> None:
-        # A non-leaf module with its own parameters (ConvNeXt's layer scale, a ViT's position
-        # embedding): a row for those parameters, so the column adds up to the total.
-        if id(m) in seen:
-            return
-        seen.add(id(m))
-        shape, numel = _numel(out)
-        rows.append(
-            LayerRow(
-                name=names.get(id(m), "") or type(m).__name__,
-                type=type(m).__name__,
-                output_shape=shape,
-                params=direct_params(m),
-                memory_kb=numel * BYTES_PER_FLOAT32 / 1024,
-                macs=0,
-            )
-        )
-
-    for m in model.modules():
-        if isinstance(m, nn.Identity):
-            continue  # placeholders for switched-off options (no norm, no attention, no dropout)
-        if not any(True for _ in m.children()):
-            handles.append(m.register_forward_pre_hook(pre))
-            handles.append(m.register_forward_hook(post))
-        elif direct_params(m):
-            handles.append(m.register_forward_hook(post_container))
+    recorder = _Recorder(model)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
@@ -182,12 +184,7 @@ def summarize(model: nn.Module, input_size: tuple[int, ...], arch: str = "") -> 
         with torch.no_grad(), total:
             model(torch.zeros((1, *input_size), device=device))
     finally:
-        for h in handles:
-            h.remove()
-        # a forward pass that failed inside a leaf left its counter on torch's dispatch-mode
-        # stack; a mode left there would count (and slow down) every later op of the process
-        while counters:
-            counters.pop().__exit__(None, None, None)
+        recorder.close()
         model.train(was_training)
     return ModelSummary(
         arch=arch,
@@ -195,7 +192,7 @@ def summarize(model: nn.Module, input_size: tuple[int, ...], arch: str = "") -> 
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_macs=total.get_total_flops() // 2,
-        layers=rows,
+        layers=recorder.rows,
     )
 
 

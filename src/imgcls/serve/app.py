@@ -122,35 +122,93 @@ def _reason_status(reason: str) -> int:
     return 400
 
 
+class Service:
+    """What the routes do, with the served model: decoding, /health, /model, /predict."""
+
+    def __init__(self, cfg: ServeConfig, clf: Any) -> None:
+        from imgcls.serve.batcher import MicroBatcher
+
+        self.cfg, self.clf, self.pre = cfg, clf, clf.preprocess
+        self.api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
+        self.decode_slots = asyncio.Semaphore(max(2, os.cpu_count() or 2))
+        self.upload_slots = asyncio.Semaphore(16)  # request bodies held in memory at once
+        self.batcher = MicroBatcher(clf.probabilities, max_batch=cfg.max_batch, max_wait=cfg.max_wait_ms / 1000)
+
+    async def warm_up(self) -> None:
+        """One forward pass before the first request: loading the backend and the first call's
+        kernel set-up take seconds that a user's first request should not wait for."""
+        from PIL import Image
+
+        pre = self.pre
+        blank = eval_array(Image.new("RGB", (pre.image_size, pre.image_size), (128, 128, 128)), pre)
+        await asyncio.to_thread(self.clf.probabilities, blank[None])
+
+    def decode(self, name: str, data: bytes) -> np.ndarray | HTTPProblem:
+        try:
+            img = read_image(data, min_size=square_size(self.pre), max_pixels=self.cfg.max_pixels)
+        except ImageError as e:
+            return HTTPProblem(_reason_status(str(e)), f"{name}: {e}")
+        return eval_array(img, self.pre)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "auth": bool(self.api_key), "batches": self.batcher.batches,
+                "images": self.batcher.images}  # fmt: skip
+
+    def model_info(self) -> dict[str, Any]:
+        info, pre = self.clf.info, self.pre
+        return {
+            "name": model_name(self.cfg.model), "architecture": info.arch, "task": info.task,
+            "label_names": info.label_names, "positive_class": info.positive_class, "thresholds": info.thresholds,
+            "preprocessing": {**pre.to_pretrained_cfg(), "resize_mode": pre.resize_mode},
+            "created": info.provenance.get("created"),
+        }  # fmt: skip
+
+    async def predict(self, request: Any, top_k: int | None) -> dict[str, Any]:
+        check_api_key(request.headers, self.api_key)
+        k = self.cfg.top_k if top_k is None else top_k
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            raise HTTPProblem(415, "send images as multipart/form-data in the form field 'file'")
+        async with self.upload_slots:
+            body = await read_limited_body(request, self.cfg.max_upload_mb)
+            files = await parse_files(request.headers, body, self.cfg.max_files)
+            del body
+            async with self.decode_slots:
+                decoded = await asyncio.gather(*(asyncio.to_thread(self.decode, n, d) for n, d in files))
+        request.state.images = len(files)
+        good = [a for a in decoded if not isinstance(a, HTTPProblem)]
+        if not good:  # every image is bad (a single bad image too): the request failed
+            raise next(a for a in decoded if isinstance(a, HTTPProblem))
+        probs = iter(await self.batcher.submit(np.stack(good)))
+        predictions = [
+            self._prediction(name, pixels, probs, k) for (name, _), pixels in zip(files, decoded, strict=True)
+        ]
+        return {"model": model_name(self.cfg.model), "predictions": predictions}
+
+    def _prediction(self, name: str, pixels: Any, probs: Any, k: int) -> dict[str, Any]:
+        if isinstance(pixels, HTTPProblem):
+            return {"filename": name, "error": pixels.message}
+        row = self.clf.row(name, next(probs), top_k=k)
+        top = [{"label": lab, "probability": prob} for lab, prob in row["top_k"].items()]
+        score = None if row["score"] is None else round(float(row["score"]), 6)
+        return {"filename": name, "label": row["label"], "score": score, "top_k": top}
+
+
 def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     """The FastAPI application (the classifier is loaded here unless given)."""
     try:
-        from fastapi import FastAPI, Query, Request
-        from fastapi.exceptions import RequestValidationError
+        from fastapi import FastAPI
         from fastapi.middleware.cors import CORSMiddleware
-        from fastapi.responses import HTMLResponse, JSONResponse
     except ImportError as e:
         raise UserError("imgcls serve needs FastAPI and uvicorn: pip install 'imgcls[serve]'") from e
     from imgcls.predict import Classifier
-    from imgcls.serve.batcher import MicroBatcher
 
-    clf = classifier or Classifier.load(cfg.model, device=cfg.device, precision=cfg.precision)
-    pre = clf.preprocess
-    api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
-    decode_slots = asyncio.Semaphore(max(2, os.cpu_count() or 2))
-    upload_slots = asyncio.Semaphore(16)  # request bodies held in memory at once
-    batcher = MicroBatcher(clf.probabilities, max_batch=cfg.max_batch, max_wait=cfg.max_wait_ms / 1000)
+    service = Service(cfg, classifier or Classifier.load(cfg.model, device=cfg.device, precision=cfg.precision))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> Any:
-        # one forward pass before the first request: loading the backend and the first call's
-        # kernel set-up take seconds that a user's first request should not wait for
-        from PIL import Image
-
-        blank = eval_array(Image.new("RGB", (pre.image_size, pre.image_size), (128, 128, 128)), pre)
-        await asyncio.to_thread(clf.probabilities, blank[None])
+        await service.warm_up()
         yield
-        await batcher.stop()
+        await service.batcher.stop()
 
     docs_assets = _swagger_ui_assets()
     app = FastAPI(
@@ -164,12 +222,18 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     if docs_assets:
         _mount_offline_docs(app, docs_assets)
     if cfg.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=cfg.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["*"],
-        )
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"])  # fmt: skip
+    _add_error_handling(app)
+    _add_routes(app, service)
+    return app
+
+
+def _add_error_handling(app: Any) -> None:
+    """Every error in the API's one shape, ``{"error": ...}``, and one log line per request."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     @app.exception_handler(HTTPProblem)
     async def problem(_: Request, exc: HTTPProblem) -> JSONResponse:
@@ -193,12 +257,10 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
         )  # fmt: skip
         return response
 
-    def decode(name: str, data: bytes) -> np.ndarray | HTTPProblem:
-        try:
-            img = read_image(data, min_size=square_size(pre), max_pixels=cfg.max_pixels)
-        except ImageError as e:
-            return HTTPProblem(_reason_status(str(e)), f"{name}: {e}")
-        return eval_array(img, pre)
+
+def _add_routes(app: Any, service: Service) -> None:
+    from fastapi import Query, Request
+    from fastapi.responses import HTMLResponse
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -207,61 +269,19 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness, and whether /predict needs an API key."""
-        return {
-            "status": "ok",
-            "auth": bool(api_key),
-            "batches": batcher.batches,
-            "images": batcher.images,
-        }
+        return service.health()
 
     @app.get("/model")
     async def model_info() -> dict[str, Any]:
         """Architecture, task, label names and preprocessing of the served model."""
-        info = clf.info
-        return {
-            "name": model_name(cfg.model),
-            "architecture": info.arch,
-            "task": info.task,
-            "label_names": info.label_names,
-            "positive_class": info.positive_class,
-            "thresholds": info.thresholds,
-            "preprocessing": {**pre.to_pretrained_cfg(), "resize_mode": pre.resize_mode},
-            "created": info.provenance.get("created"),
-        }
+        return service.model_info()
 
     @app.post("/predict", openapi_extra=UPLOAD_SCHEMA, response_model=PredictResponse, responses=PROBLEMS)
     async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=1000)) -> dict[str, Any]:
         """Classify one or several images sent as multipart/form-data in the field ``file``
         (repeat it for several). ``top_k``: how many labels with probabilities per image. An image
         that cannot be used gets its ``error`` in its place; the others are answered."""
-        check_api_key(request.headers, api_key)
-        k = cfg.top_k if top_k is None else top_k
-        ctype = request.headers.get("content-type", "")
-        if not ctype.lower().startswith("multipart/form-data"):
-            raise HTTPProblem(415, "send images as multipart/form-data in the form field 'file'")
-        async with upload_slots:
-            body = await read_limited_body(request, cfg.max_upload_mb)
-            files = await parse_files(request.headers, body, cfg.max_files)
-            del body
-            async with decode_slots:
-                decoded = await asyncio.gather(*(asyncio.to_thread(decode, n, d) for n, d in files))
-        request.state.images = len(files)
-        good = [a for a in decoded if not isinstance(a, HTTPProblem)]
-        if not good:  # every image is bad (a single bad image too): the request failed
-            raise next(a for a in decoded if isinstance(a, HTTPProblem))
-        probs = iter(await batcher.submit(np.stack(good)))
-        predictions: list[dict[str, Any]] = []
-        for (name, _), pixels in zip(files, decoded, strict=True):
-            if isinstance(pixels, HTTPProblem):
-                predictions.append({"filename": name, "error": pixels.message})
-                continue
-            row = clf.row(name, next(probs), top_k=k)
-            top = [{"label": lab, "probability": prob} for lab, prob in row["top_k"].items()]
-            score = None if row["score"] is None else round(float(row["score"]), 6)
-            predictions.append({"filename": name, "label": row["label"], "score": score, "top_k": top})
-        return {"model": model_name(cfg.model), "predictions": predictions}
-
-    return app
+        return await service.predict(request, top_k)
 
 
 # The body /predict reads itself (multipart, with limits), described for the OpenAPI docs.
