@@ -84,68 +84,71 @@ def export_onnx(
 ) -> tuple[ExportReport, str]:
     """Export a model directory to ONNX, verify it, and return the report (and what the
     verification images were)."""
-    import onnx
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: F401  (a missing onnxruntime fails before the export work)
     import torch
-
-    from imgcls.predict import Classifier, OnnxBackend
 
     src = Path(model_dir)
     config = read_config(src)
     target = check_writable(Path(out) if out else src / "model.onnx")
     model, info = load_model(src)
     pre = info.preprocess
-    h, w = pre.input_size[1], pre.input_size[2]
-    dummy = torch.zeros(2, 3, h, w)
+    dummy = torch.zeros(2, 3, pre.input_size[1], pre.input_size[2])
     batch = torch.export.Dim("batch", min=1, max=65536)
-    try:  # written beside the target, then renamed: a failed export leaves nothing behind
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.onnx", dir=target.parent)
-    except OSError as e:
-        raise UserError(f"cannot write {target}: {e.strerror}") from None
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.onnx", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    try:
+    try:  # written beside the target, then renamed: a failed export leaves nothing behind
         _export_graph(model, dummy, tmp, batch, opset)
-        proto = onnx.load(str(tmp))
-        meta = {
-            "imgcls_config": json.dumps(config),
-            "label_names": json.dumps(info.label_names),
-            "task": info.task,
-            "input_size": json.dumps(list(pre.input_size)),
-            "mean": json.dumps(list(pre.mean)),
-            "std": json.dumps(list(pre.std)),
-            "interpolation": pre.interpolation,
-            "crop_pct": str(pre.crop_pct),
-            "resize_mode": pre.resize_mode,
-        }
-        for k, v in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
-        onnx.save(proto, str(tmp))
-        # verification: PyTorch (float32) and ONNX Runtime on the same real inputs
+        _add_metadata(tmp, config, info)
         pixels, source = _verification_images(images, src, pre.image_size)
-        reference = Classifier(info=info, _backend=_Fp32Torch(model), label_names=info.label_names)
-        candidate = Classifier(info=info, _backend=OnnxBackend(tmp), label_names=info.label_names)
-        from imgcls.data.preprocess import normalize_np
-
-        x = normalize_np(pixels, pre)
-        logit_diff = float(np.abs(reference.backend.logits(x) - candidate.backend.logits(x)).max())
-        p_ref, p_onnx = reference.probabilities(pixels), candidate.probabilities(pixels)
-        prob_diff = float(np.abs(p_ref - p_onnx).max())
-        agree = float((p_ref.argmax(1) == p_onnx.argmax(1)).mean())
-        del candidate
-        _ = ort  # imported above so a missing onnxruntime fails before the export work
-        if not prob_diff <= tolerance:
+        report = verify(model, tmp, info, pixels, target)
+        if not report.max_prob_diff <= tolerance:
             raise UserError(
-                f"ONNX verification failed: probabilities differ by up to {prob_diff:.2e} "
+                f"ONNX verification failed: probabilities differ by up to {report.max_prob_diff:.2e} "
                 f"(tolerance {tolerance:.0e}) on {len(pixels)} {source}; nothing written"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
         publish_file(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportReport(target, len(pixels), logit_diff, prob_diff, agree), source
+    return report, source
+
+
+def _add_metadata(path: Path, config: dict[str, Any], info: Any) -> None:
+    """The model directory's config and the preprocessing, in the ONNX file's metadata."""
+    import onnx
+
+    pre = info.preprocess
+    proto = onnx.load(str(path))
+    meta = {
+        "imgcls_config": json.dumps(config),
+        "label_names": json.dumps(info.label_names),
+        "task": info.task,
+        "input_size": json.dumps(list(pre.input_size)),
+        "mean": json.dumps(list(pre.mean)),
+        "std": json.dumps(list(pre.std)),
+        "interpolation": pre.interpolation,
+        "crop_pct": str(pre.crop_pct),
+        "resize_mode": pre.resize_mode,
+    }
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, str(path))
+
+
+def verify(model: Any, path: Path, info: Any, pixels: np.ndarray, target: Path) -> ExportReport:
+    """PyTorch (float32) against ONNX Runtime on the same real inputs: the largest logit and
+    probability differences and the top-1 agreement."""
+    from imgcls.data.preprocess import normalize_np
+    from imgcls.predict import Classifier, OnnxBackend
+
+    reference = Classifier(info=info, _backend=_Fp32Torch(model), label_names=info.label_names)
+    candidate = Classifier(info=info, _backend=OnnxBackend(path), label_names=info.label_names)
+    x = normalize_np(pixels, info.preprocess)
+    logit_diff = float(np.abs(reference.backend.logits(x) - candidate.backend.logits(x)).max())
+    p_ref, p_onnx = reference.probabilities(pixels), candidate.probabilities(pixels)
+    agree = float((p_ref.argmax(1) == p_onnx.argmax(1)).mean())
+    return ExportReport(target, len(pixels), logit_diff, float(np.abs(p_ref - p_onnx).max()), agree)
 
 
 def _export_graph(model: Any, dummy: Any, path: Path, batch: Any, opset: int) -> None:

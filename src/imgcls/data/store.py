@@ -29,6 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -149,55 +150,27 @@ def build_store(
         return Store(array=px, ok=np.ones(len(table), dtype=bool)), []
     size = square_size(cfg)
     shape = (len(table), size, size, 3)
+    fill: dict[str, Any] = dict(cfg=cfg, size=size, workers=workers, max_pixels=max_pixels, progress=progress)
     if cache == "memory":
         array = np.zeros(shape, dtype=np.uint8)
-        reasons = _fill(
-            table,
-            array,
-            cfg,
-            size,
-            workers=workers,
-            max_pixels=max_pixels,
-            progress=progress,
-        )
-        return _finish(table, array, reasons, None)
+        return _finish(table, array, _fill(table, array, **fill), None)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     key = _key(table, size, cfg, max_pixels)
     data_file, meta_file = folder / f"{key}.npy", folder / f"{key}.json"
-    if data_file.is_file() and meta_file.is_file():
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            reasons = json.loads(meta_file.read_text(encoding="utf-8"))["reasons"]
-            array = np.load(data_file, mmap_mode="r")
-            if array.shape == shape and len(reasons) == len(table):
-                log.info("decoded-image cache hit: %s", data_file)
-                os.utime(meta_file)  # last used: what eviction goes by
-                if progress is not None:
-                    progress(len(table))
-                return _finish(table, array, reasons, data_file)
+    hit = _cached(data_file, meta_file, shape, len(table))
+    if hit is not None:
+        if progress is not None:
+            progress(len(table))
+        return _finish(table, hit[0], hit[1], data_file)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}.{time.time_ns()}.npy.tmp"
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     except OSError as e:
         log.warning("decoded-image cache unavailable (%s): decoding into memory", e)
-        return build_store(
-            table,
-            cfg,
-            cache="memory",
-            workers=workers,
-            max_pixels=max_pixels,
-            progress=progress,
-        )
+        return build_store(table, cfg, cache="memory", workers=workers, max_pixels=max_pixels, progress=progress)
     try:
-        reasons = _fill(
-            table,
-            array,
-            cfg,
-            size,
-            workers=workers,
-            max_pixels=max_pixels,
-            progress=progress,
-        )
+        reasons = _fill(table, array, **fill)
         array.flush()
         del array
         os.replace(tmp, data_file)
@@ -211,6 +184,23 @@ def build_store(
             tmp.unlink()
     evict(folder, max_bytes, keep=key)
     return _finish(table, np.load(data_file, mmap_mode="r"), reasons, data_file)
+
+
+def _cached(
+    data_file: Path, meta_file: Path, shape: tuple[int, ...], rows: int
+) -> tuple[np.ndarray, list[str | None]] | None:
+    """(the memory-mapped squares, the reasons per row) of a complete cache entry, else None;
+    a hit counts as a use for eviction."""
+    if not (data_file.is_file() and meta_file.is_file()):
+        return None
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        reasons = json.loads(meta_file.read_text(encoding="utf-8"))["reasons"]
+        array = np.load(data_file, mmap_mode="r")
+        if array.shape == shape and len(reasons) == rows:
+            log.info("decoded-image cache hit: %s", data_file)
+            os.utime(meta_file)  # last used: what eviction goes by
+            return array, reasons
+    return None
 
 
 # ------------------------------------------------------------------------ the cache folder
