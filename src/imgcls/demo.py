@@ -72,29 +72,13 @@ def claim_folder(out_dir: Path) -> None:
 
 
 def run_demo(out: str | Path = "demo-run", epochs: int = 15) -> Path:
+    """The demo's seven steps (see the module docstring), printed as a user would run them."""
     from imgcls.api import train
-    from imgcls.evaluate import evaluate
-    from imgcls.models import summarize_arch
-    from imgcls.models.catalog import catalog
-    from imgcls.outputs import writer_for
-    from imgcls.predict import Classifier, predict_files
 
     out_dir = Path(out)
     claim_folder(out_dir)
     t0 = time.perf_counter()
-
-    _section("1. The architecture registry (imgcls models)")
-    rows = catalog()
-    print(f"{len(rows)} architectures, e.g.:")
-    for row in rows:
-        if row.name in SHOWN:
-            print(
-                f"  {row.name:16s} {row.params / 1e6:8.2f}M params {row.macs / 1e9:7.2f}G MACs at {row.input_size[1]}px"
-            )
-
-    _section(f"2. The model, layer by layer (imgcls summary {DEMO_ARCH} --num-classes 10)")
-    print(summarize_arch(DEMO_ARCH, num_classes=10).table())
-
+    show_architectures()
     _section("3. Data: scikit-learn's 1,797 handwritten digits as PNG files")
     data = write_digits(out_dir / "digits")
     n_train = sum(1 for _ in (data / "train").rglob("*.png"))
@@ -106,12 +90,37 @@ def run_demo(out: str | Path = "demo-run", epochs: int = 15) -> Path:
         data, out=out_dir / "run", arch=DEMO_ARCH, pretrained="none", epochs=epochs, image_size=32,
         batch_size=32, lr=3e-3, cache="memory", seed=0,
     )  # fmt: skip
-    model = run / "model"
+    use_model(run / "model", data, out_dir)
+    print(f"\ndone in {time.perf_counter() - t0:.0f}s; everything is in {out_dir}/")
+    return out_dir
+
+
+def show_architectures() -> None:
+    """Steps 1 and 2: the registry and one model, layer by layer."""
+    from imgcls.models import summarize_arch
+    from imgcls.models.catalog import catalog
+
+    _section("1. The architecture registry (imgcls models)")
+    rows = catalog()
+    print(f"{len(rows)} architectures, e.g.:")
+    for row in rows:
+        if row.name in SHOWN:
+            print(
+                f"  {row.name:16s} {row.params / 1e6:8.2f}M params {row.macs / 1e9:7.2f}G MACs at {row.input_size[1]}px"
+            )
+    _section(f"2. The model, layer by layer (imgcls summary {DEMO_ARCH} --num-classes 10)")
+    print(summarize_arch(DEMO_ARCH, num_classes=10).table())
+
+
+def use_model(model: Path, data: Path, out_dir: Path) -> None:
+    """Steps 5 to 7: evaluate on the test split, predict files, export to ONNX."""
+    from imgcls.evaluate import evaluate
+    from imgcls.outputs import writer_for
+    from imgcls.predict import Classifier, predict_files
 
     _section(f"5. Evaluate on the held-out test split (imgcls evaluate --model {model} --split test)")
     report = out_dir / "report"
-    result = evaluate(model, data, split="test", out=report)
-    m = result.metrics
+    m = evaluate(model, data, split="test", out=report).metrics
     print(f"top-1 {m['top1']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}")
     print(
         f"mean NLL (cross-entropy) {m['nll']:.4f}  "
@@ -121,9 +130,9 @@ def run_demo(out: str | Path = "demo-run", epochs: int = 15) -> Path:
     print(f"report: {report / 'report.html'}")
 
     _section("6. Predict files (imgcls predict --model ... digits/test --out predictions.csv)")
-    clf = Classifier.load(model)
     preds = out_dir / "predictions.csv"
-    summary = predict_files(clf, [str(data / "test")], writer_for(preds, None), top_k=3, show_progress=False)
+    summary = predict_files(Classifier.load(model), [str(data / "test")], writer_for(preds, None), top_k=3,
+                            show_progress=False)  # fmt: skip
     print(f"{summary.written} rows -> {preds}")
     for line in preds.read_text().splitlines()[:4]:
         print("  " + line)
@@ -139,5 +148,3 @@ def run_demo(out: str | Path = "demo-run", epochs: int = 15) -> Path:
         )
     except ImportError:
         print("skipped: install the onnx extra (pip install 'imgcls[onnx]')")
-    print(f"\ndone in {time.perf_counter() - t0:.0f}s; everything is in {out_dir}/")
-    return out_dir

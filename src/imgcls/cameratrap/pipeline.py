@@ -282,6 +282,23 @@ def require_single_process() -> None:
         raise UserError("--detections / --aggregate run in one process (not under torchrun) for now")
 
 
+def detection_source(
+    clf: Classifier,
+    detections_file: str,
+    image_root: str | None,
+    det_threshold: float | None,
+    det_categories: str,
+    crop_margin: float | None,
+    top_k: int,
+) -> DetectionSource:
+    """The crops of a MegaDetector file, at the threshold and margin given, else the model's."""
+    from imgcls.data.sources.detections import crop_settings, parse_categories, read_detections
+
+    detections = read_detections(detections_file, image_root)
+    threshold, margin = crop_settings(clf.info.provenance, det_threshold, crop_margin)
+    return DetectionSource(detections, threshold, parse_categories(det_categories), margin, top_k)
+
+
 def run(
     clf: Classifier,
     inputs: Sequence[str],
@@ -305,17 +322,15 @@ def run(
     item source, each row annotated with its event and deployment, and at the end the events
     decided and the package assembled."""
     from imgcls import __version__
-    from imgcls.data.sources.detections import crop_settings, parse_categories, read_detections
     from imgcls.predict import run_predict
 
     require_single_process()
     options: dict[str, Any] = {"version": __version__, **(writer_options or {})}
     source = None
     if detections_file:
-        detections = read_detections(detections_file, image_root)
-        options.update(detection_categories=detections.categories, detector_info=detections.info)
-        threshold, margin = crop_settings(clf.info.provenance, det_threshold, crop_margin)
-        source = DetectionSource(detections, threshold, parse_categories(det_categories), margin, kwargs["top_k"])
+        source = detection_source(clf, detections_file, image_root, det_threshold, det_categories, crop_margin,
+                                  kwargs["top_k"])  # fmt: skip
+        options.update(detection_categories=source.detections.categories, detector_info=source.detections.info)
     elif fmt == "megadetector":
         raise UserError("--format megadetector needs --detections md.json (classifications belong to detections)")
     if aggregate == "sequence" and out is None:

@@ -362,19 +362,7 @@ class CamtrapDPWriter(Writer):
             "taxonomic": [{"scientificName": n} for n in names],
         }
         if coords:
-            xs, ys = [c[0] for c in coords], [c[1] for c in coords]
-            package["spatial"] = {
-                "type": "Polygon",
-                "coordinates": [
-                    [
-                        [min(xs), min(ys)],
-                        [max(xs), min(ys)],
-                        [max(xs), max(ys)],
-                        [min(xs), max(ys)],
-                        [min(xs), min(ys)],
-                    ]
-                ],
-            }
+            package["spatial"] = _bounding_polygon(coords)
         meta = self.options.get("metadata")
         if meta:
             try:
@@ -382,6 +370,13 @@ class CamtrapDPWriter(Writer):
             except (OSError, ValueError) as e:
                 raise UserError(f"--camtrapdp-metadata {meta}: {e}") from None
         return package
+
+
+def _bounding_polygon(coords: list[tuple[float, float]]) -> dict[str, Any]:
+    """The GeoJSON polygon of the deployments' bounding box (Camtrap DP's ``spatial``)."""
+    xs, ys = [c[0] for c in coords], [c[1] for c in coords]
+    ring = [[min(xs), min(ys)], [max(xs), min(ys)], [max(xs), max(ys)], [min(xs), max(ys)], [min(xs), min(ys)]]
+    return {"type": "Polygon", "coordinates": [ring]}
 
 
 def _write_csv(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:

@@ -115,38 +115,29 @@ def prepare_training_data(
             table = concat_val(table, load_source(val_spec, multilabel=table.multilabel, image_root=image_root))
     splits = make_splits(table, val_split=val_split, split_by=split_by, seed=seed, max_val=max_val)
     listing = splits_csv(table, splits)
-    # decode only what training uses (train + val); the test split stays untouched
-    used = np.sort(np.concatenate([splits.train, splits.val]))
-    if len(splits.test):
-        table = table.subset(used)
-        remap = np.full(int(used.max()) + 1, -1, dtype=np.int64)
-        remap[used] = np.arange(len(used))
-        splits = Splits(train=remap[splits.train], val=remap[splits.val], test=np.zeros(0, np.int64))
+    table, splits = without_test(table, splits)  # decode only what training uses (train + val)
     skipped = list(table.skipped)
     store = None
     if cache != "none" or table.pixels is not None:
-        store, bad = build_store(
-            table,
-            cfg,
-            cache=cache,
-            cache_dir=cache_dir,
-            workers=workers,
-            max_pixels=max_pixels,
-            progress=progress,
-            max_bytes=cache_max_bytes,
-        )
+        store, bad = build_store(table, cfg, cache=cache, cache_dir=cache_dir, workers=workers, max_pixels=max_pixels,
+                                 progress=progress, max_bytes=cache_max_bytes)  # fmt: skip
         skipped.extend(bad)
         check_skipped(len(skipped), len(table) + len(table.skipped), max_skipped)
         ok = store.ok
         splits = Splits(train=splits.train[ok[splits.train]], val=splits.val[ok[splits.val]], test=splits.test)
         if len(splits.train) == 0:
             raise UserError("no usable training images (see skipped.csv for the reasons)")
-    source = PixelSource(
-        table=table,
-        store=store,
-        cfg=cfg,
-        size=square_size(cfg),
-        workers=workers,
-        max_pixels=max_pixels,
-    )
+    source = PixelSource(table=table, store=store, cfg=cfg, size=square_size(cfg), workers=workers,
+                         max_pixels=max_pixels)  # fmt: skip
     return TrainingData(table=table, splits=splits, source=source, skipped=skipped, splits_csv=listing)
+
+
+def without_test(table: DataTable, splits: Splits) -> tuple[DataTable, Splits]:
+    """The table of the training and validation rows only (the test split stays untouched), and
+    the splits renumbered to it."""
+    if not len(splits.test):
+        return table, splits
+    used = np.sort(np.concatenate([splits.train, splits.val]))
+    remap = np.full(int(used.max()) + 1, -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return table.subset(used), Splits(train=remap[splits.train], val=remap[splits.val], test=np.zeros(0, np.int64))

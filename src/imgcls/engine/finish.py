@@ -121,23 +121,31 @@ def finish(tr: Trainer, save: Any) -> dict[str, Any]:
     val = val_metrics(tr.task, probs, targets) if len(rows) else {}
     val["val_seconds"] = time.perf_counter() - t0
     if tr.dist.main:
-        if figures:
-            key, _ = monitor_metric(tr.task, tr.cfg.train.monitor)
-            with_, without = figures["flip"].get(key, float("nan")), figures["none"].get(key, float("nan"))
-            kept = "kept" if tr.tta == "flip" else "left off"
-            info(f"test-time flip: {kept} ({key} {with_:.4f} with it, {without:.4f} without, on {len(rows)} images)")
-        if before is not None:
-            info(
-                f"calibration: temperature {tr.task.temperature:.3f} fitted on {len(rows)} validation images "
-                f"(NLL {before:.4f} -> {val.get('val_nll', float('nan')):.4f})"
-            )
-        if tune_binary:
-            info(
-                f"threshold: {tr.task.positive_name} from p >= {tr.task.thresholds[0]:.3f} "
-                f"(the best {metric} on {len(rows)} validation images)"
-            )
+        _say(tr, figures, before, val, len(rows), tune_binary)
         last = tr.pos.history[-1] if tr.pos.history else {}
         extra = {"tta_choice": {k: {m: round(float(v), 6) for m, v in f.items()} for k, f in figures.items()}}
         save(tr, {**{k: v for k, v in last.items() if not k.startswith("val_")}, "epoch": tr.pos.best.get("epoch"),
                   **val, **(extra if figures else {})})  # fmt: skip
     return val
+
+
+def _say(
+    tr: Trainer, figures: dict[str, dict[str, float]], before: float | None, val: dict[str, Any], n: int, tuned: bool
+) -> None:
+    """What :func:`finish` decided: the TTA choice with both figures, the temperature, the
+    binary threshold."""
+    if figures:
+        key, _ = monitor_metric(tr.task, tr.cfg.train.monitor)
+        with_, without = figures["flip"].get(key, float("nan")), figures["none"].get(key, float("nan"))
+        kept = "kept" if tr.tta == "flip" else "left off"
+        info(f"test-time flip: {kept} ({key} {with_:.4f} with it, {without:.4f} without, on {n} images)")
+    if before is not None:
+        info(
+            f"calibration: temperature {tr.task.temperature:.3f} fitted on {n} validation images "
+            f"(NLL {before:.4f} -> {val.get('val_nll', float('nan')):.4f})"
+        )
+    if tuned:
+        info(
+            f"threshold: {tr.task.positive_name} from p >= {tr.task.thresholds[0]:.3f} "
+            f"(the best {tr.cfg.train.binary_threshold} on {n} validation images)"
+        )

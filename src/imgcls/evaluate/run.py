@@ -267,17 +267,15 @@ def evaluate(
     clf = Classifier.load(model, device=device, precision=precision)
     info = clf.info
     run = Path(info.provenance["run"]) if info.provenance.get("run") else None
-    data = data or info.provenance.get("data")
-    if not data:
-        raise UserError("--data is required: the model does not record its training data")
+    data = _data_of(info, data)
     table = load_source(data, multilabel=True if info.task == "multilabel" else None, image_root=image_root)
     rows, split_name = choose_rows(table, split, run)
     if out is None and default_out:
         out = check_writable(default_report_dir(model, run, data, info.provenance.get("data"), split_name), folder=True)
     extra: dict[str, Any] = {}
-    if detections is not None:
-        crops = (detections, image_root, det_threshold, det_categories, crop_margin)
-        table, rows, extra = _detection_crops(table, rows, info, *crops)
+    if detections is not None:  # the rows become the crops of the chosen images
+        table, rows, extra = _detection_crops(table, rows, info, detections, image_root, det_threshold,
+                                              det_categories, crop_margin)  # fmt: skip
     keep, targets, skipped = _map_targets(table, info.label_names, rows)
     skipped = list(table.skipped if split_name == "all" or detections else []) + skipped
     probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta)
@@ -290,12 +288,24 @@ def evaluate(
         skipped=skipped + bad, groups=_groups(table, ok), split=split_name, data=str(data), model=str(model),
         run_dir=run, selection_split=split_name == "val" and _same_data(data, info.provenance.get("data")),
     )  # fmt: skip
+    return _with_report(result, out)
+
+
+def _with_report(result: EvalResult, out: str | Path | None) -> EvalResult:
     if out is not None:
         from imgcls.report.writer import write_report
 
         write_report(result, Path(out))
         result.report_dir = Path(out)
     return result
+
+
+def _data_of(info: Any, data: str | Path | None) -> str | Path:
+    """The data to evaluate on: as given, else the model's training data."""
+    data = data or info.provenance.get("data")
+    if not data:
+        raise UserError("--data is required: the model does not record its training data")
+    return data
 
 
 def _groups(table: DataTable, ok: np.ndarray) -> dict[str, list[str]]:

@@ -61,6 +61,28 @@ def _table(rows: list[dict[str, Any]], limit: int = 500) -> str:
     return f"<table><tr>{head}</tr>{body}</table>{more}"
 
 
+def _notes(r: Any) -> list[str]:
+    """What the headline figures mean: optimistic (the selection split), the log-likelihood, the
+    calibration."""
+    m = r.metrics
+    notes = []
+    if getattr(r, "selection_split", False):
+        notes.append(f"<p class=note><b>Optimistic:</b> {html.escape(r.selection_note)}.</p>")
+    if "log_likelihood" in m:
+        notes.append(
+            f"<p class=note>Log-likelihood of all {m['num_images']} labels: "
+            f"{m['log_likelihood']:.2f} "
+            f"(its mean negative, the cross-entropy, is {m['nll']:.4f} nats per image).</p>"
+        )
+    if m.get("temperature", 1.0) != 1.0:
+        notes.append(
+            f"<p class=note>Probabilities are calibrated: logits divided by the temperature "
+            f"{m['temperature']:.3f} fitted on the training run's validation split (judge NLL and ECE "
+            "on images that were not in it).</p>"
+        )
+    return notes
+
+
 def render_html(r: Any, images: dict[str, Path]) -> str:
     m = r.metrics
     cards = "".join(
@@ -78,20 +100,7 @@ def render_html(r: Any, images: dict[str, Path]) -> str:
         f"{m['num_images']} images evaluated, {m['num_skipped']} skipped</p>",
         f"<div class=cards>{cards}</div>",
     ]
-    if getattr(r, "selection_split", False):
-        parts.append(f"<p class=note><b>Optimistic:</b> {html.escape(r.selection_note)}.</p>")
-    if "log_likelihood" in m:
-        parts.append(
-            f"<p class=note>Log-likelihood of all {m['num_images']} labels: "
-            f"{m['log_likelihood']:.2f} "
-            f"(its mean negative, the cross-entropy, is {m['nll']:.4f} nats per image).</p>"
-        )
-    if m.get("temperature", 1.0) != 1.0:
-        parts.append(
-            f"<p class=note>Probabilities are calibrated: logits divided by the temperature "
-            f"{m['temperature']:.3f} fitted on the training run's validation split (judge NLL and ECE "
-            "on images that were not in it).</p>"
-        )
+    parts += _notes(r)
     sections = [
         ("curves", "Training curves"),
         ("confusion_matrix", "Confusion matrix"),
