@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
-import torch
 
-from imgcls.artifacts import load_model, save_model
-from imgcls.config import PreprocessConfig
 from imgcls.io import atomic_dir, atomic_write_text, atomic_write_with, current_umask
-from imgcls.models import create_model
 
 
 @pytest.fixture
@@ -68,31 +63,3 @@ def test_a_folder_is_replaced_as_a_whole(tmp_path: Path, umask_002: object) -> N
     assert sorted(p.name for p in target.iterdir()) == ["NOTES.md", "config.json", "model.safetensors"]
     assert (target / "config.json").read_text() == "v2" and (target / "NOTES.md").read_text() == "the user's notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
-
-
-def test_save_model_interrupted_before_the_config_keeps_the_old_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import imgcls.artifacts as artifacts
-
-    pre = PreprocessConfig(input_size=(3, 32, 32))
-    torch.manual_seed(0)
-    first = create_model("lenet", num_classes=3)
-    save_model(first, tmp_path / "model", label_names=["a", "b", "c"], preprocess=pre)
-    assert mode(tmp_path / "model" / "config.json") == 0o666 & ~current_umask()
-    second = create_model("lenet", num_classes=3)
-    real_dumps = json.dumps
-
-    def dumps(obj: object, **kw: object) -> str:
-        if isinstance(obj, dict) and obj.get("label_names") == ["x", "y", "z"]:
-            raise KeyboardInterrupt  # killed after the weights, before the config
-        return real_dumps(obj, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(artifacts.json, "dumps", dumps)
-    with pytest.raises(KeyboardInterrupt):
-        save_model(second, tmp_path / "model", label_names=["x", "y", "z"], preprocess=pre)
-    monkeypatch.undo()
-    model, info = load_model(tmp_path / "model")
-    assert info.label_names == ["a", "b", "c"]
-    for k, v in first.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k

@@ -1,0 +1,61 @@
+"""ONNX export verified against PyTorch (imgcls.export)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import imgcls
+from imgcls.cli import main
+
+
+def test_onnx_export_matches_the_model_directory(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(trained["model"]), "--out", str(onnx_file)]) == 0
+    assert "max |probability diff|" in capsys.readouterr().out
+    import onnx
+    import onnxruntime as ort
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert json.loads(meta["label_names"]) == ["cat", "dog", "fox"]
+    assert json.loads(meta["mean"]) == [0.5, 0.5, 0.5] and json.loads(meta["input_size"]) == [
+        3,
+        32,
+        32,
+    ]
+    session = ort.InferenceSession(str(onnx_file))
+    assert session.get_inputs()[0].shape[0] == "batch"  # dynamic batch size
+    for b in (1, 7):
+        assert session.run(None, {"input": np.zeros((b, 3, 32, 32), np.float32)})[0].shape == (b, 3)
+    files = sorted(str(p) for p in trained["data"].rglob("*.jpg"))
+    a = imgcls.load(trained["model"], precision="fp32").predict(files, top_k=3)
+    b = imgcls.load(onnx_file).predict(files, top_k=3)
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    diff = max(abs(ra["top_k"][k] - rb["top_k"][k]) for ra, rb in zip(a, b, strict=True) for k in ra["top_k"])
+    assert diff <= 1e-4  # every class's probability (top 3 of 3)
+
+
+def test_export_to_a_place_that_cannot_be_written(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "model.onnx"  # its parent is a file
+    assert main(["export", "--model", str(trained["model"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: {blocker} is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_fails_loudly_above_tolerance(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.onnx"
+    # a negative tolerance cannot be met: the verification must fail and write nothing
+    assert main(["export", "--model", str(trained["model"]), "--out", str(out), "--tolerance", "-1"]) == 2
+    assert "ONNX verification failed" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert main(["export", "--model", str(tmp_path / "nothing")]) == 2
+    assert "model not found" in capsys.readouterr().err
