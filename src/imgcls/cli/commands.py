@@ -313,3 +313,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(out=args.out)
     return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from imgcls.explain import explain_files
+
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    rows = explain_files(args.model, args.inputs, args.out, top=args.top_k, device=args.device)
+    bad = sum(1 for r in rows if r["error"])
+    print(f"explained {len(rows) - bad} images ({bad} unreadable) -> {args.out} (one PNG each, explanations.csv)")
+    return 0

@@ -16,6 +16,7 @@ from imgcls.cli.commands import (
     _cmd_cache,
     _cmd_demo,
     _cmd_evaluate,
+    _cmd_explain,
     _cmd_export,
     _cmd_models,
     _cmd_predict,
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate(sub)
     add_export(sub)
     add_serve(sub)
+    add_explain(sub)
     add_cache(sub)
     add_demo(sub)
     return parser
@@ -426,3 +428,20 @@ def add_demo(sub: Any) -> None:
         _cmd_demo,
     )
     p.add_argument("--out", default="demo-run", help="folder for the demo's outputs")
+
+
+def add_explain(sub: Any) -> None:
+    """``imgcls explain``."""
+    p = _add(
+        sub,
+        "explain",
+        "Where in each image the model finds the evidence for its top classes (Grad-CAM overlays).",
+        "  imgcls explain --model runs/a/model photo.jpg --out why/\n"
+        "  imgcls explain --model runs/a/model photos/ --top-k 2 --out why/",
+        _cmd_explain,
+    )
+    p.add_argument("--model", required=True, help="model directory (an exported .onnx has no gradients to explain)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, glob patterns, .txt/.csv lists")
+    p.add_argument("--out", required=True, help="folder for one PNG per image and explanations.csv")
+    p.add_argument("--top-k", type=int, default=3, help="classes explained per image, most probable first (default 3)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
