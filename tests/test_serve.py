@@ -226,13 +226,20 @@ def test_the_page_in_a_real_browser(server: str, trained: dict, tmp_path: Path) 
         page.wait_for_selector(".card .label", timeout=30_000)
         label = page.inner_text(".card .label")
         bars = page.locator(".card .bar").count()
+        page.click(".card .why")  # where the model found its evidence
+        page.wait_for_selector(".card .overlays figure img", timeout=30_000)
+        overlays = page.locator(".card .overlays figure").count()
+        first_caption = page.inner_text(".card .overlays figcaption")
         page.screenshot(path=str(tmp_path / "page.png"))
+        page.click(".card .why")
+        hidden = page.locator(".card .overlays").is_hidden()
         # the API documentation renders from the installed Swagger UI bundle, with no internet
         page.goto(server + "/docs")
         page.wait_for_selector("text=/predict", timeout=30_000)
         browser.close()
     expected = Classifier.load(trained["model"]).predict(str(tmp_path / "fox.jpg"))[0]["label"]
     assert label == expected and bars == 3
+    assert overlays == 3 and first_caption.startswith(expected) and hidden
     assert (tmp_path / "page.png").stat().st_size > 0
 
 

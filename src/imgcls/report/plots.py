@@ -164,8 +164,10 @@ def plot_mistakes(items: list[dict[str, Any]], path: str | Path, *, columns: int
     probability."""
     plt = _pyplot()
     n = max(1, len(items))
+    wide = any(it["image"].width > 1.5 * it["image"].height for it in items)  # with their explanations
+    columns = columns // 2 if wide else columns
     rows = -(-n // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=((6.4 if wide else 3.2) * columns, 3.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, it in zip(axes.flat, items, strict=False):
@@ -175,7 +177,8 @@ def plot_mistakes(items: list[dict[str, Any]], path: str | Path, *, columns: int
             fontsize=9,
             color="#a00",
         )
-    fig.suptitle("Most confident mistakes", fontsize=12)
+    title = "Most confident mistakes" + (", each beside where the model saw its (wrong) label" if wide else "")
+    fig.suptitle(title, fontsize=12)
     return _save(fig, path)
 
 

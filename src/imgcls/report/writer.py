@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from imgcls.artifacts import read_history
+from imgcls.errors import UserError
 from imgcls.io import atomic_write_text
 from imgcls.report import plots
 
@@ -67,6 +69,8 @@ def _binary_pred(r: Any, p: np.ndarray) -> int:
 
 
 def mistakes(r: Any, limit: int = 12) -> list[dict[str, Any]]:
+    """The most confident mistakes, each with its thumbnail beside a Grad-CAM overlay of the
+    wrongly predicted class where the model can be explained (see :func:`explained`)."""
     if r.task == "multilabel" or r.thumbnail is None:
         return []
     preds = np.array([row[2] for row in predictions_rows(r)])
@@ -79,17 +83,37 @@ def mistakes(r: Any, limit: int = 12) -> list[dict[str, Any]]:
             img = r.thumbnail(int(i))
         except Exception:
             continue
-        img.thumbnail((192, 192))
-        items.append(
-            {
-                "image": img,
-                "true": truth[i],
-                "pred": preds[i],
-                "prob": float(r.probs[i].max()),
-                "path": r.paths[i],
-            }
-        )
+        items.append({"image": img, "true": truth[i], "pred": preds[i], "prob": float(r.probs[i].max()),
+                      "path": r.paths[i]})  # fmt: skip
+    overlays = explained(r.model, [it["image"] for it in items], [str(it["pred"]) for it in items])
+    for it, heat in zip(items, overlays or [None] * len(items), strict=True):
+        it["image"].thumbnail((192, 192))
+        if heat is not None:
+            both = Image.new("RGB", (2 * heat.width, heat.height), "white")
+            both.paste(it["image"].resize((heat.width, heat.height)), (0, 0))
+            both.paste(heat, (heat.width, 0))
+            it["image"] = both
     return items
+
+
+def explained(model: str, images: list[Any], labels: list[str]) -> list[Any] | None:
+    """Grad-CAM overlays of ``labels`` over ``images`` (as the model would see them), or None
+    where the model cannot be explained (an ONNX file, no captum, no feature map)."""
+    if not images:
+        return None
+    try:
+        from imgcls.data.preprocess import eval_array
+        from imgcls.explain import Explainer, overlay
+        from imgcls.predict import Classifier
+
+        clf = Classifier.load(model, backend="torch", precision="fp32")
+        explainer = Explainer(clf)
+        pixels = np.stack([eval_array(img.convert("RGB"), clf.preprocess) for img in images])
+        targets = np.array([[clf.label_names.index(label)] for label in labels])
+        maps = explainer.maps(pixels, targets)
+    except (UserError, ImportError, ValueError):
+        return None
+    return [overlay(px, heat[0]) for px, heat in zip(pixels, maps, strict=True)]
 
 
 def write_report(r: Any, out: Path) -> Path:

@@ -1,4 +1,5 @@
-"""The web service: ``POST /predict``, ``GET /model``, ``GET /health``, ``GET /`` (the page),
+"""The web service: ``POST /predict``, ``POST /explain``, ``GET /model``, ``GET /health``, ``GET /``
+(the page),
 OpenAPI at ``/openapi.json`` (Swagger UI at ``/docs`` from the installed bundle, else a CDN).
 
 Every bad input is a 4xx with a clear message (``{"error": ...}``), never a 5xx: a request that
@@ -18,21 +19,33 @@ the micro-batcher.
 # run time, and Request is imported inside create_app.
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
 
 from imgcls.artifacts import model_name
 from imgcls.data.image import ImageError, read_image
 from imgcls.data.preprocess import eval_array, square_size
 from imgcls.errors import UserError
+from imgcls.serve.http import (
+    EXPLAIN_PROBLEMS,
+    PROBLEMS,
+    UPLOAD_SCHEMA,
+    ExplainResponse,
+    HTTPProblem,
+    PredictResponse,
+    access_log,
+    check_api_key,
+    parse_files,
+    read_limited_body,
+    reason_status,
+)
 
 API_KEY_ENV = "IMGCLS_API_KEY"
 
@@ -67,61 +80,6 @@ class ServeConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {least}, not {value}")
 
 
-class LabelProbability(BaseModel):
-    label: str
-    probability: float
-
-
-class Prediction(BaseModel):
-    """One uploaded image: its label, score and top labels, or the error that stopped it."""
-
-    filename: str
-    label: str | None = None
-    score: float | None = None
-    top_k: list[LabelProbability] = []
-    error: str | None = None
-
-
-class PredictResponse(BaseModel):
-    model: str
-    predictions: list[Prediction]
-
-
-class Problem(BaseModel):
-    """Every error response: one line saying what is wrong."""
-
-    error: str
-
-
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "description": text}
-    for code, text in (
-        (400, "no file field, a text field, a malformed upload, or a truncated or corrupt image"),
-        (401, "missing or wrong API key"),
-        (413, "upload, file count or image pixels over the limit"),
-        (415, "not multipart/form-data, or not an image"),
-        (422, "a query parameter out of range"),
-    )
-}
-
-access_log = logging.getLogger("imgcls.serve.access")
-
-
-class HTTPProblem(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _reason_status(reason: str) -> int:
-    if "too many pixels" in reason:
-        return 413
-    if "not an image" in reason:
-        return 415
-    return 400
-
-
 class Service:
     """What the routes do, with the served model: decoding, /health, /model, /predict."""
 
@@ -133,6 +91,8 @@ class Service:
         self.decode_slots = asyncio.Semaphore(max(2, os.cpu_count() or 2))
         self.upload_slots = asyncio.Semaphore(16)  # request bodies held in memory at once
         self.batcher = MicroBatcher(clf.probabilities, max_batch=cfg.max_batch, max_wait=cfg.max_wait_ms / 1000)
+        self.explainer: Any = None  # made on the first /explain
+        self.explain_lock = threading.Lock()
 
     async def warm_up(self) -> None:
         """One forward pass before the first request: loading the backend and the first call's
@@ -147,7 +107,7 @@ class Service:
         try:
             img = read_image(data, min_size=square_size(self.pre), max_pixels=self.cfg.max_pixels)
         except ImageError as e:
-            return HTTPProblem(_reason_status(str(e)), f"{name}: {e}")
+            return HTTPProblem(reason_status(str(e)), f"{name}: {e}")
         return eval_array(img, self.pre)
 
     def health(self) -> dict[str, Any]:
@@ -160,8 +120,50 @@ class Service:
             "name": model_name(self.cfg.model), "architecture": info.arch, "task": info.task,
             "label_names": info.label_names, "positive_class": info.positive_class, "thresholds": info.thresholds,
             "preprocessing": {**pre.to_pretrained_cfg(), "resize_mode": pre.resize_mode},
-            "created": info.provenance.get("created"),
+            "created": info.provenance.get("created"), "explainable": self.explainable,
         }  # fmt: skip
+
+    @property
+    def explainable(self) -> bool:
+        """A model directory (not an ONNX file), with captum installed."""
+        import importlib.util
+
+        return not str(self.cfg.model).lower().endswith(".onnx") and importlib.util.find_spec("captum") is not None
+
+    async def explain(self, request: Any, top_k: int | None) -> dict[str, Any]:
+        """Grad-CAM overlays of one uploaded image's top classes, from a copy of the model of its
+        own (its hooks must not meet the micro-batcher's forward passes)."""
+        check_api_key(request.headers, self.api_key)
+        if not self.explainable:
+            raise HTTPProblem(409, f"{model_name(self.cfg.model)} cannot be explained (an ONNX model, or no captum)")
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            raise HTTPProblem(415, "send the image as multipart/form-data in the form field 'file'")
+        async with self.upload_slots:
+            body = await read_limited_body(request, self.cfg.max_upload_mb)
+            (name, data), *_ = await parse_files(request.headers, body, 1)
+        pixels = await asyncio.to_thread(self.decode, name, data)
+        if isinstance(pixels, HTTPProblem):
+            raise pixels
+        request.state.images = 1
+        return await asyncio.to_thread(self._explain, name, pixels, self.cfg.top_k if top_k is None else top_k)
+
+    def _explain(self, name: str, pixels: np.ndarray, k: int) -> dict[str, Any]:
+        import base64
+
+        from imgcls.explain import Explainer, overlay, png_bytes
+        from imgcls.predict import Classifier
+
+        with self.explain_lock:
+            if self.explainer is None:
+                clf = Classifier.load(self.cfg.model, device=self.cfg.device, precision="fp32", backend="torch")
+                self.explainer = Explainer(clf)
+            (e,) = self.explainer.explain([(name, pixels)], top=min(k, 3))
+        overlays = [
+            {"label": label, "probability": round(p, 6),
+             "image": "data:image/png;base64," + base64.b64encode(png_bytes(overlay(e.pixels, heat))).decode()}
+            for label, p, heat in zip(e.labels, e.probabilities, e.maps, strict=True)
+        ]  # fmt: skip
+        return {"filename": name, "overlays": overlays}
 
     async def predict(self, request: Any, top_k: int | None) -> dict[str, Any]:
         check_api_key(request.headers, self.api_key)
@@ -276,88 +278,18 @@ def _add_routes(app: Any, service: Service) -> None:
         """Architecture, task, label names and preprocessing of the served model."""
         return service.model_info()
 
+    @app.post("/explain", openapi_extra=UPLOAD_SCHEMA, response_model=ExplainResponse, responses=EXPLAIN_PROBLEMS)
+    async def explain(request: Request, top_k: int | None = Query(None, ge=1, le=1000)) -> dict[str, Any]:
+        """Where in one image (the form field ``file``) the model finds the evidence for its top
+        classes (up to 3): Grad-CAM overlays as PNG data URLs. ONNX models cannot be explained (409)."""
+        return await service.explain(request, top_k)
+
     @app.post("/predict", openapi_extra=UPLOAD_SCHEMA, response_model=PredictResponse, responses=PROBLEMS)
     async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=1000)) -> dict[str, Any]:
         """Classify one or several images sent as multipart/form-data in the field ``file``
         (repeat it for several). ``top_k``: how many labels with probabilities per image. An image
         that cannot be used gets its ``error`` in its place; the others are answered."""
         return await service.predict(request, top_k)
-
-
-# The body /predict reads itself (multipart, with limits), described for the OpenAPI docs.
-UPLOAD_SCHEMA: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "one or several images (repeat the field)",
-                        }
-                    },
-                }
-            }
-        },
-    }
-}
-
-
-def check_api_key(headers: Any, api_key: str | None) -> None:
-    """401 unless the request carries the key (X-API-Key or Authorization: Bearer)."""
-    if not api_key:
-        return
-    given = headers.get("x-api-key") or ""
-    auth = headers.get("authorization") or ""
-    if auth.lower().startswith("bearer "):
-        given = given or auth[7:].strip()
-    if not hmac.compare_digest(given.encode(), api_key.encode()):
-        raise HTTPProblem(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-
-
-async def read_limited_body(request: Any, limit_mb: float) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit_mb`` (declared or sent)."""
-    max_bytes = int(limit_mb * 1024 * 1024)
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > max_bytes:
-        raise HTTPProblem(413, f"upload of {int(length) / 2**20:.1f} MB exceeds the limit of {limit_mb:g} MB")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPProblem(413, f"upload exceeds the limit of {limit_mb:g} MB")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def parse_files(headers: Any, body: bytes, max_files: int) -> list[tuple[str, bytes]]:
-    """(file name, bytes) of each file in the multipart field ``file``; 400 / 413 otherwise."""
-    from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
-    async def stream() -> Any:
-        yield body
-        yield b""
-
-    try:
-        form = await MultiPartParser(
-            headers, stream(), max_files=max_files, max_fields=64, max_part_size=1 << 20
-        ).parse()
-    except MultiPartException as e:
-        status = 413 if "Too many files" in str(e) else 400
-        raise HTTPProblem(status, f"bad multipart upload: {e.message} (at most {max_files} files)") from None
-    files = []
-    for value in form.getlist("file"):
-        if not isinstance(value, UploadFile):
-            raise HTTPProblem(400, "the field 'file' must hold files, not text")
-        files.append((value.filename or "upload", await value.read()))
-    if not files:
-        raise HTTPProblem(400, "no image in the form field 'file'")
-    return files
 
 
 def _mount_offline_docs(app: Any, assets: str) -> None:
