@@ -122,6 +122,7 @@ class DataConfig:
     det_threshold: float = 0.2  # detections at or above this confidence are crops
     det_categories: str = "animal"  # comma-separated detection categories to crop
     crop_margin: float = 0.1  # share of the box's longer side added around a crop
+    corrections: str | None = None  # a review's corrections.csv: relabel or leave out images
 
 
 @dataclass

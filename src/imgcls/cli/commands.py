@@ -110,7 +110,7 @@ def _allow_train_pixels(args: argparse.Namespace, options: dict[str, Any]) -> No
 
     limit = options.get("max_pixels")
     for source in ([Path(args.config)] if args.config else []) + (
-        [Path(args.out) / "config.yaml"] if args.resume and args.out else []
+        [Path(args.out) / "config.yaml"] if getattr(args, "resume", False) and args.out else []
     ):
         if limit is None and source.is_file():
             try:
@@ -323,4 +323,45 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     rows = explain_files(args.model, args.inputs, args.out, top=args.top_k, device=args.device)
     bad = sum(1 for r in rows if r["error"])
     print(f"explained {len(rows) - bad} images ({bad} unreadable) -> {args.out} (one PNG each, explanations.csv)")
+    return 0
+
+
+AUDIT_ONLY = (
+    "handler",
+    "config",
+    "command",
+    "out",
+    "_started",
+    "model",
+    "folds",
+    "max_distance",
+    "labels",
+    "duplicates",
+)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from imgcls.api import make_run_config
+    from imgcls.audit import audit
+
+    options = {k: v for k, v in vars(args).items() if k not in AUDIT_ONLY}
+    _allow_train_pixels(args, options)
+    cfg = make_run_config(args.config, **options)
+    if not cfg.data.data:
+        raise UserError("no data given (--data SPEC)")
+    if args.folds < 2:
+        raise UserError("--folds must be at least 2")
+    if not 0 <= args.max_distance <= 32:
+        raise UserError("--max-distance must be between 0 and 32 bits")
+
+    def say(line: str) -> None:
+        sys.stderr.write(line + "\n")
+
+    r = audit(cfg, out=args.out, model=args.model, folds=args.folds, max_distance=args.max_distance,
+              labels=args.labels, duplicates=args.duplicates, show=say)  # fmt: skip
+    print(f"audited {r.images} images" + (f" (label check: out-of-sample probabilities from {r.how})" if r.how else ""))
+    print(f"  likely label errors  {len(r.issues)}")
+    print(f"  duplicate pairs      {len(r.duplicates)} ({r.leaks} across splits: leaks)")
+    print(f"  unusable files       {len(r.unusable)}")
+    print(f"report: {r.folder / 'audit.html'} (CSV files beside it); review them: imgcls review --audit {r.folder}")
     return 0

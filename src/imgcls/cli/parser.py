@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from imgcls.cli.commands import (
+    _cmd_audit,
     _cmd_cache,
     _cmd_demo,
     _cmd_evaluate,
@@ -82,6 +83,8 @@ TRAIN_HELP = {
     "det_threshold": "detection confidence for a crop (default 0.2)",
     "det_categories": "detection categories to crop (default animal)",
     "crop_margin": "margin around a crop, share of the box's longer side (default 0.1)",
+    "corrections": "corrections.csv from 'imgcls review': relabelled images take their new label, rejected "
+    "ones are left out",
     "arch": "architecture (see 'imgcls models'); auto: resnet18, or lenet for tiny images",
     "pretrained": "auto (published weights when there are), none, timm, torchvision, or a model "
     "directory / weights file",
@@ -210,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export(sub)
     add_serve(sub)
     add_explain(sub)
+    add_audit(sub)
     add_cache(sub)
     add_demo(sub)
     return parser
@@ -445,3 +449,26 @@ def add_explain(sub: Any) -> None:
     p.add_argument("--out", required=True, help="folder for one PNG per image and explanations.csv")
     p.add_argument("--top-k", type=int, default=3, help="classes explained per image, most probable first (default 3)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def add_audit(sub: Any) -> None:
+    """``imgcls audit``."""
+    p = _add(
+        sub,
+        "audit",
+        "Find likely label errors, duplicates and leaks across splits, class balance and unusable files.",
+        "  imgcls audit --data photos/ --out audit/ --epochs 5 --pretrained none\n"
+        "  imgcls audit --data photos/ --model runs/a/model --out audit/   # the model's held-out images\n"
+        "  imgcls audit --data cct.json --config runs/a/config.yaml --folds 5 --out audit/",
+        _cmd_audit,
+    )
+    p.add_argument("--config", help="YAML with the settings the folds train with (a run's config.yaml works)")
+    p.add_argument("--model", help="use this model's probabilities of its held-out images instead of training folds")
+    p.add_argument("--folds", type=int, default=4, help="cross-validation folds, one model each (default 4)")
+    p.add_argument("--max-distance", type=int, default=4, help="near duplicates: hashes at most this many bits apart")
+    p.add_argument("--labels", action=argparse.BooleanOptionalAction, default=True, help="look for label errors")
+    p.add_argument("--duplicates", action=argparse.BooleanOptionalAction, default=True, help="look for duplicates")
+    _add_config_options(p)
+    for action in p._actions:  # --out is the audit's folder here
+        if action.dest == "out":
+            action.help, action.required = "folder for audit.html and the CSV files (required)", True

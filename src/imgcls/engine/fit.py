@@ -119,6 +119,8 @@ def write_run_files(tr: Trainer) -> None:
     if not tr.dist.main:
         return
     dump_yaml(tr.cfg, tr.run_dir / "config.yaml")
+    if tr.cfg.data.corrections:  # the run keeps the decisions it was trained with
+        atomic_write_text(tr.run_dir / "corrections.csv", Path(tr.cfg.data.corrections).read_text(encoding="utf-8"))
     atomic_write_text(tr.run_dir / "splits.csv", tr.data.splits_csv)
     write_csv(tr.run_dir / "skipped.csv", ["path", "reason"], tr.data.skipped)
 
@@ -235,6 +237,11 @@ def load_table(cfg: RunConfig, table_hook: TableHook | None = None) -> DataTable
         from imgcls.data.dataset import concat_val
 
         table = concat_val(table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root))
+    if d.corrections:
+        from imgcls.data.corrections import apply_corrections
+
+        table, applied = apply_corrections(table, d.corrections)
+        info(f"corrections: {applied.describe()} ({d.corrections})")
     if table_hook is not None:  # e.g. detection crops (imgcls.cameratrap)
         table = table_hook(cfg, table)
     d.split_by = resolve_split_by(table, d.split_by) or "none"
@@ -266,7 +273,7 @@ def absolute_paths(cfg: RunConfig) -> None:
     import os
 
     d = cfg.data
-    for name in ("data", "val_data", "image_root", "detections", "cache_dir"):
+    for name in ("data", "val_data", "image_root", "detections", "cache_dir", "corrections"):
         value = getattr(d, name)
         if value:
             setattr(d, name, os.path.abspath(os.path.expanduser(value)))

@@ -1,0 +1,152 @@
+"""``imgcls audit``: what is wrong with a data set before a model learns it.
+
+- likely **label errors** (:mod:`~imgcls.audit.labels`: out-of-sample probabilities from K-fold
+  cross-validation or a given model, then cleanlab's confident learning), ranked;
+- exact and near **duplicates**, and the **leaks** among them — the same picture on both sides of
+  a split (:mod:`~imgcls.audit.duplicates`: perceptual hashes);
+- the **class balance** per split, and the **unusable files** with their reasons.
+
+Written to the audit folder: ``label_issues.csv``, ``duplicates.csv``, ``balance.csv``,
+``unusable.csv``, ``summary.json`` and ``audit.html`` (thumbnails of every finding).
+``imgcls review`` walks the findings and writes the corrections training applies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgcls.audit.duplicates import duplicate_pairs, duplicate_rows, fingerprints
+from imgcls.audit.labels import OutOfSample, cross_validated, from_model, label_issues
+from imgcls.config import RunConfig
+from imgcls.data.table import DataTable
+
+__all__ = ["AuditResult", "audit"]
+
+
+@dataclass
+class AuditResult:
+    folder: Path
+    images: int
+    issues: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    balance: list[dict[str, Any]] = field(default_factory=list)
+    unusable: list[tuple[str, str]] = field(default_factory=list)
+    how: str = ""
+
+    @property
+    def leaks(self) -> int:
+        return sum(1 for d in self.duplicates if d["leak"])
+
+
+def audit(
+    cfg: RunConfig,
+    *,
+    out: str | Path,
+    model: str | Path | None = None,
+    folds: int = 4,
+    max_distance: int = 4,
+    labels: bool = True,
+    duplicates: bool = True,
+    show: Any = print,
+) -> AuditResult:
+    """Audit the data ``cfg.data`` names (see the module docstring); the folds are trained with
+    ``cfg``'s settings. Returns the findings, also written to ``out``."""
+    from imgcls.engine.fit import load_table
+    from imgcls.io import check_writable
+    from imgcls.runtime import physical_cores
+
+    folder = check_writable(out, folder=True)
+    table = load_table(cfg)
+    splits = given_splits(table, model)
+    result = AuditResult(folder, len(table), unusable=list(table.skipped))
+    if labels:
+        oos: OutOfSample = from_model(model, table) if model else cross_validated(
+            cfg, table, folds=folds, work=folder / "folds", show=show
+        )  # fmt: skip
+        result.how = oos.how
+        result.issues = [{**issue, "split": splits[issue["row"]], **_location(table, issue["row"])}
+                         for issue in label_issues(table, oos)]  # fmt: skip
+        result.unusable += [s for s in oos.skipped if s not in result.unusable]
+    if duplicates:
+        fp = fingerprints(table, workers=cfg.data.workers or physical_cores())
+        result.duplicates = duplicate_rows(table, splits, duplicate_pairs(fp, max_distance))
+        result.unusable += [s for s in fp.unreadable if s not in result.unusable]
+    result.balance = class_balance(table, splits, {p for p, _ in result.unusable})
+    write(result, table)
+    return result
+
+
+def given_splits(table: DataTable, model: str | Path | None) -> list[str]:
+    """Each row's split: as the data gives it, else the run's (``splits.csv``) of ``model``,
+    else ``train`` (then no pair can leak)."""
+    if table.split is not None:
+        return [s or "train" for s in table.split]
+    if model is not None:
+        import csv
+
+        from imgcls.artifacts import read_info
+
+        run = read_info(model).provenance.get("run")
+        listing = Path(run) / "splits.csv" if run else None
+        if listing is not None and listing.is_file():
+            with open(listing, newline="", encoding="utf-8") as f:
+                known = {r["path"]: r["split"] for r in csv.DictReader(f)}
+            return [known.get(p) or "train" for p in table.paths]
+    return ["train"] * len(table)
+
+
+def class_balance(table: DataTable, splits: list[str], unusable: set[str] | None = None) -> list[dict[str, Any]]:
+    """Usable images per class and split, and each class's share."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for i, split in enumerate(splits):
+        if unusable and table.paths[i] in unusable:
+            continue
+        for name in table.label_names(i):
+            counts[(name, split)] += 1
+    names = sorted(set(splits))
+    total = max(1, len(table))
+    rows = []
+    for c in table.class_names:
+        per_split = {s: counts[(c, s)] for s in names}
+        rows.append({"class": c, **per_split, "share": round(sum(per_split.values()) / total, 4)})
+    return rows
+
+
+def _location(table: DataTable, row: int) -> dict[str, str]:
+    return {"location": table.columns["location"][row]} if "location" in table.columns else {}
+
+
+def write(result: AuditResult, table: DataTable) -> None:
+    """The CSV files, ``summary.json`` and ``audit.html``."""
+    from imgcls.audit.page import write_page
+    from imgcls.io import atomic_write_text
+
+    folder = result.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    issues = [{"rank": k + 1, **{c: v for c, v in i.items() if c != "row"}} for k, i in enumerate(result.issues)]
+    _csv(folder / "label_issues.csv", issues, ["rank", "path", "given", "suggested", "quality", "p_suggested", "split"])
+    _csv(folder / "duplicates.csv", result.duplicates, ["path_a", "path_b", "distance", "kind", "split_a", "split_b"])
+    _csv(folder / "balance.csv", result.balance, ["class"])
+    _csv(folder / "unusable.csv", [{"path": p, "reason": r} for p, r in result.unusable], ["path", "reason"])
+    summary = {"images": result.images, "label_issues": len(result.issues), "duplicate_pairs": len(result.duplicates),
+               "leaks": result.leaks, "unusable": len(result.unusable), "probabilities_from": result.how}  # fmt: skip
+    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_page(result, table, folder / "audit.html")
+
+
+def _csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    import csv
+    import io
+
+    from imgcls.io import atomic_write_text
+
+    fields = list(rows[0]) if rows else columns
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

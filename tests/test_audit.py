@@ -1,0 +1,90 @@
+"""``imgcls audit``: planted label errors and duplicates are found (imgcls.audit)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcls.cli import main
+
+pytest.importorskip("cleanlab")
+pytest.importorskip("imagehash")
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def scene(rng: np.random.Generator, colour: tuple[int, int, int]) -> Image.Image:
+    img = rng.normal(128, 25, (48, 48, 3)).clip(0, 255).astype(np.uint8)
+    x, y = rng.integers(0, 32, 2)
+    img[y : y + 14, x : x + 14] = colour
+    return Image.fromarray(img)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("audit")
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 30), ("test", 6)):
+        for name, colour in COLOURS.items():
+            (root / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                scene(rng, colour).save(root / "data" / split / name / f"{split}_{name}_{i:02d}.png")
+    flipped = []  # three red images filed as green, blue, blue: label errors
+    for i, wrong in enumerate(("green", "blue", "blue")):
+        src = root / "data" / "train" / "red" / f"train_red_{i:02d}.png"
+        dst = root / "data" / "train" / wrong / src.name
+        shutil.move(src, dst)
+        flipped.append(str(dst.resolve()))
+    # a training image re-saved as a JPEG among the test images (a leak), and an exact copy in training
+    Image.open(root / "data" / "train" / "blue" / "train_blue_05.png").save(root / "data" / "test" / "blue" / "copy.jpg",
+                                                                            quality=92)  # fmt: skip
+    shutil.copy(
+        root / "data" / "train" / "green" / "train_green_07.png", root / "data" / "train" / "green" / "again.png"
+    )
+    (root / "data" / "train" / "green" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return {"root": root, "flipped": flipped}
+
+
+def test_audit_finds_the_planted_label_errors_duplicates_and_leak(
+    planted: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = planted["root"]
+    out = root / "audit"
+    argv = ["audit", "--data", str(root / "data"), "--out", str(out), "--folds", "3", "--arch", "smallnet",
+            "--pretrained", "none", "--image-size", "48", "--epochs", "8", "--batch-size", "16", "--lr", "0.003",
+            "--cache-dir", str(root / "cache"), "--max-distance", "2"]  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "3-fold cross-validation" in said and f"report: {out / 'audit.html'}" in said
+    with open(out / "label_issues.csv", newline="") as f:
+        issues = list(csv.DictReader(f))
+    flagged = {r["path"] for r in issues}
+    assert set(planted["flipped"]) <= flagged  # every planted error found ...
+    assert len(flagged) <= len(planted["flipped"]) + 2  # ... and little else
+    assert all(r["suggested"] == "red" for r in issues if r["path"] in planted["flipped"])
+    top = [r["path"] for r in issues[: len(planted["flipped"])]]
+    assert len(set(top) & set(planted["flipped"])) >= 2  # ranked first
+    with open(out / "duplicates.csv", newline="") as f:
+        pairs = {(Path(r["path_a"]).name, Path(r["path_b"]).name): r for r in csv.DictReader(f)}
+    exact = pairs.get(("again.png", "train_green_07.png")) or pairs[("train_green_07.png", "again.png")]
+    assert exact["kind"] == "exact" and exact["leak"] == "False"
+    leak = next(r for k, r in pairs.items() if "copy.jpg" in k)
+    assert (
+        leak["leak"] == "True"
+        and {leak["split_a"], leak["split_b"]} == {"train", "test"}
+        and int(leak["distance"]) <= 2
+    )
+    assert len(pairs) == 2  # no false pair among the other images
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["leaks"] == 1 and summary["unusable"] == 1
+    with open(out / "balance.csv", newline="") as f:
+        balance = {r["class"]: r for r in csv.DictReader(f)}
+    assert balance["red"]["train"] == "27" and balance["green"]["train"] == "32"
+    page = (out / "audit.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= 2 * len(issues) and "leak" in page and "broken.png" in page
