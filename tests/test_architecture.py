@@ -85,5 +85,5 @@ def test_files_and_functions_stay_small() -> None:
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
-                table = name == "imgcls.cli.parser" and node.name.startswith("add_")  # argument tables
+                table = name.startswith("imgcls.cli.") and node.name.startswith("add_")  # argument tables
                 assert table or length <= 60, f"{name}.{node.name}: {length} lines"

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from imgcls.cli.commands import _allow_train_pixels
-from imgcls.cli.parser import TRAIN_HELP, build_parser
+from imgcls.cli.options import TRAIN_HELP
+from imgcls.cli.parser import build_parser
 from imgcls.errors import UserError
 
 __all__ = ["TRAIN_HELP", "_allow_train_pixels", "build_parser", "entry", "main"]

@@ -1,0 +1,103 @@
+"""The data-quality loop's commands: ``explain``, ``audit`` and ``review`` (grammar and handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from imgcls.cli.commands import _allow_train_pixels
+from imgcls.cli.options import _add, _add_config_options
+from imgcls.errors import UserError
+
+
+def add_explain(sub: Any) -> None:
+    """``imgcls explain``."""
+    p = _add(
+        sub,
+        "explain",
+        "Where in each image the model finds the evidence for its top classes (Grad-CAM overlays).",
+        "  imgcls explain --model runs/a/model photo.jpg --out why/\n"
+        "  imgcls explain --model runs/a/model photos/ --top-k 2 --out why/",
+        _cmd_explain,
+    )
+    p.add_argument("--model", required=True, help="model directory (an exported .onnx has no gradients to explain)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, glob patterns, .txt/.csv lists")
+    p.add_argument("--out", required=True, help="folder for one PNG per image and explanations.csv")
+    p.add_argument("--top-k", type=int, default=3, help="classes explained per image, most probable first (default 3)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def add_audit(sub: Any) -> None:
+    """``imgcls audit``."""
+    p = _add(
+        sub,
+        "audit",
+        "Find likely label errors, duplicates and leaks across splits, class balance and unusable files.",
+        "  imgcls audit --data photos/ --out audit/ --epochs 5 --pretrained none\n"
+        "  imgcls audit --data photos/ --model runs/a/model --out audit/   # the model's held-out images\n"
+        "  imgcls audit --data cct.json --config runs/a/config.yaml --folds 5 --out audit/",
+        _cmd_audit,
+    )
+    p.add_argument("--config", help="YAML with the settings the folds train with (a run's config.yaml works)")
+    p.add_argument("--model", help="use this model's probabilities of its held-out images instead of training folds")
+    p.add_argument("--folds", type=int, default=4, help="cross-validation folds, one model each (default 4)")
+    p.add_argument("--max-distance", type=int, default=4, help="near duplicates: hashes at most this many bits apart")
+    p.add_argument("--labels", action=argparse.BooleanOptionalAction, default=True, help="look for label errors")
+    p.add_argument("--duplicates", action=argparse.BooleanOptionalAction, default=True, help="look for duplicates")
+    _add_config_options(p)
+    for action in p._actions:  # --out is the audit's folder here
+        if action.dest == "out":
+            action.help, action.required = "folder for audit.html and the CSV files (required)", True
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from imgcls.explain import explain_files
+
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    rows = explain_files(args.model, args.inputs, args.out, top=args.top_k, device=args.device)
+    bad = sum(1 for r in rows if r["error"])
+    print(f"explained {len(rows) - bad} images ({bad} unreadable) -> {args.out} (one PNG each, explanations.csv)")
+    return 0
+
+
+AUDIT_ONLY = (
+    "handler",
+    "config",
+    "command",
+    "out",
+    "_started",
+    "model",
+    "folds",
+    "max_distance",
+    "labels",
+    "duplicates",
+)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from imgcls.api import make_run_config
+    from imgcls.audit import audit
+
+    options = {k: v for k, v in vars(args).items() if k not in AUDIT_ONLY}
+    _allow_train_pixels(args, options)
+    cfg = make_run_config(args.config, **options)
+    if not cfg.data.data:
+        raise UserError("no data given (--data SPEC)")
+    if args.folds < 2:
+        raise UserError("--folds must be at least 2")
+    if not 0 <= args.max_distance <= 32:
+        raise UserError("--max-distance must be between 0 and 32 bits")
+
+    def say(line: str) -> None:
+        sys.stderr.write(line + "\n")
+
+    r = audit(cfg, out=args.out, model=args.model, folds=args.folds, max_distance=args.max_distance,
+              labels=args.labels, duplicates=args.duplicates, show=say)  # fmt: skip
+    print(f"audited {r.images} images" + (f" (label check: out-of-sample probabilities from {r.how})" if r.how else ""))
+    print(f"  likely label errors  {len(r.issues)}")
+    print(f"  duplicate pairs      {len(r.duplicates)} ({r.leaks} across splits: leaks)")
+    print(f"  unusable files       {len(r.unusable)}")
+    print(f"report: {r.folder / 'audit.html'} (CSV files beside it); review them: imgcls review --audit {r.folder}")
+    return 0
