@@ -83,6 +83,7 @@ def test_audit_finds_the_planted_label_errors_duplicates_and_leak(
     assert len(pairs) == 2  # no false pair among the other images
     summary = json.loads((out / "summary.json").read_text())
     assert summary["leaks"] == 1 and summary["unusable"] == 1
+    assert summary["classes"] == ["blue", "green", "red"] and summary["spec"] == str((root / "data").resolve())
     with open(out / "balance.csv", newline="") as f:
         balance = {r["class"]: r for r in csv.DictReader(f)}
     assert balance["red"]["train"] == "27" and balance["green"]["train"] == "32"

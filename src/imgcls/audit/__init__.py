@@ -76,7 +76,8 @@ def audit(
         result.duplicates = duplicate_rows(table, splits, duplicate_pairs(fp, max_distance))
         result.unusable += [s for s in fp.unreadable if s not in result.unusable]
     result.balance = class_balance(table, splits, {p for p, _ in result.unusable})
-    write(result, table)
+    spec = cfg.data.data or ""
+    write(result, table, spec=str(Path(spec).resolve()) if spec and Path(spec).exists() else spec)
     return result
 
 
@@ -117,10 +118,16 @@ def class_balance(table: DataTable, splits: list[str], unusable: set[str] | None
 
 
 def _location(table: DataTable, row: int) -> dict[str, str]:
-    return {"location": table.columns["location"][row]} if "location" in table.columns else {}
+    """The row's location, and its detection box, where the data has them."""
+    from imgcls.data.corrections import format_box
+
+    out = {"location": table.columns["location"][row]} if "location" in table.columns else {}
+    if table.boxes is not None:
+        out["box"] = format_box(table.boxes[row])
+    return out
 
 
-def write(result: AuditResult, table: DataTable) -> None:
+def write(result: AuditResult, table: DataTable, *, spec: str = "") -> None:
     """The CSV files, ``summary.json`` and ``audit.html``."""
     from imgcls.audit.page import write_page
     from imgcls.io import atomic_write_text
@@ -133,7 +140,9 @@ def write(result: AuditResult, table: DataTable) -> None:
     _csv(folder / "balance.csv", result.balance, ["class"])
     _csv(folder / "unusable.csv", [{"path": p, "reason": r} for p, r in result.unusable], ["path", "reason"])
     summary = {"images": result.images, "label_issues": len(result.issues), "duplicate_pairs": len(result.duplicates),
-               "leaks": result.leaks, "unusable": len(result.unusable), "probabilities_from": result.how}  # fmt: skip
+               "leaks": result.leaks, "unusable": len(result.unusable), "probabilities_from": result.how,
+               "classes": list(table.class_names), "multilabel": table.multilabel, "data": str(table.root),
+               "spec": spec, "crop_margin": table.crop_margin}  # fmt: skip
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_page(result, table, folder / "audit.html")
 

@@ -65,12 +65,17 @@ def fingerprints(table: DataTable, *, workers: int = 2) -> Fingerprints:
             return 0, "", 0, str(e)
 
     n = len(table)
+    first: dict[str, int] = {}  # detection crops of one image: the image is hashed once
+    for i, p in enumerate(table.paths):
+        first.setdefault(p, i)
     out = Fingerprints(np.zeros(n, dtype=np.uint64), [""] * n, np.zeros(n, dtype=np.int64), [])
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, (h, digest, side, err) in enumerate(pool.map(one, range(n))):
-            out.phash[i], out.digest[i], out.side[i] = h, digest, side
-            if err is not None:
-                out.unreadable.append((table.paths[i], err))
+        done = dict(zip(first.values(), pool.map(one, first.values()), strict=True))
+    for i, p in enumerate(table.paths):
+        h, digest, side, err = done[first[p]]
+        out.phash[i], out.digest[i], out.side[i] = h, digest, side
+        if err is not None and first[p] == i:
+            out.unreadable.append((p, err))
     return out
 
 
@@ -121,6 +126,8 @@ def duplicate_rows(table: DataTable, splits: list[str], pairs: list[tuple[int, i
     loc = table.columns.get("location")
     rows = []
     for a, b, d, kind in pairs:
+        if table.paths[a] == table.paths[b]:
+            continue  # two detection crops of one image
         row = {"path_a": table.paths[a], "path_b": table.paths[b], "distance": d, "kind": kind,
                "split_a": splits[a], "split_b": splits[b], "leak": splits[a] != splits[b],
                "label_a": ";".join(table.label_names(a)), "label_b": ";".join(table.label_names(b))}  # fmt: skip

@@ -31,17 +31,18 @@ class Thumbnails:
         self.table = table
         self.row = {p: i for i, p in enumerate(table.paths)}
 
-    def __call__(self, path: str) -> str:
+    def __call__(self, path: str, box: str = "") -> str:
         from PIL import Image
 
-        from imgcls.data.image import ImageError, read_image
+        from imgcls.data.image import ImageError, read_view
 
         try:
             i = self.row.get(path)
             if self.table.pixels is not None and i is not None:
                 img = Image.fromarray(self.table.pixels[i]).convert("RGB")
             else:
-                img = read_image(path, min_size=96)
+                x, y, w, h = (float(v) for v in box.split()) if box else (0.0, 0.0, 1.0, 1.0)
+                img = read_view(path, (x, y, w, h) if box else None, margin=self.table.crop_margin)
         except ImageError:
             return ""
         img.thumbnail((96, 96))
@@ -86,7 +87,8 @@ def _issues(rows: list[dict[str, Any]], thumb: Thumbnails) -> str:
         return "<p class=note>none found</p>"
     head = "<tr><th>#</th><th>image</th><th>given</th><th>suggested</th><th>quality</th><th>path</th></tr>"
     body = "".join(
-        f"<tr><td>{k}</td><td>{thumb(r['path'])}</td><td>{_e(r['given'])}</td><td>{_e(r['suggested'])} "
+        f"<tr><td>{k}</td><td>{thumb(r['path'], r.get('box', ''))}</td><td>{_e(r['given'])}</td>"
+        f"<td>{_e(r['suggested'])} "
         f"({r['p_suggested']:.2f})</td><td>{r['quality']:.3f}</td><td class=path>{_e(r['path'])}</td></tr>"
         for k, r in enumerate(rows, start=1)
     )

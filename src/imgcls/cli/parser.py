@@ -22,7 +22,7 @@ from imgcls.cli.commands import (
     _cmd_train,
 )
 from imgcls.cli.options import _add, _add_config_options, _device_options, _Formatter, _inference_options, _parser_error
-from imgcls.cli.quality import add_audit, add_explain
+from imgcls.cli.quality import add_audit, add_explain, add_review
 from imgcls.models.options import ATTNS, NORMS
 
 
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve(sub)
     add_explain(sub)
     add_audit(sub)
+    add_review(sub)
     add_cache(sub)
     add_demo(sub)
     return parser

@@ -51,6 +51,27 @@ def add_audit(sub: Any) -> None:
             action.help, action.required = "folder for audit.html and the CSV files (required)", True
 
 
+def add_review(sub: Any) -> None:
+    """``imgcls review``."""
+    p = _add(
+        sub,
+        "review",
+        "Decide, image by image in the browser, what an audit or a model doubts; writes corrections.csv.",
+        "  imgcls review --audit audit/                       # the likely label errors and leaks\n"
+        "  imgcls review --predictions preds.csv --limit 100  # the 100 least confident predictions\n"
+        "  imgcls train --data photos/ --corrections audit/corrections.csv   # then retrain",
+        _cmd_review,
+    )
+    p.add_argument("--audit", help="an imgcls audit folder: review its likely label errors and leaks")
+    p.add_argument("--predictions", help="an imgcls predict output (.csv, .jsonl, .json): review its least confident")
+    p.add_argument("--limit", type=int, default=200, help="predictions reviewed, least confident first (default 200)")
+    p.add_argument("--out", help="the corrections file (default: corrections.csv in the audit or predictions folder)")
+    p.add_argument("--classes", help="labels offered for relabelling, comma-separated (added to the data's)")
+    p.add_argument("--model", help="offer this model's labels for relabelling")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from imgcls.explain import explain_files
 
@@ -100,4 +121,33 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     print(f"  duplicate pairs      {len(r.duplicates)} ({r.leaks} across splits: leaks)")
     print(f"  unusable files       {len(r.unusable)}")
     print(f"report: {r.folder / 'audit.html'} (CSV files beside it); review them: imgcls review --audit {r.folder}")
+    return 0
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    from imgcls.review import open_session, serve_review
+
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    classes = [c.strip() for c in (args.classes or "").split(",") if c.strip()]
+    session = open_session(audit=args.audit, predictions=args.predictions, out=args.out, limit=args.limit,
+                           classes=classes, model=args.model)  # fmt: skip
+    if not session.items:
+        print("nothing to review: no likely label errors, leaks or usable predictions")
+        return 0
+    c = session.counts()
+    hint = (
+        f"imgcls train --data {session.data_spec} --corrections {session.out}"
+        if session.data_spec
+        else f"imgcls train --data {session.out} (the reviewed images), or --data DATA --corrections {session.out}"
+    )
+    resumed = f", {c['decided']} already decided" if c["decided"] else ""
+    print(f"review {c['total']} images{resumed} at http://{args.host}:{args.port}/ (Ctrl-C to stop; every decision")
+    print(f"  is saved at once to {session.out}). Then: {hint}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        sys.stderr.write(f"warning: anyone who can reach {args.host}:{args.port} can change the corrections\n")
+    serve_review(session, host=args.host, port=args.port, hint=hint)
+    c = session.counts()
+    print(f"{c['decided']} of {c['total']} decided ({c['accept']} accepted, {c['relabel']} relabelled, "
+          f"{c['reject']} rejected, {c['skip']} skipped), in {session.out}")  # fmt: skip
     return 0

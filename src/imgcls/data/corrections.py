@@ -3,12 +3,16 @@
 The file is a manifest (``path,label``) with an ``action`` column, as ``imgcls review`` writes
 it: ``relabel`` (the image takes the new label; ``cat;dog`` for multi-label data), ``reject``
 (the image is left out, listed in ``skipped.csv`` with the reason), ``accept`` (kept as it is).
-Relative paths resolve against the file's folder, as in a manifest. A label the data did not have
-becomes a new class.
+An optional ``box`` column (``x y w h``, normalised, as the audit writes it) names one detection
+crop of the image; without it a decision holds for every crop of the image. Relative paths
+resolve against the file's folder, as in a manifest; images held inside a data file (IDX:
+``train-images-idx3-ubyte#17``) are named by that id. A label the data did not have becomes a new
+class. The last decision about an image counts.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.data.sources.manifest import parse_labels, read_rows
-from imgcls.data.table import DataTable, listed_path, make_targets
+from imgcls.data.table import REVIEWED, DataTable, listed_path, make_targets
 from imgcls.errors import UserError
 
 ACTIONS = ("accept", "relabel", "reject")
@@ -36,8 +40,37 @@ class Applied:
         return f"{self.relabelled} relabelled, {self.rejected} left out, {self.accepted} confirmed{extra}"
 
 
-def read_corrections(path: str | Path) -> dict[str, tuple[str, list[str]]]:
-    """Resolved image path -> (action, labels) of every decision in the file."""
+def format_box(box: object) -> str:
+    """``x y w h`` (4 decimals) of a crop box; "" for the whole image (None or NaN)."""
+    if box is None:
+        return ""
+    values = [float(v) for v in box]  # type: ignore[attr-defined]
+    if len(values) != 4 or any(math.isnan(v) for v in values):
+        return ""
+    return " ".join(f"{v:.4f}" for v in values)
+
+
+def parse_box(text: str) -> str:
+    """A box as written in a CSV file, normalised to :func:`format_box`'s form; "" for none."""
+    text = text.strip().strip("[]").replace(",", " ")
+    if not text:
+        return ""
+    try:
+        values = [float(v) for v in text.split()]
+    except ValueError:
+        return "?"
+    return format_box(values) if len(values) == 4 and all(math.isfinite(v) for v in values) else "?"
+
+
+def row_key(table: DataTable, i: int) -> tuple[str, str]:
+    """(path, box) by which a decision names row ``i``: the resolved file path, or the id of an
+    image held in a data file."""
+    path = table.paths[i] if table.pixels is not None else os.path.realpath(table.paths[i])
+    return path, format_box(table.boxes[i]) if table.boxes is not None else ""
+
+
+def read_corrections(path: str | Path) -> dict[tuple[str, str], tuple[str, list[str]]]:
+    """(image path, box) -> (action, labels) of every decision in the file, the last one counting."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"corrections file not found: {path}")
@@ -45,7 +78,7 @@ def read_corrections(path: str | Path) -> dict[str, tuple[str, list[str]]]:
     lower = [h.lower() for h in header]
     if "path" not in lower or "action" not in lower:
         raise UserError(f"{p}: a corrections file needs 'path', 'label' and 'action' columns (imgcls review writes it)")
-    out: dict[str, tuple[str, list[str]]] = {}
+    out: dict[tuple[str, str], tuple[str, list[str]]] = {}
     for row, line in zip(rows, lines, strict=True):
         values = {k.lower(): (v or "").strip() for k, v in row.items()}
         action = values.get("action", "")
@@ -54,7 +87,12 @@ def read_corrections(path: str | Path) -> dict[str, tuple[str, list[str]]]:
         labels = parse_labels(values.get("label", ""))
         if action == "relabel" and not labels:
             raise UserError(f"{p}, line {line}: relabel with no label")
-        out[os.path.realpath(listed_path(p.parent, values["path"]))] = (action, labels)
+        box = parse_box(values.get("box", ""))
+        if box == "?":
+            raise UserError(f"{p}, line {line}: box {values['box']!r} is not four numbers (x y w h)")
+        raw = values["path"]
+        name = raw if "#" in raw and not os.path.isabs(raw) else os.path.realpath(listed_path(p.parent, raw))
+        out[(name, box)] = (action, labels)
     return out
 
 
@@ -62,8 +100,13 @@ def apply_corrections(table: DataTable, path: str | Path) -> tuple[DataTable, Ap
     """The table with the file's decisions applied (see the module docstring)."""
     decisions = read_corrections(path)
     done = Applied()
-    index = {os.path.realpath(p): i for i, p in enumerate(table.paths)}
-    done.unknown = [p for p in decisions if p not in index]
+    rows: dict[tuple[str, str], list[int]] = {}
+    for i in range(len(table)):
+        key = row_key(table, i)
+        rows.setdefault(key, []).append(i)
+        if key[1]:
+            rows.setdefault((key[0], ""), []).append(i)  # a decision without a box: every crop
+    done.unknown = [p for p, box in decisions if (p, box) not in rows]
     names = list(table.class_names)
     for action, labels in decisions.values():
         if action == "relabel":
@@ -71,19 +114,17 @@ def apply_corrections(table: DataTable, path: str | Path) -> tuple[DataTable, Ap
     labels_of = [table.label_names(i) for i in range(len(table))]
     keep = np.ones(len(table), dtype=bool)
     skipped = list(table.skipped)
-    for p, (action, labels) in decisions.items():
-        i = index.get(p)
-        if i is None:
-            continue
-        if action == "relabel":
-            labels_of[i] = labels
-            done.relabelled += 1
-        elif action == "reject":
-            keep[i] = False
-            skipped.append((table.paths[i], f"left out by the review ({Path(path).name})"))
-            done.rejected += 1
-        else:
-            done.accepted += 1
+    for key, (action, labels) in decisions.items():
+        for i in rows.get(key, []):
+            if action == "relabel":
+                labels_of[i] = labels
+                done.relabelled += 1
+            elif action == "reject":
+                keep[i] = False
+                skipped.append((table.paths[i], f"{REVIEWED} ({Path(path).name})"))
+                done.rejected += 1
+            else:
+                done.accepted += 1
     if not table.multilabel and any(len(lab) != 1 for lab in labels_of):
         raise UserError(f"{path}: several labels for one image, and the data is single-label")
     corrected = replace(table, targets=make_targets(labels_of, names, table.multilabel), class_names=names)

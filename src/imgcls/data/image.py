@@ -244,3 +244,13 @@ def crop_draft_size(box: tuple[float, float, float, float], need: int) -> tuple[
     has ``need`` pixels on each side."""
     bw, bh = max(float(box[2]), 1e-3), max(float(box[3]), 1e-3)
     return int(need / bw) + 1, int(need / bh) + 1
+
+
+def read_view(
+    path: str | Path, box: tuple[float, float, float, float] | None = None, *, margin: float = 0.1, need: int = 96
+) -> Image.Image:
+    """An image for a person to look at (a thumbnail, a review page): the whole image, or the
+    square crop around ``box`` as training saw it, decoded no larger than ``need`` px requires."""
+    if box is None:
+        return read_image(path, min_size=need)
+    return crop_square(read_image(path, min_size=crop_draft_size(box, need)), box, margin)

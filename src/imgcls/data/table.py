@@ -23,6 +23,9 @@ def listed_path(base: Path, raw: str) -> str:
     return str((base / raw).resolve())
 
 
+#: the reason recorded for an image a review rejected (not counted as unusable)
+REVIEWED = "left out by the review"
+
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
     "train": "train",

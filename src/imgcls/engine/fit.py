@@ -24,7 +24,7 @@ from imgcls.artifacts import write_history
 from imgcls.config import RunConfig, check_config, dump_yaml, from_dict
 from imgcls.console import info
 from imgcls.data.sources import load_source
-from imgcls.data.table import DataTable
+from imgcls.data.table import REVIEWED, DataTable
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
 from imgcls.engine.finish import finish
@@ -237,13 +237,13 @@ def load_table(cfg: RunConfig, table_hook: TableHook | None = None) -> DataTable
         from imgcls.data.dataset import concat_val
 
         table = concat_val(table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root))
-    if d.corrections:
+    if table_hook is not None:  # e.g. detection crops (imgcls.cameratrap)
+        table = table_hook(cfg, table)
+    if d.corrections:  # after the crops: a decision may name one crop of an image
         from imgcls.data.corrections import apply_corrections
 
         table, applied = apply_corrections(table, d.corrections)
         info(f"corrections: {applied.describe()} ({d.corrections})")
-    if table_hook is not None:  # e.g. detection crops (imgcls.cameratrap)
-        table = table_hook(cfg, table)
     d.split_by = resolve_split_by(table, d.split_by) or "none"
     return table
 
@@ -318,7 +318,9 @@ def describe_start(tr: Trainer) -> None:
     classes = ", ".join(f"{k} ({v})" for k, v in list(counts.items())[:8]) + (" ..." if len(counts) > 8 else "")
     info(f"data: {len(d.splits.train)} train / {len(d.splits.val)} val images, {len(counts)} classes: {classes}")
     if d.skipped:
-        info(f"skipped {len(d.skipped)} unusable files (listed in {tr.run_dir / 'skipped.csv'})")
+        reviewed = sum(1 for _, why in d.skipped if why.startswith(REVIEWED))
+        what = ", ".join(f"{n} {w}" for n, w in ((len(d.skipped) - reviewed, "unusable"), (reviewed, REVIEWED)) if n)
+        info(f"skipped {what} (listed in {tr.run_dir / 'skipped.csv'})")
     pre = tr.preprocess
     n = tr.task.num_outputs
     info(

@@ -57,6 +57,7 @@ def save_best(tr: Trainer, metrics: dict[str, Any]) -> None:
             "run": str(tr.run_dir.resolve()),
             "epoch": metrics.get("epoch"),
             "pretrained": tr.cfg.model.pretrained,
+            **({"corrections": str(tr.cfg.data.corrections)} if tr.cfg.data.corrections else {}),
             "detection_crops": (
                 {
                     "threshold": d.det_threshold,

@@ -1,6 +1,9 @@
 """CSV manifests: ``path,label`` plus optional ``split``, ``location``, ``sequence``,
 ``datetime`` and any other columns (usable with ``--split-by COLUMN``).
 
+A review's ``corrections.csv`` is a manifest too: its rows with ``action`` ``reject`` are left
+out (the reviewed images of a ``predict`` output become training data this way).
+
 Multi-label rows join their labels with ``;`` (``cat;dog``); an empty label is a multi-label row
 with no positive label. Relative paths resolve against the CSV's folder, or ``image_root``.
 """
@@ -10,7 +13,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from imgcls.data.table import SPLIT_ALIASES, DataTable, listed_path, make_targets
+from imgcls.data.table import REVIEWED, SPLIT_ALIASES, DataTable, listed_path, make_targets
 from imgcls.errors import UserError
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "filepath")
@@ -75,6 +78,7 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
         multilabel = any(len(lab) > 1 for lab in labels)
     extra = [h for h in header if h not in (path_col, label_col)]
     split_col = _pick(header, ("split",))
+    action_col = _pick(header, ("action",))
     keep: list[int] = []
     skipped: list[tuple[str, str]] = []
     splits: list[str | None] = []
@@ -83,6 +87,9 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
         raw = (row.get(path_col) or "").strip()
         if not raw:
             skipped.append((f"{path.name}:{line}", "empty path"))
+            continue
+        if action_col is not None and (row.get(action_col) or "").strip().lower() == "reject":
+            skipped.append((listed_path(base, raw), f"{REVIEWED} ({path.name})"))
             continue
         if not multilabel and len(labels[i]) != 1:
             why = "no label" if not labels[i] else f"several labels ({'; '.join(labels[i])})"
@@ -105,7 +112,7 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
     columns = {
         (h.strip().lower() if h.strip().lower() in KNOWN else h): [(rows[i].get(h) or "").strip() for i in keep]
         for h in extra
-        if h != split_col
+        if h not in (split_col, action_col)
     }
     return DataTable(
         kind="csv",

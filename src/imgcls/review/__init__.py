@@ -1,0 +1,66 @@
+"""``imgcls review``: a person decides, image by image, what an audit or a model doubts.
+
+The queue (:mod:`~imgcls.review.queue`): an audit's likely label errors and leaks, and the least
+confident predictions of a ``predict`` output. The page (:mod:`~imgcls.review.app`, served on
+loopback) is driven by the keyboard: accept, relabel, reject, skip, undo. Every decision is on
+disk before the page moves on (:mod:`~imgcls.review.session`), in ``corrections.csv``, which
+``imgcls train --corrections`` applies (and which is itself a manifest of the reviewed images).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imgcls.errors import UserError
+from imgcls.review.queue import Item, from_audit, from_predictions
+from imgcls.review.session import Session
+
+__all__ = ["Item", "Session", "open_session", "serve_review"]
+
+
+def open_session(
+    *,
+    audit: str | Path | None = None,
+    predictions: str | Path | None = None,
+    out: str | Path | None = None,
+    limit: int = 200,
+    classes: list[str] | None = None,
+    model: str | Path | None = None,
+) -> Session:
+    """The review of an audit folder and/or a predictions file, resumed from ``out``'s progress."""
+    if audit is None and predictions is None:
+        raise UserError("nothing to review: give --audit AUDIT_FOLDER and/or --predictions FILE")
+    items: list[Item] = []
+    summary: dict = {}
+    if audit is not None:
+        items, summary = from_audit(audit)
+    if predictions is not None:
+        items += from_predictions(predictions, limit)
+    names = list(summary.get("classes", []))
+    if model is not None:
+        from imgcls.artifacts import read_info
+
+        names += read_info(model).label_names
+    names += list(classes or [])
+    for it in items:
+        names += [c for c in it.candidates if ";" not in c]
+    target = Path(out) if out else Path(audit or Path(predictions).parent) / "corrections.csv"  # type: ignore[arg-type]
+    from imgcls.io import check_writable
+
+    check_writable(target)
+    session = Session(items, target, classes=list(dict.fromkeys(n for n in names if n)),
+                   data_root=summary.get("data", ""), margin=float(summary.get("crop_margin", 0.1)),
+                   multilabel=bool(summary.get("multilabel", False)))  # fmt: skip
+    session.data_spec = str(summary.get("spec", ""))
+    return session
+
+
+def serve_review(session: Session, *, host: str = "127.0.0.1", port: int = 8765, hint: str = "") -> None:
+    """Serve the page until Ctrl-C."""
+    import uvicorn
+
+    from imgcls.review.app import create_review_app
+    from imgcls.serve.app import check_address
+
+    check_address(host, port)
+    uvicorn.run(create_review_app(session, hint=hint), host=host, port=port, log_level="warning")

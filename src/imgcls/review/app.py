@@ -1,0 +1,98 @@
+"""The review page and its API, a FastAPI app like ``imgcls serve``'s (loopback by default).
+
+``GET /`` the page; ``GET /api/state`` the queue, the classes, the decisions so far and where to
+start; ``GET /api/image/{index}`` an item's image (only the queue's images are served: nothing
+else on the disk can be read through it); ``POST /api/decide`` and ``POST /api/undo`` change
+the decisions (saved before they are answered); ``GET /health``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from imgcls.errors import UserError
+from imgcls.review.session import Session
+
+
+class Decision(BaseModel):
+    index: int = Field(ge=0)
+    action: str
+    label: str = ""
+
+
+class Problem(BaseModel):
+    error: str
+
+
+def create_review_app(session: Session, *, hint: str = "") -> Any:
+    try:
+        from fastapi import FastAPI, Query
+        from fastapi.responses import HTMLResponse, JSONResponse, Response
+    except ImportError as e:
+        raise UserError("imgcls review needs FastAPI and uvicorn: pip install 'imgcls[serve]'") from e
+
+    app = FastAPI(title="imgcls review", docs_url=None, redoc_url=None)
+    problems: dict[int | str, dict[str, Any]] = {400: {"model": Problem}, 404: {"model": Problem}}
+    _one_line_errors(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        from importlib import resources
+
+        return resources.files("imgcls.review").joinpath("static/review.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", **session.counts()}
+
+    @app.get("/api/state")
+    def state() -> dict[str, Any]:
+        cwd = os.getcwd()
+        return {"items": [it.public(i, cwd) for i, it in enumerate(session.items)], "classes": session.classes,
+                "decisions": session.decisions(), "position": session.position(), "counts": session.counts(),
+                "out": str(session.out), "multilabel": session.multilabel, "hint": hint}  # fmt: skip
+
+    @app.get("/api/image/{index}", responses={200: {"content": {"image/jpeg": {}}}, **problems})
+    def image(index: int, which: str = Query("a", pattern="^[ab]$")) -> Response:
+        from imgcls.data.image import ImageError
+
+        if not 0 <= index < len(session.items):
+            return JSONResponse({"error": f"no item {index}"}, status_code=404)
+        if which == "b" and not session.items[index].other:
+            return JSONResponse({"error": f"item {index} has no second image"}, status_code=404)
+        try:
+            data = session.image(index, which)
+        except (ImageError, UserError, OSError, ValueError) as e:
+            return JSONResponse({"error": f"cannot show this image: {e}"}, status_code=404)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/api/decide", responses=problems)
+    def decide(d: Decision) -> dict[str, Any]:
+        return session.decide(d.index, d.action, d.label)
+
+    @app.post("/api/undo", responses=problems)
+    def undo() -> dict[str, Any]:
+        return session.undo()
+
+    return app
+
+
+def _one_line_errors(app: Any) -> None:
+    """A bad request is answered ``{"error": "one line"}``: 400 for a refused decision, 422 for
+    a malformed request."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(UserError)
+    async def user_error(_: Request, exc: UserError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)

@@ -1,0 +1,245 @@
+"""``imgcls review``: the queue (an audit's suspects, a predict output's least confident), the
+decisions saved against a kill, the API, and the page driven by the keyboard in headless
+Chromium (imgcls.review)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcls.data.corrections import read_corrections
+from imgcls.errors import UserError
+from imgcls.review import open_session
+from imgcls.review.queue import from_predictions
+from imgfactory import class_image, idx_dataset
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def audit_folder(tmp_path: Path) -> Path:
+    """An audit's output as imgcls audit writes it: three likely label errors, a leak, a pair
+    that is no leak."""
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    paths = []
+    for i in range(6):
+        class_image(i % 3, rng, (40, 32)).save(images / f"im{i}.png")
+        paths.append(str((images / f"im{i}.png").resolve()))
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    summary = {"images": 6, "classes": ["cat", "dog", "fox"], "multilabel": False, "data": str(images),
+               "spec": str(images), "crop_margin": 0.1}  # fmt: skip
+    (audit / "summary.json").write_text(json.dumps(summary))
+    write_csv(audit / "label_issues.csv", ["rank", "path", "given", "suggested", "quality", "p_suggested", "split"], [
+        [1, paths[0], "dog", "cat", 0.01, 0.93, "train"],
+        [2, paths[1], "fox", "dog", 0.05, 0.81, "train"],
+        [3, paths[2], "cat", "fox", 0.2, 0.55, "train"],
+    ])  # fmt: skip
+    header = ["path_a", "path_b", "distance", "kind", "split_a", "split_b", "leak", "label_a", "label_b"]
+    write_csv(audit / "duplicates.csv", header, [
+        [paths[3], paths[4], 0, "exact", "train", "test", True, "cat", "cat"],
+        [paths[3], paths[5], 2, "near", "train", "train", False, "cat", "cat"],
+    ])  # fmt: skip
+    return audit
+
+
+def test_the_queue_of_an_audit(audit_folder: Path) -> None:
+    s = open_session(audit=audit_folder)
+    kinds = [(it.kind, Path(it.path).name, it.label) for it in s.items]
+    assert kinds == [("label", "im0.png", "dog"), ("label", "im1.png", "fox"), ("label", "im2.png", "cat"),
+                     ("leak", "im4.png", "cat")]  # fmt: skip
+    assert s.items[0].suggested == "cat" and s.items[0].candidates[0] == "cat"
+    assert "the models say cat (0.93)" in s.items[0].why
+    assert Path(s.items[3].other).name == "im3.png" and "test image, an exact copy of a train image" in s.items[3].why
+    assert s.classes == ["cat", "dog", "fox"] and s.out == audit_folder / "corrections.csv"
+    with pytest.raises(UserError, match="not an audit folder"):
+        open_session(audit=audit_folder / "images")
+    with pytest.raises(UserError, match="nothing to review"):
+        open_session()
+
+
+def test_the_least_confident_predictions_and_detection_crops(tmp_path: Path) -> None:
+    rows = [[f"/x/{i}.jpg", "cat", score, json.dumps({"cat": score, "dog": 1 - score}), ""]
+            for i, score in enumerate((0.9, 0.4, 0.6, 0.99))]  # fmt: skip
+    rows.append(["/x/bad.jpg", "", "", "", "not an image"])
+    preds = write_csv(tmp_path / "p.csv", ["path", "label", "score", "top_k", "error"], rows)
+    items = from_predictions(preds, limit=2)
+    assert [Path(it.path).name for it in items] == ["1.jpg", "2.jpg"] and items[0].candidates == ["cat", "dog"]
+    assert items[0].why == "predicted cat with probability 0.40" and items[0].kind == "prediction"
+    camera = {"path": "/x/cam.jpg", "label": "deer", "score": 0.7, "top_k": {"deer": 0.7}, "error": None,
+              "detections": [{"bbox": [0.1, 0.2, 0.3, 0.4], "label": "fox", "score": 0.3, "top_k": {"fox": 0.3}},
+                             {"bbox": [0.5, 0.5, 0.2, 0.2], "label": "deer", "score": 0.95, "top_k": {}}]}  # fmt: skip
+    (tmp_path / "p.jsonl").write_text(json.dumps(camera) + "\n")
+    crops = from_predictions(tmp_path / "p.jsonl", limit=10)
+    assert [(it.box, it.label) for it in crops] == [("0.1000 0.2000 0.3000 0.4000", "fox"),
+                                                    ("0.5000 0.5000 0.2000 0.2000", "deer")]  # fmt: skip
+    (tmp_path / "p.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a predictions file"):
+        from_predictions(tmp_path / "p.json", limit=1)
+    with pytest.raises(UserError, match="predictions file not found"):
+        from_predictions(tmp_path / "none.csv", limit=1)
+
+
+def test_decisions_survive_a_kill_and_undo(audit_folder: Path) -> None:
+    s = open_session(audit=audit_folder)
+    s.decide(0, "relabel", "cat")
+    s.decide(1, "accept")
+    after = s.decide(2, "skip")
+    assert after["position"] == 3 and after["counts"]["decided"] == 3
+    s.decide(3, "reject")
+    assert s.undo()["position"] == 3  # back to the leak
+    s.decide(3, "reject")
+    with open(s.log, "a") as f:
+        f.write('{"key": "half a line')  # killed mid-write
+    again = open_session(audit=audit_folder)
+    assert again.position() == 4 and again.counts() == {"accept": 1, "relabel": 1, "reject": 1, "skip": 1,
+                                                         "decided": 4, "total": 4}  # fmt: skip
+    assert again.decide(0, "skip")["decision"] == ["relabel", "cat"]  # skipping keeps a decision
+    decided = read_corrections(s.out)
+    assert [(Path(p).name, a, lab) for (p, _), (a, lab) in decided.items()] == [
+        ("im0.png", "relabel", ["cat"]), ("im1.png", "accept", ["fox"]), ("im4.png", "reject", ["cat"])]  # fmt: skip
+    with pytest.raises(UserError, match="relabel needs the new label"):
+        again.decide(0, "relabel", " ")
+    with pytest.raises(UserError, match="single-label"):
+        again.decide(0, "relabel", "cat;dog")
+    with pytest.raises(UserError, match="unknown action"):
+        again.decide(0, "delete")
+
+
+def test_a_corrections_file_from_before_keeps_its_decisions(audit_folder: Path, tmp_path: Path) -> None:
+    before = write_csv(tmp_path / "fixes.csv", ["path", "label", "action"], [["/elsewhere/x.jpg", "dog", "reject"]])
+    s = open_session(audit=audit_folder, out=before)
+    s.decide(0, "accept")
+    kept = read_corrections(before)
+    assert ("/elsewhere/x.jpg", "") in kept and len(kept) == 2
+
+
+def test_images_held_in_a_data_file_and_crops_are_shown(tmp_path: Path) -> None:
+    from imgcls.data.sources import load_source
+    from imgcls.review.queue import Item
+    from imgcls.review.session import Session
+
+    data = idx_dataset(tmp_path / "idx", n_train=6, n_test=3)
+    first = load_source(str(data)).paths[1]
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (2000, 1000), (90, 90, 90)).save(big)
+    items = [Item(path=first, kind="label", label="1", why=""),
+             Item(path=str(big), kind="prediction", label="fox", why="", box="0.1 0.1 0.1 0.2")]  # fmt: skip
+    s = Session(items, tmp_path / "c.csv", classes=["0", "1", "2"], data_root=str(data))
+    import io
+
+    digit = Image.open(io.BytesIO(s.image(0)))
+    crop = Image.open(io.BytesIO(s.image(1)))
+    assert digit.size == (252, 252)  # 28 px shown as crisp 9 x 9 squares
+    assert crop.size[0] == crop.size[1] <= 768  # the square around the box, as training saw it
+    s.decide(1, "relabel", "deer")
+    with open(s.out, newline="") as f:
+        assert list(csv.reader(f)) == [["path", "label", "action", "box"],
+                                       [str(big), "deer", "relabel", "0.1 0.1 0.1 0.2"]]  # fmt: skip
+    assert "deer" in s.classes
+
+
+def test_the_api(audit_folder: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from imgcls.review.app import create_review_app
+
+    s = open_session(audit=audit_folder)
+    with TestClient(create_review_app(s, hint="imgcls train ...")) as c:
+        st = c.get("/api/state").json()
+        assert len(st["items"]) == 4 and st["position"] == 0 and st["hint"] == "imgcls train ..."
+        assert st["items"][0]["name"].endswith("im0.png")
+        assert c.get("/api/image/0").headers["content-type"] == "image/jpeg"
+        assert c.get("/api/image/3?which=b").status_code == 200
+        assert c.get("/api/image/0?which=b").json()["error"] == "item 0 has no second image"
+        assert c.get("/api/image/9").status_code == 404 and c.get("/api/image/0?which=c").status_code == 422
+        r = c.post("/api/decide", json={"index": 0, "action": "nope"})
+        assert r.status_code == 400 and "unknown action" in r.json()["error"]
+        assert c.post("/api/decide", json={"index": -1, "action": "accept"}).status_code == 422
+        assert c.post("/api/undo").status_code == 400
+        assert c.post("/api/decide", json={"index": 0, "action": "accept"}).json()["position"] == 1
+        assert c.get("/health").json()["decided"] == 1
+        assert "imgcls review" in c.get("/").text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_page_in_a_real_browser(audit_folder: Path) -> None:
+    """Keyboard accept and relabel (a number key and a typed label), reject, skip, undo; a reload
+    resumes where it stopped; the corrections file says what was decided."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    playwright = pytest.importorskip("playwright.sync_api")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    port = _free_port()
+    cmd = [str(Path(sys.executable).parent / "imgcls"), "review", "--audit", str(audit_folder), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("#label:text('dog')")
+            page.keyboard.press("1")  # im0: relabel to the suggestion, cat
+            page.wait_for_selector("#label:text('fox')")
+            page.keyboard.press("a")  # im1: accept fox
+            page.wait_for_selector("#label:text('cat')")
+            page.keyboard.press("l")
+            page.keyboard.type("lynx")
+            page.keyboard.press("Enter")  # im2: a label the data did not have
+            page.wait_for_selector("#kind:text('leak')")
+            assert page.locator("#pictures img").count() == 2  # the copy beside its original
+            page.keyboard.press("x")  # im4: reject the leaked test copy
+            page.wait_for_selector("#done h2:text('All reviewed')")
+            page.keyboard.press("u")  # take the reject back ...
+            page.wait_for_selector("#kind:text('leak')")
+            page.reload()  # ... and a reload comes back to the same image
+            page.wait_for_selector("#kind:text('leak')")
+            progress = page.inner_text("#progress-text")
+            page.keyboard.press("s")  # skip it
+            page.wait_for_selector("#done h2:text('All reviewed')")
+            page.keyboard.press("ArrowLeft")
+            page.keyboard.press("ArrowLeft")
+            page.wait_for_selector("#decided:text('relabel → lynx')")
+            browser.close()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert progress.startswith("3 of 4 decided · 1 accepted · 2 relabelled · 0 rejected")
+    assert "review 4 images" in out and f"--corrections {audit_folder / 'corrections.csv'}" in out
+    with open(audit_folder / "corrections.csv", newline="") as f:
+        rows = [(Path(r["path"]).name, r["label"], r["action"]) for r in csv.DictReader(f)]
+    assert rows == [("im0.png", "cat", "relabel"), ("im1.png", "fox", "accept"), ("im2.png", "lynx", "relabel")]
