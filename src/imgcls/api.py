@@ -60,6 +60,7 @@ def train(
     Takes the options of ``imgcls train`` as keywords: ``imgcls.train("photos/", out="runs/a",
     arch="resnet18", epochs=5, pretrained="none")``.
     """
+    from imgcls.data.sources.detections import detection_crops
     from imgcls.engine.fit import fit
     from imgcls.report.plots import plot_curves
 
@@ -126,18 +127,6 @@ def export_quietly(model_dir: Path) -> None:
         info("not exported to ONNX: install imgcls[onnx] for fast-starting predictions")
     except Exception as e:  # the model stays usable through PyTorch
         info(f"not exported to ONNX ({str(e).splitlines()[0]}); predictions run on PyTorch")
-
-
-def detection_crops(cfg: RunConfig, table: Any) -> Any:
-    """With ``--detections``: train on the MegaDetector crops instead of whole images."""
-    d = cfg.data
-    if not d.detections:
-        return table
-    from imgcls.data.sources.detections import crop_table, parse_categories, read_detections
-
-    dets = read_detections(d.detections, d.image_root)
-    categories = parse_categories(d.det_categories)
-    return crop_table(table, dets, threshold=d.det_threshold, categories=categories, margin=d.crop_margin)
 
 
 def load(model: str | Path, **kwargs: Any) -> Any:

@@ -55,12 +55,13 @@ def audit(
 ) -> AuditResult:
     """Audit the data ``cfg.data`` names (see the module docstring); the folds are trained with
     ``cfg``'s settings. Returns the findings, also written to ``out``."""
+    from imgcls.data.sources.detections import detection_crops
     from imgcls.engine.fit import load_table
     from imgcls.io import check_writable
     from imgcls.runtime import physical_cores
 
     folder = check_writable(out, folder=True)
-    table = load_table(cfg)
+    table = load_table(cfg, detection_crops)
     splits = given_splits(table, model)
     result = AuditResult(folder, len(table), unusable=list(table.skipped))
     if labels:

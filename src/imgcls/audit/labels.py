@@ -81,9 +81,10 @@ def cross_validated(cfg: RunConfig, table: DataTable, *, folds: int = 4, work: P
         held = np.flatnonzero(fold == k)
         split: list[str | None] = ["test" if f == k else "train" for f in fold]
         run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out=str(work / f"fold-{k}")))
-        run_cfg = dataclasses.replace(run_cfg, data=dataclasses.replace(cfg.data, val_data=None))
+        # the fold trains on the audit's own rows (crops and corrections already applied)
+        run_cfg = dataclasses.replace(run_cfg, data=dataclasses.replace(cfg.data, val_data=None, corrections=None))
         show(f"fold {k + 1}/{folds}: training on {len(table) - len(held)} images, predicting {len(held)}")
-        run = fit(run_cfg, table_hook=_with_split(split))
+        run = fit(run_cfg, table_hook=_with_split(table, split))
         clf = Classifier.load(run / "model", backend="torch")
         p, ok, bad = collect_probabilities(clf, table, held)
         probs[ok] = in_order(p, clf.label_names, names)
@@ -93,10 +94,11 @@ def cross_validated(cfg: RunConfig, table: DataTable, *, folds: int = 4, work: P
     return OutOfSample(rows, probs[rows], names, skipped, f"{folds}-fold cross-validation")
 
 
-def _with_split(split: list[str | None]) -> Any:
-    """A table hook that gives every row its fold's side: held out (test) or trained on."""
+def _with_split(table: DataTable, split: list[str | None]) -> Any:
+    """A table hook that trains on ``table``, every row on its fold's side: held out (test) or
+    trained on."""
 
-    def hook(_cfg: RunConfig, table: DataTable) -> DataTable:
+    def hook(_cfg: RunConfig, _loaded: DataTable) -> DataTable:
         return dataclasses.replace(table, split=split)
 
     return hook

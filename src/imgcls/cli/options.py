@@ -40,7 +40,7 @@ def _add(sub: Any, name: str, help_text: str, examples: str, handler: Handler) -
 
 #: help for every training option; the options themselves come from imgcls.config's dataclasses
 TRAIN_HELP = {
-    "data": "training data: class folders, train/val/test folders, IDX folder, .csv, COCO .json",
+    "data": "training data: class folders, train/val/test folders, IDX folder, .csv, COCO .json, Camtrap DP",
     "val_data": "separate validation data (same kinds of SPEC)",
     "image_root": "base folder for relative paths in .csv / .json files",
     "val_split": "share of the training images held out for validation (default 0.2)",

@@ -47,8 +47,11 @@ def decode_crop(
     cfg: PreprocessConfig,
     max_pixels: int | None = MAX_PIXELS,
 ) -> np.ndarray:
-    """(path, normalised box, margin) -> the model input of that square crop."""
+    """(path, normalised box, margin) -> the model input of that square crop (of the whole
+    image when the box is NaN: a row without a detection in a table of crops)."""
     path, box, margin = item
+    if any(v != v for v in box):
+        return decode_for_model(path, cfg, max_pixels)
     return decode_crops((path, [box], margin), cfg, max_pixels)[0]
 
 

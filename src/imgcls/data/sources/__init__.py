@@ -4,6 +4,7 @@
 - a folder of MNIST-format IDX files;
 - a ``.csv`` manifest;
 - a ``.json`` in COCO Camera Traps format;
+- a Camera Trap Data Package (Camtrap DP: its folder or its ``datapackage.json``);
 
 and, on top of any of them, MegaDetector detections (:mod:`imgcls.data.sources.detections`):
 a row per detection crop, for training, evaluation and prediction.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imgcls.data.sources.camtrapdp import is_camtrapdp, read_camtrapdp
 from imgcls.data.sources.coco import is_coco_camera_traps, load_json, read_coco
 from imgcls.data.sources.folder import read_folder
 from imgcls.data.sources.idx import is_idx_dir, read_idx
@@ -34,6 +36,8 @@ def load_source(spec: str | Path, *, multilabel: bool | None = None, image_root:
     root = Path(image_root).expanduser() if image_root else None
     if not path.exists():
         raise UserError(f"data not found: {spec}")
+    if is_camtrapdp(path):
+        return read_camtrapdp(path, multilabel=multilabel, image_root=root)
     if path.is_dir():
         if is_idx_dir(path):
             return read_idx(path)
@@ -46,4 +50,6 @@ def load_source(spec: str | Path, *, multilabel: bool | None = None, image_root:
         if is_coco_camera_traps(data):
             return read_coco(path, multilabel=multilabel, image_root=root, data=data)
         raise UserError(f"{path}: a JSON file that is not COCO Camera Traps (images/annotations/categories)")
-    raise UserError(f"{spec}: not a data source (expected a folder, a .csv manifest or a COCO Camera Traps .json)")
+    raise UserError(
+        f"{spec}: not a data source (expected a folder, a .csv manifest, COCO Camera Traps .json, a Camtrap DP package)"
+    )

@@ -200,3 +200,14 @@ def detection_tradeoff(
     for point in points:
         point["threshold"] = round(point["threshold"], 4)
     return points
+
+
+def detection_crops(cfg: Any, table: DataTable) -> DataTable:
+    """The table hook of training and auditing: with ``--detections``, the MegaDetector crops
+    (``cfg`` a :class:`~imgcls.config.RunConfig`) instead of whole images."""
+    d = cfg.data
+    if not d.detections:
+        return table
+    dets = read_detections(d.detections, d.image_root)
+    categories = parse_categories(d.det_categories)
+    return crop_table(table, dets, threshold=d.det_threshold, categories=categories, margin=d.crop_margin)
