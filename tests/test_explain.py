@@ -69,6 +69,15 @@ def test_explain_command_writes_a_picture_per_image_and_refuses_onnx(
     assert len(pictures) == 40 and Image.open(pictures[0]).size == (3 * 192, 192 + 18)  # input + 2 classes
     rows = (out / "explanations.csv").read_text().splitlines()
     assert len(rows) == 42 and "not an image" in rows[-1]
+    import csv
+
+    with open(out / "explanations.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    clf = imgcls.load(squares / "run" / "model", backend="torch")
+    said = clf.predict(first["path"], top_k=2)[0]  # the classes explained are the ones predict gives
+    assert first["labels"] == ";".join(said["top_k"]) and float(first["probabilities"].split(";")[0]) == pytest.approx(
+        said["score"], abs=2e-3
+    )
     assert main(["explain", "--model", str(squares / "run" / "model" / "model.onnx"), str(images), "--out",
                  str(tmp_path / "x")]) == 2  # fmt: skip
     assert "an ONNX model cannot be explained" in capsys.readouterr().err

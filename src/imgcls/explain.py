@@ -109,9 +109,12 @@ class Explainer:
         if not items:
             return []
         pixels = np.stack([p for _, p in items])
-        probs = self.clf.probabilities(pixels, tta=False)
+        probs = self.clf.probabilities(pixels)  # as predict gives them (test-time flip included)
         order = np.argsort(-probs, axis=1, kind="stable")[:, : max(1, min(top, probs.shape[1]))]
         maps = self.maps(pixels, order)
+        if self.clf.info.tta == "flip":  # the model also looks at the mirror image: its map, mirrored back
+            mirrored = np.ascontiguousarray(pixels[:, :, ::-1])
+            maps = (maps + self.maps(mirrored, order)[..., ::-1]) / 2
         names = self.clf.label_names
         return [
             Explanation(path, pixels[i], [names[k] for k in order[i]], [float(probs[i, k]) for k in order[i]], maps[i])
