@@ -223,7 +223,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, device=args.device,
         precision=args.precision, tta={"flip": True, "none": False}.get(args.tta), detections=args.detections,
         det_threshold=args.det_threshold, det_categories=args.det_categories,
-        crop_margin=args.crop_margin, default_out=True,
+        crop_margin=args.crop_margin, corrections=args.corrections, default_out=True,
     )  # fmt: skip
     m = r.metrics
     print(f"{r.task} evaluation on {m['num_images']} images ({r.split}), {m['num_skipped']} skipped")

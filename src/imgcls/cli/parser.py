@@ -196,6 +196,11 @@ def add_evaluate(sub: Any) -> None:
     p.add_argument("--det-threshold", type=float, help="detection confidence for a crop (default: the model's)")
     p.add_argument("--det-categories", default="animal", help="detection categories to crop, e.g. animal,person")
     p.add_argument("--crop-margin", type=float, help="margin around a crop (default: the model's)")
+    p.add_argument(
+        "--corrections",
+        help="corrections.csv from 'imgcls review', applied to the labels (default: the run's own, "
+        "when evaluating its training data)",
+    )
 
 
 def add_export(sub: Any) -> None:

@@ -249,6 +249,7 @@ def evaluate(
     det_threshold: float | None = None,
     det_categories: str = "animal",
     crop_margin: float | None = None,
+    corrections: str | Path | None = None,
     default_out: bool = False,
 ) -> EvalResult:
     """Evaluate a model directory (or .onnx) on labelled data; with ``out``, write the report
@@ -257,7 +258,9 @@ def evaluate(
 
     With ``detections`` (MegaDetector results) the model is evaluated on the detection crops,
     as it was trained, and the report adds the detector's animal-recall / blank-removal
-    trade-off over detection thresholds."""
+    trade-off over detection thresholds. ``corrections`` (a review's ``corrections.csv``) relabels
+    images and leaves rejected ones out; without it, a run trained with corrections has them
+    applied when it is evaluated on its own training data."""
     from imgcls.data.sources import load_source
     from imgcls.io import check_writable
     from imgcls.predict import Classifier
@@ -267,6 +270,8 @@ def evaluate(
     clf = Classifier.load(model, device=device, precision=precision)
     info = clf.info
     run = Path(info.provenance["run"]) if info.provenance.get("run") else None
+    if corrections is None and data is None and run is not None and (run / "corrections.csv").is_file():
+        corrections = run / "corrections.csv"  # the labels the run was trained with
     data = _data_of(info, data)
     table = load_source(data, multilabel=True if info.task == "multilabel" else None, image_root=image_root)
     rows, split_name = choose_rows(table, split, run)
@@ -276,8 +281,12 @@ def evaluate(
     if detections is not None:  # the rows become the crops of the chosen images
         table, rows, extra = _detection_crops(table, rows, info, detections, image_root, det_threshold,
                                               det_categories, crop_margin)  # fmt: skip
-    keep, targets, skipped = _map_targets(table, info.label_names, rows)
-    skipped = list(table.skipped if split_name == "all" or detections else []) + skipped
+    skipped = list(table.skipped if split_name == "all" or detections else [])
+    if corrections is not None:
+        table, rows, reviewed = _corrected(table, rows, corrections)
+        skipped += reviewed
+    keep, targets, unknown = _map_targets(table, info.label_names, rows)
+    skipped += unknown
     probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta)
     position = {int(r): j for j, r in enumerate(keep)}
     targets = targets[[position[int(r)] for r in ok]]
@@ -289,6 +298,22 @@ def evaluate(
         run_dir=run, selection_split=split_name == "val" and _same_data(data, info.provenance.get("data")),
     )  # fmt: skip
     return _with_report(result, out)
+
+
+def _corrected(
+    table: DataTable, rows: np.ndarray, corrections: str | Path
+) -> tuple[DataTable, np.ndarray, list[tuple[str, str]]]:
+    """The chosen rows with a review's decisions applied, and the ones it left out (skips)."""
+    from imgcls.console import info
+    from imgcls.data.corrections import apply_corrections
+
+    if not Path(corrections).is_file():
+        raise UserError(f"{corrections}: no such corrections file")
+    chosen = table.subset(rows)
+    before = len(chosen.skipped)
+    fixed, applied = apply_corrections(chosen, corrections)
+    info(f"corrections: {applied.describe()} ({corrections})")
+    return fixed, np.arange(len(fixed)), list(fixed.skipped[before:])
 
 
 def _with_report(result: EvalResult, out: str | Path | None) -> EvalResult:
