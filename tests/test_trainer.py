@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from imgcls.api import make_run_config
+from imgcls.data.dataset import load_table
 from imgcls.data.table import DataTable
 from imgcls.engine.distributed import Dist
-from imgcls.engine.fit import load_table
 from imgcls.engine.loop import Trainer, train_one_epoch
 from imgcls.engine.plan import resolve_model
 from imgcls.engine.trainer import build_trainer, label_pos_weight, make_task, sampler_weights

@@ -55,8 +55,8 @@ def audit(
 ) -> AuditResult:
     """Audit the data ``cfg.data`` names (see the module docstring); the folds are trained with
     ``cfg``'s settings. Returns the findings, also written to ``out``."""
+    from imgcls.data.dataset import load_table
     from imgcls.data.sources.detections import detection_crops
-    from imgcls.engine.fit import load_table
     from imgcls.io import check_writable
     from imgcls.runtime import physical_cores
 

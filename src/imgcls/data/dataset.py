@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.config import PreprocessConfig
+from imgcls.config import PreprocessConfig, RunConfig
+from imgcls.console import info
 from imgcls.data.image import MAX_PIXELS
 from imgcls.data.loaders import PixelSource
 from imgcls.data.sources import load_source
@@ -25,6 +26,30 @@ from imgcls.data.transforms import square_size
 from imgcls.errors import UserError
 
 log = logging.getLogger(__name__)
+
+TableHook = Callable[[RunConfig, DataTable], DataTable]
+
+
+def load_table(cfg: RunConfig, table_hook: TableHook | None = None) -> DataTable:
+    """The rows of ``--data`` (and ``--val-data``), through ``table_hook`` (detection crops);
+    ``split_by`` resolved against the data's columns."""
+    from imgcls.data.splits import resolve_split_by
+
+    t, d = cfg.train, cfg.data
+    table = load_source(d.data, multilabel=True if t.task == "multilabel" else None, image_root=d.image_root)
+    if d.val_data:
+        from imgcls.data.dataset import concat_val
+
+        table = concat_val(table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root))
+    if table_hook is not None:  # e.g. detection crops (imgcls.cameratrap)
+        table = table_hook(cfg, table)
+    if d.corrections:  # after the crops: a decision may name one crop of an image
+        from imgcls.data.corrections import apply_corrections
+
+        table, applied = apply_corrections(table, d.corrections)
+        info(f"corrections: {applied.describe()} ({d.corrections})")
+    d.split_by = resolve_split_by(table, d.split_by) or "none"
+    return table
 
 
 def concat_val(train: DataTable, val: DataTable) -> DataTable:

@@ -23,8 +23,8 @@ import torch
 from imgcls.artifacts import write_history
 from imgcls.config import RunConfig, check_config, dump_yaml, from_dict
 from imgcls.console import info
-from imgcls.data.sources import load_source
-from imgcls.data.table import REVIEWED, DataTable
+from imgcls.data.dataset import TableHook, load_table
+from imgcls.data.table import REVIEWED
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
 from imgcls.engine.finish import finish
@@ -140,9 +140,6 @@ def run_epochs(tr: Trainer, on_epoch_end: EpochCallback | None) -> None:
             break
 
 
-TableHook = Callable[[RunConfig, DataTable], DataTable]
-
-
 def fit(
     cfg: RunConfig,
     *,
@@ -224,28 +221,6 @@ def _fit(
         info(f"best: {describe_best(tr, final)}")
     dist.barrier()
     return run
-
-
-def load_table(cfg: RunConfig, table_hook: TableHook | None = None) -> DataTable:
-    """The rows of ``--data`` (and ``--val-data``), through ``table_hook`` (detection crops);
-    ``split_by`` resolved against the data's columns."""
-    from imgcls.data.splits import resolve_split_by
-
-    t, d = cfg.train, cfg.data
-    table = load_source(d.data, multilabel=True if t.task == "multilabel" else None, image_root=d.image_root)
-    if d.val_data:
-        from imgcls.data.dataset import concat_val
-
-        table = concat_val(table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root))
-    if table_hook is not None:  # e.g. detection crops (imgcls.cameratrap)
-        table = table_hook(cfg, table)
-    if d.corrections:  # after the crops: a decision may name one crop of an image
-        from imgcls.data.corrections import apply_corrections
-
-        table, applied = apply_corrections(table, d.corrections)
-        info(f"corrections: {applied.describe()} ({d.corrections})")
-    d.split_by = resolve_split_by(table, d.split_by) or "none"
-    return table
 
 
 def begin(tr: Trainer, state: dict[str, Any] | None, changes: list[str]) -> bool:

@@ -54,7 +54,7 @@ def _some(names: list[str], n: int = 6) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
-def _map_targets(
+def map_targets(
     table: DataTable, names: list[str], rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Table targets -> the model's label indices; rows with a class the model lacks are skipped."""
@@ -258,20 +258,16 @@ def evaluate(
 
     With ``detections`` (MegaDetector results) the model is evaluated on the detection crops,
     as it was trained, and the report adds the detector's animal-recall / blank-removal
-    trade-off over detection thresholds. ``corrections`` (a review's ``corrections.csv``) relabels
-    images and leaves rejected ones out; without it, a run trained with corrections has them
-    applied when it is evaluated on its own training data."""
+    trade-off over detection thresholds. ``corrections``: see :func:`_corrections_of`."""
     from imgcls.data.sources import load_source
     from imgcls.io import check_writable
     from imgcls.predict import Classifier
 
-    if out is not None:
-        check_writable(out, folder=True)
+    out = check_writable(out, folder=True) if out is not None else None
     clf = Classifier.load(model, device=device, precision=precision)
     info = clf.info
     run = Path(info.provenance["run"]) if info.provenance.get("run") else None
-    if corrections is None and data is None and run is not None and (run / "corrections.csv").is_file():
-        corrections = run / "corrections.csv"  # the labels the run was trained with
+    corrections = _corrections_of(run, data, corrections)
     data = _data_of(info, data)
     table = load_source(data, multilabel=True if info.task == "multilabel" else None, image_root=image_root)
     rows, split_name = choose_rows(table, split, run)
@@ -283,9 +279,8 @@ def evaluate(
                                               det_categories, crop_margin)  # fmt: skip
     skipped = list(table.skipped if split_name == "all" or detections else [])
     if corrections is not None:
-        table, rows, reviewed = _corrected(table, rows, corrections)
-        skipped += reviewed
-    keep, targets, unknown = _map_targets(table, info.label_names, rows)
+        table, rows, skipped = _corrected(table, rows, corrections, skipped)
+    keep, targets, unknown = map_targets(table, info.label_names, rows)
     skipped += unknown
     probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta)
     position = {int(r): j for j, r in enumerate(keep)}
@@ -300,10 +295,18 @@ def evaluate(
     return _with_report(result, out)
 
 
+def _corrections_of(run: Path | None, data: str | Path | None, given: str | Path | None) -> str | Path | None:
+    """The review's ``corrections.csv`` to apply (relabelled images take the new label, rejected
+    ones are skipped): as given; else the run's own when it is evaluated on its own data."""
+    if given is None and data is None and run is not None and (run / "corrections.csv").is_file():
+        return run / "corrections.csv"  # the labels the run was trained with
+    return given
+
+
 def _corrected(
-    table: DataTable, rows: np.ndarray, corrections: str | Path
+    table: DataTable, rows: np.ndarray, corrections: str | Path, skipped: list[tuple[str, str]]
 ) -> tuple[DataTable, np.ndarray, list[tuple[str, str]]]:
-    """The chosen rows with a review's decisions applied, and the ones it left out (skips)."""
+    """The chosen rows with a review's decisions applied, and the skips with the ones it left out."""
     from imgcls.console import info
     from imgcls.data.corrections import apply_corrections
 
@@ -313,7 +316,7 @@ def _corrected(
     before = len(chosen.skipped)
     fixed, applied = apply_corrections(chosen, corrections)
     info(f"corrections: {applied.describe()} ({corrections})")
-    return fixed, np.arange(len(fixed)), list(fixed.skipped[before:])
+    return fixed, np.arange(len(fixed)), skipped + list(fixed.skipped[before:])
 
 
 def _with_report(result: EvalResult, out: str | Path | None) -> EvalResult:
