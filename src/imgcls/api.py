@@ -88,8 +88,10 @@ def train(
         if history:
             plot_curves(history, run / "curves.png")
         saved = run_config(run)  # what the run was made with (a resumed run's own settings)
-        if saved.train.export_onnx and exported_onnx(run / "model") is None:
+        if (saved.train.export_onnx or saved.train.export_int8) and exported_onnx(run / "model") is None:
             export_quietly(run / "model")
+        if saved.train.export_int8 and exported_onnx(run / "model") is not None:
+            quantize_quietly(run / "model")
     return run
 
 
@@ -111,6 +113,26 @@ def given_options(config: str | Path | dict[str, Any] | None, options: dict[str,
 def run_config(run: str | Path) -> RunConfig:
     """The resolved configuration of a training run (``RUN_DIR/config.yaml``)."""
     return from_dict(RunConfig, load_yaml(Path(run) / "config.yaml"), "config.yaml")
+
+
+def quantize_quietly(model_dir: Path) -> None:
+    """``model.int8.onnx`` beside ``model.onnx`` (``--export-int8``); a refusal (accuracy) or a
+    graph ONNX Runtime cannot quantise is said, and the run stays complete."""
+    from imgcls.artifacts import current_int8
+    from imgcls.console import info
+
+    if current_int8(model_dir) is not None:
+        return
+    try:
+        from imgcls.quantize import quantize_int8
+
+        r = quantize_int8(model_dir, model_dir / "model.onnx")
+        info(
+            f"wrote {r.path}: validation {r.metric} {r.fp32:.4f} (fp32) -> {r.int8:.4f} (int8), "
+            f"decisions agree on {100 * r.agreement:.1f}% of {r.validation_images} images"
+        )
+    except Exception as e:  # the float32 model is complete and usable
+        info(f"not quantised to int8 ({str(e).splitlines()[0]})")
 
 
 def export_quietly(model_dir: Path) -> None:

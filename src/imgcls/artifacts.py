@@ -233,3 +233,17 @@ def read_history(run: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def int8_path(onnx_file: Path) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx``."""
+    return onnx_file.with_name(onnx_file.name.removesuffix(".onnx") + ".int8.onnx")
+
+
+def current_int8(model_dir: Path) -> Path | None:
+    """The directory's ``model.int8.onnx`` when it is newer than the weights, else None."""
+    f = model_dir / "model.int8.onnx"
+    weights = model_dir / "model.safetensors"
+    if not f.is_file() or (weights.is_file() and f.stat().st_mtime < weights.stat().st_mtime):
+        return None
+    return f

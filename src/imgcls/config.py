@@ -183,6 +183,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also checkpoint within an epoch this often
     tta: str = "auto"  # flip | none | auto: flip for small images trained with flips
     export_onnx: bool = True  # also write model/model.onnx (verified): fast-starting predictions
+    export_int8: bool = False  # also write model/model.int8.onnx (ONNX Runtime static quantisation, measured)
     calibrate: bool = True  # fit a temperature on the validation set (multiclass, binary)
 
 

@@ -37,6 +37,40 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_features() -> dict[str, bool]:
+    """The CPU features that decide which precision is fast: AMX, AVX512-BF16, VNNI (int8 dot
+    products, AVX-512 or AVX), AVX-512, AVX2."""
+    flags = cpu_flags()
+    return {
+        "amx": "amx_tile" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "vnni": bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags),
+        "avx512": "avx512f" in flags,
+        "avx2": "avx2" in flags,
+    }
+
+
+def cpu_tier() -> str:
+    """The CPU's tier for numeric work, in words: ``AMX``, ``AVX512-BF16``, ``AVX512-VNNI``,
+    ``AVX512``, ``AVX2-VNNI``, ``AVX2`` or ``baseline``; ``ONEDNN_MAX_CPU_ISA=AVX2`` shows as
+    ``AVX2 (held by ONEDNN_MAX_CPU_ISA)`` (PyTorch's tier; ONNX Runtime ignores the variable)."""
+    f = cpu_features()
+    if f["amx"]:
+        tier = "AMX"
+    elif f["avx512_bf16"]:
+        tier = "AVX512-BF16"
+    elif f["avx512"]:
+        tier = "AVX512-VNNI" if f["vnni"] else "AVX512"
+    elif f["avx2"]:
+        tier = "AVX2-VNNI" if f["vnni"] else "AVX2"
+    else:
+        tier = "baseline"
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if limit and limit not in _ONEDNN_BF16_TIERS:
+        return f"{limit} (held by ONEDNN_MAX_CPU_ISA; the CPU is {tier})"
+    return tier
+
+
 #: oneDNN's ISA tiers (``ONEDNN_MAX_CPU_ISA``) that include native bf16 instructions
 _ONEDNN_BF16_TIERS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
                       "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512",

@@ -30,6 +30,7 @@ RESUMABLE = (
     "checkpoint_minutes",
     "early_stopping",
     "export_onnx",
+    "export_int8",
     "cache_dir",
     "cache_max_gb",
 )

@@ -102,7 +102,9 @@ class Classifier:
     ) -> Classifier:
         """``backend``: ``torch`` (bf16 autocast where fast: the best throughput), ``onnx`` (ONNX
         Runtime on the directory's exported ``model.onnx``: starts in a fraction of the time,
-        without importing torch) or ``auto`` (ONNX when the directory has a current export)."""
+        without importing torch) or ``auto`` (ONNX when the directory has a current export).
+        ``precision="int8"``: the directory's ``model.int8.onnx`` on ONNX Runtime (see
+        :mod:`imgcls.quantize`)."""
         path = Path(model)
         if path.suffix.lower() == ".onnx":
             if not path.is_file():
@@ -112,6 +114,8 @@ class Classifier:
                 info=(i := onnx_info(onnx_backend, path)), _backend=onnx_backend, label_names=list(i.label_names)
             )
         info = read_info(path)
+        if precision == "int8":
+            return cls._int8(path, info, device)
         if backend in ("auto", "onnx") and device in ("auto", "cpu"):
             exported = exported_onnx(path)
             if exported is not None:
@@ -127,6 +131,20 @@ class Classifier:
         return cls(
             info=info, _backend=lambda: TorchBackend(path, device, precision), label_names=list(info.label_names)
         )
+
+    @classmethod
+    def _int8(cls, path: Path, info: ModelInfo, device: str) -> Classifier:
+        from imgcls.artifacts import current_int8
+
+        if device not in ("auto", "cpu"):
+            raise UserError(f"--precision int8 runs on the CPU (ONNX Runtime), not on {device}")
+        int8 = current_int8(path)
+        if int8 is None:
+            raise UserError(f"{path}: no current model.int8.onnx (run 'imgcls export --model {path} --quantize int8')")
+        backend = OnnxBackend(int8)
+        if onnx_info(backend, int8).label_names != info.label_names:
+            raise UserError(f"{int8}: its labels are not the model directory's (export it again)")
+        return cls(info=info, _backend=backend, label_names=list(info.label_names))
 
     def __post_init__(self) -> None:
         if callable(self._backend) and not hasattr(self._backend, "logits"):

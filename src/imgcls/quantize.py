@@ -1,0 +1,240 @@
+"""INT8 models: ONNX Runtime static quantisation of an exported model, and its measured cost.
+
+``imgcls export --quantize int8`` (and ``imgcls train --export-int8``) turn a model directory's
+float32 ``model.onnx`` into ``model.int8.onnx``: QDQ format, per-channel int8 weights, uint8
+activations whose ranges are calibrated on a few hundred training images drawn class by class
+(the run's own training split, decoded with the model's evaluation transform). ONNX Runtime's
+``quantize_static`` does the work (the well-kept library; nothing here is hand-written
+quantisation). On CPUs without VNNI (int8 dot products) weights use 7 bits (``reduce_range``),
+as ONNX Runtime advises, so that the AVX2 kernels' 16-bit intermediate sums cannot saturate.
+
+The cost is measured before anything is written: both graphs predict the run's validation split
+(the same decoded images, the model's own procedure: test-time flip, temperature), and the
+top-1 (mAP for multi-label models) of each, their difference in points and the share of images
+whose decision agrees go to ``model.int8.json`` and into the int8 file's metadata. Above
+``max_drop`` points nothing is written. ``predict``, ``evaluate`` and ``serve`` run the int8
+model with ``--precision int8`` (or given the ``.int8.onnx`` file itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcls.errors import UserError
+
+MAX_DROP = 1.0  # points of top-1 the int8 model may lose on the validation split
+CALIBRATION_IMAGES = 300
+
+
+@dataclass
+class QuantReport:
+    path: str
+    validation_images: int
+    metric: str  # top1, or mAP for multi-label models
+    fp32: float
+    int8: float
+    drop_points: float
+    agreement: float  # share of validation images with the same decision
+    calibration_images: int
+    reduce_range: bool
+    cpu: str
+
+
+def quantize_int8(
+    model_dir: str | Path,
+    onnx_file: str | Path,
+    *,
+    max_drop: float = MAX_DROP,
+    calibration_images: int = CALIBRATION_IMAGES,
+    workers: int | None = None,
+) -> QuantReport:
+    """Quantise ``onnx_file`` (exported from ``model_dir``) to int8 beside it, measured on the
+    run's validation split; refuses, writing nothing, when top-1 drops by more than ``max_drop``
+    points."""
+    from imgcls.artifacts import int8_path
+    from imgcls.io import check_writable, publish_file
+    from imgcls.runtime import cpu_features, cpu_tier
+
+    src, fp32 = Path(model_dir), Path(onnx_file)
+    target = check_writable(int8_path(fp32))
+    table, train_rows, val_rows = _run_rows(src)
+    reduce_range = not cpu_features()["vnni"]
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.onnx", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:  # written beside the target, then renamed: a refused or failed quantisation leaves nothing
+        calib = _calibration_batches(fp32, table, _by_class(table, train_rows, calibration_images), workers)
+        _quantize(fp32, tmp, calib, reduce_range)
+        measured = _measure(fp32, tmp, table, val_rows, workers)
+        report = QuantReport(path=str(target), calibration_images=sum(len(b) for b in calib),
+                             reduce_range=reduce_range, cpu=cpu_tier(), **measured)  # fmt: skip
+        if report.drop_points > max_drop:
+            raise UserError(
+                f"int8 quantisation refused: validation {report.metric} {report.fp32:.4f} -> {report.int8:.4f} "
+                f"({report.drop_points:.2f} points, over --max-accuracy-drop {max_drop:g}); nothing written"
+            )
+        _set_metadata(tmp, fp32, report)
+        publish_file(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    from imgcls.io import atomic_write_text
+
+    if target.parent == src:
+        atomic_write_text(src / "model.int8.json", json.dumps(_record(report), indent=2) + "\n")
+    return report
+
+
+def _run_rows(model_dir: Path) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The run's rows as training saw them (detection crops, corrections) and its training and
+    validation rows."""
+    from imgcls.artifacts import read_info
+    from imgcls.config import RunConfig, from_dict, load_yaml
+    from imgcls.data.dataset import load_table
+    from imgcls.data.sources.detections import detection_crops
+    from imgcls.evaluate.run import choose_rows
+
+    run = (read_info(model_dir).provenance or {}).get("run")
+    if not run or not (Path(run) / "config.yaml").is_file():
+        raise UserError(
+            f"{model_dir}: int8 quantisation needs the model's run folder (its training images calibrate "
+            "the int8 ranges, its validation split measures the cost), and it is not there"
+        )
+    cfg = from_dict(RunConfig, load_yaml(Path(run) / "config.yaml"), where=str(Path(run) / "config.yaml"))
+    table = load_table(cfg, detection_crops)
+    train, _ = choose_rows(table, "train", Path(run))
+    val, _ = choose_rows(table, "val", Path(run))
+    return table, train, val
+
+
+def _by_class(table: Any, rows: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` of ``rows``, drawn class by class in turn (seeded), so that every class's
+    images shape the activation ranges."""
+    rng = np.random.default_rng(0)
+    groups: dict[str, list[int]] = {}
+    for i in rng.permutation(rows):
+        groups.setdefault(table.label_names(int(i))[0] if table.label_names(int(i)) else "", []).append(int(i))
+    order = [g for g in groups.values()]
+    picked: list[int] = []
+    while len(picked) < n and any(order):
+        for g in order:
+            if g and len(picked) < n:
+                picked.append(g.pop())
+    return np.array(sorted(picked), dtype=np.int64)
+
+
+def _inputs(onnx_file: Path, table: Any, rows: np.ndarray, workers: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(row, uint8 model input) of each decodable row."""
+    from imgcls.evaluate.run import model_inputs
+    from imgcls.predict import Classifier
+
+    clf = Classifier.load(onnx_file)
+    for i, (_, arr, _) in zip(rows, model_inputs(clf, table, rows, workers), strict=True):
+        if arr is not None:
+            yield int(i), arr
+
+
+def _calibration_batches(fp32: Path, table: Any, rows: np.ndarray, workers: int | None) -> list[np.ndarray]:
+    from imgcls.artifacts import info_from_config
+    from imgcls.data.preprocess import normalize_np
+    from imgcls.predict.classifier import OnnxBackend
+
+    pre = info_from_config(json.loads(OnnxBackend(fp32).metadata["imgcls_config"]), fp32).preprocess
+    pixels = [arr for _, arr in _inputs(fp32, table, rows, workers)]
+    if not pixels:
+        raise UserError("int8 quantisation: none of the run's training images could be read for calibration")
+    return [normalize_np(np.stack(pixels[k : k + 16]), pre).astype(np.float32) for k in range(0, len(pixels), 16)]
+
+
+def _quantize(fp32: Path, out: Path, batches: list[np.ndarray], reduce_range: bool) -> None:
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self.it, None)
+            return None if b is None else {"input": b}
+
+    prepared = out.with_name(out.name + ".pre.onnx")
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser logs every pre-processing hint
+    try:
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
+        )  # fmt: skip
+    finally:
+        logging.getLogger().setLevel(quiet)
+        prepared.unlink(missing_ok=True)
+
+
+def _measure(fp32: Path, int8: Path, table: Any, rows: np.ndarray, workers: int | None) -> dict[str, Any]:
+    """Both graphs on the same decoded validation images: the task's metric of each and how
+    often their decisions agree."""
+    from imgcls.evaluate.metrics import compute_metrics
+    from imgcls.evaluate.run import map_targets
+    from imgcls.predict import Classifier
+
+    a, b = Classifier.load(fp32), Classifier.load(int8)
+    keep, targets, _ = map_targets(table, a.label_names, rows)
+    position = {int(r): j for j, r in enumerate(keep)}
+    got: list[int] = []
+    pa: list[np.ndarray] = []
+    pb: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    for i, arr in _inputs(fp32, table, keep, workers):
+        batch.append(arr)
+        got.append(position[i])
+        if len(batch) == 64:
+            pa.append(a.probabilities(np.stack(batch)))
+            pb.append(b.probabilities(np.stack(batch)))
+            batch.clear()
+    if batch:
+        pa.append(a.probabilities(np.stack(batch)))
+        pb.append(b.probabilities(np.stack(batch)))
+    if not got:
+        raise UserError("int8 quantisation: none of the run's validation images could be read")
+    p32, p8, t = np.concatenate(pa), np.concatenate(pb), targets[got]
+    task, names = a.info.task, a.label_names
+    m32, m8 = compute_metrics(task, p32, t, names), compute_metrics(task, p8, t, names)
+    metric = "mAP" if task == "multilabel" else "top1"
+    agree = (p32 >= 0.5) == (p8 >= 0.5) if task == "multilabel" else p32.argmax(1) == p8.argmax(1)
+    return {
+        "validation_images": len(got), "metric": metric, "fp32": round(float(m32[metric]), 6),
+        "int8": round(float(m8[metric]), 6), "drop_points": round(100 * float(m32[metric] - m8[metric]), 3),
+        "agreement": round(float(np.mean(agree)), 6),
+    }  # fmt: skip
+
+
+def _record(report: QuantReport) -> dict[str, Any]:
+    """The report as the model directory keeps it: the file by its name, not where it was made."""
+    return {**asdict(report), "path": Path(report.path).name}
+
+
+def _set_metadata(path: Path, fp32: Path, report: QuantReport) -> None:
+    """The fp32 file's metadata (the model's config, labels, preprocessing) and the measured cost."""
+    import onnx
+
+    from imgcls.predict.classifier import OnnxBackend
+
+    meta = dict(OnnxBackend(fp32).metadata)
+    meta["imgcls_int8"] = json.dumps(_record(report))
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, str(path))
