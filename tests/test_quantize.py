@@ -118,3 +118,66 @@ def test_training_can_write_the_int8_model(tmp_path: Path, capsys: pytest.Captur
                  "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
     assert "model.int8.onnx: validation top1" in capsys.readouterr().err
     assert (out / "model" / "model.onnx").is_file() and (out / "model" / "model.int8.onnx").is_file()
+
+
+def test_the_fastest_engine_is_measured_once_per_machine_and_model(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imgcls import runtime
+    from imgcls.predict import choose
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert choose.fastest(model, batch_size=8, device="cpu") is not None  # torch and model.onnx
+    assert main(["export", "--model", str(model), "--quantize", "int8", "--calibration-images", "6"]) == 0
+    real = choose.fastest(model, batch_size=8, device="cpu")  # measured for real: three engines
+    assert real is not None and not real.cached and len(real.rates) == 3
+    assert real.label == max(real.rates, key=real.rates.__getitem__) and min(real.rates.values()) > 0
+    calls: list[tuple[str, str]] = []
+
+    def rate(path: Path, backend: str, precision: str, batch_size: int) -> float:
+        calls.append((backend, precision))
+        return {"int8": 300.0, "auto": 100.0 if backend == "torch" else 150.0}[precision]
+
+    monkeypatch.setattr(choose, "_rate", rate)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))  # another CPU: measured again
+    c = choose.fastest(model, batch_size=8, device="cpu")
+    assert c is not None and (c.backend, c.precision, c.label, c.cached) == ("onnx", "int8", "onnxruntime int8", False)
+    assert (
+        len(calls) == 3 and "backend: onnxruntime int8, 300 img/s (torch fp32 100, onnxruntime fp32 150" in c.describe()
+    )
+    again = choose.fastest(model, batch_size=8, device="cpu")
+    assert again is not None and again.cached and len(calls) == 3  # remembered
+    assert choose.fastest(model, batch_size=16, device="cpu").cached is False  # type: ignore[union-attr]
+    assert choose.fastest(model / "model.onnx", batch_size=8) is None  # an .onnx file: nothing to choose
+
+
+def test_predict_and_evaluate_run_on_the_engine_measured_fastest(
+    model: Path, trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imgcls.predict import choose
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["export", "--model", str(model), "--quantize", "int8", "--calibration-images", "6"]) == 0
+    monkeypatch.setattr(
+        choose, "_rate", lambda path, backend, precision, batch_size: 9.0 if precision == "int8" else 1.0
+    )
+    files = sorted(str(p) for p in trained["data"].rglob("*.jpg"))
+    listing = tmp_path / "many.txt"
+    listing.write_text("\n".join((files * 8)[: choose.FEW_IMAGES + 1]) + "\n")  # more than a few: measured
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), str(listing), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "backend: onnxruntime int8" in capsys.readouterr().err
+    assert (
+        main(["predict", "--model", str(model), str(listing), "--backend", "torch", "--out", str(tmp_path / "q.csv")])
+        == 0
+    )
+    assert "backend:" not in capsys.readouterr().err  # forced: nothing measured
+    assert main(["predict", "--model", str(model), files[0]]) == 0
+    assert "backend:" not in capsys.readouterr().err  # a few images: ONNX Runtime at once
+    monkeypatch.setattr(choose, "FEW_IMAGES", 5)  # the 30 images of the data are "many" here
+    assert main(["evaluate", "--model", str(model), "--split", "all", "--out", str(tmp_path / "report")]) == 0
+    assert "backend: onnxruntime int8" in capsys.readouterr().err
+    from imgcls.serve.app import ServeConfig, load_classifier
+
+    served = load_classifier(ServeConfig(model=str(model), backend="auto"))
+    assert served.backend.path.name == "model.int8.onnx"

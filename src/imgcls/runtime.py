@@ -37,6 +37,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``lscpu``'s), or "" where /proc/cpuinfo does not say."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 def cpu_features() -> dict[str, bool]:
     """The CPU features that decide which precision is fast: AMX, AVX512-BF16, VNNI (int8 dot
     products, AVX-512 or AVX), AVX-512, AVX2."""

@@ -123,9 +123,6 @@ def _allow_train_pixels(args: argparse.Namespace, options: dict[str, Any]) -> No
     allow_pixels(int(limit) if isinstance(limit, (int, float)) else MAX_PIXELS)
 
 
-FEW_IMAGES = 200  # up to this many inputs, predict starts on ONNX Runtime when it can
-
-
 def _set_decision(clf: Any, args: argparse.Namespace) -> None:
     """--threshold, --class-thresholds, --rollup, --blank-threshold -> the classifier's rule."""
     from imgcls.decisions import DecisionRule, parse_class_thresholds
@@ -146,14 +143,19 @@ def _set_decision(clf: Any, args: argparse.Namespace) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from imgcls.predict import Classifier, run_predict
+    from imgcls.predict.choose import FEW_IMAGES
 
     n = _check_predict(args)
-    backend = args.backend
-    if backend == "auto":
-        # a few images: ONNX Runtime starts in a fraction of PyTorch's import time; many
-        # images: PyTorch's bf16 kernels are faster per image
-        backend = "auto" if n <= FEW_IMAGES else "torch"
-    clf = Classifier.load(args.model, device=args.device, precision=args.precision, backend=backend)
+    backend, precision = args.backend, args.precision
+    if backend == "auto" and n > FEW_IMAGES:  # many images: the fastest engine measured here
+        from imgcls.predict.choose import fastest
+
+        choice = fastest(args.model, batch_size=args.batch_size, device=args.device) if precision == "auto" else None
+        backend, precision = (choice.backend, choice.precision) if choice else ("torch", precision)
+        if choice and os.environ.get("RANK", "0") == "0":
+            sys.stderr.write(choice.describe() + "\n")
+    # (a few images: ONNX Runtime, which starts in a fraction of PyTorch's import time)
+    clf = Classifier.load(args.model, device=args.device, precision=precision, backend=backend)
     _set_decision(clf, args)
     common = dict(
         top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
@@ -186,6 +188,7 @@ def _check_predict(args: argparse.Namespace) -> int:
 
     from imgcls.io import check_writable
     from imgcls.predict import check_inputs, iter_inputs
+    from imgcls.predict.choose import FEW_IMAGES
 
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
@@ -221,7 +224,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     r = evaluate(
         args.model, args.data, split=args.split, out=args.out, image_root=args.image_root,
         batch_size=args.batch_size, workers=args.workers, device=args.device,
-        precision=args.precision, tta={"flip": True, "none": False}.get(args.tta), detections=args.detections,
+        precision=args.precision, backend=args.backend, tta={"flip": True, "none": False}.get(args.tta),
+        detections=args.detections,
         det_threshold=args.det_threshold, det_categories=args.det_categories,
         crop_margin=args.crop_margin, corrections=args.corrections, default_out=True,
     )  # fmt: skip
@@ -292,7 +296,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model=args.model, host=args.host, port=args.port, api_key=args.api_key,
         max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_pixels=args.max_pixels,
         cors_origins=args.cors_origin or [], max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        top_k=args.top_k, device=args.device, precision=args.precision,
+        top_k=args.top_k, device=args.device, precision=args.precision, backend=args.backend,
     )  # fmt: skip
     serve(cfg)
     return 0

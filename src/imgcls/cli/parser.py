@@ -141,10 +141,8 @@ def add_predict(sub: Any) -> None:
         "class from this probability; multi-label: every label's (default: the model's own)",
     )
     _inference_options(p, batch_size=32)
-    p.add_argument(
-        "--backend", choices=["auto", "torch", "onnx"], default="auto",
-        help="auto: ONNX Runtime (the model directory's model.onnx) for up to 200 images, else PyTorch",
-    )  # fmt: skip
+    _backend_option(p, "auto: ONNX Runtime (model.onnx: starts fast) for up to 200 images; for more, the "
+                    "fastest engine measured on this machine (PyTorch, ONNX Runtime fp32 or int8)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming")
     g = p.add_argument_group("decisions")
     g.add_argument("--class-thresholds", help="per-class thresholds: fox=0.8,deer=0.6 (below: unknown)")
@@ -196,11 +194,19 @@ def add_evaluate(sub: Any) -> None:
     p.add_argument("--det-threshold", type=float, help="detection confidence for a crop (default: the model's)")
     p.add_argument("--det-categories", default="animal", help="detection categories to crop, e.g. animal,person")
     p.add_argument("--crop-margin", type=float, help="margin around a crop (default: the model's)")
+    _backend_option(p, "auto: for more than 200 images, the fastest engine measured on this machine")
     p.add_argument(
         "--corrections",
         help="corrections.csv from 'imgcls review', applied to the labels (default: the run's own, "
         "when evaluating its training data)",
     )
+
+
+def _backend_option(p: argparse.ArgumentParser, auto: str) -> None:
+    p.add_argument(
+        "--backend", choices=["auto", "torch", "onnx"], default="auto",
+        help=f"{auto}; torch or onnx (the model directory's model.onnx) force one",
+    )  # fmt: skip
 
 
 def add_export(sub: Any) -> None:
@@ -256,6 +262,7 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--top-k", type=int, default=5, help="default labels per image")
     _device_options(p)
+    _backend_option(p, "auto: the fastest engine measured on this machine (PyTorch, ONNX Runtime fp32 or int8)")
 
 
 def add_cache(sub: Any) -> None:

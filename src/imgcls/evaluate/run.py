@@ -244,6 +244,7 @@ def evaluate(
     workers: int | None = None,
     device: str = "auto",
     precision: str = "auto",
+    backend: str = "torch",
     tta: bool | None = None,
     detections: str | Path | None = None,
     det_threshold: float | None = None,
@@ -253,46 +254,82 @@ def evaluate(
     default_out: bool = False,
 ) -> EvalResult:
     """Evaluate a model directory (or .onnx) on labelled data; with ``out``, write the report
-    there (with ``default_out`` and no ``out``: to :func:`default_report_dir`). Where the report
-    goes is checked before any image is read.
-
-    With ``detections`` (MegaDetector results) the model is evaluated on the detection crops,
-    as it was trained, and the report adds the detector's animal-recall / blank-removal
-    trade-off over detection thresholds. ``corrections``: see :func:`_corrections_of`."""
-    from imgcls.data.sources import load_source
+    there (with ``default_out`` and no ``out``: to :func:`default_report_dir`), checked before
+    any image is read. With ``detections`` (MegaDetector results): on the detection crops, as
+    the model was trained, and the detector's animal-recall / blank-removal trade-off.
+    ``corrections``: see :func:`_corrections_of`. ``backend`` ``auto``: the fastest engine here
+    (:mod:`imgcls.predict.choose`) for more than a few images; else as ``Classifier.load``."""
     from imgcls.io import check_writable
     from imgcls.predict import Classifier
+    from imgcls.predict.choose import FEW_IMAGES
 
     out = check_writable(out, folder=True) if out is not None else None
-    clf = Classifier.load(model, device=device, precision=precision)
+    clf = Classifier.load(model, device=device, precision=precision, backend="torch" if backend == "auto" else backend)
+    sel = _select(clf.info, model, data, split, image_root, corrections)
+    if out is None and default_out:
+        out = check_writable(default_report_dir(model, sel.run, sel.data, clf.info.provenance.get("data"), sel.split),
+                             folder=True)  # fmt: skip
+    table, rows, extra = sel.table, sel.rows, dict[str, Any]()
+    if detections is not None:  # the rows become the crops of the chosen images
+        table, rows, extra = _detection_crops(table, rows, clf.info, detections, image_root, det_threshold,
+                                              det_categories, crop_margin)  # fmt: skip
+    skipped = list(table.skipped if sel.split == "all" or detections else [])
+    if sel.corrections is not None:
+        table, rows, skipped = _corrected(table, rows, sel.corrections, skipped)
+    keep, targets, unknown = map_targets(table, clf.info.label_names, rows)
+    if backend == "auto" and precision == "auto" and len(keep) > FEW_IMAGES:
+        clf = _fastest(clf, model, device, batch_size)
+    probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta)
+    position = {int(r): j for j, r in enumerate(keep)}
+    targets = targets[[position[int(r)] for r in ok]]
+    skipped += unknown + bad
     info = clf.info
+    result = EvalResult(
+        thumbnail=Thumbnails(table, ok), task=info.task, label_names=info.label_names,
+        paths=[table.paths[int(i)] for i in ok], targets=targets, probs=probs,
+        metrics={**all_metrics(info, table, probs, targets, ok, skipped), **extra}, skipped=skipped,
+        groups=_groups(table, ok), split=sel.split, data=str(sel.data), model=str(model), run_dir=sel.run,
+        selection_split=sel.split == "val" and _same_data(sel.data, info.provenance.get("data")),
+    )  # fmt: skip
+    return _with_report(result, out)
+
+
+@dataclass
+class _Selection:
+    table: DataTable
+    rows: np.ndarray
+    split: str
+    data: str | Path
+    run: Path | None
+    corrections: str | Path | None
+
+
+def _select(
+    info: Any, model: str | Path, data: str | Path | None, split: str | None, image_root: str | Path | None,
+    corrections: str | Path | None,
+) -> _Selection:  # fmt: skip
+    """The data (as given, else the model's own), its rows for ``split`` and the corrections."""
+    from imgcls.data.sources import load_source
+
     run = Path(info.provenance["run"]) if info.provenance.get("run") else None
     corrections = _corrections_of(run, data, corrections)
     data = _data_of(info, data)
     table = load_source(data, multilabel=True if info.task == "multilabel" else None, image_root=image_root)
     rows, split_name = choose_rows(table, split, run)
-    if out is None and default_out:
-        out = check_writable(default_report_dir(model, run, data, info.provenance.get("data"), split_name), folder=True)
-    extra: dict[str, Any] = {}
-    if detections is not None:  # the rows become the crops of the chosen images
-        table, rows, extra = _detection_crops(table, rows, info, detections, image_root, det_threshold,
-                                              det_categories, crop_margin)  # fmt: skip
-    skipped = list(table.skipped if split_name == "all" or detections else [])
-    if corrections is not None:
-        table, rows, skipped = _corrected(table, rows, corrections, skipped)
-    keep, targets, unknown = map_targets(table, info.label_names, rows)
-    skipped += unknown
-    probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta)
-    position = {int(r): j for j, r in enumerate(keep)}
-    targets = targets[[position[int(r)] for r in ok]]
-    metrics = {**all_metrics(info, table, probs, targets, ok, skipped + bad), **extra}
-    result = EvalResult(
-        thumbnail=Thumbnails(table, ok), task=info.task, label_names=info.label_names,
-        paths=[table.paths[int(i)] for i in ok], targets=targets, probs=probs, metrics=metrics,
-        skipped=skipped + bad, groups=_groups(table, ok), split=split_name, data=str(data), model=str(model),
-        run_dir=run, selection_split=split_name == "val" and _same_data(data, info.provenance.get("data")),
-    )  # fmt: skip
-    return _with_report(result, out)
+    return _Selection(table, rows, split_name, data, run, corrections)
+
+
+def _fastest(clf: Any, model: str | Path, device: str, batch_size: int) -> Any:
+    """The classifier on the fastest engine this machine offers for ``model`` (said on stderr)."""
+    from imgcls.console import info
+    from imgcls.predict import Classifier
+    from imgcls.predict.choose import fastest
+
+    choice = fastest(model, batch_size=batch_size, device=device)
+    if choice is None:
+        return clf
+    info(choice.describe())
+    return Classifier.load(model, device=device, precision=choice.precision, backend=choice.backend)
 
 
 def _corrections_of(run: Path | None, data: str | Path | None, given: str | Path | None) -> str | Path | None:

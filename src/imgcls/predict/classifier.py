@@ -56,6 +56,7 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=ort.get_available_providers())
         except Exception as e:
             raise UserError(f"{path}: cannot load the ONNX model ({str(e).splitlines()[0]})") from None
+        self.path = Path(path)
         self.input = self.session.get_inputs()[0].name
         self.model = self.session
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)

@@ -65,6 +65,7 @@ class ServeConfig:
     top_k: int = 5
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "torch"  # torch | onnx | auto: the fastest measured (imgcls.predict.choose)
 
     def __post_init__(self) -> None:
         limits = {
@@ -195,6 +196,22 @@ class Service:
         return {"filename": name, "label": row["label"], "score": score, "top_k": top}
 
 
+def load_classifier(cfg: ServeConfig) -> Any:
+    """The served model on the engine ``cfg.backend`` names; ``auto`` measures which is fastest here."""
+    from imgcls.console import info
+    from imgcls.predict import Classifier
+    from imgcls.predict.choose import fastest
+
+    backend, precision = cfg.backend, cfg.precision
+    if backend == "auto":
+        choice = fastest(cfg.model, batch_size=cfg.max_batch, device=cfg.device) if precision == "auto" else None
+        backend = choice.backend if choice else "torch"
+        precision = choice.precision if choice else precision
+        if choice:
+            info(choice.describe())
+    return Classifier.load(cfg.model, device=cfg.device, precision=precision, backend=backend)
+
+
 def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     """The FastAPI application (the classifier is loaded here unless given)."""
     try:
@@ -202,9 +219,8 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
         from fastapi.middleware.cors import CORSMiddleware
     except ImportError as e:
         raise UserError("imgcls serve needs FastAPI and uvicorn: pip install 'imgcls[serve]'") from e
-    from imgcls.predict import Classifier
 
-    service = Service(cfg, classifier or Classifier.load(cfg.model, device=cfg.device, precision=cfg.precision))
+    service = Service(cfg, classifier or load_classifier(cfg))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> Any:
