@@ -9,6 +9,8 @@ whole-process times (medians), the ratio, and how often imgcls's top-1 label equ
 reference's.
 
     .venv/bin/python benchmarks/bench_predict.py --runs 3
+    .venv/bin/python benchmarks/bench_predict.py --runs 3 --precision int8   # the int8 ONNX model
+    ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/bench_predict.py --precision fp32  # AVX2 tier
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--precision", default="auto", help="imgcls predict --precision (int8: the model's int8 ONNX)")
     args = ap.parse_args()
     with scratch() as work:
         model = trained_model(work)
+        if args.precision == "int8":  # quantised once, its cost measured on the run's validation split
+            timed([str(BIN / "imgcls"), "export", "--model", str(model), "--quantize", "int8"])
         per_class = -(-args.images // 8)
         data = make_dataset(BENCH / "predict-4000x3000", {"": per_class}, (4000, 3000))
         names = json.loads((model / "config.json").read_text())["label_names"]
@@ -57,7 +62,8 @@ def main() -> None:
             base_t.append(wall)
             out = work / "imgcls.csv"
             out.unlink(missing_ok=True)
-            wall, _, _ = timed([str(BIN / "imgcls"), "predict", "--model", str(model), str(data), "--out", str(out)])
+            wall, _, _ = timed([str(BIN / "imgcls"), "predict", "--model", str(model), str(data), "--out", str(out),
+                                "--precision", args.precision])  # fmt: skip
             ours_t.append(wall)
             ref = rows_by_path(work / "plain.csv")
             ours = rows_by_path(out)
@@ -80,6 +86,7 @@ def main() -> None:
                 "top1_agreement_with_fp32_reference": round(min(agree), 4),
                 f"top1_agreement_where_reference_margin_ge_{TIE}": round(min(clear_agree), 4),
                 "runs": args.runs,
+                "precision": args.precision,
             },
             args.json,
         )

@@ -132,7 +132,17 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def machine() -> dict[str, object]:
+    """The machine a figure comes from: CPU model, tier and features, cores, the oneDNN limit."""
+    from imgcls.runtime import cpu_features, cpu_name, cpu_tier
+
+    return {"cpu": cpu_name(), "tier": cpu_tier(), "features": cpu_features(), "cores": os.cpu_count(),
+            "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}  # fmt: skip
+
+
 def report(name: str, rows: dict[str, object], out: Path | None) -> None:
-    print(json.dumps({"benchmark": name, **rows}, indent=2))
+    """Print (and with ``out`` write) the figures as JSON, with the machine they come from."""
+    doc = {"benchmark": name, **rows, "machine": machine()}
+    print(json.dumps(doc, indent=2))
     if out is not None:
-        out.write_text(json.dumps({"benchmark": name, **rows}, indent=2) + "\n")
+        out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -3,10 +3,14 @@
 ``imgcls export --quantize int8`` (and ``imgcls train --export-int8``) turn a model directory's
 float32 ``model.onnx`` into ``model.int8.onnx``: QDQ format, per-channel int8 weights, uint8
 activations whose ranges are calibrated on a few hundred training images drawn class by class
-(the run's own training split, decoded with the model's evaluation transform). ONNX Runtime's
-``quantize_static`` does the work (the well-kept library; nothing here is hand-written
-quantisation). On CPUs without VNNI (int8 dot products) weights use 7 bits (``reduce_range``),
-as ONNX Runtime advises, so that the AVX2 kernels' 16-bit intermediate sums cannot saturate.
+(the run's own training split, decoded with the model's evaluation transform), each range the
+99.99th percentile of what the calibration images produce, and the last dense layer (the
+classifier) kept in float. ONNX Runtime's ``quantize_static`` does the work (the well-kept
+library; nothing here is hand-written quantisation). Measured on a ResNet-18 over 1,000
+12-MP photographs, top-1 agreement with float32: min/max ranges 98.9%, percentile ranges 99.8%,
+percentile ranges and a float classifier 99.9%, at the same speed (BENCHMARKS.md). On CPUs
+without VNNI (int8 dot products) weights use 7 bits (``reduce_range``), as ONNX Runtime advises,
+so that the AVX2 kernels' 16-bit intermediate sums cannot saturate.
 
 The cost is measured before anything is written: both graphs predict the run's validation split
 (the same decoded images, the model's own procedure: test-time flip, temperature), and the
@@ -150,13 +154,22 @@ def _calibration_batches(fp32: Path, table: Any, rows: np.ndarray, workers: int 
     pixels = [arr for _, arr in _inputs(fp32, table, rows, workers)]
     if not pixels:
         raise UserError("int8 quantisation: none of the run's training images could be read for calibration")
-    return [normalize_np(np.stack(pixels[k : k + 16]), pre).astype(np.float32) for k in range(0, len(pixels), 16)]
+    size = min(16, len(pixels))  # batches of one size: ONNX Runtime's histograms stack them
+    pixels = pixels[: len(pixels) // size * size]
+    return [normalize_np(np.stack(pixels[k : k + size]), pre).astype(np.float32) for k in range(0, len(pixels), size)]
 
 
 def _quantize(fp32: Path, out: Path, batches: list[np.ndarray], reduce_range: bool) -> None:
     import logging
 
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -172,9 +185,12 @@ def _quantize(fp32: Path, out: Path, batches: list[np.ndarray], reduce_range: bo
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser logs every pre-processing hint
     try:
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        dense = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in ("Gemm", "MatMul")]
         quantize_static(
             str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
+            calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.99},
+            nodes_to_exclude=dense[-1:],  # the classifier layer stays float: near ties keep their order
         )  # fmt: skip
     finally:
         logging.getLogger().setLevel(quiet)
