@@ -147,6 +147,10 @@ def test_the_fastest_engine_is_measured_once_per_machine_and_model(
     )
     again = choose.fastest(model, batch_size=8, device="cpu")
     assert again is not None and again.cached and len(calls) == 3  # remembered
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: a remembered measurement only, never a new one
+    assert choose.fastest(model, batch_size=8, device="cpu").cached  # type: ignore[union-attr]
+    assert choose.fastest(model, batch_size=16, device="cpu") is None and len(calls) == 3
+    monkeypatch.delenv("WORLD_SIZE")
     assert choose.fastest(model, batch_size=16, device="cpu").cached is False  # type: ignore[union-attr]
     assert choose.fastest(model / "model.onnx", batch_size=8) is None  # an .onnx file: nothing to choose
 

@@ -89,16 +89,18 @@ _ONEDNN_BF16_TIERS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
 def cpu_has_fast_bf16() -> bool:
     """True where oneDNN has native bf16 matrix units: AMX tiles or AVX512-BF16, and oneDNN is
     allowed to use them (``ONEDNN_MAX_CPU_ISA=AVX2`` holds it to a lower tier, where bf16 would
-    be emulated and slower than float32)."""
-    import torch
-
+    be emulated and slower than float32). Imports torch only where /proc/cpuinfo cannot tell."""
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
     if limit and limit not in _ONEDNN_BF16_TIERS:
         return False
     flags = cpu_flags()
     if "amx_bf16" in flags or "avx512_bf16" in flags:
         return True
+    if flags:
+        return False
     with contextlib.suppress(Exception):
+        import torch
+
         return bool(torch.backends.cpu.get_cpu_capability() == "AVX512_BF16")
     return False
 

@@ -7,8 +7,9 @@ int8`` writes only when its accuracy cost passed). Each runs a batch of the mode
 few times (half a second each, at most 8 images a batch); the fastest wins. The timings are kept in
 ``$XDG_CACHE_HOME/imgcls/backends.json`` keyed by the model's fingerprint, the CPU (model name
 and ``runtime.cpu_tier``, which reflects ``ONEDNN_MAX_CPU_ISA``), the threads and the batch size,
-so the measurement is paid once per machine and model. On a GPU PyTorch runs; ``--backend`` and
-``--precision`` force a choice.
+so the measurement is paid once per machine and model. On a GPU PyTorch runs, and under torchrun
+(several processes would time each other) only a remembered measurement counts; ``--backend``
+and ``--precision`` force a choice.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def fastest(model_dir: str | Path, *, batch_size: int, device: str = "auto") -> 
     key = _key(path, batch_size)
     rates, cached = _cached(key), True
     if rates is None or set(rates) != {c[0] for c in found}:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: the processes would time each other
+            return None
         rates, cached = {label: _rate(path, b, p, batch_size) for label, b, p in found}, False
         _store(key, rates)
     best = max(found, key=lambda c: rates[c[0]])
@@ -73,7 +76,8 @@ def fastest(model_dir: str | Path, *, batch_size: int, device: str = "auto") -> 
 
 
 def _has_cuda(device: str) -> bool:
-    if device == "cpu":
+    """Whether PyTorch would run on a GPU; without an NVIDIA driver, known without importing torch."""
+    if device == "cpu" or not (Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia*"))):
         return False
     import importlib.util
 
