@@ -387,3 +387,36 @@ def test_its_own_camtrapdp_package_reads_back_trains_evaluates_and_audits(
     with open(tmp_path / "audit" / "label_issues.csv", newline="") as f:
         header = next(csv.reader(f))
     assert "box" in header  # a finding names its crop
+
+
+def test_the_audit_lists_frames_without_a_detection_apart_from_unusable_files(
+    world: dict[str, Path], crop_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "audit"
+    assert main(["audit", "--data", str(world["cct"]), "--detections", str(world["md"]), "--model",
+                 str(crop_model / "model"), "--out", str(out), "--no-duplicates"]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    with open(out / "left_out.csv", newline="") as f:
+        left_out = list(csv.DictReader(f))
+    with open(out / "unusable.csv", newline="") as f:
+        unusable = list(csv.DictReader(f))
+    assert left_out and all(r["reason"].startswith("blank: no animal detection") for r in left_out)
+    assert not any(r["reason"].startswith("blank") for r in unusable)
+    assert f"left out on purpose  {len(left_out)} (frames without a detection" in said
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["left_out"], summary["unusable"]) == (len(left_out), len(unusable))
+
+
+def test_blank_frames_are_not_unusable_files(
+    world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Most camera-trap frames are empty: frames without a detection are left out of crop
+    training on purpose, so they neither count toward --max-skipped nor are called unusable."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(world["cct"]), "--detections", str(world["md"]), "--max-skipped", "0.01",
+                 "--arch", "lenet", "--pretrained", "none", "--epochs", "1", "--image-size", "32", "--batch-size", "8",
+                 "--no-export-onnx", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    said = capsys.readouterr().err
+    with open(out / "skipped.csv", newline="") as f:
+        blanks = sum(1 for r in csv.DictReader(f) if r["reason"].startswith("blank: no "))
+    assert blanks and f"skipped {blanks} without a detection (blank)" in said and "unusable" not in said

@@ -4,10 +4,12 @@
   cross-validation or a given model, then cleanlab's confident learning), ranked;
 - exact and near **duplicates**, and the **leaks** among them — the same picture on both sides of
   a split (:mod:`~imgcls.audit.duplicates`: perceptual hashes);
-- the **class balance** per split, and the **unusable files** with their reasons.
+- the **class balance** per split, and the **unusable files** with their reasons (the images
+  the data leaves out on purpose — frames without a detection to crop, a review's rejections —
+  are listed apart, in ``left_out.csv``).
 
 Written to the audit folder: ``label_issues.csv``, ``duplicates.csv``, ``balance.csv``,
-``unusable.csv``, ``summary.json`` and ``audit.html`` (thumbnails of every finding).
+``unusable.csv``, ``left_out.csv``, ``summary.json`` and ``audit.html`` (thumbnails of every finding).
 ``imgcls review`` walks the findings and writes the corrections training applies.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 from imgcls.audit.duplicates import duplicate_pairs, duplicate_rows, fingerprints
 from imgcls.audit.labels import OutOfSample, cross_validated, from_model, label_issues
 from imgcls.config import RunConfig
-from imgcls.data.table import DataTable
+from imgcls.data.table import DataTable, left_out_on_purpose
 
 __all__ = ["AuditResult", "audit"]
 
@@ -35,6 +37,7 @@ class AuditResult:
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     balance: list[dict[str, Any]] = field(default_factory=list)
     unusable: list[tuple[str, str]] = field(default_factory=list)
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # on purpose: blanks, a review's rejections
     how: str = ""
 
     @property
@@ -63,7 +66,8 @@ def audit(
     folder = check_writable(out, folder=True)
     table = load_table(cfg, detection_crops)
     splits = given_splits(table, model)
-    result = AuditResult(folder, len(table), unusable=list(table.skipped))
+    result = AuditResult(folder, len(table), unusable=[s for s in table.skipped if not left_out_on_purpose(s[1])],
+                         left_out=[s for s in table.skipped if left_out_on_purpose(s[1])])  # fmt: skip
     if labels:
         oos: OutOfSample = from_model(model, table) if model else cross_validated(
             cfg, table, folds=folds, work=folder / "folds", show=show
@@ -140,8 +144,10 @@ def write(result: AuditResult, table: DataTable, *, spec: str = "") -> None:
     _csv(folder / "duplicates.csv", result.duplicates, ["path_a", "path_b", "distance", "kind", "split_a", "split_b"])
     _csv(folder / "balance.csv", result.balance, ["class"])
     _csv(folder / "unusable.csv", [{"path": p, "reason": r} for p, r in result.unusable], ["path", "reason"])
+    _csv(folder / "left_out.csv", [{"path": p, "reason": r} for p, r in result.left_out], ["path", "reason"])
     summary = {"images": result.images, "label_issues": len(result.issues), "duplicate_pairs": len(result.duplicates),
-               "leaks": result.leaks, "unusable": len(result.unusable), "probabilities_from": result.how,
+               "leaks": result.leaks, "unusable": len(result.unusable), "left_out": len(result.left_out),
+               "probabilities_from": result.how,
                "classes": list(table.class_names), "multilabel": table.multilabel, "data": str(table.root),
                "spec": spec, "crop_margin": table.crop_margin}  # fmt: skip
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")

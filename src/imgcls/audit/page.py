@@ -61,7 +61,7 @@ def write_page(result: Any, table: DataTable, path: Path) -> None:
     thumb = Thumbnails(table)
     cards = [(result.images, "images"), (len(result.issues), "likely label errors"),
              (len(result.duplicates), "duplicate pairs"), (result.leaks, "leaks across splits"),
-             (len(result.unusable), "unusable files")]  # fmt: skip
+             (len(result.unusable), "unusable files"), (len(result.left_out), "left out on purpose")]  # fmt: skip
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>imgcls audit</title><style>{CSS}</style>",
         "</head><body><h1>Audit</h1>",
@@ -77,6 +77,9 @@ def write_page(result: Any, table: DataTable, path: Path) -> None:
         _plain(result.balance),
         "<h2>Unusable files</h2>",
         _plain([{"path": p, "reason": r} for p, r in result.unusable][:LIMIT]),
+        "<h2>Left out on purpose</h2><p class=note>Frames without a detection to crop (blanks) and images a "
+        "review rejected: not audited, not faults.</p>",
+        _plain([{"path": p, "reason": r} for p, r in result.left_out][:LIMIT]),
         "</body></html>",
     ]
     atomic_write_text(path, "\n".join(parts))

@@ -25,6 +25,15 @@ def listed_path(base: Path, raw: str) -> str:
 
 #: the reason recorded for an image a review rejected (not counted as unusable)
 REVIEWED = "left out by the review"
+#: the start of the reason recorded for a frame without a detection to crop (a blank, not a fault)
+NO_DETECTION = "blank: no "
+
+
+def left_out_on_purpose(reason: str) -> bool:
+    """A skip that is the data's design (a review's rejection, a frame without a detection to
+    crop), not an unusable file."""
+    return reason.startswith((REVIEWED, NO_DETECTION))
+
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {

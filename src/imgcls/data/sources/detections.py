@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.data.sources.coco import load_json
-from imgcls.data.table import DataTable, listed_path
+from imgcls.data.table import NO_DETECTION, DataTable, listed_path
 from imgcls.errors import UserError
 
 
@@ -151,7 +151,7 @@ def crop_table(
             skipped.append((path, f"not in the detections file {detections.path.name}"))
             continue
         if not kept:
-            skipped.append((path, f"blank: no {'/'.join(categories)} detection at or above {threshold:g}"))
+            skipped.append((path, f"{NO_DETECTION}{'/'.join(categories)} detection at or above {threshold:g}"))
             continue
         for j, d in enumerate(kept):
             rows.append(i)
