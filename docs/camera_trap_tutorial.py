@@ -15,6 +15,11 @@ MDV5A images/ md.json``). No detector runs offline here, so the script writes ``
 the known positions instead, with the detector's typical faults added: slightly loose boxes,
 confidences between 0.55 and 0.98, weak false detections on some empty frames, and a few
 missed animals.
+
+Steps: train on the crops split by site, evaluate per site, predict with sequence decisions (CSV,
+MegaDetector JSON, Camtrap DP), then audit the labelled crops with the model's held-out sites
+(likely label errors, duplicates and leaks across the split) and print the ``imgcls review``
+command that walks them.
 """
 
 from __future__ import annotations
@@ -198,9 +203,13 @@ def main() -> None:
     )
     run([imgcls, "predict", "--model", model, *common, "--format", "camtrapdp", "--utc-offset", "+02:00",
          "--out", str(out / "camtrapdp")])  # fmt: skip
+    run([imgcls, "audit", "--data", str(files["cct"]), "--detections", str(files["md"]),
+         "--det-categories", "animal,person", "--model", model, "--out", str(out / "audit")])  # fmt: skip
     print(
         f"\nopen {out / 'report' / 'report.html'}; load {out / 'md_classified.json'} in Timelapse; "
-        f"publish {out / 'camtrapdp'} (add coordinates with --deployments)"
+        f"publish {out / 'camtrapdp'} (add coordinates with --deployments); review the audit's suspects "
+        f"and the least confident crops: imgcls review --audit {out / 'audit'} "
+        f"--predictions {out / 'predictions.csv'} --out {out / 'corrections.csv'}"
     )
 
 
