@@ -420,3 +420,7 @@ def test_blank_frames_are_not_unusable_files(
     with open(out / "skipped.csv", newline="") as f:
         blanks = sum(1 for r in csv.DictReader(f) if r["reason"].startswith("blank: no "))
     assert blanks and f"skipped {blanks} without a detection (blank)" in said and "unusable" not in said
+    assert main(["evaluate", "--model", str(out / "model"), "--data", str(world["cct"]), "--detections",
+                 str(world["md"]), "--split", "all", "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
+    line = capsys.readouterr().out.splitlines()[0]
+    assert f"skipped ({blanks} left out on purpose: no detection" in line
