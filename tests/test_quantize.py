@@ -185,3 +185,27 @@ def test_predict_and_evaluate_run_on_the_engine_measured_fastest(
 
     served = load_classifier(ServeConfig(model=str(model), backend="auto"))
     assert served.backend.path.name == "model.int8.onnx"
+
+
+def test_multilabel_and_binary_models_are_measured_by_their_own_metric(tmp_path: Path) -> None:
+    from imgfactory import image_folder
+
+    image_folder(tmp_path / "d", ("a", "b", "c"), 10)
+    lines = ["path,label"] + [
+        f"d/{f.parent.name}/{f.name},{ {'a': 'sky;water', 'b': 'water', 'c': 'sky;tree'}[f.parent.name] }"
+        for f in sorted((tmp_path / "d").rglob("*.jpg"))
+    ]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    binary = image_folder(tmp_path / "b", ("animal", "blank"), 10)
+    for name, data in (("multilabel", tmp_path / "m.csv"), ("binary", binary)):
+        out = tmp_path / name
+        assert main(["train", "--data", str(data), "--out", str(out), "--arch", "lenet", "--pretrained", "none",
+                     "--epochs", "2", "--image-size", "32", "--batch-size", "4", "--export-int8",
+                     "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+        record = json.loads((out / "model" / "model.int8.json").read_text())
+        assert record["metric"] == ("top1" if name == "binary" else "mAP") or record["metric"] == "agreement"
+        assert 0 <= record["agreement"] <= 1 and record["validation_images"] > 0
+        rows = imgcls.load(out / "model", precision="int8").predict(
+            sorted(str(p) for p in (tmp_path / "d").rglob("*.jpg"))[:3]
+        )
+        assert all(r["error"] is None for r in rows)

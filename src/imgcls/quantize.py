@@ -227,11 +227,13 @@ def _measure(fp32: Path, int8: Path, table: Any, rows: np.ndarray, workers: int 
     task, names = a.info.task, a.label_names
     m32, m8 = compute_metrics(task, p32, t, names), compute_metrics(task, p8, t, names)
     metric = "mAP" if task == "multilabel" else "top1"
-    agree = (p32 >= 0.5) == (p8 >= 0.5) if task == "multilabel" else p32.argmax(1) == p8.argmax(1)
+    agree = float(np.mean((p32 >= 0.5) == (p8 >= 0.5) if task == "multilabel" else p32.argmax(1) == p8.argmax(1)))
+    v32, v8 = float(m32[metric]), float(m8[metric])
+    if not (np.isfinite(v32) and np.isfinite(v8)):  # e.g. mAP of a split too small to hold every label
+        metric, v32, v8 = "agreement", 1.0, agree
     return {
-        "validation_images": len(got), "metric": metric, "fp32": round(float(m32[metric]), 6),
-        "int8": round(float(m8[metric]), 6), "drop_points": round(100 * float(m32[metric] - m8[metric]), 3),
-        "agreement": round(float(np.mean(agree)), 6),
+        "validation_images": len(got), "metric": metric, "fp32": round(v32, 6), "int8": round(v8, 6),
+        "drop_points": round(100 * (v32 - v8), 3), "agreement": round(agree, 6),
     }  # fmt: skip
 
 
