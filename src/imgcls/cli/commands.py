@@ -148,12 +148,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     n = _check_predict(args)
     backend, precision = args.backend, args.precision
     if backend == "auto" and n > FEW_IMAGES:  # many images: the fastest engine measured here
-        from imgcls.predict.choose import fastest
+        from imgcls.console import info
+        from imgcls.predict.choose import engine
 
-        choice = fastest(args.model, batch_size=args.batch_size, device=args.device) if precision == "auto" else None
-        backend, precision = (choice.backend, choice.precision) if choice else ("torch", precision)
-        if choice and os.environ.get("RANK", "0") == "0":
-            sys.stderr.write(choice.describe() + "\n")
+        say = info if os.environ.get("RANK", "0") == "0" else None
+        backend, precision = engine(args.model, backend=backend, precision=precision, device=args.device,
+                                    batch_size=args.batch_size, say=say)  # fmt: skip
     # (a few images: ONNX Runtime, which starts in a fraction of PyTorch's import time)
     clf = Classifier.load(args.model, device=args.device, precision=precision, backend=backend)
     _set_decision(clf, args)

@@ -277,8 +277,8 @@ def evaluate(
     if sel.corrections is not None:
         table, rows, skipped = _corrected(table, rows, sel.corrections, skipped)
     keep, targets, unknown = map_targets(table, clf.info.label_names, rows)
-    if backend == "auto" and precision == "auto" and len(keep) > FEW_IMAGES:
-        clf = _fastest(clf, model, device, batch_size)
+    if backend == "auto" and len(keep) > FEW_IMAGES:  # many images: the fastest engine measured here
+        clf = _on_fastest(clf, model, device, precision, batch_size)
     probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta)
     position = {int(r): j for j, r in enumerate(keep)}
     targets = targets[[position[int(r)] for r in ok]]
@@ -319,17 +319,15 @@ def _select(
     return _Selection(table, rows, split_name, data, run, corrections)
 
 
-def _fastest(clf: Any, model: str | Path, device: str, batch_size: int) -> Any:
-    """The classifier on the fastest engine this machine offers for ``model`` (said on stderr)."""
+def _on_fastest(clf: Any, model: str | Path, device: str, precision: str, batch_size: int) -> Any:
+    """``clf`` moved to the fastest engine measured here (said on stderr), or as it is."""
     from imgcls.console import info
     from imgcls.predict import Classifier
-    from imgcls.predict.choose import fastest
+    from imgcls.predict.choose import engine
 
-    choice = fastest(model, batch_size=batch_size, device=device)
-    if choice is None:
-        return clf
-    info(choice.describe())
-    return Classifier.load(model, device=device, precision=choice.precision, backend=choice.backend)
+    backend, precision = engine(model, backend="auto", precision=precision, device=device, batch_size=batch_size,
+                                say=info)  # fmt: skip
+    return clf if backend == "torch" else Classifier.load(model, device=device, precision=precision, backend=backend)
 
 
 def _corrections_of(run: Path | None, data: str | Path | None, given: str | Path | None) -> str | Path | None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +75,22 @@ def fastest(model_dir: str | Path, *, batch_size: int, device: str = "auto") -> 
         _store(key, rates)
     best = max(found, key=lambda c: rates[c[0]])
     return Choice(backend=best[1], precision=best[2], label=best[0], rates=rates, cached=cached)
+
+
+def engine(
+    model: str | Path, *, backend: str, precision: str, device: str, batch_size: int, say: Callable[[str], Any] | None
+) -> tuple[str, str]:
+    """``Classifier.load``'s (backend, precision): ``backend`` ``auto`` with ``precision`` ``auto``
+    is the fastest engine measured here (said through ``say``), else PyTorch; anything else is
+    taken as given."""
+    if backend != "auto":
+        return backend, precision
+    choice = fastest(model, batch_size=batch_size, device=device) if precision == "auto" else None
+    if choice is None:
+        return "torch", precision
+    if say is not None:
+        say(choice.describe())
+    return choice.backend, choice.precision
 
 
 def _has_cuda(device: str) -> bool:

@@ -200,15 +200,10 @@ def load_classifier(cfg: ServeConfig) -> Any:
     """The served model on the engine ``cfg.backend`` names; ``auto`` measures which is fastest here."""
     from imgcls.console import info
     from imgcls.predict import Classifier
-    from imgcls.predict.choose import fastest
+    from imgcls.predict.choose import engine
 
-    backend, precision = cfg.backend, cfg.precision
-    if backend == "auto":
-        choice = fastest(cfg.model, batch_size=cfg.max_batch, device=cfg.device) if precision == "auto" else None
-        backend = choice.backend if choice else "torch"
-        precision = choice.precision if choice else precision
-        if choice:
-            info(choice.describe())
+    backend, precision = engine(cfg.model, backend=cfg.backend, precision=cfg.precision, device=cfg.device,
+                                batch_size=cfg.max_batch, say=info)  # fmt: skip
     return Classifier.load(cfg.model, device=cfg.device, precision=precision, backend=backend)
 
 
