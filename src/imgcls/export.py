@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import numpy as np
 
 from imgcls.artifacts import load_model, read_config
 from imgcls.errors import UserError
-from imgcls.io import check_writable, publish_file
+from imgcls.io import atomic_write_with, check_writable
 
 TOLERANCE = 1e-4  # largest allowed probability difference, ONNX Runtime vs PyTorch
 
@@ -94,32 +92,28 @@ def export_onnx(
     pre = info.preprocess
     dummy = torch.zeros(2, 3, pre.input_size[1], pre.input_size[2])
     batch = torch.export.Dim("batch", min=1, max=65536)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.onnx", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:  # written beside the target, then renamed: a failed export leaves nothing behind
-        _export_graph(model, dummy, tmp, batch, opset)
-        _add_metadata(tmp, config, info)
+    done: list[tuple[ExportReport, str]] = []
+
+    def make(tmp: str) -> None:  # a temporary sibling, renamed when verified: a failed export leaves nothing
+        _export_graph(model, dummy, Path(tmp), batch, opset)
+        _add_metadata(Path(tmp), config, info)
         pixels, source = _verification_images(images, src, pre.image_size)
-        report = verify(model, tmp, info, pixels, target)
+        report = verify(model, Path(tmp), info, pixels, target)
         if not report.max_prob_diff <= tolerance:
             raise UserError(
                 f"ONNX verification failed: probabilities differ by up to {report.max_prob_diff:.2e} "
                 f"(tolerance {tolerance:.0e}) on {len(pixels)} {source}; nothing written"
             )
-        publish_file(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return report, source
+        done.append((report, source))
+
+    atomic_write_with(target, make, suffix=".tmp.onnx")  # Classifier.load knows an .onnx by its suffix
+    return done[0]
 
 
 def _add_metadata(path: Path, config: dict[str, Any], info: Any) -> None:
     """The model directory's config and the preprocessing, in the ONNX file's metadata."""
-    import onnx
-
     pre = info.preprocess
-    proto = onnx.load(str(path))
-    meta = {
+    set_metadata(path, {
         "imgcls_config": json.dumps(config),
         "label_names": json.dumps(info.label_names),
         "task": info.task,
@@ -129,7 +123,15 @@ def _add_metadata(path: Path, config: dict[str, Any], info: Any) -> None:
         "interpolation": pre.interpolation,
         "crop_pct": str(pre.crop_pct),
         "resize_mode": pre.resize_mode,
-    }
+    })  # fmt: skip
+
+
+def set_metadata(path: Path, meta: dict[str, str]) -> None:
+    """Replace the ONNX file's metadata (key -> text) with ``meta``."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v

@@ -82,12 +82,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
-def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> None:
-    """For libraries that want a file name (safetensors, torch.save, matplotlib): ``write(tmp)``
-    fills a temporary sibling, which then replaces ``path`` atomically."""
+def atomic_write_with(path: str | Path, write: Callable[[str], None], *, suffix: str = ".tmp") -> None:
+    """For libraries that want a file name (safetensors, torch.save, matplotlib, ONNX): ``write(tmp)``
+    fills a temporary sibling (named ``.NAME.XXXX{suffix}``, for readers that go by the suffix),
+    which then replaces ``path`` atomically; if ``write`` fails, nothing is left behind."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     try:
         write(tmp)

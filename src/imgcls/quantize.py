@@ -23,8 +23,6 @@ model with ``--precision int8`` (or given the ``.int8.onnx`` file itself).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,36 +62,36 @@ def quantize_int8(
     run's validation split; refuses, writing nothing, when top-1 drops by more than ``max_drop``
     points."""
     from imgcls.artifacts import int8_path
-    from imgcls.io import check_writable, publish_file
+    from imgcls.export import set_metadata
+    from imgcls.io import atomic_write_text, atomic_write_with, check_writable
+    from imgcls.predict import Classifier
     from imgcls.runtime import cpu_features, cpu_tier
 
     src, fp32 = Path(model_dir), Path(onnx_file)
     target = check_writable(int8_path(fp32))
     table, train_rows, val_rows = _run_rows(src)
+    ref = Classifier.load(fp32)  # the float graph: its preprocessing, metadata and probabilities
     reduce_range = not cpu_features()["vnni"]
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.onnx", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:  # written beside the target, then renamed: a refused or failed quantisation leaves nothing
-        calib = _calibration_batches(fp32, table, _by_class(table, train_rows, calibration_images), workers)
-        _quantize(fp32, tmp, calib, reduce_range)
-        measured = _measure(fp32, tmp, table, val_rows, workers)
+    made: list[QuantReport] = []
+
+    def make(tmp: str) -> None:  # into a temporary sibling: a refused or failed quantisation leaves nothing
+        calib = _calibration_batches(ref, table, _by_class(table, train_rows, calibration_images), workers)
+        _quantize(fp32, Path(tmp), calib, reduce_range)
         report = QuantReport(path=str(target), calibration_images=sum(len(b) for b in calib),
-                             reduce_range=reduce_range, cpu=cpu_tier(), **measured)  # fmt: skip
+                             reduce_range=reduce_range, cpu=cpu_tier(),
+                             **_measure(ref, Path(tmp), table, val_rows, workers))  # fmt: skip
         if report.drop_points > max_drop:
             raise UserError(
                 f"int8 quantisation refused: validation {report.metric} {report.fp32:.4f} -> {report.int8:.4f} "
                 f"({report.drop_points:.2f} points, over --max-accuracy-drop {max_drop:g}); nothing written"
             )
-        _set_metadata(tmp, fp32, report)
-        publish_file(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    from imgcls.io import atomic_write_text
+        set_metadata(Path(tmp), {**ref.backend.metadata, "imgcls_int8": json.dumps(_record(report))})
+        made.append(report)
 
+    atomic_write_with(target, make, suffix=".tmp.onnx")  # Classifier.load knows an .onnx by its suffix
     if target.parent == src:
-        atomic_write_text(src / "model.int8.json", json.dumps(_record(report), indent=2) + "\n")
-    return report
+        atomic_write_text(src / "model.int8.json", json.dumps(_record(made[0]), indent=2) + "\n")
+    return made[0]
 
 
 def _run_rows(model_dir: Path) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -124,39 +122,34 @@ def _by_class(table: Any, rows: np.ndarray, n: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     groups: dict[str, list[int]] = {}
     for i in rng.permutation(rows):
-        groups.setdefault(table.label_names(int(i))[0] if table.label_names(int(i)) else "", []).append(int(i))
-    order = [g for g in groups.values()]
+        groups.setdefault((table.label_names(int(i)) or [""])[0], []).append(int(i))
     picked: list[int] = []
-    while len(picked) < n and any(order):
-        for g in order:
+    while len(picked) < n and any(groups.values()):
+        for g in groups.values():
             if g and len(picked) < n:
                 picked.append(g.pop())
     return np.array(sorted(picked), dtype=np.int64)
 
 
-def _inputs(onnx_file: Path, table: Any, rows: np.ndarray, workers: int | None) -> Iterator[tuple[int, np.ndarray]]:
+def _inputs(clf: Any, table: Any, rows: np.ndarray, workers: int | None) -> Iterator[tuple[int, np.ndarray]]:
     """(row, uint8 model input) of each decodable row."""
     from imgcls.evaluate.run import model_inputs
-    from imgcls.predict import Classifier
 
-    clf = Classifier.load(onnx_file)
     for i, (_, arr, _) in zip(rows, model_inputs(clf, table, rows, workers), strict=True):
         if arr is not None:
             yield int(i), arr
 
 
-def _calibration_batches(fp32: Path, table: Any, rows: np.ndarray, workers: int | None) -> list[np.ndarray]:
-    from imgcls.artifacts import info_from_config
+def _calibration_batches(ref: Any, table: Any, rows: np.ndarray, workers: int | None) -> list[np.ndarray]:
     from imgcls.data.preprocess import normalize_np
-    from imgcls.predict.classifier import OnnxBackend
 
-    pre = info_from_config(json.loads(OnnxBackend(fp32).metadata["imgcls_config"]), fp32).preprocess
-    pixels = [arr for _, arr in _inputs(fp32, table, rows, workers)]
+    pixels = [arr for _, arr in _inputs(ref, table, rows, workers)]
     if not pixels:
         raise UserError("int8 quantisation: none of the run's training images could be read for calibration")
     size = min(16, len(pixels))  # batches of one size: ONNX Runtime's histograms stack them
     pixels = pixels[: len(pixels) // size * size]
-    return [normalize_np(np.stack(pixels[k : k + size]), pre).astype(np.float32) for k in range(0, len(pixels), size)]
+    return [normalize_np(np.stack(pixels[k : k + size]), ref.preprocess).astype(np.float32)
+            for k in range(0, len(pixels), size)]  # fmt: skip
 
 
 def _quantize(fp32: Path, out: Path, batches: list[np.ndarray], reduce_range: bool) -> None:
@@ -197,34 +190,31 @@ def _quantize(fp32: Path, out: Path, batches: list[np.ndarray], reduce_range: bo
         prepared.unlink(missing_ok=True)
 
 
-def _measure(fp32: Path, int8: Path, table: Any, rows: np.ndarray, workers: int | None) -> dict[str, Any]:
-    """Both graphs on the same decoded validation images: the task's metric of each and how
-    often their decisions agree."""
+def _measure(ref: Any, int8: Path, table: Any, rows: np.ndarray, workers: int | None) -> dict[str, Any]:
+    """The float and int8 graphs on the same decoded validation images: the task's metric of
+    each and how often their decisions agree."""
+    import itertools
+
     from imgcls.evaluate.metrics import compute_metrics
     from imgcls.evaluate.run import map_targets
     from imgcls.predict import Classifier
 
-    a, b = Classifier.load(fp32), Classifier.load(int8)
-    keep, targets, _ = map_targets(table, a.label_names, rows)
+    quantised = Classifier.load(int8)
+    keep, targets, _ = map_targets(table, ref.label_names, rows)
     position = {int(r): j for j, r in enumerate(keep)}
     got: list[int] = []
     pa: list[np.ndarray] = []
     pb: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
-    for i, arr in _inputs(fp32, table, keep, workers):
-        batch.append(arr)
-        got.append(position[i])
-        if len(batch) == 64:
-            pa.append(a.probabilities(np.stack(batch)))
-            pb.append(b.probabilities(np.stack(batch)))
-            batch.clear()
-    if batch:
-        pa.append(a.probabilities(np.stack(batch)))
-        pb.append(b.probabilities(np.stack(batch)))
+    decoded = _inputs(ref, table, keep, workers)
+    while chunk := list(itertools.islice(decoded, 64)):
+        x = np.stack([arr for _, arr in chunk])
+        got += [position[i] for i, _ in chunk]
+        pa.append(ref.probabilities(x))
+        pb.append(quantised.probabilities(x))
     if not got:
         raise UserError("int8 quantisation: none of the run's validation images could be read")
     p32, p8, t = np.concatenate(pa), np.concatenate(pb), targets[got]
-    task, names = a.info.task, a.label_names
+    task, names = ref.info.task, ref.label_names
     m32, m8 = compute_metrics(task, p32, t, names), compute_metrics(task, p8, t, names)
     metric = "mAP" if task == "multilabel" else "top1"
     agree = float(np.mean((p32 >= 0.5) == (p8 >= 0.5) if task == "multilabel" else p32.argmax(1) == p8.argmax(1)))
@@ -240,19 +230,3 @@ def _measure(fp32: Path, int8: Path, table: Any, rows: np.ndarray, workers: int 
 def _record(report: QuantReport) -> dict[str, Any]:
     """The report as the model directory keeps it: the file by its name, not where it was made."""
     return {**asdict(report), "path": Path(report.path).name}
-
-
-def _set_metadata(path: Path, fp32: Path, report: QuantReport) -> None:
-    """The fp32 file's metadata (the model's config, labels, preprocessing) and the measured cost."""
-    import onnx
-
-    from imgcls.predict.classifier import OnnxBackend
-
-    meta = dict(OnnxBackend(fp32).metadata)
-    meta["imgcls_int8"] = json.dumps(_record(report))
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(proto, str(path))
