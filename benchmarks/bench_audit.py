@@ -27,11 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import BENCH, BIN, report, scratch, timed
+from common import BENCH, BIN, FASHION_MNIST, fashion_mnist, report, scratch, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def fashion_subset(folder: Path, per_class_train: int, per_class_test: int) -> Path:
@@ -44,8 +42,8 @@ def fashion_subset(folder: Path, per_class_train: int, per_class_test: int) -> P
     if (folder / "test").is_dir():
         return folder
     for split, stem, per_class in (("train", "train", per_class_train), ("test", "t10k", per_class_test)):
-        images = read_idx_file(_find(FASHION, f"{stem}-images-idx3-ubyte"))  # type: ignore[arg-type]
-        labels = read_idx_file(_find(FASHION, f"{stem}-labels-idx1-ubyte"))  # type: ignore[arg-type]
+        images = read_idx_file(_find(FASHION_MNIST, f"{stem}-images-idx3-ubyte"))  # type: ignore[arg-type]
+        labels = read_idx_file(_find(FASHION_MNIST, f"{stem}-labels-idx1-ubyte"))  # type: ignore[arg-type]
         for k, name in enumerate(FASHION_MNIST_CLASSES):
             d = folder / split / name.replace("/", "-")
             d.mkdir(parents=True, exist_ok=True)
@@ -105,8 +103,7 @@ def main() -> None:
         if not (data / "test").is_dir():
             write_digits(data)
     else:
-        if not FASHION.is_dir():
-            raise SystemExit(f"{FASHION} is missing: apt-get install dataset-fashion-mnist")
+        fashion_mnist()
         data = fashion_subset(BENCH / f"fashion-mnist-{args.per_class}", args.per_class, args.per_class // 3)
     with scratch() as work:
         result = run(args, data, work)

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import BENCH, BIN, report, scratch, timed
+from common import BENCH, BIN, fashion_mnist, report, scratch, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -27,7 +27,7 @@ def main() -> None:
     from imgcls.demo import write_digits
     from imgcls.engine.budget import parse_duration
 
-    data = Path("/usr/share/datasets/fashion-mnist") if args.fashion_mnist else BENCH / "digits"
+    data = fashion_mnist() if args.fashion_mnist else BENCH / "digits"
     if not args.fashion_mnist and not (data / "train").is_dir():
         write_digits(data)
     rows = {}

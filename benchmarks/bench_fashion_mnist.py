@@ -12,9 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import BIN, report, scratch, timed
-
-DATA = Path("/usr/share/datasets/fashion-mnist")
+from common import BIN, fashion_mnist, report, scratch, timed
 
 
 def main() -> None:
@@ -23,10 +21,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    if not DATA.is_dir():
-        raise SystemExit(f"{DATA} is missing: apt-get install dataset-fashion-mnist")
+    data = fashion_mnist()
     with scratch() as work:
-        wall, _, _ = timed([str(BIN / "imgcls"), "train", "--data", str(DATA), "--time-budget", args.budget,
+        wall, _, _ = timed([str(BIN / "imgcls"), "train", "--data", str(data), "--time-budget", args.budget,
                             "--seed", str(args.seed), "--out", str(work / "run")])  # fmt: skip
         epochs = len((work / "run" / "metrics.jsonl").read_text().splitlines())
         timed([str(BIN / "imgcls"), "evaluate", "--model", str(work / "run" / "model"), "--split", "test",

@@ -13,9 +13,7 @@ import functools
 import time
 from pathlib import Path
 
-from common import report, scratch
-
-DATA = Path("/usr/share/datasets/fashion-mnist")
+from common import fashion_mnist, report, scratch
 
 
 def main() -> None:
@@ -25,8 +23,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    if not DATA.is_dir():
-        raise SystemExit(f"{DATA} is missing: apt-get install dataset-fashion-mnist")
+    data = fashion_mnist()
     import imgcls
     from imgcls.evaluate import evaluate
     from imgcls.models import smallnet
@@ -39,7 +36,7 @@ def main() -> None:
                               default_norm="batch"))  # fmt: skip
     with scratch() as work:
         t = time.perf_counter()
-        run = imgcls.train(DATA, out=work / "run", arch="smallnet_x", time_budget=args.budget, seed=args.seed,
+        run = imgcls.train(data, out=work / "run", arch="smallnet_x", time_budget=args.budget, seed=args.seed,
                            pretrained="none", cache_dir=work / "cache")  # fmt: skip
         wall = time.perf_counter() - t
         epochs = len((run / "metrics.jsonl").read_text().splitlines())

@@ -29,6 +29,14 @@ PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubb
 ROOT = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 BENCH = Path(tempfile.gettempdir()) / "imgcls-bench"  # data sets and models kept between runs
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
+def fashion_mnist() -> Path:
+    """Debian's Fashion-MNIST folder, or exit saying how to install it."""
+    if not FASHION_MNIST.is_dir():
+        raise SystemExit(f"{FASHION_MNIST} is missing: apt-get install dataset-fashion-mnist")
+    return FASHION_MNIST
 
 
 @contextlib.contextmanager

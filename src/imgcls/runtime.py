@@ -74,10 +74,14 @@ def cpu_tier() -> str:
         tier = "AVX2-VNNI" if f["vnni"] else "AVX2"
     else:
         tier = "baseline"
+    limit = _onednn_below_bf16()
+    return f"{limit} (held by ONEDNN_MAX_CPU_ISA; the CPU is {tier})" if limit else tier
+
+
+def _onednn_below_bf16() -> str:
+    """``ONEDNN_MAX_CPU_ISA`` where it holds oneDNN below the tiers with bf16 units, else ""."""
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
-    if limit and limit not in _ONEDNN_BF16_TIERS:
-        return f"{limit} (held by ONEDNN_MAX_CPU_ISA; the CPU is {tier})"
-    return tier
+    return limit if limit and limit not in _ONEDNN_BF16_TIERS else ""
 
 
 #: oneDNN's ISA tiers (``ONEDNN_MAX_CPU_ISA``) that include native bf16 instructions
@@ -90,8 +94,7 @@ def cpu_has_fast_bf16() -> bool:
     """True where oneDNN has native bf16 matrix units: AMX tiles or AVX512-BF16, and oneDNN is
     allowed to use them (``ONEDNN_MAX_CPU_ISA=AVX2`` holds it to a lower tier, where bf16 would
     be emulated and slower than float32). Imports torch only where /proc/cpuinfo cannot tell."""
-    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
-    if limit and limit not in _ONEDNN_BF16_TIERS:
+    if _onednn_below_bf16():
         return False
     flags = cpu_flags()
     if "amx_bf16" in flags or "avx512_bf16" in flags:
