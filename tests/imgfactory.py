@@ -32,6 +32,19 @@ def class_image(k: int, rng: np.random.Generator, size: tuple[int, int] = (48, 4
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
+def square_scene(
+    rng: np.random.Generator, colour: tuple[int, int, int], *, size: int = 64, side: int = 16, noise: float = 20,
+    at: tuple[int, int] | None = None, corner_below: int | None = None,
+) -> Image.Image:  # fmt: skip
+    """Gray noise (sd ``noise``) with one ``side``-px square of ``colour`` at ``at`` (default: a
+    random corner below ``corner_below``, else ``size - side``): the only thing that tells the
+    classes apart."""
+    img = rng.normal(128, noise, (size, size, 3)).clip(0, 255).astype(np.uint8)
+    x, y = at if at is not None else rng.integers(0, corner_below or size - side, 2)
+    img[y : y + side, x : x + side] = colour
+    return Image.fromarray(img)
+
+
 def image_folder(
     root: Path,
     classes: tuple[str, ...] = ("cat", "dog"),

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from imgcls.cli import main
+from imgfactory import square_scene
 
 pytest.importorskip("cleanlab")
 pytest.importorskip("imagehash")
@@ -20,10 +21,7 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
 
 def scene(rng: np.random.Generator, colour: tuple[int, int, int]) -> Image.Image:
-    img = rng.normal(128, 25, (48, 48, 3)).clip(0, 255).astype(np.uint8)
-    x, y = rng.integers(0, 32, 2)
-    img[y : y + 14, x : x + 14] = colour
-    return Image.fromarray(img)
+    return square_scene(rng, colour, size=48, side=14, noise=25, corner_below=32)
 
 
 @pytest.fixture(scope="module")

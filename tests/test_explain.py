@@ -13,16 +13,9 @@ import imgcls
 from imgcls.cli import main
 from imgcls.explain import Explainer, feature_layer, grad_cam
 from imgcls.models import create_model
+from imgfactory import square_scene
 
 pytest.importorskip("captum")
-
-
-def _scene(rng: np.random.Generator, colour: tuple[int, int, int], at: tuple[int, int] | None = None) -> Image.Image:
-    """Gray noise with one 16-px square of ``colour``: the only thing that tells the classes apart."""
-    img = rng.normal(128, 20, (64, 64, 3)).clip(0, 255).astype(np.uint8)
-    x, y = at if at is not None else rng.integers(0, 48, 2)
-    img[y : y + 16, x : x + 16] = colour
-    return Image.fromarray(img)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +25,7 @@ def squares(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
         (root / "data" / name).mkdir(parents=True)
         for i in range(40):
-            _scene(rng, colour).save(root / "data" / name / f"{i:03d}.png")
+            square_scene(rng, colour).save(root / "data" / name / f"{i:03d}.png")
     imgcls.train(root / "data", out=root / "run", arch="smallnet", pretrained="none", image_size=64, epochs=10,
                  batch_size=16, lr=3e-3, augment="flip", cache_dir=root / "c", seed=0)  # fmt: skip
     return root
@@ -45,7 +38,7 @@ def test_the_map_is_highest_over_the_object(squares: Path, tmp_path: Path) -> No
     hits = 0
     corners = [(4, 4), (44, 6), (8, 42), (40, 40), (24, 24)]
     for k, (x, y) in enumerate(corners):
-        pixels = np.asarray(_scene(rng, (220, 30, 30), (x, y)))
+        pixels = np.asarray(square_scene(rng, (220, 30, 30), at=(x, y)))
         (e,) = explainer.explain([(f"scene{k}", pixels)], top=1)
         assert e.labels == ["red"]
         peak_y, peak_x = np.unravel_index(np.argmax(e.maps[0]), e.maps[0].shape)
