@@ -41,8 +41,8 @@ class Thumbnails:
             if self.table.pixels is not None and i is not None:
                 img = Image.fromarray(self.table.pixels[i]).convert("RGB")
             else:
-                x, y, w, h = (float(v) for v in box.split()) if box else (0.0, 0.0, 1.0, 1.0)
-                img = read_view(path, (x, y, w, h) if box else None, margin=self.table.crop_margin)
+                crop = [float(v) for v in box.split()] if box else None
+                img = read_view(path, crop, margin=self.table.crop_margin)
         except ImageError:
             return ""
         img.thumbnail((96, 96))

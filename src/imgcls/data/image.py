@@ -19,6 +19,7 @@ import io
 import os
 import struct
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -247,10 +248,12 @@ def crop_draft_size(box: tuple[float, float, float, float], need: int) -> tuple[
 
 
 def read_view(
-    path: str | Path, box: tuple[float, float, float, float] | None = None, *, margin: float = 0.1, need: int = 96
+    path: str | Path, box: Sequence[float] | None = None, *, margin: float = 0.1, need: int = 96
 ) -> Image.Image:
     """An image for a person to look at (a thumbnail, a review page): the whole image, or the
-    square crop around ``box`` as training saw it, decoded no larger than ``need`` px requires."""
+    square crop around ``box`` (x, y, w, h) as training saw it, decoded no larger than ``need``
+    px requires."""
     if box is None:
         return read_image(path, min_size=need)
-    return crop_square(read_image(path, min_size=crop_draft_size(box, need)), box, margin)
+    x, y, w, h = (float(v) for v in box)
+    return crop_square(read_image(path, min_size=crop_draft_size((x, y, w, h), need)), (x, y, w, h), margin)

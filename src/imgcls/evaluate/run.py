@@ -411,16 +411,13 @@ class Thumbnails:
     def __call__(self, j: int) -> Any:
         from PIL import Image
 
-        from imgcls.data.image import crop_square, read_image
+        from imgcls.data.image import read_view
 
         t, i = self.table, int(self.ok[j])
         if t.pixels is not None:
             return Image.fromarray(t.pixels[i]).convert("RGB")
-        img = read_image(t.paths[i], min_size=160)
-        if t.boxes is not None and not np.isnan(t.boxes[i]).any():  # show what the model saw
-            x, y, w, h = (float(v) for v in t.boxes[i])
-            img = crop_square(img, (x, y, w, h), t.crop_margin)
-        return img
+        box = None if t.boxes is None or np.isnan(t.boxes[i]).any() else t.boxes[i]  # what the model saw
+        return read_view(t.paths[i], box, margin=t.crop_margin, need=160)
 
 
 def default_report_dir(

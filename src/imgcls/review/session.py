@@ -173,8 +173,8 @@ class Session:
             name, _, row = path.rpartition("#")
             img = Image.fromarray(_idx_images(str(Path(self.data_root) / name))[int(row)]).convert("RGB")
         else:
-            box = tuple(float(v) for v in item.box.split()) if item.box and which == "a" else None
-            img = read_view(path, box, margin=self.margin, need=VIEW_SIDE // 2)  # type: ignore[arg-type]
+            box = [float(v) for v in item.box.split()] if item.box and which == "a" else None
+            img = read_view(path, box, margin=self.margin, need=VIEW_SIDE // 2)
         img.thumbnail((VIEW_SIDE, VIEW_SIDE))
         if max(img.size) < 256:  # a tiny image (digits, MNIST): pixels shown as crisp squares
             k = 256 // max(img.size)
