@@ -106,6 +106,7 @@ class DataConfig:
     max_val: int | None = 5000  # at most this many validation images are carved out
     split_by: str | None = "auto"  # auto: location, else sequence, else image (crops), else none
     image_size: int | None = None  # default: the model's own input size
+    progressive_resize: str = "auto"  # auto (a time budget decides) | on | off | the starting size
     resize_mode: str | None = None  # crop | pad (letterbox); default: crop
     crop_pct: float | None = None  # center-crop share of the resized image (default: the model's)
     interpolation: str | None = None  # bilinear | bicubic (default: the model's)
@@ -322,6 +323,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
         "a probability between 0 and 1, f1 or balanced",
     ),
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "one of auto, cpu, cuda"),
+    "progressive_resize": (
+        lambda v: str(v).lower() in ("auto", "on", "off") or (str(v).isdigit() and int(v) >= 8),
+        "auto, on, off or a starting size of at least 8 px",
+    ),
 }
 
 #: field -> the values it may take (an empty value means "the model's own" for the optional ones)

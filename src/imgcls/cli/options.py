@@ -48,6 +48,8 @@ TRAIN_HELP = {
     "split_by": "keep groups (location, sequence, image or any column) on one side of the split; "
     "auto (default): location, else sequence, else image for crops; none: stratified",
     "image_size": "input size in pixels (default: the model's own)",
+    "progressive_resize": "train the first steps on smaller images: on (from 4/7 of the size), off, a starting "
+    "size in px, or auto (default: --time-budget decides, by measuring the machine)",
     "resize_mode": "crop (shorter side, center crop) or pad (letterbox the whole frame)",
     "crop_pct": "center-crop share of the resized image, e.g. 0.875 (default: the model's)",
     "interpolation": "resampling: bilinear, bicubic or nearest (default: the model's)",

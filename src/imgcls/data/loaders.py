@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,6 +208,8 @@ class TrainBatches:
     weights: np.ndarray | None = None
     rank: int = 0
     world: int = 1
+    #: the input size of a global step (progressive resizing), else None: the configured size
+    size_at: Callable[[int], int] | None = None
 
     def plan(self, epoch: int) -> list[np.ndarray]:
         order = epoch_order(self.rows, self.seed, epoch, weights=self.weights, rank=self.rank, world=self.world)
@@ -220,9 +222,11 @@ class TrainBatches:
         plan = self.plan(epoch)[start_step:]
 
         def produce() -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+            spe = len(self)
             for step, (rows, pixels) in enumerate(self.source.batches(plan), start=start_step):
                 g = batch_generator(self.seed, epoch, step)
-                yield self.augment(pixels, g), self.targets[torch.from_numpy(rows)], rows
+                size = self.size_at(epoch * spe + step) if self.size_at is not None else None
+                yield self.augment(pixels, g, size), self.targets[torch.from_numpy(rows)], rows
 
         yield from _prefetch(produce())
 

@@ -155,11 +155,16 @@ class BatchAugment:
             torch.manual_seed(seed)
             return torch.stack([ta(img) for img in x.to(torch.uint8)])
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """``x``: uint8 (B, C, S0, S0) on any device; ``g``: a CPU generator (the run's RNG)."""
-        size = self.cfg.image_size
+    def __call__(self, x: torch.Tensor, g: torch.Generator, size: int | None = None) -> torch.Tensor:
+        """``x``: uint8 (B, C, S0, S0) on any device; ``g``: a CPU generator (the run's RNG);
+        ``size``: the output size when it is not the configured one (progressive resizing: the
+        resampling draws the smaller image directly)."""
+        size = size or self.cfg.image_size
         if not self.spec.enabled:
-            return self.normalize(center_batch(x, self.cfg))
+            out = center_batch(x, self.cfg)
+            if size != self.cfg.image_size:
+                out = F.interpolate(out.float(), size=(size, size), mode="bilinear", antialias=True)
+            return self.normalize(out)
         if self.spec.trivial_augment:
             x = self._trivial(x, g)
         theta = self._thetas(x.shape[0], g).to(x.device)

@@ -112,6 +112,8 @@ def epoch_line(m: dict[str, Any], tr: Trainer) -> str:
     parts = [f"epoch {m['epoch']}/{n_epochs}", f"train_loss {m['train_loss']:.4f}"]
     parts += [f"{k} {v:.4f}" for k, v in m.items() if k.startswith("val_") and k not in ("val_seconds", "val_nll")]
     parts += [f"lr {m['lr']:.2e}", f"{m['images_per_second']:.1f} img/s", f"{m['seconds']:.1f}s"]
+    if "train_size" in m:  # progressive resizing: the size the epoch ended at
+        parts.append(f"{m['train_size']}px")
     return "  ".join(parts)
 
 
@@ -292,6 +294,8 @@ def describe_start(tr: Trainer) -> None:
     counts = used.class_counts()
     classes = ", ".join(f"{k} ({v})" for k, v in list(counts.items())[:8]) + (" ..." if len(counts) > 8 else "")
     info(f"data: {len(d.splits.train)} train / {len(d.splits.val)} val images, {len(counts)} classes: {classes}")
+    if tr.choice:
+        info(tr.choice)
     if d.skipped:
         reviewed = sum(1 for _, why in d.skipped if why.startswith(REVIEWED))
         blank = sum(1 for _, why in d.skipped if left_out_on_purpose(why)) - reviewed
@@ -303,6 +307,7 @@ def describe_start(tr: Trainer) -> None:
     n = tr.task.num_outputs
     info(
         f"model: {tr.cfg.model.arch} ({tr.task.name}, {n} output{'s' if n != 1 else ''}), "
-        f"{pre.image_size}px, augment {tr.cfg.data.augment}; {tr.runtime.describe()}; "
+        f"{tr.sizes.describe() if tr.sizes else f'{pre.image_size}px'}, augment {tr.cfg.data.augment}; "
+        f"{tr.runtime.describe()}; "
         f"batch {t.batch_size}, {tr.cfg.optim.optimizer} lr {tr.cfg.optim.lr:.2e}"
     )

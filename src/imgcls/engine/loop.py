@@ -17,9 +17,10 @@ from imgcls.config import PreprocessConfig, RunConfig
 from imgcls.console import Progress
 from imgcls.data.dataset import TrainingData
 from imgcls.data.loaders import EvalBatches, TrainBatches, batch_generator
-from imgcls.engine.budget import BudgetPlan, replan, replan_due
+from imgcls.engine.budget import MEASURED_FIRST, BudgetPlan, replan, replan_due
 from imgcls.engine.distributed import Dist, wrap_ddp
 from imgcls.engine.optim import Schedule
+from imgcls.engine.resolution import SizeSchedule
 from imgcls.runtime import Runtime
 from imgcls.tasks import Task, quick_metrics
 
@@ -66,12 +67,14 @@ class Trainer:
     scaler: Any = None
     mix: Callable[..., Any] | None = None
     budget: BudgetPlan | None = None
+    sizes: SizeSchedule | None = None  # progressive resizing (None: every step at full size)
     started: float = field(default_factory=time.monotonic)
     save_checkpoint: Callable[[], None] | None = None
     step_times: list[float] = field(default_factory=list)
     ddp_frozen: bool | None = None  # the stage the DDP wrapper was built for
     requested: dict[str, Any] = field(default_factory=dict)  # the options the user gave (for --resume)
     tta: str = "none"  # the test-time augmentation the saved model uses (auto: decided after training)
+    choice: str = ""  # what --time-budget chose and why (said when training starts)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -133,7 +136,7 @@ def _optimizer_step(tr: Trainer, global_step: int) -> None:
 def _maybe_replan(tr: Trainer, global_step: int) -> None:
     """With a time budget: fix the total step count once a few steps are measured, then again
     at each epoch end (see :mod:`imgcls.engine.budget`)."""
-    if tr.budget is None or len(tr.step_times) < 4:
+    if tr.budget is None or len(tr.step_times) < MEASURED_FIRST:
         return
     total, warmup = replan(
         tr.budget,
@@ -146,6 +149,20 @@ def _maybe_replan(tr: Trainer, global_step: int) -> None:
     )
     tr.pos.total_steps = tr.schedule.total = tr.dist.broadcast(total)
     tr.schedule.warmup = tr.dist.broadcast(warmup)
+
+
+def _count_step(tr: Trainer, x: torch.Tensor, loss: float, took: float) -> int:
+    """Add a finished step to the epoch's sums and the step times; the images it trained (all
+    ranks). The budget plans in full-size steps, so a smaller step's time (progressive
+    resizing) is scaled up to one."""
+    share = tr.sizes.cost(int(x.shape[-1])) if tr.sizes is not None else 1.0
+    tr.step_times.append(took / share)
+    n = int(x.shape[0]) * tr.dist.world
+    tr.pos.epoch_loss += loss * n
+    tr.pos.epoch_images += n
+    tr.pos.epoch_seconds += took
+    tr.pos.step += 1
+    return n
 
 
 def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, float]:
@@ -184,13 +201,8 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
             if (tr.pos.step + 1) % accumulate == 0 or tr.pos.step + 1 == spe:
                 _optimizer_step(tr, global_step)
             now = time.perf_counter()
-            tr.step_times.append(now - t_last)
+            n = _count_step(tr, x, float(loss.detach()) * accumulate, now - t_last)
             t_last = now
-            n = int(x.shape[0]) * tr.dist.world
-            tr.pos.epoch_loss += float(loss.detach()) * accumulate * n
-            tr.pos.epoch_images += n
-            tr.pos.epoch_seconds += tr.step_times[-1]
-            tr.pos.step += 1
             bar.update(n, loss=tr.pos.epoch_loss / max(1, tr.pos.epoch_images), lr=lr)
             if replan_due(tr.pos.step, spe):
                 _maybe_replan(tr, global_step + 1)
@@ -200,7 +212,9 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
             if tr.save_checkpoint is not None and due and at_boundary:
                 tr.save_checkpoint()
                 last_ckpt = time.monotonic()
+    sized = {"train_size": tr.sizes.size(tr.steps_done - 1, tr.pos.total_steps)} if tr.sizes is not None else {}
     return {
+        **sized,
         "lr": lr,
         "train_loss": tr.pos.epoch_loss / max(1, tr.pos.epoch_images),
         "images": tr.pos.epoch_images,

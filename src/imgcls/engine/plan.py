@@ -10,7 +10,9 @@ training. The decisions come in the order they depend on each other:
    and the size of the classifier;
 2. :func:`resolve` — given the built model's own preprocessing and the number of training
    images: the input size and preprocessing, augmentation, test-time augmentation, batch size,
-   learning rate, weight decay, the fine-tuning schedule (head-only epochs, backbone rate).
+   learning rate, weight decay, the fine-tuning schedule (head-only epochs, backbone rate), the
+   training sizes (``--progressive-resize``; with ``auto`` a time budget decides it:
+   :mod:`imgcls.engine.candidates`).
 
 :meth:`Plan.config` writes the decisions into a copy of the configuration (``config.yaml``).
 """
@@ -27,6 +29,7 @@ import numpy as np
 
 from imgcls.config import PreprocessConfig, RunConfig
 from imgcls.data.table import DataTable
+from imgcls.engine.resolution import SizeSchedule, parse_progressive
 from imgcls.errors import UserError
 
 DEFAULT_EPOCHS = 10
@@ -62,6 +65,7 @@ class Plan:
     weight_decay: float
     backbone_lr_mult: float
     head_epochs: int
+    sizes: SizeSchedule  # the training input size of each step (progressive resizing, or none)
 
     def config(self, cfg: RunConfig) -> RunConfig:
         """A copy of ``cfg`` with every decision written in (what ``config.yaml`` records)."""
@@ -73,6 +77,7 @@ class Plan:
             pre.image_size, pre.resize_mode, pre.crop_pct, pre.interpolation,
         )  # fmt: skip
         d.augment, t.tta, t.batch_size = self.augment, self.tta, self.batch_size
+        d.progressive_resize = str(self.sizes.low) if self.sizes.enabled else "off"
         o.lr, o.weight_decay, o.backbone_lr_mult = self.lr, self.weight_decay, self.backbone_lr_mult
         return out
 
@@ -227,4 +232,6 @@ def resolve(
         weight_decay=DEFAULT_WD.get(o.optimizer, 0.0) if o.weight_decay is None else o.weight_decay,
         backbone_lr_mult=(0.1 if fine_tuning else 1.0) if o.backbone_lr_mult is None else o.backbone_lr_mult,
         head_epochs=head_epochs,
+        sizes=parse_progressive(cfg.data.progressive_resize, pre.image_size)
+        or SizeSchedule(pre.image_size, pre.image_size),  # auto without a budget: off
     )

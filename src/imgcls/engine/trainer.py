@@ -19,7 +19,8 @@ from imgcls.data.dataset import TrainingData, prepare_training_data
 from imgcls.data.loaders import EvalBatches, TrainBatches
 from imgcls.data.table import DataTable
 from imgcls.data.transforms import PRESETS, BatchAugment
-from imgcls.engine.budget import BudgetPlan
+from imgcls.engine.budget import BudgetPlan, provisional_warmup
+from imgcls.engine.candidates import fit_to_budget
 from imgcls.engine.distributed import Dist
 from imgcls.engine.finish import final_val_passes
 from imgcls.engine.loop import Trainer
@@ -139,6 +140,11 @@ def build_trainer(
     model_pre = preprocess_config(model)
     data = load_training_data(cfg, resolve_preprocess(cfg, model_pre, mp.image_side), table, dist)
     plan = resolve(cfg, mp, model_pre, train_images=len(data.splits.train), world=dist.world)
+    choice = ""
+    if not resuming:  # a resumed run keeps what its budget chose
+        n_train, n_val = len(data.splits.train) // dist.world, len(data.splits.val)
+        model, mp, plan, choice = fit_to_budget(cfg, mp, plan, model, run, train_images=n_train, val_images=n_val,
+                                                started=started or time.monotonic(), dist=dist)  # fmt: skip
     cfg = plan.config(cfg)
     task = make_task(cfg, data.table, data.splits.train)
     t, o = cfg.train, cfg.optim
@@ -163,7 +169,12 @@ def build_trainer(
         preprocess=plan.preprocess, ema=ema, mix=make_mixer(cfg, task), started=started or time.monotonic(),
         scaler=torch.amp.GradScaler(runtime.device.type) if runtime.precision == "fp16" else None,
         tta="flip" if plan.tta == "flip" else "none",  # auto: decided by finish()
+        choice=choice,
     )  # fmt: skip
+    if plan.sizes.enabled:
+        tr.sizes = plan.sizes
+        sizes = plan.sizes
+        train_batches.size_at = lambda step: sizes.size(step, tr.pos.total_steps)
     plan_steps(tr)
     return tr, plan
 
@@ -202,11 +213,12 @@ def plan_steps(tr: Trainer) -> None:
             val_images=len(tr.data.splits.val),
             batch_size=tr.train_batches.batch_size,
             final_passes=final_val_passes(tr),
+            sizes=tr.sizes,
         )
         epochs_cap = t.epochs or 10_000
         tr.pos.total_steps = epochs_cap * spe  # provisional: re-planned after a few steps
         tr.schedule.total = tr.pos.total_steps
-        tr.schedule.warmup = int(tr.cfg.optim.warmup * min(tr.pos.total_steps, 20 * spe))
+        tr.schedule.warmup = provisional_warmup(tr.cfg.optim.warmup, spe)
     else:
         tr.pos.total_steps = (t.epochs or DEFAULT_EPOCHS) * spe
         tr.schedule.total = tr.pos.total_steps
