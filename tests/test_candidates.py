@@ -120,7 +120,7 @@ def test_a_slower_machine_gets_a_cheaper_setting(
     patched in for the timed steps, the narrower nets 1.6x and 3.3x faster (as measured there)."""
     faster = {256: 1.0, 192: 1.6, 128: 3.3}  # by the width of the last stage
 
-    def step_seconds(model: torch.nn.Module, cfg: RunConfig, batch: int, size: int) -> float:
+    def step_seconds(model: torch.nn.Module, cfg: RunConfig, batch: int, size: int, spend: float) -> float:
         fc = model.fc
         assert isinstance(fc, torch.nn.Linear)
         speed = images_per_second * faster[fc.in_features]
@@ -150,7 +150,7 @@ def test_large_images_start_smaller_when_the_budget_is_short(
     size, so the run starts at 128 px (measured cost: the pixels plus a fixed 10%); 400 img/s
     trains 70 epochs at full size."""
 
-    def step_seconds(model: torch.nn.Module, cfg: RunConfig, batch: int, size: int) -> float:
+    def step_seconds(model: torch.nn.Module, cfg: RunConfig, batch: int, size: int, spend: float) -> float:
         return batch / images_per_second * (0.1 + 0.9 * (size / 224) ** 2)
 
     monkeypatch.setattr(candidates, "step_seconds", step_seconds)
@@ -201,3 +201,25 @@ def test_progressive_resizing_trains_small_first_and_ends_at_full_size(tmp_path:
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["progressive_resize"] == "28" and config["data"]["image_size"] == 48
     assert imgcls.load(run / "model").preprocess.image_size == 48  # the model is used at full size
+
+
+def test_the_timed_steps_stay_within_their_share_of_the_budget() -> None:
+    """A warm-up step, then up to three timed ones while they fit what measuring may spend (a
+    short budget still gets one)."""
+
+    class Counted(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.fc(x.mean((2, 3)))
+
+    cfg = RunConfig()
+    cfg.train.precision, cfg.train.device = "fp32", "cpu"
+    for spend, calls in ((0.0, 2), (float("inf"), 1 + candidates.TIMED_STEPS)):
+        model = Counted()
+        assert candidates.step_seconds(model, cfg, 4, 8, spend) > 0
+        assert model.calls == calls

@@ -5,7 +5,8 @@ A budget buys a different amount of training on every machine: ten minutes of Fa
 network that gets too few epochs ends far from what it could reach. So before a
 budgeted run trains, it times a few training steps of each candidate setting on this machine
 (with the run's device, precision, memory format and batch size, on random images: the
-candidates' speeds, not their accuracy) and plans each one's epochs with the arithmetic the run
+candidates' speeds, not their accuracy; a warm-up step, then up to three timed ones within 1% of
+the budget) and plans each one's epochs with the arithmetic the run
 itself plans its steps with (:class:`imgcls.engine.budget.BudgetPlan`). The candidates, the most
 capable first:
 
@@ -58,7 +59,8 @@ from imgcls.runtime import make_runtime
 #: trains without a budget
 NEED_EPOCHS = DEFAULT_EPOCHS
 NARROWER = {SMALL_ARCH: ("smallnet_075", "smallnet_050")}
-TIMED_STEPS = 3  # after one warm-up step
+TIMED_STEPS = 3  # at most, after one warm-up step
+MEASURING_SHARE = 0.01  # of the budget, for the timed steps after the warm-ups (at least one each)
 
 
 @dataclass
@@ -90,9 +92,10 @@ def open_choices(cfg: RunConfig, mp: ModelPlan, size: int) -> tuple[list[str], b
     return (archs if len(archs) > 1 or sizes else []), sizes
 
 
-def step_seconds(model: nn.Module, cfg: RunConfig, batch: int, size: int) -> float:
+def step_seconds(model: nn.Module, cfg: RunConfig, batch: int, size: int, spend: float = float("inf")) -> float:
     """The fastest of a few training steps of ``model`` (AdamW, the run's precision and memory
-    format) on a random batch of ``size``-px images."""
+    format) on a random batch of ``size``-px images: after a warm-up step, up to
+    :data:`TIMED_STEPS` while they take less than ``spend`` seconds (at least one)."""
     t = cfg.train
     runtime = make_runtime(model, device=t.device, precision=t.precision, channels_last=t.channels_last)
     net = runtime.prepare(model).train()
@@ -110,6 +113,8 @@ def step_seconds(model: nn.Module, cfg: RunConfig, batch: int, size: int) -> flo
             torch.cuda.synchronize(runtime.device)
         if i:
             best = min(best, time.perf_counter() - start)
+            if i * best > spend:
+                break
     return best
 
 
@@ -119,13 +124,14 @@ def measure(cfg: RunConfig, mp: ModelPlan, plan: Plan, archs: list[str], choose_
 
     full = plan.preprocess.image_size
     low = low_size(full) if choose_sizes else full
+    spend = MEASURING_SHARE * parse_duration(str(cfg.train.time_budget)) / (len(archs) * (1 + (low < full)))
     out: list[Candidate] = []
     for arch in archs:
         model, _ = build_model(arch, num_classes=mp.num_outputs, norm=mp.norm, attn=mp.attn)
-        t_full = step_seconds(model, cfg, plan.batch_size, full)
+        t_full = step_seconds(model, cfg, plan.batch_size, full, spend)
         options = [plan.sizes]
         if low < full:
-            t_low = step_seconds(model, cfg, plan.batch_size, low)
+            t_low = step_seconds(model, cfg, plan.batch_size, low, spend)
             share = (low / full) ** 2
             fixed = min(0.9, max(0.0, (t_low / t_full - share) / (1 - share)))
             options = [SizeSchedule(full, full), SizeSchedule(low, full, fixed)]
