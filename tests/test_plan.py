@@ -70,6 +70,11 @@ def test_every_remaining_default_is_decided_and_the_config_is_not_touched() -> N
     plan = resolve(cfg, small, SMALLNET, train_images=55_000)
     assert cfg == before  # nothing mutated
     assert plan.preprocess.image_size == 28 and plan.preprocess.crop_pct == 1.0  # every pixel kept
+    for side, size in ((32, 32), (48, 48), (8, 28)):  # small images are not downsampled
+        assert (
+            resolve(cfg, resolve_model(cfg, table(pixels=side)), SMALLNET, train_images=500).preprocess.image_size
+            == size
+        )
     assert (plan.augment, plan.tta, plan.batch_size) == ("small", "auto", 256)
     assert plan.lr == pytest.approx(1e-3 * 2) and plan.weight_decay == 0.05  # AdamW: sqrt(256 / 64)
     assert (plan.head_epochs, plan.backbone_lr_mult) == (0, 1.0)  # from scratch

@@ -166,6 +166,8 @@ def resolve_preprocess(cfg: RunConfig, model_pre: PreprocessConfig, side: int | 
         pre = pre.with_size(d.image_size)
     elif side is not None and side < pre.image_size and pre.image_size > 64:
         pre = pre.with_size(max(32, side))  # no 224-px upsampling of 28-px images by default
+    elif side is not None and pre.image_size < side <= SMALL_IMAGE:
+        pre = pre.with_size(side)  # nor a downsampling: 32-px CIFAR-like images train at 32, not 28
     if side is not None and side <= SMALL_IMAGE:
         pre = dataclasses.replace(pre, crop_pct=1.0)  # small images: keep every pixel
     # the values were checked by check_config
