@@ -68,7 +68,8 @@ TRAIN_HELP = {
     "crop_margin": "margin around a crop, share of the box's longer side (default 0.1)",
     "corrections": "corrections.csv from 'imgcls review': relabelled images take their new label, rejected "
     "ones are left out",
-    "arch": "architecture (see 'imgcls models'); auto: resnet18, or lenet for tiny images",
+    "arch": "architecture (see 'imgcls models'); auto: resnet18, or smallnet for images of 64 px or less "
+    "(with --time-budget, smallnet_075 or smallnet_050 where the machine is too slow for it)",
     "pretrained": "auto (published weights when there are), none, timm, torchvision, or a model "
     "directory / weights file",
     "norm": "normalization: batch, group, layer, instance, none (ResNet, VGG, LeNet)",
@@ -96,7 +97,9 @@ TRAIN_HELP = {
         "or f1 / balanced: the one that maximises F1 / balanced accuracy on the validation set"
     ),
     "epochs": "number of epochs (default 10)",
-    "time_budget": "plan the run to end within this wall time, e.g. 10m, 1h30m",
+    "time_budget": "plan the run to end within this wall time, e.g. 10m, 1h30m; it first times the settings "
+    "left open (small images: smallnet's width; large: progressive resizing) and takes the most capable one "
+    "that still trains 10 epochs (RUN_DIR/budget.json)",
     "batch_size": (
         "images per batch (default 64; 256 for images of 64 px or less; smaller, down to 16, "
         "when the training set would give under 32 steps an epoch)"
