@@ -56,7 +56,7 @@ def measure(name: str, model_dir: Path | None, batch: int, work: Path) -> dict[s
 
     import imgcls
     from imgcls.export import export_onnx
-    from imgcls.quantize import _quantize
+    from imgcls.quantize import quantize_graph
     from imgcls.runtime import cpu_has_fast_bf16, physical_cores
 
     if model_dir is None:  # random weights: a model directory of its own
@@ -73,7 +73,8 @@ def measure(name: str, model_dir: Path | None, batch: int, work: Path) -> dict[s
     calib = photos(clf.preprocess, make_dataset(BENCH / "int8-calibration", {"": 8}, (1024, 768)))
     x = photos(clf.preprocess, make_dataset(BENCH / "int8-agreement", {"": 16}, (1024, 768), seed=7))
     int8 = work / f"{name}.int8.onnx"
-    _quantize(onnx_file, int8, [calib[k : k + 16] for k in range(0, len(calib) // 16 * 16, 16)], reduce_range=False)
+    batches = [calib[k : k + 16] for k in range(0, len(calib) // 16 * 16, 16)]
+    quantize_graph(onnx_file, int8, batches, reduce_range=False)
     xb = np.concatenate([x] * (-(-batch // len(x))))[:batch]
     model = clf.model.eval().to(memory_format=torch.channels_last)
 

@@ -76,7 +76,7 @@ def quantize_int8(
 
     def make(tmp: str) -> None:  # into a temporary sibling: a refused or failed quantisation leaves nothing
         calib = _calibration_batches(ref, table, _by_class(table, train_rows, calibration_images), workers)
-        _quantize(fp32, Path(tmp), calib, reduce_range)
+        quantize_graph(fp32, Path(tmp), calib, reduce_range)
         report = QuantReport(path=str(target), calibration_images=sum(len(b) for b in calib),
                              reduce_range=reduce_range, cpu=cpu_tier(),
                              **_measure(ref, Path(tmp), table, val_rows, workers))  # fmt: skip
@@ -152,7 +152,11 @@ def _calibration_batches(ref: Any, table: Any, rows: np.ndarray, workers: int | 
             for k in range(0, len(pixels), size)]  # fmt: skip
 
 
-def _quantize(fp32: Path, out: Path, batches: list[np.ndarray], reduce_range: bool) -> None:
+def quantize_graph(fp32: Path, out: Path, batches: list[np.ndarray], reduce_range: bool) -> None:
+    """Write the int8 graph of the float graph ``fp32`` to ``out``: ONNX Runtime's static QDQ
+    quantisation, per-channel weights, calibrated on ``batches`` (normalised float32 inputs) with
+    the choices of the module docstring. Neither measures nor refuses: :func:`quantize_int8`
+    does (``benchmarks/bench_int8.py`` calls this to time the graph alone)."""
     import logging
 
     import onnx
