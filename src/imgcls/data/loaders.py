@@ -219,10 +219,10 @@ class TrainBatches:
         return len(self.plan(0))
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
-        plan = self.plan(epoch)[start_step:]
+        whole = self.plan(epoch)
+        plan, spe = whole[start_step:], len(whole)
 
         def produce() -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
-            spe = len(self)
             for step, (rows, pixels) in enumerate(self.source.batches(plan), start=start_step):
                 g = batch_generator(self.seed, epoch, step)
                 size = self.size_at(epoch * spe + step) if self.size_at is not None else None
