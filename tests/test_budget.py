@@ -36,7 +36,7 @@ def simulate(budget: float, *, spe: int, step_s: float, batch: int, val_images: 
             times.append(step_s)
             if len(times) >= MEASURED_FIRST and replan_due(step + 1, spe):
                 total, warmup = replan(plan, elapsed=clock, step_seconds=float(np.median(times[-50:])),
-                                       steps_done=g + 1, batch_size=batch, warmup_share=0.05, warmup=warmup)  # fmt: skip
+                                       steps_done=g + 1, warmup_share=0.05, warmup=warmup)  # fmt: skip
         clock += val_pass
         epoch += 1
     clock += 2 * val_pass / 1.2

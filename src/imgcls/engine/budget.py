@@ -57,6 +57,11 @@ class BudgetPlan:
                 hi = mid - 1
         return steps_done + lo  # nothing more fits: stop now (one more step each re-plan never ends)
 
+    def total_for(self, elapsed: float, step_seconds: float, steps_done: int) -> int:
+        """:meth:`total_steps`, a validation image priced from the training step: a forward pass
+        (:data:`FORWARD_SHARE` of a step) over one image of the batch."""
+        return self.total_steps(elapsed, step_seconds, steps_done, step_seconds / self.batch_size * FORWARD_SHARE)
+
 
 #: a forward pass costs about a third of a training step (no backward, no optimiser)
 FORWARD_SHARE = 1.0 / 3.0
@@ -94,11 +99,9 @@ def replan(
     elapsed: float,
     step_seconds: float,
     steps_done: int,
-    batch_size: int,
     warmup_share: float,
     warmup: int,
 ) -> tuple[int, int]:
     """(total steps, warm-up steps) for the rest of a budgeted run."""
-    val_image_s = step_seconds / batch_size * FORWARD_SHARE
-    total = plan.total_steps(elapsed, step_seconds, steps_done, val_image_s)
+    total = plan.total_for(elapsed, step_seconds, steps_done)
     return total, planned_warmup(warmup_share, total, warmup, steps_done)

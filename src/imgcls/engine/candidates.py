@@ -48,10 +48,10 @@ import torch
 from torch import nn
 
 from imgcls.config import RunConfig, parse_duration
-from imgcls.engine.budget import FORWARD_SHARE, BudgetPlan
+from imgcls.engine.budget import BudgetPlan
 from imgcls.engine.distributed import Dist
 from imgcls.engine.plan import DEFAULT_EPOCHS, SMALL_ARCH, SMALL_IMAGE, ModelPlan, Plan
-from imgcls.engine.resolution import SizeSchedule, low_size
+from imgcls.engine.resolution import SizeSchedule, low_size, parse_progressive
 from imgcls.io import atomic_write_text
 from imgcls.runtime import make_runtime
 
@@ -88,7 +88,7 @@ def open_choices(cfg: RunConfig, mp: ModelPlan, size: int) -> tuple[list[str], b
     archs = [mp.arch]
     if cfg.model.arch == "auto" and mp.pretrained is None:
         archs += list(NARROWER.get(mp.arch, ()))
-    sizes = size > SMALL_IMAGE and str(cfg.data.progressive_resize).lower() == "auto"
+    sizes = size > SMALL_IMAGE and parse_progressive(cfg.data.progressive_resize, size) is None  # auto
     return (archs if len(archs) > 1 or sizes else []), sizes
 
 
@@ -118,13 +118,15 @@ def step_seconds(model: nn.Module, cfg: RunConfig, batch: int, size: int, spend:
     return best
 
 
-def measure(cfg: RunConfig, mp: ModelPlan, plan: Plan, archs: list[str], choose_sizes: bool) -> list[Candidate]:
+def measure(
+    cfg: RunConfig, mp: ModelPlan, plan: Plan, archs: list[str], choose_sizes: bool, budget: float
+) -> list[Candidate]:
     """Every candidate, in order of capability, with its measured speed (not yet its epochs)."""
     from imgcls.models.factory import build_model
 
     full = plan.preprocess.image_size
     low = low_size(full) if choose_sizes else full
-    spend = MEASURING_SHARE * parse_duration(str(cfg.train.time_budget)) / (len(archs) * (1 + (low < full)))
+    spend = MEASURING_SHARE * budget / (len(archs) * (1 + (low < full)))
     out: list[Candidate] = []
     for arch in archs:
         model, _ = build_model(arch, num_classes=mp.num_outputs, norm=mp.norm, attn=mp.attn)
@@ -132,9 +134,7 @@ def measure(cfg: RunConfig, mp: ModelPlan, plan: Plan, archs: list[str], choose_
         options = [plan.sizes]
         if low < full:
             t_low = step_seconds(model, cfg, plan.batch_size, low, spend)
-            share = (low / full) ** 2
-            fixed = min(0.9, max(0.0, (t_low / t_full - share) / (1 - share)))
-            options = [SizeSchedule(full, full), SizeSchedule(low, full, fixed)]
+            options = [SizeSchedule(full, full), SizeSchedule.timed(low, full, t_low, t_full)]
         out += [Candidate(arch, sizes, t_full, plan.batch_size) for sizes in options]
     return out
 
@@ -144,7 +144,7 @@ def plan_epochs(c: Candidate, budget: float, elapsed: float, train_images: int, 
     spe = max(1, train_images // c.batch)
     bp = BudgetPlan(budget=budget, steps_per_epoch=spe, val_images=val_images, batch_size=c.batch,
                     final_passes=1.0, sizes=c.sizes)  # fmt: skip
-    return bp.total_steps(elapsed, c.full_step, 0, c.full_step / c.batch * FORWARD_SHARE) / spe
+    return bp.total_for(elapsed, c.full_step, 0) / spe
 
 
 def pick(found: list[Candidate], need: float) -> tuple[int, str]:
@@ -169,10 +169,10 @@ def choose(
     archs, choose_sizes = open_choices(cfg, mp, plan.preprocess.image_size)
     if not archs:
         return None
-    t0 = time.perf_counter()
-    found = measure(cfg, mp, plan, archs, choose_sizes)
-    spent = time.perf_counter() - t0
     budget = parse_duration(str(cfg.train.time_budget))
+    t0 = time.perf_counter()
+    found = measure(cfg, mp, plan, archs, choose_sizes, budget)
+    spent = time.perf_counter() - t0
     elapsed = time.monotonic() - started
     for c in found:
         c.epochs = plan_epochs(c, budget, elapsed, train_images, val_images)

@@ -143,7 +143,6 @@ def _maybe_replan(tr: Trainer, global_step: int) -> None:
         elapsed=tr.elapsed,
         step_seconds=float(np.median(tr.step_times[-50:])),
         steps_done=global_step,
-        batch_size=tr.train_batches.batch_size,
         warmup_share=tr.cfg.optim.warmup,
         warmup=tr.schedule.warmup,
     )

@@ -59,6 +59,13 @@ class SizeSchedule:
         q = quantum(self.full)
         return min(self.full, max(self.low, q * round((self.low + grow * (self.full - self.low)) / q)))
 
+    @classmethod
+    def timed(cls, low: int, full: int, low_seconds: float, full_seconds: float) -> SizeSchedule:
+        """The schedule from ``low`` whose :meth:`cost` at ``low`` is the measured ratio of a step
+        there to one at full size (its fixed share kept between 0 and 0.9)."""
+        share = (low / full) ** 2
+        return cls(low, full, min(0.9, max(0.0, (low_seconds / full_seconds - share) / (1 - share))))
+
     def cost(self, size: int) -> float:
         """A step's time at ``size`` as a share of one at full size."""
         return self.fixed + (1 - self.fixed) * (size / self.full) ** 2
