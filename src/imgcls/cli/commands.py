@@ -229,10 +229,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         det_threshold=args.det_threshold, det_categories=args.det_categories,
         crop_margin=args.crop_margin, corrections=args.corrections, default_out=True,
     )  # fmt: skip
-    from imgcls.data.table import left_out_on_purpose
+    from imgcls.data.table import count_left_out
 
     m = r.metrics
-    chosen = sum(1 for _, why in r.skipped if left_out_on_purpose(why))
+    chosen = count_left_out(r.skipped)
     why = f" ({chosen} left out on purpose: no detection, or rejected in a review)" if chosen else ""
     print(f"{r.task} evaluation on {m['num_images']} images ({r.split}), {m['num_skipped']} skipped{why}")
     keys = ("top1", "top5", "balanced_accuracy", "macro_f1", "roc_auc", "average_precision", "mAP",

@@ -21,7 +21,7 @@ from imgcls.data.loaders import PixelSource
 from imgcls.data.sources import load_source
 from imgcls.data.splits import Splits, make_splits, splits_csv
 from imgcls.data.store import DEFAULT_MAX_BYTES, build_store
-from imgcls.data.table import DataTable, left_out_on_purpose, make_targets
+from imgcls.data.table import DataTable, count_left_out, make_targets
 from imgcls.data.transforms import square_size
 from imgcls.errors import UserError
 
@@ -147,7 +147,7 @@ def prepare_training_data(
         store, bad = build_store(table, cfg, cache=cache, cache_dir=cache_dir, workers=workers, max_pixels=max_pixels,
                                  progress=progress, max_bytes=cache_max_bytes)  # fmt: skip
         skipped.extend(bad)
-        chosen = sum(1 for _, why in table.skipped if left_out_on_purpose(why))  # blanks, rejections: not faults
+        chosen = count_left_out(table.skipped)  # blanks, rejections: not faults
         check_skipped(len(skipped) - chosen, len(table) + len(table.skipped) - chosen, max_skipped)
         ok = store.ok
         splits = Splits(train=splits.train[ok[splits.train]], val=splits.val[ok[splits.val]], test=splits.test)

@@ -35,6 +35,11 @@ def left_out_on_purpose(reason: str) -> bool:
     return reason.startswith((REVIEWED, NO_DETECTION))
 
 
+def count_left_out(skipped: list[tuple[str, str]]) -> int:
+    """How many of ``skipped`` (path, reason) were left out on purpose."""
+    return sum(1 for _, why in skipped if left_out_on_purpose(why))
+
+
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
     "train": "train",

@@ -24,7 +24,7 @@ from imgcls.artifacts import write_history
 from imgcls.config import RunConfig, check_config, dump_yaml, from_dict
 from imgcls.console import info
 from imgcls.data.dataset import TableHook, load_table
-from imgcls.data.table import REVIEWED, left_out_on_purpose
+from imgcls.data.table import REVIEWED, count_left_out
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
 from imgcls.engine.finish import finish
@@ -298,7 +298,7 @@ def describe_start(tr: Trainer) -> None:
         info(tr.choice)
     if d.skipped:
         reviewed = sum(1 for _, why in d.skipped if why.startswith(REVIEWED))
-        blank = sum(1 for _, why in d.skipped if left_out_on_purpose(why)) - reviewed
+        blank = count_left_out(d.skipped) - reviewed
         parts = ((len(d.skipped) - reviewed - blank, "unusable"), (blank, "without a detection (blank)"),
                   (reviewed, REVIEWED))  # fmt: skip
         what = ", ".join(f"{n} {w}" for n, w in parts if n)
