@@ -63,3 +63,30 @@ def test_a_folder_is_replaced_as_a_whole(tmp_path: Path, umask_002: object) -> N
     assert sorted(p.name for p in target.iterdir()) == ["NOTES.md", "config.json", "model.safetensors"]
     assert (target / "config.json").read_text() == "v2" and (target / "NOTES.md").read_text() == "the user's notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
+
+
+def test_under_torchrun_only_rank_0_probes_and_checks_the_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ranks checking one --out at once: rank 1 used to meet rank 0's probe file ('already
+    exists and is not empty') or a folder its clean-up had just removed, and exit 2."""
+    from imgcls.config import RunConfig
+    from imgcls.engine.fit import prepare_run_dir
+    from imgcls.errors import UserError
+    from imgcls.io import check_writable
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".imgcls-probe-x1").write_bytes(b"")  # rank 0 probing at this moment
+    cfg = RunConfig()
+    cfg.train.out = str(run)
+    with pytest.raises(UserError, match="already exists and is not empty"):
+        prepare_run_dir(cfg, resume=False)  # no torchrun: refused as before
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert prepare_run_dir(cfg, resume=False) == (run, None)
+    missing = tmp_path / "new" / "out.csv"
+    assert check_writable(missing) == missing and not (tmp_path / "new").exists()  # rank 1 writes nothing
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match="already exists and is not empty"):
+        prepare_run_dir(cfg, resume=False)

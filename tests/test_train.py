@@ -345,6 +345,9 @@ def test_ddp_with_two_cpu_processes(folder: Path, tmp_path: Path) -> None:
     train_rows = sum(1 for x in rows(tmp_path / "run" / "splits.csv") if x["split"] == "train")
     assert h[0]["images"] == (train_rows // 2 // 4) * 4 * 2
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    # the same --out again: rank 0 alone checks it and refuses; torchrun stops the other rank
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0 and r.stderr.count("already exists and is not empty") == 1, r.stderr[-2000:]
 
 
 def test_time_budget_plans_the_schedule_to_end_on_time(folder: Path, tmp_path: Path) -> None:

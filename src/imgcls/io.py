@@ -176,12 +176,24 @@ def atomic_dir(path: str | Path, *, replaces: tuple[str, ...] = ()) -> Iterator[
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def launch_rank() -> int:
+    """This process's rank when ``torchrun`` started several (0 otherwise), known before the
+    process group is joined."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 def check_writable(path: str | Path, *, folder: bool = False, option: str = "--out") -> Path:
     """Refuse at once, in one line naming the path and the reason, an output that could not be
     written: a file where a folder is wanted or the other way round, a parent that is a file, a
     place without write permission. Checked by creating what is missing and a probe file there,
-    then removing both, so nothing is left behind and the real write later meets no surprise."""
+    then removing both, so nothing is left behind and the real write later meets no surprise.
+
+    Under ``torchrun`` only rank 0 checks: the others, probing the same place at the same moment,
+    would meet its probe file or lose a folder its clean-up removes; when rank 0 refuses, it
+    exits and torchrun stops the others."""
     p = Path(path).expanduser()
+    if launch_rank() != 0:
+        return p
     if folder and p.exists() and not p.is_dir():
         raise UserError(f"{option} {p}: exists and is not a folder")
     if not folder and p.is_dir():

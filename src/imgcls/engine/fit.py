@@ -42,7 +42,13 @@ EpochCallback = Callable[[Path, list[dict[str, Any]]], None]
 
 # ----------------------------------------------------------------------------- run directory
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] | None]:
-    """The run folder, and the checkpoint state when resuming (its config replaces ``cfg``)."""
+    """The run folder, and the checkpoint state when resuming (its config replaces ``cfg``).
+
+    Under ``torchrun`` only rank 0 checks and creates a new run folder: another rank, looking
+    while rank 0 probes it, would find it not empty and refuse (the others wait for rank 0 when
+    they join the process group, which comes after this)."""
+    from imgcls.io import launch_rank
+
     if not cfg.train.out:
         raise UserError("--out RUN_DIR is required")
     run = Path(cfg.train.out)
@@ -52,6 +58,8 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] 
         if state is None:
             raise UserError(f"--resume: {run} has no checkpoint to resume from")
         return run, state
+    if launch_rank() != 0:
+        return run, None
     if run.is_dir() and any(run.iterdir()):
         hint = " (add --resume to continue it)" if (ckpt_dir / "state.pt").exists() else ""
         raise UserError(f"{run} already exists and is not empty{hint}; choose another --out")

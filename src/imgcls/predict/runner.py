@@ -224,13 +224,15 @@ def run_predict(
     default), and the output finished (``finish(writer)``, else the writer's own ``finalize``).
     ``wrap(writer)`` may wrap the writer (the camera-trap steps annotate rows). Under
     ``torchrun`` each process writes its part and rank 0 merges the parts, in input order."""
+    from imgcls.io import launch_rank
     from imgcls.outputs import guard_resume, writer_for
 
     writer_options = {"model": clf.describe(), **(writer_options or {})}
     world = int(os.environ.get("WORLD_SIZE", "1"))
     writer = writer_for(out, fmt, writer_options)
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    guard_resume(out, run_settings(clf, writer.name, kwargs, **(settings or {})), resume, write=rank0, writer=writer)
+    guard_resume(
+        out, run_settings(clf, writer.name, kwargs, **(settings or {})), resume, write=launch_rank() == 0, writer=writer
+    )
     top_k, threshold = kwargs.pop("top_k", 5), kwargs.pop("threshold", None)  # they shape the rows: the source's
     source = source or Files(top_k, threshold)
     if world <= 1:
