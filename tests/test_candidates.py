@@ -14,7 +14,7 @@ from imgcls.config import RunConfig
 from imgcls.data.transforms import PRESETS, BatchAugment
 from imgcls.engine import candidates
 from imgcls.engine.budget import BudgetPlan
-from imgcls.engine.candidates import Candidate, choose, open_choices, pick
+from imgcls.engine.candidates import NEED_EPOCHS, Candidate, choose, open_choices, pick
 from imgcls.engine.distributed import Dist
 from imgcls.engine.plan import ModelPlan, Plan
 from imgcls.engine.resolution import SizeSchedule, low_size, parse_progressive
@@ -179,8 +179,12 @@ def test_a_budgeted_run_on_small_images_chooses_the_width_and_keeps_it(tmp_path:
     run = imgcls.train(data, out=tmp_path / "run", time_budget="8s", pretrained="none", cache_dir=tmp_path / "c")
     record = json.loads((run / "budget.json").read_text())
     assert [c["arch"] for c in record["candidates"]] == ["smallnet", "smallnet_075", "smallnet_050"]
-    assert all(c["images_per_second"] > 0 and c["planned_epochs"] > 0 for c in record["candidates"])
+    assert all(c["images_per_second"] > 0 and c["planned_epochs"] >= 0 for c in record["candidates"])
     chosen = next(c for c in record["candidates"] if c["chosen"])
+    # the rule, whatever this machine's speed (a loaded machine may plan no candidate 10 epochs)
+    planned = [c["planned_epochs"] for c in record["candidates"]]
+    enough = [c for c in record["candidates"] if c["planned_epochs"] >= NEED_EPOCHS]
+    assert chosen is enough[0] if enough else chosen["planned_epochs"] >= max(planned) - 0.01
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["arch"] == chosen["arch"]  # recorded, so --resume trains the same network
     assert config["data"]["progressive_resize"] == "off"  # 28-px images keep their size
