@@ -147,6 +147,26 @@ def test_fit_temperature_binary_and_already_calibrated() -> None:
         fit_temperature("multilabel", z[:, None], y)
 
 
+def test_no_temperature_is_fitted_to_labels_the_logits_separate() -> None:
+    """All right: the NLL falls as T goes to 0, and the search's end (T = 0.05) made a run on 20
+    validation images report NLL 0.0000 and probabilities of 1.0 for anything."""
+    from imgcls.tasks import fit_temperature
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 20)
+    z = rng.normal(size=(20, 4))
+    z[np.arange(20), y] += 3.0 + np.abs(z).max()  # every label the arg-max
+    assert fit_temperature("multiclass", z, y) is None
+    z[0, (y[0] + 1) % 4] = z[0, y[0]] + 0.5  # one mistake: a finite fit again
+    t = fit_temperature("multiclass", z, y)
+    assert t is not None and 0.05 < t < 20
+    zb = np.where(y % 2 == 1, 2.0, -2.0) + rng.normal(0, 0.5, 20)
+    assert fit_temperature("binary", zb, y % 2, positive=1) is None
+    assert fit_temperature("binary", -zb, y % 2, positive=0) is None  # the positive class at index 0
+    zb[0] = -zb[0]
+    assert fit_temperature("binary", zb, y % 2, positive=1) is not None
+
+
 def test_binary_threshold_tuning_by_hand() -> None:
     from imgcls.tasks import tune_binary_threshold
 

@@ -186,13 +186,22 @@ def test_calibration_fits_a_temperature_that_predict_and_evaluate_use(
 ) -> None:
     from imgcls.evaluate import evaluate
 
-    data = image_folder(tmp_path / "d", ("cat", "dog", "fox"), 40)  # 24 validation images
+    data = tmp_path / "d"
+    image_folder(data / "train", ("cat", "dog", "fox"), 32)
+    image_folder(data / "val", ("cat", "dog", "fox"), 8, seed=1)  # 24 validation images
     opts = dict(FAST, epochs=3, label_smoothing=0.2)
+    run = imgcls.train(data, out=tmp_path / "sep", cache_dir=tmp_path / "c", **opts)
+    err = capsys.readouterr().err  # all 24 right: the NLL falls all the way to T = 0, no fit
+    assert "calibration: not fitted: the network classifies all 24 validation images right" in err
+    assert read_info(run / "model").temperature == 1.0
+    for k in range(3):  # three images labelled as the next class: the network gets them wrong
+        cls, nxt = ("cat", "dog", "fox")[k], ("dog", "fox", "cat")[k]
+        (data / "val" / cls / f"{cls}_000.jpg").rename(data / "val" / nxt / f"was_{cls}.jpg")
     run = imgcls.train(data, out=tmp_path / "run", cache_dir=tmp_path / "c", **opts)
     err = capsys.readouterr().err
     assert "calibration: temperature" in err
     info = read_info(run / "model")
-    assert info.temperature != 1.0 and 0.05 <= info.temperature <= 20
+    assert info.temperature != 1.0 and 0.05 < info.temperature < 20
     raw = imgcls.train(data, out=tmp_path / "raw", cache_dir=tmp_path / "c", calibrate=False, **opts)
     assert read_info(raw / "model").temperature == 1.0  # same seed, same weights, no temperature
     assert sum(r["split"] == "val" for r in rows(run / "splits.csv")) == 24

@@ -173,11 +173,16 @@ def tune_binary_threshold(p_positive: np.ndarray, is_positive: np.ndarray, metri
     return best
 
 
-def fit_temperature(task: str, logits: np.ndarray, targets: np.ndarray, positive: int = 1) -> float:
+def fit_temperature(task: str, logits: np.ndarray, targets: np.ndarray, positive: int = 1) -> float | None:
     """The temperature T minimising the mean NLL of the validation labels (multiclass: class
     indices and (N, K) logits; binary: class indices and (N,) or (N, 1) logits of ``positive``).
     With test-time augmentation, pass the mean logits of the views, as prediction computes them.
-    A golden-section search over log T in [0.05, 20]."""
+    A golden-section search over log T in [0.05, 20].
+
+    None when the logits separate the labels (every label the strict arg-max; binary: every
+    logit on its label's side of 0): then the NLL falls all the way as T goes to 0, there is no
+    finite fit, and the search's end would make the model claim certainty (a small validation
+    split that the network gets all right is the usual case)."""
     if task not in ("multiclass", "binary"):
         raise ValueError(f"temperature scaling applies to multiclass and binary tasks, not {task}")
     z = np.asarray(logits, np.float64)
@@ -185,6 +190,13 @@ def fit_temperature(task: str, logits: np.ndarray, targets: np.ndarray, positive
     if task == "binary":
         z = z.reshape(-1)
         y = (y == positive).astype(np.float64)
+        if len(y) and bool(np.all(np.where(y > 0, z > 0, z < 0))):
+            return None
+    elif len(y):
+        others = z.copy()
+        others[np.arange(len(y)), y] = -np.inf
+        if bool(np.all(z[np.arange(len(y)), y] > others.max(axis=1))):
+            return None
 
     def nll(log_t: float) -> float:  # from log-probabilities: exact for any logit size
         s = z / math.exp(log_t)

@@ -6,8 +6,8 @@ where test-time augmentation is on or to be decided):
 - ``--tta auto``: flip TTA is kept only where it helps: the validation metric the run monitors
   (top-1, mAP...) with the mean logits of each image and its mirror against without, the NLL
   breaking ties; both figures are recorded in the model directory and printed;
-- the temperature is fitted (multi-class, binary; at least 20 validation images, else it says
-  so) to the logits prediction computes, so probabilities are calibrated;
+- the temperature is fitted (multi-class, binary; at least 20 validation images and not all of
+  them right, else it says so) to the logits prediction computes, so probabilities are calibrated;
 - thresholds are tuned (multi-label; binary with ``--binary-threshold f1|balanced``);
 - the model is saved again with the validation metrics of exactly that procedure, which is what
   ``imgcls evaluate`` on the same split computes.
@@ -105,11 +105,14 @@ def finish(tr: Trainer, save: Any) -> dict[str, Any]:
         assert mirror is not None
         tr.tta, figures = choose_tta(tr.task, plain, mirror, targets, tr.cfg.train.monitor)
     logits = (plain + mirror) / 2 if tr.tta == "flip" and mirror is not None else plain
-    before = None
+    before: float | None = None
+    separated = False
     if plan.calibrate and len(rows):
         tr.task.temperature = 1.0
         before = quick_metrics(tr.task, probabilities(tr.task, logits), targets).get("nll")
-        tr.task.temperature = fit_temperature(tr.task.name, logits, targets, tr.task.positive)
+        fitted = fit_temperature(tr.task.name, logits, targets, tr.task.positive)
+        separated = fitted is None
+        tr.task.temperature = 1.0 if fitted is None else fitted
     probs = probabilities(tr.task, logits)
     if tr.task.name == "multilabel" and len(rows):
         tr.task.thresholds = tune_thresholds(probs, targets)
@@ -121,7 +124,13 @@ def finish(tr: Trainer, save: Any) -> dict[str, Any]:
     val = val_metrics(tr.task, probs, targets) if len(rows) else {}
     val["val_seconds"] = time.perf_counter() - t0
     if tr.dist.main:
-        _say(tr, figures, before, val, len(rows), tune_binary)
+        _say(tr, figures, None if separated else before, val, len(rows), tune_binary)
+        if separated:
+            info(
+                f"calibration: not fitted: the network classifies all {len(rows)} validation images right, so "
+                "the NLL only falls as the temperature goes to 0 (a fit would claim certainty); "
+                "probabilities are the network's own"
+            )
         last = tr.pos.history[-1] if tr.pos.history else {}
         extra = {"tta_choice": {k: {m: round(float(v), 6) for m, v in f.items()} for k, f in figures.items()}}
         save(tr, {**{k: v for k, v in last.items() if not k.startswith("val_")}, "epoch": tr.pos.best.get("epoch"),
