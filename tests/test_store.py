@@ -40,7 +40,14 @@ def test_cache_info_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     cache = tmp_path / "cache"
     for k in range(2):
         build_store(load_source(image_folder(tmp_path / f"d{k}", ("a", "b"), 3, seed=k)), CFG, cache_dir=cache)
-    (cache / "notes.txt").write_text("not ours")
+    mine = {
+        "notes.txt": "not ours",
+        "labels.json": '{"shape": [1, 2], "reasons": []}',
+        "features.npy": "",
+        ".features.999999999.1.npy.tmp": "",
+    }  # a user's files in the folder given as --cache-dir
+    for name, text in mine.items():
+        (cache / name).write_text(text)
     old = cache_entries(cache)[-1]
     os.utime(cache / f"{old.key}.json", (time.time() - 40 * 86400, time.time() - 40 * 86400))
     assert main(["cache", "info", "--cache-dir", str(cache)]) == 0
@@ -49,5 +56,11 @@ def test_cache_info_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["cache", "clear", "--cache-dir", str(cache), "--older-than", "30d"]) == 0
     assert "removed 1 entries" in capsys.readouterr().out
     assert [e.key for e in cache_entries(cache)] != [old.key] and len(cache_entries(cache)) == 1
+    orphan = cache / f"{'0' * 32}.npy"  # a data file whose record was never written (killed between)
+    orphan.write_bytes(b"\0" * 64)
+    assert [e.data for e in cache_entries(cache) if e.files == [orphan]] == ["(no readable record)"]
     assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
-    assert cache_entries(cache) == [] and sorted(p.name for p in cache.iterdir()) == ["notes.txt"]
+    assert cache_entries(cache) == [] and sorted(p.name for p in cache.iterdir()) == sorted(mine)
+    # eviction goes by the same entries: a user's files are never what it removes
+    build_store(load_source(image_folder(tmp_path / "d2", ("a", "b"), 3, seed=2)), CFG, cache_dir=cache, max_bytes=1)
+    assert len(cache_entries(cache)) == 1 and all((cache / name).exists() for name in mine)

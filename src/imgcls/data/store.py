@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ from imgcls.data.transforms import prepare_square, square_size, to_nchw
 
 log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when the stored pixels would change for the same files
+_KEY = re.compile(r"[0-9a-f]{32}")  # an entry's name: :func:`_key`
 DEFAULT_MAX_BYTES = 50 * 10**9
 
 
@@ -219,25 +221,31 @@ class CacheEntry:
 
 def cache_entries(folder: str | Path | None = None) -> list[CacheEntry]:
     """The entries of a cache folder (default :func:`default_cache_dir`), most recently used
-    first; unfinished writes of a process that is gone count as entries of their own."""
+    first; unfinished writes of a process that is gone, and a data file whose record was never
+    written, count as entries of their own. Only files named by a cache key (32 hex digits) are
+    entries: a ``--cache-dir`` that also holds a user's files (``labels.json``, ``x.npy``) never
+    has them listed, counted or removed."""
     root = Path(folder) if folder else default_cache_dir()
     if not root.is_dir():
         return []
     out = []
-    for meta_file in root.glob("*.json"):
-        key = meta_file.stem
-        data_file = root / f"{key}.npy"
+    keys = {f.stem for f in (*root.glob("*.json"), *root.glob("*.npy")) if _KEY.fullmatch(f.stem)}
+    for key in keys:
+        data_file, meta_file = root / f"{key}.npy", root / f"{key}.json"
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
             shape = meta["shape"]
-        except (OSError, ValueError, KeyError):
-            meta, shape = {}, [0, 0]
+        except (OSError, ValueError, KeyError, TypeError):
+            meta, shape = {"data": "(no readable record)"}, [0, 0]
         files = [f for f in (data_file, meta_file) if f.exists()]
         size = sum(f.stat().st_size for f in files)
-        out.append(CacheEntry(key, files, size, meta_file.stat().st_mtime, int(shape[0]), int(shape[1]),
-                              str(meta.get("data", "?"))))  # fmt: skip
+        used = files[-1].stat().st_mtime  # the record's time (a cache hit touches it), else the data's
+        out.append(CacheEntry(key, files, size, used, int(shape[0]), int(shape[1]), str(meta.get("data", "?"))))
     for tmp in root.glob(".*.npy.tmp"):  # ".KEY.PID.TIME.npy.tmp"
-        pid = tmp.name.split(".")[2]
+        parts = tmp.name.split(".")
+        if len(parts) != 6 or not _KEY.fullmatch(parts[1]):
+            continue
+        pid = parts[2]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists() and Path("/proc").is_dir():
             st = tmp.stat()
             out.append(CacheEntry(tmp.name, [tmp], st.st_size, st.st_mtime, 0, 0, "(an unfinished write)"))
