@@ -59,3 +59,28 @@ def test_export_fails_loudly_above_tolerance(trained: dict, tmp_path: Path, caps
     assert not out.exists() and not list(tmp_path.iterdir())
     assert main(["export", "--model", str(tmp_path / "nothing")]) == 2
     assert "model not found" in capsys.readouterr().err
+
+
+def test_a_model_only_the_second_exporter_handles_prints_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Adaptive pooling to a size that does not divide the input (LeNet at 64 px): the
+    TorchScript exporter fails and its C++ side printed the whole graph to standard output
+    ('Torch IR graph at exception') before the torch.export-based one succeeded."""
+    import torch
+
+    from imgcls.export import _export_graph
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.pool = torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pool(self.conv(x)).flatten(1)
+
+    model = Net().eval()
+    _export_graph(model, torch.zeros(2, 3, 15, 15), tmp_path / "m.onnx", torch.export.Dim("batch", min=1, max=64), 18)
+    print("after")  # standard output works again afterwards
+    out = capfd.readouterr().out
+    assert out == "after\n" and (tmp_path / "m.onnx").is_file()

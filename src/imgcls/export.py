@@ -14,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +163,7 @@ def _export_graph(model: Any, dummy: Any, path: Path, batch: Any, opset: int) ->
 
     import torch
 
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with _quiet_stdout(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
@@ -175,6 +178,24 @@ def _export_graph(model: Any, dummy: Any, path: Path, batch: Any, opset: int) ->
             model, (dummy,), str(path), input_names=["input"], output_names=["logits"],
             dynamic_shapes={"x": {0: batch}}, dynamo=True, opset_version=opset, verbose=False, external_data=False,
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Standard output silenced at the file descriptor: the TorchScript exporter's C++ side prints
+    a whole graph ('Torch IR graph at exception: ...') to fd 1 when it cannot trace a model,
+    which ``contextlib.redirect_stdout`` (Python's ``sys.stdout`` only) does not catch."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class _Fp32Torch:
