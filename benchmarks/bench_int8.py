@@ -14,7 +14,8 @@ weights (speed only). Target (issue 17): int8 >= 2x PyTorch fp32.
     ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/bench_int8.py   # PyTorch held to AVX2
 
 ONNX Runtime's own kernels (MLAS) ignore ``ONEDNN_MAX_CPU_ISA``: with it, only PyTorch's rows are
-held to the lower tier, and the machine's real tier is printed beside it.
+held to the lower tier, and the machine's real tier is printed beside it. To hold every row to
+AVX2 (no VNNI for the int8 kernels either), run it under ``benchmarks/avx2_only.py``.
 """
 
 from __future__ import annotations

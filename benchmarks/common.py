@@ -141,11 +141,15 @@ def median(values: list[float]) -> float:
 
 
 def machine() -> dict[str, object]:
-    """The machine a figure comes from: CPU model, tier and features, cores, the oneDNN limit."""
+    """The machine a figure comes from: CPU model, tier and features, cores, the oneDNN limit,
+    and ``emulated`` when ``avx2_only.py`` hides the CPU's upper tiers."""
     from imgcls.runtime import cpu_features, cpu_name, cpu_tier
 
-    return {"cpu": cpu_name(), "tier": cpu_tier(), "features": cpu_features(), "cores": os.cpu_count(),
-            "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}  # fmt: skip
+    out = {"cpu": cpu_name(), "tier": cpu_tier(), "features": cpu_features(), "cores": os.cpu_count(),
+           "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}  # fmt: skip
+    if os.environ.get("IMGCLS_BENCH_EMULATED"):
+        out["emulated"] = os.environ["IMGCLS_BENCH_EMULATED"]
+    return out
 
 
 def report(name: str, rows: dict[str, object], out: Path | None) -> None:
