@@ -364,8 +364,11 @@ def test_folders_leave_out_sidecar_files_and_missing_inputs_are_errors(
     (folder / "clip.MP4").write_bytes(b"\0" * 64)
     shutil.copy(next((trained["data"] / "dog").iterdir()), folder / "IMG_0001")  # no extension: tried
     (folder / "broken.jpg").write_bytes(b"not a jpeg")  # an image's name: tried, a row with its error
+    (folder / "sub").mkdir()
+    (folder / "sub" / "up").symlink_to("..")  # a link back up: walked once, not 40 times over
     out = tmp_path / "p.csv"
     assert main(["predict", "--model", str(trained["model"]), str(folder), "--out", str(out)]) == 0
+    assert len(read_csv(out)) == 12
     rows = {Path(r["path"]).name: r for r in read_csv(out)}
     assert len(rows) == 12 and rows["IMG_0001"]["label"] and "not an image" in rows["broken.jpg"]["error"]
     assert not {"manifest.json", "notes.txt", "Thumbs.db", "clip.MP4"} & set(rows)

@@ -176,6 +176,28 @@ def atomic_dir(path: str | Path, *, replaces: tuple[str, ...] = ()) -> Iterator[
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def walk_tree(
+    folder: str | Path, keep_dir: Callable[[str], bool] = lambda name: not name.startswith(".")
+) -> Iterator[tuple[str, list[str]]]:
+    """(a folder's path, its file names sorted) for ``folder`` and every folder below it that
+    ``keep_dir`` keeps, top-down in sorted order. Symlinked folders are followed, each real
+    folder once: a link back to a folder already walked (a loop) is not entered again, so no file
+    is listed twice."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if keep_dir(d))
+        yield dirpath, sorted(filenames)
+
+
 def launch_rank() -> int:
     """This process's rank when ``torchrun`` started several (0 otherwise), known before the
     process group is joined."""

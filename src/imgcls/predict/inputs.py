@@ -44,11 +44,12 @@ def not_an_image_name(name: str) -> str | None:
 
 
 def _walk(folder: Path, left_out: Counter[str] | None = None) -> Iterator[str]:
-    """The image files below ``folder``; sidecar and other non-image files (by extension) are
-    left out, and counted by extension in ``left_out``."""
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
+    """The image files below ``folder`` (symlinked folders followed, each once); sidecar and
+    other non-image files (by extension) are left out, and counted by extension in ``left_out``."""
+    from imgcls.io import walk_tree
+
+    for dirpath, filenames in walk_tree(folder):
+        for f in filenames:
             if f.startswith("."):
                 continue
             other = not_an_image_name(f)

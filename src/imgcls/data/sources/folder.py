@@ -26,17 +26,9 @@ def _visible(name: str) -> bool:
 
 def _files_under(folder: Path) -> list[str]:
     """All visible files below ``folder`` (sorted; symlinked folders followed once)."""
-    out: list[str] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f))
-    return out
+    from imgcls.io import walk_tree
+
+    return [os.path.join(d, f) for d, names in walk_tree(folder, _visible) for f in names if _visible(f)]
 
 
 def _subdirs(folder: Path) -> list[Path]:
