@@ -22,6 +22,8 @@ model with ``--precision int8`` (or given the ``.int8.onnx`` file itself).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -181,14 +183,15 @@ def quantize_graph(fp32: Path, out: Path, batches: list[np.ndarray], reduce_rang
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser logs every pre-processing hint
     try:
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        dense = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in ("Gemm", "MatMul")]
-        quantize_static(
-            str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
-            calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.99},
-            nodes_to_exclude=dense[-1:],  # the classifier layer stays float: near ties keep their order
-        )  # fmt: skip
+        with contextlib.redirect_stdout(io.StringIO()):  # and prints the calibration's progress
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            dense = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in ("Gemm", "MatMul")]
+            quantize_static(
+                str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
+                calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.99},
+                nodes_to_exclude=dense[-1:],  # the classifier layer stays float: near ties keep their order
+            )  # fmt: skip
     finally:
         logging.getLogger().setLevel(quiet)
         prepared.unlink(missing_ok=True)
