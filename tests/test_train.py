@@ -216,7 +216,10 @@ def test_calibration_fits_a_temperature_that_predict_and_evaluate_use(
     # the validation split chose the epoch and the temperature: the report says its figures are optimistic
     assert on_val.selection_split and "<b>Optimistic:</b> measured on the validation split" in page
     assert "split that chose the best epoch" in page  # beside the training curves
-    plain = evaluate(raw / "model", data, split="val").metrics
+    assert "that also chose the best epoch and the temperature, so optimistic" in on_val.selection_note
+    raw_on_val = evaluate(raw / "model", data, split="val")
+    assert "that also chose the best epoch, so optimistic" in raw_on_val.selection_note  # no temperature
+    plain = raw_on_val.metrics
     assert calibrated["nll"] <= plain["nll"] + 1e-6
     assert calibrated["top1"] == plain["top1"]  # the temperature keeps every arg-max
 

@@ -35,18 +35,25 @@ class EvalResult:
     data: str = ""
     model: str = ""
     run_dir: Path | None = None
-    #: the images are the training run's validation split, which also chose the best epoch, the
-    #: temperature and the thresholds: the figures are optimistic
+    #: the images are the training run's validation split, which also chose the best epoch (and
+    #: the temperature and thresholds the model has): the figures are optimistic
     selection_split: bool = False
+    thresholds: tuple[float, ...] = ()  # the model's decision thresholds (binary, multi-label)
     report_dir: Path | None = None  # where the report was written
 
     @property
     def selection_note(self) -> str:
         """One line saying so, with the command that gives an unbiased figure."""
+        chose = ["the best epoch"]
+        if self.metrics.get("temperature", 1.0) != 1.0:
+            chose.append("the temperature")
+        if self.task == "multilabel" or (self.task == "binary" and self.thresholds not in ((), (0.5,))):
+            chose.append("the thresholds" if self.task == "multilabel" else "the decision threshold")
+        said = chose[0] if len(chose) == 1 else ", ".join(chose[:-1]) + " and " + chose[-1]
         return (
-            "measured on the validation split that also chose the best epoch, the temperature and the "
-            "thresholds, so optimistic; for an unbiased figure evaluate images the run never saw "
-            f"(a test split, or: imgcls evaluate --model {self.model} --data TEST_DATA)"
+            f"measured on the validation split that also chose {said}, so optimistic; for an unbiased "
+            "figure evaluate images the run never saw (a test split, or: "
+            f"imgcls evaluate --model {self.model} --data TEST_DATA)"
         )
 
 
@@ -290,6 +297,7 @@ def evaluate(
         metrics={**all_metrics(info, table, probs, targets, ok, skipped), **extra}, skipped=skipped,
         groups=_groups(table, ok), split=sel.split, data=str(sel.data), model=str(model), run_dir=sel.run,
         selection_split=sel.split == "val" and _same_data(sel.data, info.provenance.get("data")),
+        thresholds=tuple(info.thresholds),
     )  # fmt: skip
     return _with_report(result, out)
 
