@@ -186,7 +186,12 @@ def _quiet_stdout() -> Iterator[None]:
     a whole graph ('Torch IR graph at exception: ...') to fd 1 when it cannot trace a model,
     which ``contextlib.redirect_stdout`` (Python's ``sys.stdout`` only) does not catch."""
     sys.stdout.flush()
-    saved = os.dup(1)
+    try:
+        saved = os.dup(1)
+    except OSError:  # no standard output at all: nothing to silence there
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+        return
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 1)
