@@ -85,6 +85,9 @@ def test_summary_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["serve", "--model", "m", "--port", "99999"], "--port must be between 0 and 65535"),
         (["serve", "--model", "m", "--max-upload-mb", "-1"], "--max-upload-mb must be at least"),
         (["serve", "--model", "m", "--max-files", "0"], "--max-files must be at least 1"),
+        (["predict", "--model", "m", "x.jpg", "--batch-size", "0"], "--batch-size: must be at least 1, not 0"),
+        (["evaluate", "--model", "m", "--workers", "-1"], "--workers: must be at least 0, not -1"),
+        (["predict", "--model", "m", "x.jpg", "--batch-size", "8.5"], "expected a whole number, not '8.5'"),
     ],
 )
 def test_errors_are_one_line_and_non_zero(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:

@@ -173,10 +173,27 @@ def _device_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (``--batch-size 0`` is refused in
+    one line, not run with a batch size the user did not ask for)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
 def _inference_options(p: argparse.ArgumentParser, *, batch_size: int) -> None:
     """The options predict and evaluate share: batches, decoding, TTA, device, precision."""
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per forward pass (default {batch_size})")
-    p.add_argument("--workers", type=int, help="decoding processes (default: the cores)")
+    p.add_argument("--batch-size", type=at_least(1), default=batch_size,
+                   help=f"images per forward pass (default {batch_size})")  # fmt: skip
+    p.add_argument("--workers", type=at_least(0), help="decoding processes (default: the cores; 0: decode in this one)")
     p.add_argument(
         "--tta", choices=["auto", "none", "flip"], default="auto",
         help="test-time augmentation (default: what the model was trained for)",
