@@ -59,6 +59,14 @@ def test_export_fails_loudly_above_tolerance(trained: dict, tmp_path: Path, caps
     assert not out.exists() and not list(tmp_path.iterdir())
     assert main(["export", "--model", str(tmp_path / "nothing")]) == 2
     assert "model not found" in capsys.readouterr().err
+    # an opset the exporters cannot write: refused, not silently replaced by another
+    assert main(["export", "--model", str(trained["model"]), "--out", str(out), "--opset", "3"]) == 2
+    assert "--opset 3: not available for this model (the exporter wrote opset 18)" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert main(["export", "--model", str(trained["model"]), "--out", str(out), "--opset", "13"]) == 0
+    import onnx
+
+    assert [o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")] == [13]
 
 
 def test_a_model_only_the_second_exporter_handles_prints_nothing(

@@ -99,6 +99,10 @@ def export_onnx(
 
     def make(tmp: str) -> None:  # a temporary sibling, renamed when verified: a failed export leaves nothing
         _export_graph(model, dummy, Path(tmp), batch, opset)
+        written = _opset(Path(tmp))
+        if written != opset:  # the torch.export-based exporter writes its own opset when asked for an old one
+            raise UserError(f"--opset {opset}: not available for this model (the exporter wrote opset {written}); "
+                            "nothing written")  # fmt: skip
         _add_metadata(Path(tmp), config, info)
         pixels, source = _verification_images(images, src, pre.image_size)
         report = verify(model, Path(tmp), info, pixels, target)
@@ -111,6 +115,14 @@ def export_onnx(
 
     atomic_write_with(target, make, suffix=".tmp.onnx")  # Classifier.load knows an .onnx by its suffix
     return done[0]
+
+
+def _opset(path: Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _add_metadata(path: Path, config: dict[str, Any], info: Any) -> None:
