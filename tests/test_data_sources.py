@@ -104,6 +104,33 @@ def test_csv_manifest(tmp_path: Path) -> None:
     ]
 
 
+def test_a_manifest_lists_each_image_once(tmp_path: Path) -> None:
+    """A repeated row would count an image twice and could put it in training and validation
+    both; a path given two labels keeps neither."""
+    from imgcls.data.table import count_left_out
+
+    image_folder(tmp_path / "imgs", ("a", "b"), 3)
+    rows = [
+        "path,label",
+        "imgs/a/a_000.jpg,a",
+        "imgs/a/a_001.jpg,a",
+        "imgs/a/a_000.jpg,a",  # the same row again
+        "imgs/b/b_000.jpg,b",
+        "imgs/b/b_001.jpg,b",
+        "imgs/a/a_001.jpg,b",  # the same image, another label
+        "imgs/b/b_002.jpg,b",
+    ]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    t = load_source(tmp_path / "m.csv")
+    names = [Path(x).name for x in t.paths]
+    assert names == ["a_000.jpg", "b_000.jpg", "b_001.jpg", "b_002.jpg"]
+    assert [r for _, r in t.skipped] == [
+        "listed again (first on line 2)",
+        "labelled a on line 3 and b on line 7 (for several labels, join them with ';' in one row)",
+    ]
+    assert count_left_out(t.skipped) == 1  # a repeat is not an unusable file; a clash is a problem
+
+
 def test_csv_multilabel_and_image_root(tmp_path: Path) -> None:
     image_folder(tmp_path / "imgs", ("x",), 3)
     (tmp_path / "lists").mkdir()

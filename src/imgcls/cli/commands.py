@@ -233,7 +233,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     m = r.metrics
     chosen = count_left_out(r.skipped)
-    why = f" ({chosen} left out on purpose: no detection, or rejected in a review)" if chosen else ""
+    why = f" ({chosen} left out on purpose: no detection, rejected in a review, or listed twice)" if chosen else ""
     print(f"{r.task} evaluation on {m['num_images']} images ({r.split}), {m['num_skipped']} skipped{why}")
     keys = ("top1", "top5", "balanced_accuracy", "macro_f1", "roc_auc", "average_precision", "mAP",
             "micro_f1", "subset_accuracy", "hamming_loss", "nll", "ece")  # fmt: skip

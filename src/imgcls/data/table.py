@@ -27,12 +27,14 @@ def listed_path(base: Path, raw: str) -> str:
 REVIEWED = "left out by the review"
 #: the start of the reason recorded for a frame without a detection to crop (a blank, not a fault)
 NO_DETECTION = "blank: no "
+#: the start of the reason recorded for a manifest row repeating an earlier one (path and labels)
+LISTED_AGAIN = "listed again"
 
 
 def left_out_on_purpose(reason: str) -> bool:
     """A skip that is the data's design (a review's rejection, a frame without a detection to
-    crop), not an unusable file."""
-    return reason.startswith((REVIEWED, NO_DETECTION))
+    crop, a row listing an image a second time), not an unusable file."""
+    return reason.startswith((REVIEWED, NO_DETECTION, LISTED_AGAIN))
 
 
 def count_left_out(skipped: list[tuple[str, str]]) -> int:

@@ -24,7 +24,7 @@ from imgcls.artifacts import write_history
 from imgcls.config import RunConfig, check_config, dump_yaml, from_dict
 from imgcls.console import info
 from imgcls.data.dataset import TableHook, load_table
-from imgcls.data.table import REVIEWED, count_left_out
+from imgcls.data.table import LISTED_AGAIN, NO_DETECTION, REVIEWED, count_left_out
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
 from imgcls.engine.finish import finish
@@ -305,10 +305,10 @@ def describe_start(tr: Trainer) -> None:
     if tr.choice:
         info(tr.choice)
     if d.skipped:
-        reviewed = sum(1 for _, why in d.skipped if why.startswith(REVIEWED))
-        blank = count_left_out(d.skipped) - reviewed
-        parts = ((len(d.skipped) - reviewed - blank, "unusable"), (blank, "without a detection (blank)"),
-                  (reviewed, REVIEWED))  # fmt: skip
+        reviewed, blank, again = (sum(1 for _, why in d.skipped if why.startswith(start))
+                                  for start in (REVIEWED, NO_DETECTION, LISTED_AGAIN))  # fmt: skip
+        parts = ((len(d.skipped) - count_left_out(d.skipped), "unusable"), (blank, "without a detection (blank)"),
+                 (again, "listed a second time"), (reviewed, REVIEWED))  # fmt: skip
         what = ", ".join(f"{n} {w}" for n, w in parts if n)
         info(f"skipped {what} (listed in {tr.run_dir / 'skipped.csv'})")
     pre = tr.preprocess

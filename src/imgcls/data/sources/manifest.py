@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from imgcls.data.table import REVIEWED, SPLIT_ALIASES, DataTable, listed_path, make_targets
+from imgcls.data.table import LISTED_AGAIN, REVIEWED, SPLIT_ALIASES, DataTable, listed_path, make_targets
 from imgcls.errors import UserError
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "filepath")
@@ -67,6 +67,33 @@ def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
     return header, rows, lines
 
 
+def _once_each(
+    keep: list[int], splits: list[str | None], paths: list[str], labels: list[list[str]], lines: list[int],
+    skipped: list[tuple[str, str]],
+) -> tuple[list[int], list[str | None]]:  # fmt: skip
+    """Each image once: a row repeating an earlier one's path and labels is skipped (it would
+    count twice, and could land in training and validation both); a path given different labels
+    on different rows is skipped on every row, since neither label can be trusted. Both go to
+    ``skipped`` with the line they clash with."""
+    first: dict[str, int] = {}  # path -> its first kept position
+    drop: set[int] = set()
+    for k, p in enumerate(paths):
+        j = first.setdefault(p, k)
+        if j == k:
+            continue
+        drop.add(k)
+        if sorted(labels[k]) == sorted(labels[j]):
+            skipped.append((p, f"{LISTED_AGAIN} (first on line {lines[j]})"))
+            continue
+        drop.add(j)  # neither label can be trusted
+        was, now = "; ".join(labels[j]) or "(none)", "; ".join(labels[k]) or "(none)"
+        skipped.append((p, f"labelled {was} on line {lines[j]} and {now} on line {lines[k]} "
+                           "(for several labels, join them with ';' in one row)"))  # fmt: skip
+    keep_out = [i for k, i in enumerate(keep) if k not in drop]
+    splits_out = [s for k, s in enumerate(splits) if k not in drop]
+    return keep_out, splits_out
+
+
 def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Path | None = None) -> DataTable:
     header, rows, line_of = read_rows(path)
     path_col, label_col = _pick(header, PATH_COLUMNS), _pick(header, LABEL_COLUMNS)
@@ -104,6 +131,8 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
             split = SPLIT_ALIASES[value]
         keep.append(i)
         splits.append(split)
+    keep, splits = _once_each(keep, splits, [listed_path(base, rows[i][path_col]) for i in keep],
+                              [labels[i] for i in keep], [line_of[i] for i in keep], skipped)  # fmt: skip
     if not keep:
         raise UserError(f"{path}: no usable rows")
     class_names = sorted({n for i in keep for n in labels[i]})
