@@ -382,6 +382,13 @@ def test_folders_leave_out_sidecar_files_and_missing_inputs_are_errors(
         assert main(["predict", "--model", str(trained["model"]), str(folder), missing]) == 2
         err = capsys.readouterr().err
         assert missing in err and ("no such file" in err or "matches no file" in err)
+    # the output is one of the inputs: refused before anything is read or removed, --overwrite too
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\n" + "\n".join(str(p) for p in sorted(folder.glob("*.jpg"))[:2]) + "\n")
+    before = listing.read_text()
+    for extra in ([], ["--overwrite"]):
+        assert main(["predict", "--model", str(trained["model"]), str(listing), "--out", str(listing), *extra]) == 2
+        assert "is also an input" in capsys.readouterr().err and listing.read_text() == before
 
 
 def _children(pid: int) -> set[int]:

@@ -189,6 +189,7 @@ def _check_predict(args: argparse.Namespace) -> int:
     from imgcls.io import check_writable
     from imgcls.predict import check_inputs, iter_inputs
     from imgcls.predict.choose import FEW_IMAGES
+    from imgcls.predict.inputs import check_output_apart
 
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
@@ -198,6 +199,7 @@ def _check_predict(args: argparse.Namespace) -> int:
         raise UserError(f"model not found: {args.model} (expected a model directory or an .onnx file)")
     check_inputs(args.inputs)
     if args.out:
+        check_output_apart(args.inputs, args.out)
         check_writable(args.out, folder=args.format == "camtrapdp")
     n = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1))
     if n == 0:

@@ -111,5 +111,16 @@ def check_inputs(inputs: Sequence[str]) -> None:
             raise UserError(f"{item}: no such file or folder")
 
 
+def check_output_apart(inputs: Sequence[str], out: str | Path | None) -> None:
+    """``--out`` must not be one of the named inputs: the output would replace the list it is
+    read from (with ``--overwrite``, before a row of it was read)."""
+    if out is None or not Path(out).exists():
+        return
+    for item in inputs:
+        p = Path(item)
+        if p.is_file() and os.path.samefile(p, out):
+            raise UserError(f"--out {out} is also an input ({item}); choose another --out")
+
+
 def count_inputs(inputs: Sequence[str]) -> int:
     return sum(1 for _ in iter_inputs(inputs))
