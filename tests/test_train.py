@@ -412,6 +412,11 @@ def test_run_directory_is_protected_and_resume_needs_a_checkpoint(
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "r"), "--arch", "nonet"]) == 2
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")]) == 2
     assert "data not found" in capsys.readouterr().err
+    # a run inside the class folders would be a class of the next run on them
+    own = image_folder(tmp_path / "own", ("cat", "dog"), 3)
+    assert main(["train", "--data", str(own), "--out", str(own / "runs" / "a")]) == 2
+    assert "is inside the data folder" in capsys.readouterr().err
+    assert sorted(p.name for p in own.iterdir()) == ["cat", "dog"]
 
 
 @pytest.mark.parametrize(

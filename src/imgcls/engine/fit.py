@@ -60,6 +60,9 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] 
         return run, state
     if launch_rank() != 0:
         return run, None
+    if _inside_class_folders(run, cfg.data.data):
+        raise UserError(f"--out {run} is inside the data folder {cfg.data.data}: the run's files would become a "
+                        "class of the next run on it; choose an --out outside it")  # fmt: skip
     if run.is_dir() and any(run.iterdir()):
         hint = " (add --resume to continue it)" if (ckpt_dir / "state.pt").exists() else ""
         raise UserError(f"{run} already exists and is not empty{hint}; choose another --out")
@@ -68,6 +71,17 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] 
     check_writable(run, folder=True)
     run.mkdir(parents=True, exist_ok=True)
     return run, None
+
+
+def _inside_class_folders(run: Path, data: str | None) -> bool:
+    """``run`` lies inside a class-folder tree given as ``--data`` (not an IDX or Camtrap DP
+    folder, whose files are named)."""
+    if not data or not Path(data).is_dir() or not run.resolve().is_relative_to(Path(data).resolve()):
+        return False
+    from imgcls.data.sources.camtrapdp import is_camtrapdp
+    from imgcls.data.sources.idx import is_idx_dir
+
+    return not (is_idx_dir(Path(data)) or is_camtrapdp(Path(data)))
 
 
 def write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> None:
