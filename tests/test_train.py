@@ -417,6 +417,15 @@ def test_run_directory_is_protected_and_resume_needs_a_checkpoint(
     assert main(["train", "--data", str(own), "--out", str(own / "runs" / "a")]) == 2
     assert "is inside the data folder" in capsys.readouterr().err
     assert sorted(p.name for p in own.iterdir()) == ["cat", "dog"]
+    # a class none of whose files can be used: named, with one of its files and the reason
+    (own / "junk").mkdir()
+    for k in range(2):
+        (own / "junk" / f"f{k}.jpg").write_text("not an image")
+    assert main(["train", "--data", str(own), "--out", str(tmp_path / "r3"), "--cache-dir", str(tmp_path / "c"),
+                 "--arch", "lenet", "--pretrained", "none"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "no usable image of class junk (2 listed: " in err and "f0.jpg: not an image" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r3").exists()
 
 
 @pytest.mark.parametrize(

@@ -152,10 +152,30 @@ def prepare_training_data(
         ok = store.ok
         splits = Splits(train=splits.train[ok[splits.train]], val=splits.val[ok[splits.val]], test=splits.test)
         if len(splits.train) == 0:
-            raise UserError("no usable training images (see skipped.csv for the reasons)")
+            example = f": {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+            raise UserError(f"no usable training images ({len(skipped)} unusable{example})")
+        check_every_class(table, np.concatenate([splits.train, splits.val]), skipped)
     source = PixelSource(table=table, store=store, cfg=cfg, size=square_size(cfg), workers=workers,
                          max_pixels=max_pixels)  # fmt: skip
     return TrainingData(table=table, splits=splits, source=source, skipped=skipped, splits_csv=listing)
+
+
+def check_every_class(table: DataTable, usable: np.ndarray, skipped: list[tuple[str, str]]) -> None:
+    """A class none of whose images can be used (a folder of unreadable files, or of a run's
+    outputs) would be an output the network never sees an example of: a one-line error naming it
+    and one of its files with the reason."""
+    if table.multilabel or table.targets.ndim != 1:
+        return
+    counts = np.bincount(table.targets[usable], minlength=len(table.class_names))
+    empty = [k for k, c in enumerate(counts) if c == 0]
+    if not empty:
+        return
+    names = [table.class_names[k] for k in empty]
+    listed = ", ".join(names[:5]) + (f" ... ({len(names)} in all)" if len(names) > 5 else "")
+    rows = np.flatnonzero(table.targets == empty[0])
+    why = dict(skipped)
+    example = next((f": {table.paths[i]}: {why[table.paths[i]]}" for i in rows if table.paths[i] in why), "")
+    raise UserError(f"no usable image of class {listed} ({len(rows)} listed{example}); fix or remove its files")
 
 
 def without_test(table: DataTable, splits: Splits) -> tuple[DataTable, Splits]:
