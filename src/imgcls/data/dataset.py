@@ -166,16 +166,18 @@ def check_every_class(table: DataTable, usable: np.ndarray, skipped: list[tuple[
     and one of its files with the reason."""
     if table.multilabel or table.targets.ndim != 1:
         return
-    counts = np.bincount(table.targets[usable], minlength=len(table.class_names))
-    empty = [k for k, c in enumerate(counts) if c == 0]
+    k_all = len(table.class_names)
+    listed, counts = np.bincount(table.targets, minlength=k_all), np.bincount(table.targets[usable], minlength=k_all)
+    # a class with no row at all is the source's design (a camera-trap 'empty' category: blanks are left out)
+    empty = [k for k in range(k_all) if listed[k] and counts[k] == 0]
     if not empty:
         return
     names = [table.class_names[k] for k in empty]
-    listed = ", ".join(names[:5]) + (f" ... ({len(names)} in all)" if len(names) > 5 else "")
+    said = ", ".join(names[:5]) + (f" ... ({len(names)} in all)" if len(names) > 5 else "")
     rows = np.flatnonzero(table.targets == empty[0])
     why = dict(skipped)
     example = next((f": {table.paths[i]}: {why[table.paths[i]]}" for i in rows if table.paths[i] in why), "")
-    raise UserError(f"no usable image of class {listed} ({len(rows)} listed{example}); fix or remove its files")
+    raise UserError(f"no usable image of class {said} ({len(rows)} listed{example}); fix or remove its files")
 
 
 def without_test(table: DataTable, splits: Splits) -> tuple[DataTable, Splits]:
