@@ -426,6 +426,13 @@ def test_run_directory_is_protected_and_resume_needs_a_checkpoint(
     err = capsys.readouterr().err
     assert "no usable image of class junk (2 listed: " in err and "f0.jpg: not an image" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r3").exists()
+    # a class only the validation folder has: trained anyway, with a warning that says so
+    split = tmp_path / "split"
+    image_folder(split / "train", ("cat", "dog"), 4)
+    image_folder(split / "val", ("cat", "dog", "fox"), 2)
+    assert main(["train", "--data", str(split), "--out", str(tmp_path / "r4"), "--cache-dir", str(tmp_path / "c"),
+                 "--arch", "lenet", "--pretrained", "none", "--epochs", "1", "--image-size", "32"]) == 0  # fmt: skip
+    assert "warning: no training image of class fox (only in validation)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -316,6 +316,11 @@ def describe_start(tr: Trainer) -> None:
     counts = used.class_counts()
     classes = ", ".join(f"{k} ({v})" for k, v in list(counts.items())[:8]) + (" ..." if len(counts) > 8 else "")
     info(f"data: {len(d.splits.train)} train / {len(d.splits.val)} val images, {len(counts)} classes: {classes}")
+    trained = d.table.subset(d.splits.train).class_counts()
+    unseen = [k for k, v in counts.items() if v and not trained.get(k)]
+    if unseen:
+        info(f"warning: no training image of class {', '.join(unseen[:5])}{' ...' if len(unseen) > 5 else ''} "
+             "(only in validation): the network cannot learn it")  # fmt: skip
     if tr.choice:
         info(tr.choice)
     if d.skipped:
