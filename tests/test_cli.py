@@ -238,3 +238,17 @@ def test_an_interrupted_predict_says_how_to_continue(
         err.strip()
         == f"imgcls: interrupted; run the same command again to continue where it stopped ({out} keeps every row)"
     )
+
+
+def test_evaluate_says_when_the_models_own_data_is_gone(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import shutil
+
+    from imgfactory import image_folder
+
+    data = image_folder(tmp_path / "imgs", ("cat", "dog"), 6)
+    code, _, _ = run(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"), "--arch", "lenet",
+                     "--pretrained", "none", "--epochs", "1", "--image-size", "32", "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+    assert code == 0
+    shutil.rmtree(data)
+    code, _, err = run(capsys, "evaluate", "--model", str(tmp_path / "run" / "model"))
+    assert code == 2 and f"the model's training data {data} is no longer there" in err and "--data" in err

@@ -373,9 +373,13 @@ def _with_report(result: EvalResult, out: str | Path | None) -> EvalResult:
 
 def _data_of(info: Any, data: str | Path | None) -> str | Path:
     """The data to evaluate on: as given, else the model's training data."""
-    data = data or info.provenance.get("data")
+    if data:
+        return data
+    data = info.provenance.get("data")
     if not data:
         raise UserError("--data is required: the model does not record its training data")
+    if not Path(str(data)).exists():
+        raise UserError(f"the model's training data {data} is no longer there: give the images to evaluate with --data")
     return data
 
 
