@@ -99,11 +99,7 @@ def export_onnx(
 
     def make(tmp: str) -> None:  # a temporary sibling, renamed when verified: a failed export leaves nothing
         _export_graph(model, dummy, Path(tmp), batch, opset)
-        written = _opset(Path(tmp))
-        if written != opset:  # the torch.export-based exporter writes its own opset when asked for an old one
-            raise UserError(f"--opset {opset}: not available for this model (the exporter wrote opset {written}); "
-                            "nothing written")  # fmt: skip
-        _add_metadata(Path(tmp), config, info)
+        _add_metadata(Path(tmp), config, info, opset)
         pixels, source = _verification_images(images, src, pre.image_size)
         report = verify(model, Path(tmp), info, pixels, target)
         if not report.max_prob_diff <= tolerance:
@@ -117,18 +113,19 @@ def export_onnx(
     return done[0]
 
 
-def _opset(path: Path) -> int:
-    """The default-domain opset an ONNX file declares."""
+def _add_metadata(path: Path, config: dict[str, Any], info: Any, opset: int) -> None:
+    """The model directory's config and the preprocessing, in the ONNX file's metadata; refused
+    when the file declares another opset than ``opset`` (the torch.export-based exporter writes
+    its own when asked for one it cannot)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _add_metadata(path: Path, config: dict[str, Any], info: Any) -> None:
-    """The model directory's config and the preprocessing, in the ONNX file's metadata."""
+    proto = onnx.load(str(path))
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if written != opset:
+        raise UserError(f"--opset {opset}: not available for this model (the exporter wrote opset {written}); "
+                        "nothing written")  # fmt: skip
     pre = info.preprocess
-    set_metadata(path, {
+    _replace_metadata(proto, {
         "imgcls_config": json.dumps(config),
         "label_names": json.dumps(info.label_names),
         "task": info.task,
@@ -139,6 +136,7 @@ def _add_metadata(path: Path, config: dict[str, Any], info: Any) -> None:
         "crop_pct": str(pre.crop_pct),
         "resize_mode": pre.resize_mode,
     })  # fmt: skip
+    onnx.save(proto, str(path))
 
 
 def set_metadata(path: Path, meta: dict[str, str]) -> None:
@@ -146,11 +144,15 @@ def set_metadata(path: Path, meta: dict[str, str]) -> None:
     import onnx
 
     proto = onnx.load(str(path))
+    _replace_metadata(proto, meta)
+    onnx.save(proto, str(path))
+
+
+def _replace_metadata(proto: Any, meta: dict[str, str]) -> None:
     del proto.metadata_props[:]
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
-    onnx.save(proto, str(path))
 
 
 def verify(model: Any, path: Path, info: Any, pixels: np.ndarray, target: Path) -> ExportReport:
