@@ -74,14 +74,10 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] 
 
 
 def _inside_class_folders(run: Path, data: str | None) -> bool:
-    """``run`` lies inside a class-folder tree given as ``--data`` (not an IDX or Camtrap DP
-    folder, whose files are named)."""
-    if not data or not Path(data).is_dir() or not run.resolve().is_relative_to(Path(data).resolve()):
-        return False
-    from imgcls.data.sources.camtrapdp import is_camtrapdp
-    from imgcls.data.sources.idx import is_idx_dir
+    """``run`` lies inside a class-folder tree given as ``--data``."""
+    from imgcls.data.sources import is_class_folders
 
-    return not (is_idx_dir(Path(data)) or is_camtrapdp(Path(data)))
+    return bool(data) and is_class_folders(Path(str(data))) and run.resolve().is_relative_to(Path(str(data)).resolve())
 
 
 def write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> None:

@@ -22,7 +22,13 @@ from imgcls.data.sources.manifest import read_manifest
 from imgcls.data.table import DataTable
 from imgcls.errors import UserError
 
-__all__ = ["load_source"]
+__all__ = ["is_class_folders", "load_source"]
+
+
+def is_class_folders(path: Path) -> bool:
+    """A folder :func:`load_source` reads as class folders (not a Camtrap DP package, not IDX
+    files): every folder in it can become a class."""
+    return path.is_dir() and not is_camtrapdp(path) and not is_idx_dir(path)
 
 
 def load_source(spec: str | Path, *, multilabel: bool | None = None, image_root: str | Path | None = None) -> DataTable:
@@ -39,9 +45,7 @@ def load_source(spec: str | Path, *, multilabel: bool | None = None, image_root:
     if is_camtrapdp(path):
         return read_camtrapdp(path, multilabel=multilabel, image_root=root)
     if path.is_dir():
-        if is_idx_dir(path):
-            return read_idx(path)
-        return read_folder(path)
+        return read_folder(path) if is_class_folders(path) else read_idx(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return read_manifest(path, multilabel=multilabel, image_root=root)
