@@ -87,3 +87,23 @@ def test_audit_finds_the_planted_label_errors_duplicates_and_leak(
     assert balance["red"]["train"] == "27" and balance["green"]["train"] == "32"
     page = (out / "audit.html").read_text()
     assert page.count("data:image/jpeg;base64,") >= 2 * len(issues) and "leak" in page and "broken.png" in page
+
+
+def test_summary_records_the_data_options_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """summary.json names the data selection (absolute paths, only options off their defaults) and
+    the corrections file, so that a review's retraining hint can repeat them."""
+    from imgfactory import image_folder
+
+    monkeypatch.chdir(tmp_path)
+    image_folder(tmp_path / "photos", ("cat", "dog"), 3)
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(f"path,label,action\n{tmp_path / 'photos' / 'cat' / 'cat_000.jpg'},dog,relabel\n")
+    argv = ["audit", "--data", "photos", "--out", "audit", "--no-labels", "--split-by", "none", "--val-split", "0.3",
+            "--det-threshold", "0.2", "--corrections", "fixes.csv"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+    assert summary["data_args"] == ["--data", str(tmp_path / "photos"), "--split-by", "none", "--val-split", "0.3"]
+    assert summary["corrections"] == str(fixes)
+    assert main(["audit", "--data", "photos", "--out", "again", "--no-labels"]) == 0
+    summary = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert summary["data_args"] == ["--data", str(tmp_path / "photos")] and summary["corrections"] is None

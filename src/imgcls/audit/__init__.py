@@ -23,7 +23,7 @@ from typing import Any
 
 from imgcls.audit.duplicates import duplicate_pairs, duplicate_rows, fingerprints
 from imgcls.audit.labels import OutOfSample, cross_validated, from_model, label_issues
-from imgcls.config import RunConfig
+from imgcls.config import DataConfig, RunConfig
 from imgcls.data.table import DataTable, left_out_on_purpose
 
 __all__ = ["AuditResult", "audit"]
@@ -39,6 +39,8 @@ class AuditResult:
     unusable: list[tuple[str, str]] = field(default_factory=list)
     left_out: list[tuple[str, str]] = field(default_factory=list)  # on purpose: blanks, a review's rejections
     how: str = ""
+    data_args: list[str] = field(default_factory=list)  # the data options read (see data_args)
+    corrections: str | None = None  # the corrections file applied, absolute
 
     @property
     def leaks(self) -> int:
@@ -64,10 +66,13 @@ def audit(
     from imgcls.runtime import physical_cores
 
     folder = check_writable(out, folder=True)
+    read = data_args(cfg.data)  # before load_table, which resolves --split-by auto in place
+    corrections = str(Path(cfg.data.corrections).resolve()) if cfg.data.corrections else None
     table = load_table(cfg, detection_crops)
     splits = given_splits(table, model)
     result = AuditResult(folder, len(table), unusable=[s for s in table.skipped if not left_out_on_purpose(s[1])],
-                         left_out=[s for s in table.skipped if left_out_on_purpose(s[1])])  # fmt: skip
+                         left_out=[s for s in table.skipped if left_out_on_purpose(s[1])],
+                         data_args=read, corrections=corrections)  # fmt: skip
     if labels:
         oos: OutOfSample = from_model(model, table) if model else cross_validated(
             cfg, table, folds=folds, work=folder / "folds", show=show
@@ -84,6 +89,30 @@ def audit(
     spec = cfg.data.data or ""
     write(result, table, spec=str(Path(spec).resolve()) if spec and Path(spec).exists() else spec)
     return result
+
+
+#: the options that choose which rows an audit reads (a review's retraining hint repeats them)
+DATA_OPTIONS = ("data", "val_data", "image_root", "detections", "det_threshold", "det_categories", "crop_margin",
+                "split_by", "val_split", "max_val")  # fmt: skip
+PATH_OPTIONS = ("data", "val_data", "image_root", "detections")
+
+
+def data_args(data: DataConfig) -> list[str]:
+    """The command-line options that reproduce the data selection of ``data``: those of
+    :data:`DATA_OPTIONS` that differ from :class:`DataConfig`'s defaults, paths made absolute, so
+    that ``imgcls review``'s retraining hint (``imgcls train ...``) reads the same rows from any
+    folder. ``--corrections`` is not among them: the review writes a new corrections file."""
+    default = DataConfig()
+    out: list[str] = []
+    for name in DATA_OPTIONS:
+        value = getattr(data, name)
+        if value == getattr(default, name) or (value is None and name != "split_by"):
+            continue  # (max_val None, from a YAML file, has no command-line spelling)
+        text = "none" if value is None else str(value)
+        if name in PATH_OPTIONS and Path(text).expanduser().exists():
+            text = str(Path(text).expanduser().resolve())
+        out += ["--" + name.replace("_", "-"), text]
+    return out
 
 
 def given_splits(table: DataTable, model: str | Path | None) -> list[str]:
@@ -149,7 +178,8 @@ def write(result: AuditResult, table: DataTable, *, spec: str = "") -> None:
                "leaks": result.leaks, "unusable": len(result.unusable), "left_out": len(result.left_out),
                "probabilities_from": result.how,
                "classes": list(table.class_names), "multilabel": table.multilabel, "data": str(table.root),
-               "spec": spec, "crop_margin": table.crop_margin}  # fmt: skip
+               "spec": spec, "crop_margin": table.crop_margin, "data_args": result.data_args,
+               "corrections": result.corrections}  # fmt: skip
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_page(result, table, folder / "audit.html")
 
