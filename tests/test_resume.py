@@ -117,3 +117,88 @@ def test_ema_and_everything_else_continue_exactly_after_an_interruption(data: Pa
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     assert [h["val_loss"] for h in a["position"]["history"]] == [h["val_loss"] for h in b["position"]["history"]]
+
+
+def _split_rows(run: Path, name: str) -> list[str]:
+    import csv
+
+    with open(run / "splits.csv", newline="") as f:
+        return sorted(r["path"] for r in csv.DictReader(f) if r["split"] == name)
+
+
+@pytest.fixture(scope="module")
+def corrected_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A run of 1 epoch trained with --corrections (the file confirming one image)."""
+    tmp = tmp_path_factory.mktemp("corrected")
+    fixes = tmp / "corrections.csv"
+    fixes.write_text(f"path,label,action\n{data / 'cat' / 'cat_000.jpg'},cat,accept\n")
+    run = tmp / "run"
+    assert main(["train", "--data", str(data), "--corrections", str(fixes), "--out", str(run), "--cache-dir",
+                 str(tmp / "c"), "--no-export-onnx", *ARGS, "--epochs", "1"]) == 0  # fmt: skip
+    return run, fixes
+
+
+def _resume_after(corrected_run: tuple[Path, Path], tmp_path: Path, decisions: list[str]) -> tuple[Path, int]:
+    """A copy of the run resumed for a second epoch after its corrections file was given
+    ``decisions`` more (the file is restored afterwards)."""
+    import shutil
+
+    run, fixes = corrected_run
+    copy, before = tmp_path / "run", fixes.read_text()
+    shutil.copytree(run, copy)
+    fixes.write_text(before + "".join(line + "\n" for line in decisions))
+    try:
+        return copy, main(["train", "--out", str(copy), "--resume", "--epochs", "2", "--corrections", str(fixes)])
+    finally:
+        fixes.write_text(before)
+
+
+def test_a_resumed_run_keeps_its_split_when_the_review_relabels_within_its_classes(
+    corrected_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decisions taken after the run started that only move images between its classes: the
+    resumed epochs train with them, and the split is the one the run started with (redrawn, a
+    stratified split moved images it had trained on into validation)."""
+    run, _ = corrected_run
+    trained = _split_rows(run, "train")
+    moved = [p for p in trained if "/cat/" in p][:3]
+    capsys.readouterr()
+    copy, code = _resume_after(corrected_run, tmp_path, [f"{p},dog,relabel" for p in moved])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert _split_rows(copy, "val") == _split_rows(run, "val") and _split_rows(copy, "train") == trained
+    assert "the corrections changed since the run started" in err and len(history(copy)) == 2
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ("lynx", "1 image now labelled 'lynx', a class the run does not have (the network has no output for it)"),
+        ("reject", "1 image of the run is left out now ("),
+        ("new image", "1 image the run did not have ("),
+    ],
+)
+def test_a_resumed_run_refuses_in_one_line_when_its_images_or_classes_changed(
+    corrected_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str, said: str
+) -> None:
+    """A relabel to a class the network has no output for crashed the weight load with a
+    traceback; a rejected or an added image redrew the split. Each is one line, exit 2, and the
+    run is left as it was."""
+    import shutil
+
+    run, _ = corrected_run
+    image = _split_rows(run, "train")[0]
+    decisions = {"lynx": [f"{image},lynx,relabel"], "reject": [f"{image},cat,reject"], "new image": []}[change]
+    added = Path(image).parent / "extra_001.jpg"
+    if change == "new image":
+        shutil.copy(image, added)
+    try:
+        capsys.readouterr()
+        copy, code = _resume_after(corrected_run, tmp_path, decisions)
+    finally:
+        added.unlink(missing_ok=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "".join(lines) and sum("error" in line for line in lines) == 1, lines
+    err = lines[-1]  # after the line saying what the corrections did
+    assert err.startswith("imgcls: error: --resume: the data changed since the run started: ") and said in err, err
+    assert "start a new run (another --out)" in err and len(history(copy)) == 1

@@ -217,6 +217,11 @@ def _fit(
     changes: list[str],
 ) -> Path:
     table = load_table(cfg, table_hook)
+    if state is not None:  # the split the run started with, never drawn again
+        from imgcls.engine.resume import keep_split
+
+        table, notes = keep_split(cfg, run, table, state)
+        changes += notes
     tr, _ = build_trainer(cfg, resolve_model(cfg, table), run, dist, table, started, resuming=state is not None)
     tr.requested = requested
     if not begin(tr, state, changes):

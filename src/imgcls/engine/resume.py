@@ -10,15 +10,21 @@ run was started with (the options the user gave then, and the resolved ``config.
 - a different value of anything else (data, architecture, learning rate, augmentation...) is
   refused in one line that names the options: the checkpoint was trained with the saved ones,
   and mixing would give a run that no single configuration describes.
+
+The data is read again (the source and the corrections file as they are now) and keeps the split
+the run started with (:func:`keep_split`): labels that moved between the run's classes are used;
+an image added or left out, or a class added or gone, is refused in one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 from imgcls.config import RunConfig, _coerce
+from imgcls.data.table import DataTable, make_targets
 from imgcls.errors import UserError
 
 #: options a resumed run may change
@@ -76,3 +82,142 @@ def apply_resume_options(cfg: RunConfig, given: dict[str, Any], requested: dict[
             f"A resumed run may change {allowed}; for other settings start a new run (another --out)"
         )
     return changes
+
+
+# ----------------------------------------------------------------------- the data of a resumed run
+def keep_split(cfg: RunConfig, run: Path, table: DataTable, state: dict[str, Any]) -> tuple[DataTable, list[str]]:
+    """The data a resumed run continues on: ``table`` (read again, with the corrections file as
+    it is now) given the split the run started with (``RUN/splits.csv``), so that no image it
+    trained on becomes a validation image; and a note for the resume line when the corrections
+    file changed.
+
+    The split cannot stay where the images or the classes changed, so a resumed run refuses in
+    one line naming the change: an image now labelled with a class the network has no output
+    for (a relabel to a new class), a class gone, an image of the run left out (a review's
+    reject) or an image it did not have. Labels that moved between the run's own classes (a
+    review's relabels) are used: the epochs still to train learn from the corrected labels, on
+    the images of the split it started with. Rows are matched by (path, crop box) where
+    ``splits.csv`` has a ``box`` column, else by path and position among the crops of a frame.
+    ``cfg.data.val_split`` becomes 0 when the run had no validation rows, so none is carved now.
+    """
+    saved = _saved_split(run)
+    classes = _saved_classes(run, state)
+    problems = _class_changes(table, classes) if classes is not None else []
+    keys = _row_keys(table, boxed=saved[0] is not None)
+    split_of = dict(zip(saved[1], saved[2], strict=True))
+    problems += _row_changes(table, keys, saved[1], split_of)
+    if problems:
+        raise UserError(
+            f"--resume: the data changed since the run started: {'; '.join(problems)}; start a new run (another "
+            "--out) to train on it, or resume with the data and corrections the run started with"
+        )
+    if classes is not None and classes != table.class_names:  # the same classes, another order
+        labels = [table.label_names(i) for i in range(len(table))]
+        table = dataclasses.replace(
+            table, targets=make_targets(labels, classes, table.multilabel), class_names=list(classes)
+        )
+    table = dataclasses.replace(table, split=[split_of[k] for k in keys])
+    if "val" not in saved[2]:
+        cfg.data.val_split = 0.0
+    return table, _corrections_note(run, cfg.data.corrections)
+
+
+def _saved_split(run: Path) -> tuple[str | None, list[tuple[str, str]], list[str]]:
+    """From ``RUN/splits.csv``: the name of its box column (None without one), each row's key
+    and its split."""
+    import csv
+
+    from imgcls.data.corrections import parse_box
+
+    path = run / "splits.csv"
+    if not path.is_file():
+        raise UserError(f"--resume: {path} is missing, so the split the run started with is unknown; "
+                        "start a new run (another --out)")  # fmt: skip
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    box = next((k for k in (rows[0] if rows else {}) if k.lower() == "box"), None)
+    paths = [r["path"] for r in rows]
+    marks = [parse_box(r.get(box) or "") for r in rows] if box else _positions(paths)
+    return box, list(zip(paths, marks, strict=True)), [r["split"] for r in rows]
+
+
+def _positions(paths: list[str]) -> list[str]:
+    """Each row's position among the rows of its path ('0', '1'...: the crops of one frame)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        out.append(str(seen.get(p, 0)))
+        seen[p] = seen.get(p, 0) + 1
+    return out
+
+
+def _row_keys(table: DataTable, *, boxed: bool) -> list[tuple[str, str]]:
+    from imgcls.data.corrections import format_box
+
+    if boxed:
+        marks = [format_box(table.boxes[i]) if table.boxes is not None else "" for i in range(len(table))]
+    else:
+        marks = _positions(table.paths)
+    return list(zip(table.paths, marks, strict=True))
+
+
+def _saved_classes(run: Path, state: dict[str, Any]) -> list[str] | None:
+    """The classes the network has outputs for: the checkpoint's, else (checkpoints written
+    before it kept them) its model directory's."""
+    import json
+
+    if state.get("classes") is not None:
+        return [str(c) for c in state["classes"]]
+    try:
+        names = json.loads((run / "model" / "config.json").read_text(encoding="utf-8")).get("label_names")
+    except (OSError, ValueError):
+        return None
+    return [str(c) for c in names] if isinstance(names, list) else None
+
+
+def _class_changes(table: DataTable, classes: list[str]) -> list[str]:
+    counts = table.class_counts()
+    out = []
+    for name in table.class_names:
+        if name not in classes:
+            n = counts.get(name, 0)
+            out.append(f"{_images(n)} now labelled {name!r}, a class the run does not have "
+                       "(the network has no output for it)")  # fmt: skip
+    out += [f"class {name!r} has no image any more" for name in classes if name not in table.class_names]
+    return out
+
+
+def _row_changes(
+    table: DataTable, keys: list[tuple[str, str]], saved: list[tuple[str, str]], split_of: dict[tuple[str, str], str]
+) -> list[str]:
+    now = set(keys)
+    gone = [k for k in saved if k not in now]
+    new = [k for k in keys if k not in split_of]
+    out = []
+    if gone:
+        why = dict(table.skipped)
+        path = gone[0][0]
+        out.append(f"{_images(len(gone))} of the run {'is' if len(gone) == 1 else 'are'} left out now "
+                   f"({path}: {why.get(path, 'no longer in the data')})")  # fmt: skip
+    if new:
+        out.append(f"{_images(len(new))} the run did not have ({new[0][0]})")
+    return out
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'s' if n != 1 else ''}"
+
+
+def _corrections_note(run: Path, corrections: str | None) -> list[str]:
+    """A note when the corrections file differs from the copy the run keeps (``RUN/corrections.csv``)."""
+    if not corrections:
+        return []
+    kept = run / "corrections.csv"
+    try:
+        same = kept.read_bytes() == Path(corrections).read_bytes()
+    except OSError:
+        return []
+    if same:
+        return []
+    return ["the corrections changed since the run started: the epochs still to train use the labels they give, "
+            "on the split the run started with"]  # fmt: skip

@@ -28,6 +28,7 @@ def checkpoint_state(tr: Trainer) -> dict[str, Any]:
         "elapsed": tr.elapsed,
         "config": to_dict(tr.cfg),
         "requested": dict(tr.requested),
+        "classes": list(tr.task.class_names),  # what a resumed run's data is checked against
     }
 
 
