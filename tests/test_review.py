@@ -243,3 +243,38 @@ def test_the_page_in_a_real_browser(audit_folder: Path) -> None:
     with open(audit_folder / "corrections.csv", newline="") as f:
         rows = [(Path(r["path"]).name, r["label"], r["action"]) for r in csv.DictReader(f)]
     assert rows == [("im0.png", "cat", "relabel"), ("im1.png", "fox", "accept"), ("im2.png", "lynx", "relabel")]
+
+
+def test_only_its_own_names_and_page_reach_the_api(audit_folder: Path) -> None:
+    """DNS rebinding: a web page whose name is made to resolve to 127.0.0.1 reaches the loopback
+    review under its own name (Host) and origin (Origin): it can neither read the file paths and
+    images nor change corrections.csv. The server's own names and page pass."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from imgcls.review.app import create_review_app
+
+    s = open_session(audit=audit_folder)
+    app = create_review_app(s, host="127.0.0.1", port=8765)
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+        own = {"Origin": "http://127.0.0.1:8765"}
+        assert c.post("/api/decide", json={"index": 0, "action": "accept"}, headers=own).status_code == 200
+        before = s.out.read_bytes()
+        for origin in ("http://evil.example:8765", "http://evil.example", "http://localhost:8765", "null"):
+            r = c.post("/api/decide", json={"index": 1, "action": "reject"}, headers={"Origin": origin})
+            assert r.status_code == 403 and r.json()["error"].startswith(f"Origin {origin} is not this server's page")
+            assert c.post("/api/undo", headers={"Origin": origin}).status_code == 403
+        for host in ("localhost:8765", "[::1]:8765", "127.0.0.1", "LOCALHOST:9000"):  # 9000: ssh -L 9000:...
+            assert c.get("/api/state", headers={"Host": host}).status_code == 200
+        r = c.post("/api/decide", json={"index": 1, "action": "skip"}, headers={"Host": "localhost:9000",
+                                                                                "Origin": "http://localhost:9000"})  # fmt: skip
+        assert r.status_code == 200
+    with TestClient(app, base_url="http://evil.example:8765") as evil:
+        for r in (evil.get("/api/state"), evil.get("/api/image/0"), evil.get("/"), evil.get("/health"),
+                  evil.post("/api/decide", json={"index": 1, "action": "reject"}), evil.post("/api/undo")):  # fmt: skip
+            assert r.status_code == 403, r.text
+            assert r.json()["error"].startswith("Host evil.example:8765 is not this server's name")
+            assert "http://127.0.0.1:8765/" in r.json()["error"]
+    assert s.counts()["decided"] == 2
+    with open(s.out, newline="") as f:
+        assert [r["action"] for r in csv.DictReader(f)] == ["accept"] and before in s.out.read_bytes()

@@ -30,7 +30,7 @@ from imgcls.serve.batcher import MicroBatcher  # noqa: E402
 @pytest.fixture(scope="module")
 def client(trained: dict) -> TestClient:
     cfg = ServeConfig(model=str(trained["model"]), max_upload_mb=1.0, max_files=3, max_pixels=1_000_000)
-    with TestClient(create_app(cfg)) as c:
+    with TestClient(create_app(cfg), base_url=f"http://127.0.0.1:{cfg.port}") as c:  # the name it is bound to
         yield c
 
 
@@ -149,6 +149,52 @@ def test_api_key_is_required_when_set(trained: dict) -> None:
         assert c.post("/predict", files=files, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/health").json()["auth"] is True
         assert "access-control-allow-origin" not in c.get("/model", headers={"Origin": "http://x"}).headers
+
+
+def test_only_its_own_names_and_pages_reach_it(trained: dict) -> None:
+    """DNS rebinding: a web page whose name is made to resolve to 127.0.0.1 reaches the loopback
+    server under its own name (Host) and origin (Origin). Without an API key both are refused;
+    the server's own names and page, and a --cors-origin, pass."""
+    clf = Classifier.load(trained["model"])
+    files = [("file", ("a.jpg", _image(0), "image/jpeg"))]
+    cfg = ServeConfig(model=str(trained["model"]), port=8000, cors_origins=["http://app.example"])
+    with TestClient(create_app(cfg, clf), base_url="http://evil.example:8000") as evil:
+        for r in (evil.get("/"), evil.get("/model"), evil.post("/predict", files=files)):
+            assert r.status_code == 403, r.text
+            assert r.json()["error"].startswith("Host evil.example:8000 is not this server's name")
+    with TestClient(create_app(cfg, clf), base_url="http://127.0.0.1:8000") as c:
+        for origin in ("http://evil.example:8000", "http://127.0.0.1:9", "null"):
+            r = c.post("/predict", files=files, headers={"Origin": origin})
+            assert r.status_code == 403 and "not this server's page" in r.json()["error"]
+            assert c.post("/explain", files=files, headers={"Origin": origin}).status_code == 403
+        for host in ("localhost:8000", "[::1]:8000", "LocalHost", "127.0.0.1:9000"):  # ssh -L 9000:...
+            assert c.get("/model", headers={"Host": host}).status_code == 200
+        assert c.post("/predict", files=files, headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
+        r = c.post("/predict", files=files, headers={"Host": "localhost:9000", "Origin": "http://localhost:9000"})
+        assert r.status_code == 200
+        r = c.post("/predict", files=files, headers={"Origin": "http://app.example"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example"
+    # bound to every interface: the user exposed it, any name reaches it; a foreign page still cannot post
+    exposed = ServeConfig(model=str(trained["model"]), host="0.0.0.0", port=8000)
+    with TestClient(create_app(exposed, clf), base_url="http://gpu-box.lan:8000") as c:
+        assert c.get("/model").status_code == 200
+        assert c.post("/predict", files=files, headers={"Origin": "http://gpu-box.lan:8000"}).status_code == 200
+        assert c.post("/predict", files=files, headers={"Origin": "http://evil.example"}).status_code == 403
+
+
+def test_with_an_api_key_any_name_but_no_foreign_page(trained: dict) -> None:
+    """With --api-key the key admits a request to /predict whatever name reached the server (a
+    reverse proxy may pass its public name); a foreign page's Origin is still refused."""
+    cfg = ServeConfig(model=str(trained["model"]), api_key="s3cret")
+    files = [("file", ("a.jpg", _image(0), "image/jpeg"))]
+    key = {"X-API-Key": "s3cret"}
+    with TestClient(create_app(cfg), base_url="http://api.example") as c:
+        assert c.get("/model").status_code == 200
+        assert c.post("/predict", files=files, headers=key).status_code == 200
+        assert c.post("/predict", files=files).status_code == 401
+        r = c.post("/predict", files=files, headers={**key, "Origin": "http://evil.example"})
+        assert r.status_code == 403 and "not this server's page" in r.json()["error"]
+        assert c.post("/predict", files=files, headers={**key, "Origin": "http://api.example"}).status_code == 200
 
 
 def test_micro_batcher_groups_requests_and_never_mixes_them_up() -> None:

@@ -63,4 +63,5 @@ def serve_review(session: Session, *, host: str = "127.0.0.1", port: int = 8765,
     from imgcls.serve.app import check_address
 
     check_address(host, port)
-    uvicorn.run(create_review_app(session, hint=hint), host=host, port=port, log_level="warning")
+    app = create_review_app(session, hint=hint, host=host, port=port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from imgcls.errors import UserError
 from imgcls.review.session import Session
+from imgcls.serve.http import add_host_guard
 
 
 class Decision(BaseModel):
@@ -27,7 +28,9 @@ class Problem(BaseModel):
     error: str
 
 
-def create_review_app(session: Session, *, hint: str = "") -> Any:
+def create_review_app(session: Session, *, hint: str = "", host: str | None = None, port: int = 8765) -> Any:
+    """The app served on ``host``:``port``, answering only to that address's names and its own
+    page (``host`` None: any name, for an app not tied to an address; other pages still refused)."""
     try:
         from fastapi import FastAPI, Query
         from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -37,6 +40,7 @@ def create_review_app(session: Session, *, hint: str = "") -> Any:
     app = FastAPI(title="imgcls review", docs_url=None, redoc_url=None)
     problems: dict[int | str, dict[str, Any]] = {400: {"model": Problem}, 404: {"model": Problem}}
     _one_line_errors(app)
+    add_host_guard(app, host, port)  # DNS rebinding: other sites' pages neither read nor decide
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:

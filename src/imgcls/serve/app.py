@@ -6,7 +6,8 @@ Every bad input is a 4xx with a clear message (``{"error": ...}``), never a 5xx:
 is not multipart/form-data (415), a body over the upload limit (413), too many files (413), no
 ``file`` field (400), bytes that are no image (415), truncated or corrupt images (400), images
 over the pixel limit — decompression bombs are refused from the header (413), a missing or wrong
-API key (401), a bad query parameter (422). In an upload of several images a bad one does not
+API key (401), a bad query parameter (422), another site's page (403: see
+:class:`~imgcls.serve.http.HostGuard`). In an upload of several images a bad one does not
 cost the others their answers: it gets its own ``error`` in its place among the predictions; only
 an upload whose every image is bad is answered with the 4xx of the first. Every status and body
 is declared in the OpenAPI schema (checked by schemathesis in the tests). Each request is logged
@@ -41,6 +42,7 @@ from imgcls.serve.http import (
     HTTPProblem,
     PredictResponse,
     access_log,
+    add_host_guard,
     check_api_key,
     parse_files,
     read_limited_body,
@@ -237,7 +239,11 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     if cfg.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])  # fmt: skip
-    _add_error_handling(app)
+    # Other sites' pages (DNS rebinding): with an API key the key admits a request whatever name
+    # reached the server (a reverse proxy may pass its public one), so only the Origin is checked.
+    add_host_guard(app, None if service.api_key else cfg.host, cfg.port, origins=cfg.cors_origins,
+                   hint=" (allow a page's origin with --cors-origin)")  # fmt: skip
+    _add_error_handling(app)  # after the guard: its refusals are logged too
     _add_routes(app, service)
     return app
 
@@ -279,12 +285,14 @@ def _add_routes(app: Any, service: Service) -> None:
     async def page() -> str:
         return resources.files("imgcls.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
-    @app.get("/health")
+    foreign = {403: PROBLEMS[403]}  # the only error of a GET: another site's page (HostGuard)
+
+    @app.get("/health", responses=foreign)
     async def health() -> dict[str, Any]:
         """Liveness, and whether /predict needs an API key."""
         return service.health()
 
-    @app.get("/model")
+    @app.get("/model", responses=foreign)
     async def model_info() -> dict[str, Any]:
         """Architecture, task, label names and preprocessing of the served model."""
         return service.model_info()

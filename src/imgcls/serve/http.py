@@ -1,9 +1,13 @@
 """The service's HTTP surface: the response bodies and error statuses as declared in its OpenAPI
 schema, and the request handling that enforces the limits: the API key, a size-limited body, the
-multipart upload (its file count)."""
+multipart upload (its file count), and the guard against other sites' pages (DNS rebinding) that
+``imgcls serve`` and ``imgcls review`` share."""
 
 import hmac
+import ipaddress
+import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
@@ -51,6 +55,7 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (400, "no file field, a text field, a malformed upload, or a truncated or corrupt image"),
         (401, "missing or wrong API key"),
+        (403, "a Host that is not this server's name, or an Origin that is not its page (nor a --cors-origin)"),
         (413, "upload, file count or image pixels over the limit"),
         (415, "not multipart/form-data, or not an image"),
         (422, "a query parameter out of range"),
@@ -153,3 +158,87 @@ async def parse_files(headers: Any, body: bytes, max_files: int) -> list[tuple[s
     if not files:
         raise HTTPProblem(400, "no image in the form field 'file'")
     return files
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def host_names(host: str) -> frozenset[str] | None:
+    """The names (port left out) a browser may reach a server bound to ``host`` by; None for every
+    interface (0.0.0.0, ::), where the user chose to expose it and any name is accepted."""
+    name = host.strip().strip("[]").lower()
+    if name in ("", "0.0.0.0", "::"):
+        return None
+    try:
+        ip: Any = ipaddress.ip_address(name)
+    except ValueError:
+        ip = None
+    own = f"[{name}]" if ip is not None and ip.version == 6 else name
+    loopback = name == "localhost" or (ip is not None and ip.is_loopback)
+    return frozenset((own, *LOOPBACK_NAMES) if loopback else (own,))
+
+
+def _hostname(netloc: str) -> str:
+    """``name`` of ``name:port``, ``[v6]`` of ``[v6]:port``, lower case."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[: netloc.find("]") + 1]
+    return netloc.partition(":")[0]
+
+
+class HostGuard:
+    """ASGI middleware against DNS rebinding and other sites' pages, like Jupyter's and Vite's.
+
+    A page on ``evil.example`` whose name is made to resolve to 127.0.0.1 reaches a loopback
+    server from the user's own browser; what gives it away is the ``Host`` its requests carry
+    (``evil.example``) and, on a POST or a cross-origin fetch, the ``Origin``. So: the ``Host``'s
+    name must be one ``names`` holds (None: any). Its port is not checked: a rebinding page cannot
+    choose the name, whatever the port, and a tunnel (``ssh -L 9000:127.0.0.1:8765``) must work. An
+    ``Origin`` must be the page's own (scheme aside, the same ``host:port`` as the ``Host``) or
+    one of ``origins`` (``*``: any). Refusals are 403 ``{"error": "one line"}``. Starlette's
+    TrustedHostMiddleware checks only the Host, and answers 400 in plain text.
+    """
+
+    def __init__(self, app: Any, names: frozenset[str] | None, address: str, origins: Iterable[str] = (),
+                 hint: str = "") -> None:  # fmt: skip
+        self.app, self.names, self.address, self.hint = app, names, address, hint
+        self.origins = {o.rstrip("/").lower() for o in origins}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            wanted = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
+            refusal = self.refusal(wanted)
+            if refusal is not None and scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})  # policy violation
+            if refusal is not None:
+                return await _send_403(send, refusal)
+        await self.app(scope, receive, send)
+
+    def refusal(self, headers: dict[str, str]) -> str | None:
+        """Why a request with these (lower-case) headers is refused, or None."""
+        host = headers.get("host", "")
+        if self.names is not None and _hostname(host) not in self.names:
+            known = ", ".join(sorted(self.names))
+            return f"Host {host or '(none)'} is not this server's name ({known}): open {self.address}"
+        origin = headers.get("origin")
+        if origin is None or "*" in self.origins or origin.rstrip("/").lower() in self.origins:
+            return None
+        scheme, _, netloc = origin.lower().partition("://")
+        if scheme in ("http", "https") and netloc == host.lower():
+            return None
+        return f"Origin {origin} is not this server's page: requests from other sites' pages are refused{self.hint}"
+
+
+async def _send_403(send: Any, message: str) -> None:
+    body = json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()  # as JSONResponse
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 403, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def add_host_guard(app: Any, host: str | None, port: int, *, origins: Iterable[str] = (), hint: str = "") -> None:
+    """Guard a FastAPI ``app`` served on ``host``:``port`` (:class:`HostGuard`); ``host`` None
+    checks only the Origin (an app not tied to an address: tests, another server)."""
+    names = None if host is None else host_names(host)
+    shown = f"[{host.strip('[]')}]" if host and ":" in host else host
+    app.add_middleware(HostGuard, names=names, address=f"http://{shown}:{port}/", origins=list(origins), hint=hint)
