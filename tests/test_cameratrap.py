@@ -344,11 +344,9 @@ def test_its_own_camtrapdp_package_reads_back_trains_evaluates_and_audits(
     world: dict[str, Path], crop_model: Path, tmp_path: Path
 ) -> None:
     """The round trip: predict writes a Camtrap DP package; read as --data it gives every
-    classified detection as a crop with its label and every blank image as a blank row, with
-    the sites and events; train, evaluate and audit take it as it is."""
+    classified detection as a crop with the model's own label and every blank image as a blank
+    row, with the sites and events; train, evaluate and audit take it as it is."""
     import os
-
-    from imgcls.cameratrap.writers import scientific_name
 
     base = ["predict", "--model", str(crop_model / "model"), str(world["images"]), "--detections", str(world["md"]),
             "--aggregate", "sequence", "--metadata", str(world["cct"])]  # fmt: skip
@@ -361,7 +359,7 @@ def test_its_own_camtrapdp_package_reads_back_trains_evaluates_and_audits(
         if r["label"] == "blank":
             expected.append((path, "blank", None, r["sequence"]))
         for d in r["detections"]:
-            expected.append((path, scientific_name(d["label"]), tuple(round(v, 4) for v in d["bbox"]), r["sequence"]))
+            expected.append((path, d["label"], tuple(round(v, 4) for v in d["bbox"]), r["sequence"]))
     table = load_source(pkg)
     assert table.boxes is not None
     got = [(p, table.label_names(i)[0], None if np.isnan(table.boxes[i]).any() else tuple(table.boxes[i].round(4)),

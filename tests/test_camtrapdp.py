@@ -110,3 +110,118 @@ def test_a_broken_package_is_one_line(package: Path) -> None:
     (package / "datapackage.json").write_text("[1]")
     with pytest.raises(UserError, match="not a data package"):
         load_source(package)
+
+
+def _rewrite(path: Path, column: str, values: dict[str, str]) -> None:
+    """Set ``column`` of the rows whose first field is a key of ``values``."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0]) + ([column] if column not in rows[0] else [])
+    for r in rows:
+        first = r[header[0]]
+        if first in values:
+            r[column] = values[first]
+    write(path, header, [[r.get(h, "") for h in header] for r in rows])
+
+
+def test_an_observation_without_a_box_beside_boxed_ones_is_listed_not_lost(package: Path) -> None:
+    """a.jpg: a fox and a hare boxed; a badger seen without a box has no crop to train on (it was
+    dropped without a word), while a fox without a box is the boxed fox again."""
+    with open(package / "observations.csv", "a", newline="") as f:
+        csv.writer(f).writerows([obs("o12", "d1", "m_a", "media", "animal", "Meles meles", event="e1"),
+                                 obs("o13", "d1", "m_a", "media", "animal", "Vulpes vulpes", event="e1")])  # fmt: skip
+    t = load_source(package)
+    assert [t.label_names(i)[0] for i, p in enumerate(t.paths) if p.endswith("a.jpg")] == [
+        "Vulpes vulpes", "Lepus europaeus"]  # fmt: skip
+    said = [why for p, why in t.skipped if p.endswith("a.jpg")]
+    assert said == ["an observation of 'Meles meles' without a box, in an image whose other observations have "
+                    "boxes: no crop holds it"]  # fmt: skip
+
+
+@pytest.mark.parametrize("naive", ["media", "events"])
+def test_times_without_an_offset_are_read_in_the_deployments_zone(package: Path, naive: str) -> None:
+    """The event over c (06:00:02 to 06:00:03 at +02:00) written with and without offsets: a
+    time without one is the deployment's (its deploymentStart says +02:00), not UTC, so the
+    event still covers c (it covered nothing, c was skipped as without observation)."""
+    _rewrite(package / "deployments.csv", "deploymentStart", {"d1": "2024-05-01T00:00:00+02:00"})
+    if naive == "media":
+        _rewrite(
+            package / "media.csv", "timestamp", {f"m_{n}": f"2024-05-01T06:00:0{i}" for i, n in enumerate("abcde")}
+        )
+    else:
+        _rewrite(package / "observations.csv", "eventStart", {"o4": "2024-05-01T06:00:02"})
+        _rewrite(package / "observations.csv", "eventEnd", {"o4": "2024-05-01T06:00:03"})
+    t = load_source(package)
+    labels = {Path(p).name: t.label_names(i)[0] for i, p in enumerate(t.paths)}
+    assert labels["c.jpg"] == "Capreolus capreolus" and labels["d.jpg"] == "Sus scrofa"
+    assert "e.jpg" not in labels
+
+
+def test_times_with_and_without_offsets_group_into_events_on_one_clock(tmp_path: Path) -> None:
+    """Frames of one camera whose times mix offsets and none (a crash: naive and aware times do
+    not compare) are grouped on the camera's clock, as written."""
+    from datetime import datetime, timedelta, timezone
+
+    from imgcls.cameratrap.sequences import assign_events
+
+    paths = [str(tmp_path / "cam" / f"{i}.jpg") for i in range(3)]
+    zone = timezone(timedelta(hours=2))
+    times = [datetime(2024, 5, 1, 6, 0, 0), datetime(2024, 5, 1, 6, 0, 2, tzinfo=zone), datetime(2024, 5, 1, 7)]
+    assert assign_events(paths, times=times) == ["cam#1", "cam#1", "cam#2"]
+
+
+def test_its_own_package_reads_back_with_the_models_class_names(tmp_path: Path) -> None:
+    """predict --format camtrapdp read back as --data: 'cat' stayed 'Cat' (a scientific name is
+    capitalised), a crop classified 'empty' became 'blank', 'person' became 'human'; the model's
+    own names come back, and a name a person changed in the package afterwards wins."""
+    from imgcls.cameratrap.writers import CamtrapDPWriter
+
+    for n in "abcd":
+        Image.new("RGB", (32, 24)).save(tmp_path / f"{n}.jpg")
+    taxon = "mammalia;carnivora;felidae;felis catus"
+    rows = [
+        {"path": str(tmp_path / "a.jpg"), "label": "cat", "score": 0.9},
+        {"path": str(tmp_path / "b.jpg"), "score": 0.8, "detections": [
+            {"label": "empty", "category": "animal", "bbox": [0.1, 0.1, 0.2, 0.2], "score": 0.7},
+            {"label": taxon, "category": "animal", "bbox": [0.5, 0.5, 0.3, 0.3], "score": 0.6}]},
+        {"path": str(tmp_path / "c.jpg"), "score": 0.99, "detections": []},  # no detection: a blank frame
+        {"path": str(tmp_path / "d.jpg"), "label": "person", "score": 0.9},
+    ]  # fmt: skip
+    pkg = tmp_path / "pkg"
+    writer = CamtrapDPWriter(pkg)
+    writer.open(resume=False)
+    writer.write(rows)
+    writer.close()
+    writer.finalize()
+    t = load_source(pkg)
+    got = sorted((Path(p).name, t.label_names(i)[0]) for i, p in enumerate(t.paths))
+    assert got == [("a.jpg", "cat"), ("b.jpg", "empty"), ("b.jpg", taxon), ("c.jpg", "blank"), ("d.jpg", "person")]
+    with open(pkg / "observations.csv", newline="") as f:
+        observations = list(csv.DictReader(f))
+    for o in observations:  # a person corrects the cat in the package: the correction counts
+        if o["scientificName"] == "Cat":
+            o["scientificName"], o["classificationMethod"] = "Lynx lynx", "human"
+    write(pkg / "observations.csv", list(observations[0]), [list(o.values()) for o in observations])
+    assert load_source(pkg).label_names(0) == ["Lynx lynx"]
+
+
+def test_a_class_of_whole_frames_and_crops_is_named_at_the_start_of_training(
+    package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The network can learn whether a row is a crop or a whole frame instead of what it shows:
+    training names the classes that mix them, with the counts."""
+    from imgcls.cli import main
+
+    boxed = [obs(f"x{i}", "d2", f"m_{n}", "media", "animal", "Vulpes vulpes", "0.2 0.2 0.5 0.5")
+             for i, n in enumerate("fg")]  # fmt: skip
+    write(package / "observations.csv", OBS, [
+        *boxed, obs("x3", "d2", "m_h", "media", "animal", "Vulpes vulpes"),
+        *[obs(f"y{n}", "d1", f"m_{n}", "media", "blank") for n in "abcde"],
+    ])  # fmt: skip
+    assert main(["train", "--data", str(package), "--arch", "lenet", "--pretrained", "none", "--epochs", "1",
+                 "--image-size", "32", "--batch-size", "4", "--val-split", "0", "--no-export-onnx",
+                 "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert ("warning: whole frames and detection crops in one class: Vulpes vulpes (1 whole frame, 2 crops): "
+            "the network can learn the framing instead of what the image shows") in err  # fmt: skip
+    assert "blank (" not in err.split("warning: whole frames")[1].splitlines()[0]

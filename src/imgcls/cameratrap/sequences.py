@@ -3,7 +3,9 @@
 Images are grouped by their ``seq_id`` when the metadata has one (COCO Camera Traps); otherwise
 by camera — the folder holding the image — and time: frames of one folder whose EXIF
 ``DateTimeOriginal`` lie within ``gap`` seconds of the previous frame belong to one event
-(30 s by default). Images without a timestamp form events of their own.
+(30 s by default). Images without a timestamp form events of their own. Times of one camera are
+compared on its clock: where some carry a UTC offset and some do not, each is taken as the clock
+time it shows.
 """
 
 from __future__ import annotations
@@ -65,6 +67,17 @@ def camera_names(folders: Sequence[str]) -> dict[str, str]:
     return {f: os.path.relpath(f, common).replace(os.sep, "/") for f in unique}
 
 
+def on_clock(stamps: list[datetime | None], rows: list[int]) -> None:
+    """Make the times of ``rows`` comparable, in place: a mix of times with and without a UTC
+    offset (which Python cannot order) becomes the clock times they show, the camera's clock
+    being the one thing they share; times all with or all without an offset stay as they are."""
+    aware = {stamps[i].tzinfo is not None for i in rows if stamps[i] is not None}  # type: ignore[union-attr]
+    if len(aware) == 2:
+        for i in rows:
+            t = stamps[i]
+            stamps[i] = t.replace(tzinfo=None) if t is not None else None
+
+
 def assign_events(
     paths: Sequence[str],
     *,
@@ -83,6 +96,7 @@ def assign_events(
     names = camera_names(list(by_camera))
     for camera, rows in by_camera.items():
         label = names[camera]
+        on_clock(stamps, rows)
         timed = sorted((i for i in rows if stamps[i] is not None), key=lambda i: (stamps[i], paths[i]))
         n, last = 0, None
         for i in timed:

@@ -5,7 +5,8 @@
   best first) — readable by Timelapse and the other tools that read MegaDetector results.
 - ``camtrapdp``: a Camera Trap Data Package (Camtrap DP 1.0) in the ``--out`` folder:
   ``datapackage.json``, ``deployments.csv``, ``media.csv`` (EXIF timestamps) and
-  ``observations.csv`` (machine observations; event-level ones with ``--aggregate sequence``).
+  ``observations.csv`` (machine observations; event-level ones with ``--aggregate sequence``;
+  the model's class name in ``observationTags``, so the package reads back with it).
 
 Both stream their rows to part files as predictions come, so a killed run resumes, and assemble
 the final files at the end.
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from imgcls.cameratrap.sequences import exif_datetime
-from imgcls.decisions import BLANK_NAMES, TAXONOMY_SEP
+from imgcls.data.sources.camtrapdp import LABEL_TAG, observation_type, scientific_name
 from imgcls.errors import UserError
 from imgcls.io import atomic_open, atomic_write_text
 from imgcls.outputs import PartialJsonlWriter, Writer, _truncate_to_last_newline, register_writer
@@ -105,23 +106,11 @@ DEPLOYMENTS = ["deploymentID", "locationID", "locationName", "latitude", "longit
                "deploymentComments"]  # fmt: skip
 
 
-def observation_type(label: str) -> str:
-    low = label.strip().lower()
-    if low in BLANK_NAMES:
-        return "blank"
-    if low in ("person", "human", "people"):
-        return "human"
-    if low in ("vehicle", "car", "truck"):
-        return "vehicle"
-    if low in ("unknown", ""):
-        return "unknown"
-    return "animal"
-
-
-def scientific_name(label: str) -> str:
-    """The most specific rank of a taxonomy label ('...;canidae;vulpes vulpes' -> 'Vulpes vulpes')."""
-    name = label.split(TAXONOMY_SEP)[-1].strip()
-    return name[:1].upper() + name[1:] if name else name
+def label_tag(label: str) -> str:
+    """The ``observationTags`` value keeping the model's class name, so that the package read
+    back as ``--data`` gives that name (``cat``, not the scientific ``Cat``; a crop's ``empty``,
+    not ``blank``); none for a name a tag list cannot hold."""
+    return f"{LABEL_TAG}{label}" if label and "|" not in label and label == label.strip() else ""
 
 
 class CamtrapDPWriter(Writer):
@@ -177,7 +166,8 @@ class CamtrapDPWriter(Writer):
         dt = exif_datetime(path)
         if dt is None:
             dt = datetime.fromtimestamp(os.path.getmtime(path)) if os.path.exists(path) else datetime(1970, 1, 1)
-        return dt.replace(tzinfo=self.tz).isoformat()
+        # a time with its own offset is that instant, written at --utc-offset like the others
+        return (dt.astimezone(self.tz) if dt.tzinfo is not None else dt.replace(tzinfo=self.tz)).isoformat()
 
     def _relative(self, path: str) -> str:
         try:
@@ -204,7 +194,7 @@ class CamtrapDPWriter(Writer):
                     f"{media_id}_{n}", deployment, media_id, event, ts, ts, "media", obs["type"], "",
                     obs["name"], obs.get("count", ""), "", "", "", "", "", "", "",
                     *obs.get("bbox", ["", "", "", ""]), "machine", self.options.get("model", {}).get("path", "imgcls"),
-                    self.stamp, f"{obs['p']:.4f}" if obs.get("p") is not None else "", "", "",
+                    self.stamp, f"{obs['p']:.4f}" if obs.get("p") is not None else "", obs.get("tag", ""), "",
                 ]))  # fmt: skip
         self.media_stream.write("".join(media_lines))
         assert self.stream is not None
@@ -219,6 +209,7 @@ class CamtrapDPWriter(Writer):
                     "type": t,
                     "name": scientific_name(r["label"]) if t == "animal" else "",
                     "p": r.get("score"),
+                    "tag": label_tag(r["label"]),
                 }
             ]
         if not dets:
@@ -230,6 +221,7 @@ class CamtrapDPWriter(Writer):
             out.append({
                 "type": t, "name": scientific_name(d["label"]) if t == "animal" and d.get("label") else "",
                 "p": d.get("score"), "count": 1, "bbox": [f"{x:.4f}", f"{y:.4f}", f"{w:.4f}", f"{h:.4f}"],
+                "tag": label_tag(d.get("label") or ""),
             })  # fmt: skip
         return out
 
@@ -290,6 +282,7 @@ class CamtrapDPWriter(Writer):
                 "scientificName": scientific_name(e["label"]) if t == "animal" else "",
                 "classificationMethod": "machine", "classifiedBy": self.options.get("model", {}).get("path", "imgcls"),
                 "classificationTimestamp": self.stamp, "classificationProbability": f"{e['score']:.4f}",
+                "observationTags": label_tag(e["label"]),
             })  # fmt: skip
             out.append(row)
         return out

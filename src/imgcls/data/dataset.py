@@ -180,6 +180,26 @@ def check_every_class(table: DataTable, usable: np.ndarray, skipped: list[tuple[
     raise UserError(f"no usable image of class {said} ({len(rows)} listed{example}); fix or remove its files")
 
 
+def mixed_framing(table: DataTable, rows: np.ndarray) -> str:
+    """'blank (40 whole frames, 3 crops), ...': the classes whose ``rows`` are partly whole
+    images and partly detection crops ("" for none). A network given such a class can learn the
+    framing (a crop fills the square with one animal, a frame shows the whole scene) instead of
+    what the image shows: a Camtrap DP package's blank frames beside crops labelled blank, or a
+    species boxed in some images and not in others."""
+    if table.boxes is None or not len(rows) or not table.num_classes:
+        return ""
+    crop = ~np.isnan(table.boxes[rows]).any(axis=1)
+    targets = table.targets[rows]
+    member = targets.astype(bool) if table.multilabel else targets[:, None] == np.arange(table.num_classes)
+    crops, frames = member[crop].sum(axis=0), member[~crop].sum(axis=0)
+    mixed = [
+        f"{name} ({f} whole frame{'s' if f != 1 else ''}, {c} crop{'s' if c != 1 else ''})"
+        for name, f, c in zip(table.class_names, frames.tolist(), crops.tolist(), strict=True)
+        if f and c
+    ]
+    return ", ".join(mixed[:5]) + (f" ... ({len(mixed)} classes)" if len(mixed) > 5 else "")
+
+
 def without_test(table: DataTable, splits: Splits) -> tuple[DataTable, Splits]:
     """The table of the training and validation rows only (the test split stays untouched), and
     the splits renumbered to it."""

@@ -23,7 +23,7 @@ import torch
 from imgcls.artifacts import write_history
 from imgcls.config import RunConfig, check_config, dump_yaml, from_dict
 from imgcls.console import info
-from imgcls.data.dataset import TableHook, load_table
+from imgcls.data.dataset import TableHook, load_table, mixed_framing
 from imgcls.data.table import LISTED_AGAIN, NO_DETECTION, REVIEWED, count_left_out
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
@@ -322,6 +322,10 @@ def describe_start(tr: Trainer) -> None:
     if unseen:
         info(f"warning: no training image of class {', '.join(unseen[:5])}{' ...' if len(unseen) > 5 else ''} "
              "(only in validation): the network cannot learn it")  # fmt: skip
+    mixed = mixed_framing(d.table, np.concatenate([d.splits.train, d.splits.val]))
+    if mixed:
+        info(f"warning: whole frames and detection crops in one class: {mixed}: the network can learn the framing "
+             "instead of what the image shows")  # fmt: skip
     if tr.choice:
         info(tr.choice)
     if d.skipped:

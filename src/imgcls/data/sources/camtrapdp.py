@@ -11,10 +11,18 @@ data reviewed in those tools trains here without conversion.
   event-level ones label every image of their deployment taken from ``eventStart`` to
   ``eventEnd``; an image with media-level observations ignores the event-level ones. Where a
   person classified an image (``classificationMethod`` ``human``), the machine's observations of
-  it are ignored.
+  it are ignored. A package imgcls wrote (``predict --format camtrapdp``) gives back the model's
+  own class names (``cat``, a crop's ``empty``, ``person``), which its observations keep in
+  ``observationTags`` (``imgcls-label:cat``), unless a person changed the observation since.
 - **Crops**: observations with a bounding box (``bboxX``, ``bboxY``, ``bboxWidth``,
   ``bboxHeight``) become one row each, the square crop around the box (as ``--detections``
-  gives); an image whose observations have no box is one whole-image row.
+  gives); an image whose observations have no box is one whole-image row. In an image with
+  boxes, an observation without one names the same animal as a boxed one of its label, or else
+  something no crop holds: it is listed in ``skipped.csv`` with that reason, not trained on (a
+  whole-frame row would carry the boxed animals under another label).
+- **Times**: a timestamp without a UTC offset is read in its deployment's zone (the offset of
+  its ``deploymentStart``/``deploymentEnd``, else of its media's, else of its events'), so an
+  event whose span is written in UTC covers the local frames it names.
 - **Metadata**: ``location`` is the deployment's ``locationID`` (else ``locationName``, else the
   ``deploymentID``: the site, so ``--split-by location`` keeps a site on one side), ``deployment``
   the ``deploymentID``, ``sequence`` the ``eventID``, ``datetime`` the media ``timestamp``.
@@ -31,7 +39,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,32 @@ from imgcls.errors import UserError
 
 PACKAGE = "datapackage.json"
 NAMED_TYPES = ("blank", "human", "vehicle")
+#: the observation tag in which imgcls's own packages keep the model's class name
+LABEL_TAG = "imgcls-label:"
+
+
+def observation_type(label: str) -> str:
+    """The Camtrap DP ``observationType`` of a class name."""
+    from imgcls.decisions import BLANK_NAMES
+
+    low = label.strip().lower()
+    if low in BLANK_NAMES:
+        return "blank"
+    if low in ("person", "human", "people"):
+        return "human"
+    if low in ("vehicle", "car", "truck"):
+        return "vehicle"
+    if low in ("unknown", ""):
+        return "unknown"
+    return "animal"
+
+
+def scientific_name(label: str) -> str:
+    """The most specific rank of a taxonomy label ('...;canidae;vulpes vulpes' -> 'Vulpes vulpes')."""
+    from imgcls.decisions import TAXONOMY_SEP
+
+    name = label.split(TAXONOMY_SEP)[-1].strip()
+    return name[:1].upper() + name[1:] if name else name
 
 
 def is_camtrapdp(path: Path) -> bool:
@@ -56,7 +90,7 @@ class Media:
     path: str
     deployment: str
     timestamp: str
-    when: datetime | None
+    when: datetime | None  # as written: with its offset, or without one (see _instants)
     event: str = ""  # an eventID the media row carries itself (earlier versions' sequenceID)
 
 
@@ -169,23 +203,51 @@ def _media_file(r: dict[str, str], folder: Path, image_root: Path | None) -> tup
 
 
 def _when(stamp: str) -> datetime | None:
-    """An ISO 8601 time as a comparable value: the instant in UTC when the offset is given
-    (Camtrap DP requires it), else the clock time as written."""
+    """An ISO 8601 time as written (with its UTC offset where it has one), None if it is not one."""
     try:
-        dt = datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
     except ValueError:
         return None
-    if dt is not None and dt.tzinfo is not None:
-        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
-    return dt
+
+
+def _zones(pkg: Package, events: list[dict[str, str]]) -> dict[str, tzinfo]:
+    """deploymentID -> the UTC offset its times without one are read in: the offset of its
+    ``deploymentStart``/``deploymentEnd`` (Camtrap DP requires one there), else the first of its
+    media's, else of its event observations'."""
+    zones: dict[str, tzinfo] = {}
+    written = [(dep, r.get(k, "")) for dep, r in pkg.deployments.items() for k in ("deploymentStart", "deploymentEnd")]
+    written += [(m.deployment, m.timestamp) for m in pkg.media.values()]
+    written += [(o.get("deploymentID", ""), o.get(k, "")) for o in events for k in ("eventStart", "eventEnd")]
+    for dep, stamp in written:
+        when = _when(stamp)
+        if dep not in zones and when is not None and when.tzinfo is not None:
+            zones[dep] = when.tzinfo
+    return zones
+
+
+def _instant(when: datetime, zone: tzinfo | None) -> datetime:
+    """A comparable value: the instant in UTC (a time without an offset taken in ``zone``); with
+    no zone known, the clock time as written (then every time of the deployment lacks one)."""
+    if when.tzinfo is None:
+        if zone is None:
+            return when
+        when = when.replace(tzinfo=zone)
+    return when.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def label_of(o: dict[str, str]) -> str | None:
-    """The label an observation gives, None for unknown / unclassified / unnamed animals."""
+    """The label an observation gives, None for unknown / unclassified / unnamed animals: the
+    model's own class name where imgcls wrote the observation and it still says what imgcls
+    wrote, else ``scientificName`` (animals) or the observation type."""
     kind = o.get("observationType", "").lower()
-    if kind == "animal":
-        return o.get("scientificName") or None
-    return kind if kind in NAMED_TYPES else None
+    name = (o.get("scientificName") or None) if kind == "animal" else kind if kind in NAMED_TYPES else None
+    if name is None:
+        return None
+    tags = [t.strip() for t in o.get("observationTags", "").split("|")]
+    own = next((t[len(LABEL_TAG) :] for t in tags if t.startswith(LABEL_TAG)), "")
+    if own and observation_type(own) == kind and (kind != "animal" or scientific_name(own) == name):
+        return own
+    return name
 
 
 def _box(o: dict[str, str]) -> tuple[float, float, float, float] | None:
@@ -225,6 +287,10 @@ def labelled_rows(pkg: Package) -> list[tuple[str, list[str], tuple[float, float
         crops = [(label, box) for label, box in named if box is not None]
         if crops:
             out += [(media_id, [label], box) for label, box in crops]
+            boxed = {label for label, _ in crops}
+            for label in dict.fromkeys(label for label, box in named if box is None and label not in boxed):
+                pkg.skipped.append((media.path, f"an observation of {label!r} without a box, in an image whose "
+                                                "other observations have boxes: no crop holds it"))  # fmt: skip
         else:
             out.append((media_id, sorted({label for label, _ in named}), None))
     return out
@@ -233,18 +299,21 @@ def labelled_rows(pkg: Package) -> list[tuple[str, list[str], tuple[float, float
 def _event_cover(pkg: Package, events: list[dict[str, str]], labelled: set[str]) -> dict[str, list[dict[str, str]]]:
     """mediaID -> the event-level observations whose deployment and time span hold it (media
     with media-level observations of their own left out)."""
+    zones = _zones(pkg, events)
     timeline: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
     for media_id, m in pkg.media.items():
         if m.when is not None and media_id not in labelled:
-            timeline[m.deployment].append((m.when, media_id))
+            timeline[m.deployment].append((_instant(m.when, zones.get(m.deployment)), media_id))
     for frames in timeline.values():
         frames.sort()
     out: dict[str, list[dict[str, str]]] = defaultdict(list)
     for o in events:
+        dep = o.get("deploymentID", "")
         start, end = _when(o.get("eventStart", "")), _when(o.get("eventEnd", ""))
-        frames = timeline.get(o.get("deploymentID", ""), [])
+        frames = timeline.get(dep, [])
         if start is None or end is None or not frames:
             continue
+        start, end = _instant(start, zones.get(dep)), _instant(end, zones.get(dep))
         stamps = [f[0] for f in frames]
         lo, hi = bisect_left(stamps, start), bisect_right(stamps, end)
         for _, media_id in frames[lo:hi]:
