@@ -11,7 +11,8 @@ from PIL import Image
 
 import imgcls
 from imgcls.cli import main
-from imgcls.explain import Explainer, feature_layer, grad_cam
+from imgcls.errors import UserError
+from imgcls.explain import Explainer, Explanation, feature_layer, grad_cam, overlay, strip
 from imgcls.models import create_model
 from imgfactory import square_scene
 
@@ -65,7 +66,9 @@ def test_explain_command_writes_a_picture_per_image_and_refuses_onnx(
     import csv
 
     with open(out / "explanations.csv", newline="") as f:
-        first = next(csv.DictReader(f))
+        table = list(csv.DictReader(f))
+    first = table[0]
+    assert {r["layer"] for r in table[:-1]} == {"stages"} and table[-1]["layer"] == ""  # the map each picture shows
     clf = imgcls.load(squares / "run" / "model", backend="torch")
     said = clf.predict(first["path"], top_k=2)[0]  # the classes explained are the ones predict gives
     assert first["labels"] == ";".join(said["top_k"]) and float(first["probabilities"].split(";")[0]) == pytest.approx(
@@ -88,3 +91,101 @@ def test_every_family_has_a_feature_map_to_explain(arch: str) -> None:
     name, layer = feature_layer(model, size)
     maps = grad_cam(LayerGradCam(model, layer), torch.randn(2, *size), np.array([[0, 1], [2, 0]]))
     assert maps.shape == (2, 2, 64, 64) and maps.min() >= 0 and maps.max() <= 1 and name
+
+
+# The layer each family is explained at: timm's own feature description (``feature_info``, its
+# last entry) where the model has one, else the last convolutional map before the classifier's
+# pooling (AlexNet's and VGG's ``features``, not the adaptive 7 x 7 pool that resizes it; LeNet's
+# second conv stage, not its 5 x 5 adaptive pool).
+FEATURE_MAPS = [
+    ("lenet", "pool2"),
+    ("smallnet", "stages"),
+    ("alexnet", "features"),
+    ("vgg11_lrn", "features"),
+    ("vgg16_c", "features"),
+    ("resnet18", "layer4"),
+    ("seresnet18", "layer4"),
+    ("convnext_tiny", "stages.3"),
+    ("convnextv2_tiny", "stages.3"),
+    ("efficientnet_b0", "blocks.6"),
+    ("timm/regnetx_002", "s4"),
+    ("timm/swin_tiny_patch4_window7_224", "layers.3"),  # channels-last (NHWC): seen channels-first
+    ("torchvision/vgg11", "features"),
+    ("torchvision/resnet18", "layer4"),
+]
+
+
+@pytest.mark.parametrize(("arch", "layer"), FEATURE_MAPS)
+def test_each_family_is_explained_at_its_last_feature_map(arch: str, layer: str) -> None:
+    with torch.device("meta"):  # shapes only: nothing computed, nothing initialised
+        model = create_model(arch, num_classes=3).eval()
+    size = tuple(model.pretrained_cfg["input_size"])
+    name, module = feature_layer(model, size)
+    assert name == layer
+    seen: list[tuple[int, ...]] = []
+    module.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+    model(torch.zeros(1, *size, device="meta"))
+    (_, channels, h, w), *_ = seen
+    assert channels >= 16 > h == w >= 2, seen  # (batch, channels, height, width), what Grad-CAM weighs
+
+
+@pytest.mark.parametrize("arch", ["timm/vit_tiny_patch16_224", "torchvision/vit_b_16"])
+def test_a_transformer_has_no_map_to_explain(arch: str) -> None:
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=3).eval()
+    with pytest.raises(UserError, match=r"has no spatial feature map \(.*tokens.*Grad-CAM needs a convolutional"):
+        feature_layer(model, (3, 224, 224), arch=arch)
+
+
+def test_explain_refuses_a_vision_transformer_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from imgcls.artifacts import save_model
+    from imgcls.config import PreprocessConfig
+
+    torch.manual_seed(0)
+    model = create_model("timm/vit_tiny_patch16_224", num_classes=2)
+    save_model(model, tmp_path / "vit", label_names=["a", "b"], preprocess=PreprocessConfig(input_size=(3, 224, 224)))
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    code = main(["explain", "--model", str(tmp_path / "vit"), str(tmp_path / "a.png"), "--out", str(tmp_path / "why")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "timm/vit_tiny_patch16_224 has no spatial feature map" in err and "Grad-CAM needs a convolutional" in err
+    assert not (tmp_path / "why").exists()
+
+
+def test_a_channels_last_map_is_weighed_per_channel() -> None:
+    """Swin's stages give (batch, height, width, channels): Grad-CAM's channel weights are the
+    gradient averaged over height and width, whatever the layout."""
+    import timm
+    from captum.attr import LayerGradCam
+
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", num_classes=3, img_size=64, window_size=2,
+                              embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)).eval()  # fmt: skip
+    name, module = feature_layer(model, (3, 64, 64))
+    assert name == "layers.3"
+    x = torch.randn(2, 3, 64, 64)
+    got = LayerGradCam(model, module).attribute(x, target=torch.tensor([0, 2]), relu_attributions=True)
+    kept: list[torch.Tensor] = []
+    model.get_submodule("layers.3").register_forward_hook(lambda _m, _i, out: kept.append(out))
+    scores = model(x)
+    (nhwc,) = kept
+    grads = torch.autograd.grad(scores[0, 0] + scores[1, 2], nhwc)[0]
+    weights = grads.mean(dim=(1, 2), keepdim=True)  # per image and channel
+    want = torch.relu((weights * nhwc).sum(dim=-1))[:, None]  # (2, 1, 2, 2)
+    assert got.shape == want.shape == (2, 1, 2, 2)
+    torch.testing.assert_close(got, want.detach())
+
+
+def test_each_overlay_names_its_layer() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    maps = rng.random((2, 32, 32)).astype(np.float32)
+    plain, named = overlay(pixels, maps[0]), np.asarray(overlay(pixels, maps[0], layer="layer4"))
+    changed = np.argwhere((np.asarray(plain) != named).any(axis=-1))
+    assert len(changed) and changed[:, 0].min() >= 192 - 16  # a caption along the bottom, the map left whole
+    assert (np.asarray(overlay(pixels, maps[0], layer="stages.3")) != named).any()  # the name, not a mark
+    picture = np.asarray(strip(Explanation("a.png", pixels, ["x", "y"], [0.6, 0.3], maps, layer="layer4")))
+    assert picture.shape == (192 + 18, 3 * 192, 3)
+    for i in (1, 2):  # each overlay of the strip carries the caption
+        panel = picture[18:, i * 192 : (i + 1) * 192]
+        assert np.array_equal(panel, np.asarray(overlay(pixels, maps[i - 1], layer="layer4")))

@@ -7,12 +7,18 @@ per channel, gives a weighted sum of the channels — where in the image the evi
 class lies. The map is upsampled to the model's input and laid over the image the model saw
 (its own preprocessing: the center crop, or the letterboxed frame).
 
-The feature map is found, not configured: the last module, in the order the forward pass ends
-them, whose output is a (batch, channels, height, width) map at least 2 x 2 — ``layer4`` of a
-ResNet, the last stage of a ConvNeXt, ``conv_head`` of an EfficientNet, the feature stack of
-AlexNet and VGG, the last convolutional block of LeNet and SmallNet, and the same for any timm
-or torchvision classifier with convolutions. A model without one (a vision transformer), or an
-exported ``.onnx`` file (no gradients), cannot be explained and says so.
+The feature map is the model's own: the last entry of timm's feature description
+(``model.feature_info``: ``layer4`` of a ResNet, ``stages.3`` of a ConvNeXt, ``blocks.6`` of an
+EfficientNet, ``layers.3`` of a Swin), stepping back to an earlier entry only where the last map is
+smaller than 2 x 2 at the model's input size. A model without that description (LeNet, SmallNet,
+AlexNet, VGG, torchvision's classifiers) is explained at its last convolutional map before the
+classifier: the last module whose output is a (batch, channels, height, width) map, leaving out
+adaptive pools, which only resize that map to the classifier's fixed grid (AlexNet's and VGG's
+7 x 7), and ``nn.Identity`` placeholders. Either way the choice is checked on the output a forward
+pass gives: a map laid out channels-last (Swin's NHWC stages) is weighed channels-first, and
+tokens (a vision transformer's (batch, tokens, channels), or tokens after a patch embedding) are
+refused in one line, as is an exported ``.onnx`` file (no gradients). The layer is named under
+each overlay and in ``explanations.csv``.
 """
 
 from __future__ import annotations
@@ -40,23 +46,41 @@ class Explanation:
     labels: list[str]
     probabilities: list[float]
     maps: np.ndarray  # float (k, S, S) in [0, 1]
+    layer: str = ""  # the module whose map is weighed (see feature_layer)
 
 
-def feature_layer(model: Any, input_size: tuple[int, int, int]) -> tuple[str, Any]:
-    """(name, module) of the last feature map of at least 2 x 2 (see the module docstring)."""
+def feature_layer(model: Any, input_size: tuple[int, ...], *, arch: str | None = None) -> tuple[str, Any]:
+    """(name, module) of the map Grad-CAM weighs (see the module docstring). For a channels-last
+    map the module is a channels-first view of it (:func:`_channels_first`), since captum takes
+    dimension 1 as the channels. A model without a map raises UserError naming ``arch``."""
+    who = arch or type(model).__name__
+    described = [(str(f["module"]), int(f["num_chs"])) for f in getattr(model, "feature_info", None) or []]
+    seen = _output_shapes(model, input_size)
+    found = _described_map(who, described, seen) if described else _last_map(who, seen)
+    if found is None:
+        raise UserError(
+            f"explain: {who} has no spatial feature map of at least 2 x 2 at its {input_size[-2]} x "
+            f"{input_size[-1]} input; Grad-CAM needs one"
+        )
+    name, channels_last = found
+    module = model.get_submodule(name)
+    return name, (_channels_first(module) if channels_last else module)
+
+
+def _output_shapes(model: Any, input_size: tuple[int, ...]) -> list[tuple[str, Any, tuple[int, ...] | None]]:
+    """(name, module, output shape or None) of every module of one forward pass, in the order the
+    pass ends them (a module called twice, twice)."""
     import torch
 
-    seen: list[tuple[str, Any]] = []
+    seen: list[tuple[str, Any, tuple[int, ...] | None]] = []
     hooks = []
     for name, module in model.named_modules():
-        if not name:
-            continue
+        if name:
 
-        def record(m: Any, _inp: Any, out: Any, name: str = name) -> None:
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] >= 2 and out.shape[-2] >= 2:
-                seen.append((name, m))
+            def record(m: Any, _inp: Any, out: Any, name: str = name) -> None:
+                seen.append((name, m, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
 
-        hooks.append(module.register_forward_hook(record))
+            hooks.append(module.register_forward_hook(record))
     param = next(model.parameters())
     try:
         with torch.no_grad():
@@ -64,9 +88,62 @@ def feature_layer(model: Any, input_size: tuple[int, int, int]) -> tuple[str, An
     finally:
         for h in hooks:
             h.remove()
-    if not seen:
-        raise UserError("this architecture has no convolutional feature map to explain (Grad-CAM needs one)")
-    return seen[-1]
+    return seen
+
+
+def _described_map(who: str, described: list[tuple[str, int]], seen: list[Any]) -> tuple[str, bool] | None:
+    """The last entry of timm's ``feature_info`` whose output is a map of at least 2 x 2, and
+    whether it is channels-last: the layout is read off the output, where ``num_chs`` sits."""
+    shapes = {name: shape for name, _, shape in seen}  # a module's last call
+    last = shapes.get(described[-1][0])
+    if last is not None and len(last) == 3:
+        _refuse_tokens(who, described[-1][0], last)
+    for name, chans in reversed(described):
+        shape = shapes.get(name)
+        if shape is None or len(shape) != 4:
+            continue
+        if shape[1] == chans and min(shape[2:]) >= 2:
+            return name, False
+        if shape[3] == chans and min(shape[1:3]) >= 2:
+            return name, True
+    return None
+
+
+def _last_map(who: str, seen: list[Any]) -> tuple[str, bool] | None:
+    """Without a feature description: the last (batch, channels, height, width) output of at
+    least 2 x 2 that is neither an adaptive pool nor an ``nn.Identity``; tokens after it (a patch
+    embedding's map followed by a transformer) mean there is no map the decision rests on."""
+    from torch import nn
+
+    skip = (nn.Identity, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    found = None
+    for i, (_, module, shape) in enumerate(seen):
+        if shape is not None and len(shape) == 4 and min(shape[2:]) >= 2 and not isinstance(module, skip):
+            found = i
+    if found is None:
+        return None
+    tokens = [(name, shape) for name, _, shape in seen[found + 1 :] if shape is not None and len(shape) == 3]
+    if tokens:
+        _refuse_tokens(who, *tokens[-1])
+    return str(seen[found][0]), False
+
+
+def _refuse_tokens(who: str, name: str, shape: tuple[int, ...]) -> None:
+    raise UserError(
+        f"explain: {who} has no spatial feature map (its last feature, {name}, is a transformer's "
+        f"{shape[1]} tokens of {shape[2]} channels); Grad-CAM needs a convolutional network"
+    )
+
+
+def _channels_first(module: Any) -> Any:
+    """An ``nn.Identity`` that sees ``module``'s (B, H, W, C) output as (B, C, H, W): a forward
+    hook passes the output through it and back, the same values in the same memory, so the model
+    computes what it computed and captum's hooks on the view see the map channels-first."""
+    from torch import nn
+
+    view = nn.Identity()
+    module.register_forward_hook(lambda _m, _inp, out: view(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+    return view
 
 
 class Explainer:
@@ -86,7 +163,7 @@ class Explainer:
         self.clf = clf
         self.model = clf.backend.model.float().eval()
         self.device = next(self.model.parameters()).device
-        self.layer_name, layer = feature_layer(self.model, clf.preprocess.input_size)
+        self.layer_name, layer = feature_layer(self.model, clf.preprocess.input_size, arch=clf.info.arch)
         self.cam = LayerGradCam(self._scores, layer)
         self.torch = torch
 
@@ -117,8 +194,10 @@ class Explainer:
             maps = (maps + self.maps(mirrored, order)[..., ::-1]) / 2
         names = self.clf.label_names
         return [
-            Explanation(path, pixels[i], [names[k] for k in order[i]], [float(probs[i, k]) for k in order[i]], maps[i])
-            for i, (path, _) in enumerate(items)
+            Explanation(
+                path, pixels[i], [names[k] for k in ks], [float(probs[i, k]) for k in ks], maps[i], self.layer_name
+            )
+            for i, ((path, _), ks) in enumerate(zip(items, order, strict=True))
         ]
 
 
@@ -139,22 +218,31 @@ def grad_cam(cam: Any, x: Any, classes: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def overlay(pixels: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
+def overlay(pixels: np.ndarray, heat: np.ndarray, *, layer: str = "", alpha: float = 0.45) -> Image.Image:
     """The image with a map laid over it in a colour scale (matplotlib's ``jet``: blue for none,
-    red for the strongest evidence), at :data:`PANEL` pixels."""
+    red for the strongest evidence), at :data:`PANEL` pixels; the ``layer`` whose map it is
+    captioned along the bottom, inside the square (pages show overlays as squares)."""
     from matplotlib import colormaps
 
     colour = (colormaps["jet"](heat)[..., :3] * 255).astype(np.float32)
     mixed = (1 - alpha) * pixels.astype(np.float32) + alpha * colour
-    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8)).resize((PANEL, PANEL), Image.Resampling.BILINEAR)
+    image = Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8)).resize((PANEL, PANEL), Image.Resampling.BILINEAR)
+    if layer:
+        draw = ImageDraw.Draw(image)
+        text = f"Grad-CAM: {layer}"[:32]
+        right = draw.textbbox((4, PANEL - 13), text)[2]
+        draw.rectangle((0, PANEL - 14, right + 3, PANEL), fill="white")
+        draw.text((4, PANEL - 13), text, fill="black")
+    return image
 
 
 def strip(e: Explanation) -> Image.Image:
-    """The image as the model saw it, then its explained classes side by side, captioned."""
+    """The image as the model saw it, then its explained classes side by side, captioned (the
+    class and its probability above each map, the layer below)."""
     panels = [Image.fromarray(e.pixels).resize((PANEL, PANEL), Image.Resampling.BILINEAR)]
     captions = ["input"]
     for label, p, heat in zip(e.labels, e.probabilities, e.maps, strict=True):
-        panels.append(overlay(e.pixels, heat))
+        panels.append(overlay(e.pixels, heat, layer=e.layer))
         captions.append(f"{label}: {'<0.1' if p < 0.001 else f'{100 * p:.1f}'}%")
     out = Image.new("RGB", (PANEL * len(panels), PANEL + 18), "white")
     draw = ImageDraw.Draw(out)
@@ -174,7 +262,8 @@ def explain_files(
     model: str | Path, inputs: list[str], out: str | Path, *, top: int = 3, device: str = "auto", batch_size: int = 16
 ) -> list[dict[str, Any]]:
     """``imgcls explain``: a PNG per input image in ``out`` (the input, then a Grad-CAM overlay
-    per top class) and ``explanations.csv``; unreadable files get a row with their error."""
+    per top class) and ``explanations.csv`` (with the layer explained); unreadable files get a row
+    with their error."""
     from imgcls.io import atomic_write_with, check_writable
     from imgcls.predict import Classifier, check_inputs, decode_for_model, iter_inputs
 
@@ -193,14 +282,16 @@ def explain_files(
         done = iter(explainer.explain([(p, px) for p, px, _ in batch if px is not None], top))
         for path, px, error in batch:
             if px is None:
-                rows.append({"path": path, "explanation": "", "labels": "", "probabilities": "", "error": error})
+                rows.append({"path": path, "explanation": "", "labels": "", "probabilities": "", "layer": "",
+                             "error": error})  # fmt: skip
                 continue
             e = next(done)
             name = _unique(Path(e.path).stem + ".png", names)
             picture = strip(e)
             atomic_write_with(folder / name, lambda tmp: picture.save(tmp, format="PNG"))  # noqa: B023
             rows.append({"path": e.path, "explanation": name, "labels": ";".join(e.labels),
-                         "probabilities": ";".join(f"{p:.6f}" for p in e.probabilities), "error": ""})  # fmt: skip
+                         "probabilities": ";".join(f"{p:.6f}" for p in e.probabilities), "layer": e.layer,
+                         "error": ""})  # fmt: skip
         batch.clear()
 
     for path in iter_inputs(inputs):
@@ -228,7 +319,9 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     from imgcls.io import atomic_write_text
 
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["path", "explanation", "labels", "probabilities", "error"], lineterminator="\n")
+    w = csv.DictWriter(
+        buf, fieldnames=["path", "explanation", "labels", "probabilities", "layer", "error"], lineterminator="\n"
+    )
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())

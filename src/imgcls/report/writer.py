@@ -113,7 +113,7 @@ def explained(model: str, images: list[Any], labels: list[str]) -> list[Any] | N
         maps = explainer.maps(pixels, targets)
     except (UserError, ImportError, ValueError):
         return None
-    return [overlay(px, heat[0]) for px, heat in zip(pixels, maps, strict=True)]
+    return [overlay(px, heat[0], layer=explainer.layer_name) for px, heat in zip(pixels, maps, strict=True)]
 
 
 def write_report(r: Any, out: Path) -> Path:

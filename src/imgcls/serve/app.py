@@ -163,7 +163,8 @@ class Service:
             (e,) = self.explainer.explain([(name, pixels)], top=min(k, 3))
         overlays = [
             {"label": label, "probability": round(p, 6),
-             "image": "data:image/png;base64," + base64.b64encode(png_bytes(overlay(e.pixels, heat))).decode()}
+             "image": "data:image/png;base64,"
+             + base64.b64encode(png_bytes(overlay(e.pixels, heat, layer=e.layer))).decode()}
             for label, p, heat in zip(e.labels, e.probabilities, e.maps, strict=True)
         ]  # fmt: skip
         return {"filename": name, "overlays": overlays}
