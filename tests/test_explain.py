@@ -137,19 +137,43 @@ def test_a_transformer_has_no_map_to_explain(arch: str) -> None:
         feature_layer(model, (3, 224, 224), arch=arch)
 
 
-def test_explain_refuses_a_vision_transformer_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory of timm's ViT-Tiny (random weights: nothing downloads)."""
     from imgcls.artifacts import save_model
     from imgcls.config import PreprocessConfig
 
     torch.manual_seed(0)
     model = create_model("timm/vit_tiny_patch16_224", num_classes=2)
-    save_model(model, tmp_path / "vit", label_names=["a", "b"], preprocess=PreprocessConfig(input_size=(3, 224, 224)))
+    out = tmp_path_factory.mktemp("vit") / "model"
+    return save_model(model, out, label_names=["a", "b"], preprocess=PreprocessConfig(input_size=(3, 224, 224)))
+
+
+def test_explain_refuses_a_vision_transformer_in_one_line(
+    vit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
-    code = main(["explain", "--model", str(tmp_path / "vit"), str(tmp_path / "a.png"), "--out", str(tmp_path / "why")])
+    code = main(["explain", "--model", str(vit), str(tmp_path / "a.png"), "--out", str(tmp_path / "why")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "timm/vit_tiny_patch16_224 has no spatial feature map" in err and "Grad-CAM needs a convolutional" in err
     assert not (tmp_path / "why").exists()
+
+
+def test_serve_answers_409_for_a_model_without_a_map(vit: Path) -> None:
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from imgcls.serve.app import ServeConfig, create_app
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, format="PNG")
+    cfg = ServeConfig(model=str(vit))
+    with TestClient(create_app(cfg), base_url=f"http://127.0.0.1:{cfg.port}", raise_server_exceptions=False) as c:
+        r = c.post("/explain", files={"file": ("a.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 409 and "has no spatial feature map" in r.text, (r.status_code, r.text)
 
 
 def test_a_channels_last_map_is_weighed_per_channel() -> None:

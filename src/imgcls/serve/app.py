@@ -159,7 +159,10 @@ class Service:
         with self.explain_lock:
             if self.explainer is None:
                 clf = Classifier.load(self.cfg.model, device=self.cfg.device, precision="fp32", backend="torch")
-                self.explainer = Explainer(clf)
+                try:
+                    self.explainer = Explainer(clf)
+                except UserError as err:  # no map to weigh (a vision transformer's tokens)
+                    raise HTTPProblem(409, str(err)) from None
             (e,) = self.explainer.explain([(name, pixels)], top=min(k, 3))
         overlays = [
             {"label": label, "probability": round(p, 6),
