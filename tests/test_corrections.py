@@ -66,6 +66,46 @@ def test_crops_of_one_image_are_corrected_one_by_one(tmp_path: Path) -> None:
     assert parse_box("[0.5, 0.5, 0.3, 0.3]") == "0.5000 0.5000 0.3000 0.3000" and parse_box("a b") == "?"
 
 
+def test_the_last_decision_counts_across_crops_and_the_whole_image(tmp_path: Path) -> None:
+    """A crop decided after its whole image, and the whole image after a crop: the later one
+    counts (the rows were applied in first-insertion order, and a reject was never undone)."""
+    from dataclasses import replace
+
+    data = image_folder(tmp_path / "data", ("cat", "dog"), 1)
+    one = load_source(str(data))
+    table = replace(one.subset([0, 0]), boxes=np.array([[0.1, 0.1, 0.2, 0.2], [0.5, 0.5, 0.3, 0.3]]))
+    cat, a = table.paths[0], "0.1 0.1 0.2 0.2"
+    header = ["path", "label", "action", "box"]
+    # a crop relabelled, the whole image rejected, then that crop accepted again: the crop stays
+    fixed, done = apply_corrections(table, write(tmp_path / "c.csv", [
+        header, [cat, "dog", "relabel", a], [cat, "", "reject", ""], [cat, "cat", "accept", a],
+    ]))  # fmt: skip
+    assert len(fixed) == 1 and fixed.label_names(0) == ["cat"] and (done.rejected, done.accepted) == (1, 1)
+    # a crop relabelled after the whole image was relabelled: the crop's label
+    fixed, _ = apply_corrections(table, write(tmp_path / "d.csv", [
+        header, [cat, "fox", "relabel", a], [cat, "dog", "relabel", ""], [cat, "fox", "relabel", a],
+    ]))  # fmt: skip
+    assert [fixed.label_names(i)[0] for i in range(2)] == ["fox", "dog"]
+    # the whole image rejected after a crop was relabelled: every crop is out
+    fixed, done = apply_corrections(table, write(tmp_path / "e.csv", [
+        header, [cat, "dog", "relabel", a], [cat, "", "reject", ""],
+    ]))  # fmt: skip
+    assert len(fixed) == 0 and done.rejected == 2
+
+
+def test_accepting_a_models_guess_gives_the_image_that_label(tmp_path: Path) -> None:
+    """An accepted prediction row confirms the model's label (the one the page showed), so an
+    image the data files under another class takes it; an accept of the data's own label changes nothing."""
+    data = image_folder(tmp_path / "data", ("cat", "dog"), 2)
+    table = load_source(str(data))
+    cat0, cat1 = (str(data / "cat" / f"cat_{i:03d}.jpg") for i in (0, 1))
+    fixed, done = apply_corrections(table, write(tmp_path / "c.csv", [
+        ["path", "label", "action"], [cat0, "dog", "accept"], [cat1, "cat", "accept"],
+    ]))  # fmt: skip
+    labels = {p: fixed.label_names(i)[0] for i, p in enumerate(fixed.paths)}
+    assert labels[cat0] == "dog" and labels[cat1] == "cat" and (done.relabelled, done.accepted) == (1, 1)
+
+
 def test_images_inside_a_data_file_are_named_by_their_id(tmp_path: Path) -> None:
     table = load_source(str(idx_dataset(tmp_path / "idx", n_train=9, n_test=3)))
     first = table.paths[0]

@@ -4,6 +4,7 @@ Chromium (imgcls.review)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -132,6 +133,126 @@ def test_a_corrections_file_from_before_keeps_its_decisions(audit_folder: Path, 
     assert ("/elsewhere/x.jpg", "") in kept and len(kept) == 2
 
 
+def test_earlier_decisions_in_the_file_survive_every_restart(audit_folder: Path, tmp_path: Path) -> None:
+    """The issue's case: a corrections file with 3 rows before the review; one decision, a
+    restart, another decision: every row is still there (it became 2 rows: the file was rebuilt
+    from the progress log alone)."""
+    before = write_csv(tmp_path / "fixes.csv", ["path", "label", "action"], [
+        ["/elsewhere/x.jpg", "dog", "reject"], ["/elsewhere/y.jpg", "cat", "relabel"],
+        ["/elsewhere/z.jpg", "fox", "accept"]])  # fmt: skip
+    s = open_session(audit=audit_folder, out=before)
+    assert s.adopted == 3
+    s.decide(0, "accept")
+    again = open_session(audit=audit_folder, out=before)
+    assert again.adopted == 0  # already in the log
+    again.decide(1, "relabel", "dog")
+    third = open_session(audit=audit_folder, out=before)
+    kept = read_corrections(before)
+    assert len(kept) == 5 and kept[("/elsewhere/y.jpg", "")] == ("relabel", ["cat"])
+    assert third.counts()["decided"] == 2
+    with pytest.raises(UserError, match="nothing to undo"):
+        open_session(audit=audit_folder, out=tmp_path / "other.csv").undo()
+    third.undo()  # the person's own decisions are undone; the earlier file's stay
+    third.undo()
+    with pytest.raises(UserError, match="nothing to undo"):
+        third.undo()
+    assert len(read_corrections(before)) == 3
+
+
+def test_a_hand_edit_of_the_file_is_kept_and_a_kill_between_the_writes_loses_nothing(audit_folder: Path) -> None:
+    s = open_session(audit=audit_folder)
+    s.decide(0, "relabel", "cat")
+    s.decide(1, "accept")
+    # a kill after the log was synced, before corrections.csv was rewritten: the file lags one decision
+    lagging = s.out.read_text()
+    s.decide(1, "reject")
+    s.out.write_text(lagging)
+    again = open_session(audit=audit_folder)
+    assert again.decision(again.items[1].key) == ("reject", "fox") and again.adopted == 0  # the log wins
+    assert read_corrections(s.out)[(again.items[1].path, "")] == ("reject", ["fox"])  # and the file caught up
+    # a person edits the file by hand (another label for im0, a new row): both are kept
+    text = s.out.read_text().replace(f"{again.items[0].path},cat,relabel", f"{again.items[0].path},fox,relabel")
+    s.out.write_text(text + "/elsewhere/w.jpg,dog,accept\n")
+    third = open_session(audit=audit_folder)
+    assert third.adopted == 2 and third.decision(third.items[0].key) == ("relabel", "fox")
+    assert ("/elsewhere/w.jpg", "") in read_corrections(s.out)
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [("not json at all", "line 3: not a JSON object"), ('{"action": "accept", "path": "/x"}', "line 3: no 'key'"),
+     ('{"key": "/x", "path": "/x", "action": "keep"}', "line 3: unknown action 'keep'"),
+     ('[1, 2]', "line 3: not a JSON object")],
+)  # fmt: skip
+def test_a_hand_edited_progress_log_is_a_one_line_error(audit_folder: Path, line: str, why: str) -> None:
+    s = open_session(audit=audit_folder)
+    s.decide(0, "accept")
+    with open(s.log, "a") as f:
+        f.write("\n" + line + "\n")  # a blank line is nothing; the edited one is named
+    with pytest.raises(UserError, match=f"progress.jsonl, {why}.*not a decision imgcls review wrote"):
+        open_session(audit=audit_folder)
+    lines = s.log.read_text().splitlines()
+    s.log.write_text("\n".join([*lines[:1], "", *lines[3:]]) + "\n")  # the blank line alone is harmless
+    assert open_session(audit=audit_folder).counts()["decided"] == 1
+
+
+def test_the_decision_order_makes_the_last_one_count_for_crops(tmp_path: Path) -> None:
+    """A whole-image leak and a crop of the same image: the file lists the standing decisions in
+    the order they were taken, so training applies the last one."""
+    from imgcls.review.queue import Item
+    from imgcls.review.session import Session
+
+    img = tmp_path / "frame.png"
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(img)
+    items = [Item(path=str(img), kind="label", label="cat", why="", box="0.1000 0.1000 0.5000 0.5000"),
+             Item(path=str(img), kind="leak", label="cat", why="")]  # fmt: skip
+    s = Session(items, tmp_path / "c.csv", classes=["cat", "dog"])
+    s.decide(0, "relabel", "dog")
+    s.decide(1, "reject")
+    s.decide(0, "accept")  # decided again after the whole image: it moves after it
+    with open(s.out, newline="") as f:
+        assert [(r["action"], r["box"]) for r in csv.DictReader(f)] == [
+            ("reject", ""),
+            ("accept", "0.1000 0.1000 0.5000 0.5000"),
+        ]
+
+
+def test_the_hint_repeats_the_audits_data_options_and_keeps_its_corrections(audit_folder: Path, tmp_path: Path) -> None:
+    earlier = write_csv(tmp_path / "earlier.csv", ["path", "label", "action"], [["/elsewhere/x.jpg", "", "reject"]])
+    summary = json.loads((audit_folder / "summary.json").read_text())
+    summary.update(data_args=["--data", "/d/frames", "--detections", "/d/md out.json", "--det-categories",
+                              "animal,person"], corrections=str(earlier))  # fmt: skip
+    (audit_folder / "summary.json").write_text(json.dumps(summary))
+    s = open_session(audit=audit_folder)
+    assert s.hint == ("imgcls train --data /d/frames --detections '/d/md out.json' --det-categories animal,person "
+                      f"--corrections {audit_folder / 'corrections.csv'}")  # fmt: skip
+    assert read_corrections(s.out) == {("/elsewhere/x.jpg", ""): ("reject", [])}  # the audit's corrections carry over
+
+
+def test_the_classes_offered_are_the_models_not_the_pipelines_blank(tmp_path: Path) -> None:
+    camera = [{"path": "/x/a.jpg", "label": "blank", "score": 0.4, "top_k": {"blank": 0.4}, "error": None,
+               "detections": []},
+              {"path": "/x/b.jpg", "label": "deer", "score": 0.6, "top_k": {"deer": 0.6}, "error": None,
+               "detections": [{"bbox": [0.1, 0.2, 0.3, 0.4], "label": "deer", "score": 0.6,
+                               "top_k": {"deer": 0.6, "fox": 0.3}}]}]  # fmt: skip
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in camera))
+    s = open_session(predictions=preds)
+    assert s.classes == ["deer", "fox"] and len(s.items) == 2
+    assert s.hint.startswith(f"imgcls train --data {tmp_path / 'corrections.csv'} (the reviewed images)")
+
+
+def test_the_keys_the_docs_show_are_the_pages() -> None:
+    """README's and docs/camera-traps.md's key table is the one the page draws and dispatches on."""
+    from imgcls.review.keys import KEYS, markdown_table
+
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/camera-traps.md"):
+        assert markdown_table() in (root / doc).read_text(), f"{doc}: the review keys table differs from the page's"
+    assert {k.action for k in KEYS} >= {"accept", "relabel", "reject", "skip", "undo"}
+    assert not any("Enter" in k.keys for k in KEYS)  # a reflex Enter must not confirm a doubted label
+
+
 def test_images_held_in_a_data_file_and_crops_are_shown(tmp_path: Path) -> None:
     from imgcls.data.sources import load_source
     from imgcls.review.queue import Item
@@ -150,7 +271,9 @@ def test_images_held_in_a_data_file_and_crops_are_shown(tmp_path: Path) -> None:
     crop = Image.open(io.BytesIO(s.image(1)))
     assert digit.size == (252, 252)  # 28 px shown as crisp 9 x 9 squares
     assert crop.size[0] == crop.size[1] <= 768  # the square around the box, as training saw it
-    s.decide(1, "relabel", "deer")
+    with pytest.raises(UserError, match="'deer' is not one of the data's 3 classes"):
+        s.decide(1, "relabel", "deer")  # a new class only when the person confirms it
+    s.decide(1, "relabel", "deer", new_class=True)
     with open(s.out, newline="") as f:
         assert list(csv.reader(f)) == [["path", "label", "action", "box"],
                                        [str(big), "deer", "relabel", "0.1 0.1 0.1 0.2"]]  # fmt: skip
@@ -213,13 +336,19 @@ def test_the_page_in_a_real_browser(audit_folder: Path) -> None:
             page = browser.new_page()
             page.goto(url)
             page.wait_for_selector("#label:text('dog')")
+            legend = page.locator("#keys kbd").all_inner_texts()
+            accept_line = page.locator("#keys span").first.inner_text()
+            page.keyboard.press("Enter")  # decides nothing
             page.keyboard.press("1")  # im0: relabel to the suggestion, cat
             page.wait_for_selector("#label:text('fox')")
             page.keyboard.press("a")  # im1: accept fox
             page.wait_for_selector("#label:text('cat')")
             page.keyboard.press("l")
             page.keyboard.type("lynx")
-            page.keyboard.press("Enter")  # im2: a label the data did not have
+            page.keyboard.press("Enter")  # im2: a label the data did not have ...
+            page.wait_for_selector("#message:text('is not one of the data')")
+            assert page.inner_text("#label") == "cat"  # ... is not taken on the first Enter
+            page.keyboard.press("Enter")  # ... but on the second
             page.wait_for_selector("#kind:text('leak')")
             assert page.locator("#pictures img").count() == 2  # the copy beside its original
             page.keyboard.press("x")  # im4: reject the leaked test copy
@@ -238,6 +367,9 @@ def test_the_page_in_a_real_browser(audit_folder: Path) -> None:
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
+    from imgcls.review.keys import KEYS
+
+    assert legend == [k.shown for k in KEYS] and accept_line == "accept: dog is right"
     assert progress.startswith("3 of 4 decided · 1 accepted · 2 relabelled · 0 rejected")
     assert "review 4 images" in out and f"--corrections {audit_folder / 'corrections.csv'}" in out
     with open(audit_folder / "corrections.csv", newline="") as f:
@@ -278,3 +410,113 @@ def test_only_its_own_names_and_page_reach_the_api(audit_folder: Path) -> None:
     assert s.counts()["decided"] == 2
     with open(s.out, newline="") as f:
         assert [r["action"] for r in csv.DictReader(f)] == ["accept"] and before in s.out.read_bytes()
+
+
+# ------------------------------------------------------------------ kill -9 at any moment
+KILL_ITEMS = 6
+
+
+def _kill_step(t: int) -> tuple[str, int, str]:
+    """The t-th thing the person does (the same in the killed process and the reference)."""
+    if t % 7 == 6:
+        return "undo", 0, ""
+    action = ("relabel", "accept", "reject", "skip", "relabel")[t % 5]
+    return action, (t * 5) % KILL_ITEMS, ("cat", "dog", "fox")[t % 3] if action == "relabel" else ""
+
+
+def _kill_session(out: Path) -> object:
+    from imgcls.review.queue import Item
+    from imgcls.review.session import Session
+
+    items = [Item(path=f"/imgs/im{i}.png", kind="label", label="cat", why="") for i in range(KILL_ITEMS)]
+    return Session(items, out, classes=["cat", "dog", "fox"])
+
+
+def _do(session: object, t: int) -> None:
+    action, index, label = _kill_step(t)
+    with contextlib.suppress(UserError):  # nothing to undo
+        session.undo() if action == "undo" else session.decide(index, action, label)  # type: ignore[attr-defined]
+
+
+CHILD = """
+import sys
+sys.path[:0] = {paths!r}
+from pathlib import Path
+from test_review import _kill_session, _do
+s = _kill_session(Path({out!r}))
+t = int(sys.argv[1])
+while True:
+    _do(s, t)
+    print(t, flush=True)  # acknowledged: on disk
+    t += 1
+"""
+
+
+def test_a_kill_9_at_any_moment_loses_no_acknowledged_decision(tmp_path: Path) -> None:
+    """A process deciding as fast as it can is killed (SIGKILL) at random moments, five times,
+    and restarted on the same files: every acknowledged decision is there after each restart (the
+    one in flight may be there too), and corrections.csv says exactly what the log says."""
+    import random
+    import signal
+
+    out, ref_out = tmp_path / "killed" / "corrections.csv", tmp_path / "ref" / "corrections.csv"
+    out.parent.mkdir()
+    ref_out.parent.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(paths=[str(Path(__file__).parent), *sys.path], out=str(out)))
+    ref, t, rng = _kill_session(ref_out), 0, random.Random(7)
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, str(script), str(t)], stdout=subprocess.PIPE, text=True)
+        acked = [int(proc.stdout.readline()) for _ in range(rng.randint(3, 40))]  # type: ignore[union-attr]
+        time.sleep(rng.random() * 0.05)  # and then some more, unacknowledged
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        more = [int(line) for line in proc.stdout.read().split()]  # type: ignore[union-attr]
+        for step in acked + more:
+            _do(ref, step)
+        t = (acked + more)[-1] + 1
+        logged = len(out.with_name("corrections-progress.jsonl").read_text().splitlines())
+        if logged > len(ref_out.with_name("corrections-progress.jsonl").read_text().splitlines()):
+            _do(ref, t)  # the decision in flight reached the log before the kill
+            t += 1
+        restored = _kill_session(out)
+        assert restored.decisions() == ref.decisions()  # type: ignore[attr-defined]
+        assert out.read_text() == ref_out.read_text()
+
+
+def test_a_killed_review_server_restarts_with_every_decision(audit_folder: Path) -> None:
+    """The real command: decisions posted to ``imgcls review``, kill -9 right after the last
+    answer, a restart: the page's state and corrections.csv hold them all."""
+    import httpx
+
+    def start() -> tuple[subprocess.Popen, str]:
+        port = _free_port()
+        cmd = [str(Path(sys.executable).parent / "imgcls"), "review", "--audit", str(audit_folder), "--port", str(port)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "health", timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("imgcls review did not start")
+
+    proc, url = start()
+    try:
+        for body in ({"index": 0, "action": "relabel", "label": "cat"}, {"index": 1, "action": "accept"},
+                     {"index": 2, "action": "reject"}, {"index": 3, "action": "relabel", "label": "dog"}):  # fmt: skip
+            assert httpx.post(url + "api/decide", json=body, timeout=10).status_code == 200
+    finally:
+        proc.kill()
+        proc.wait()
+    proc, url = start()
+    try:
+        state = httpx.get(url + "api/state", timeout=10).json()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [state["decisions"][it["key"]] for it in state["items"]] == [["relabel", "cat"], ["accept", "fox"],
+                                                                        ["reject", "cat"], ["relabel", "dog"]]  # fmt: skip
+    assert len(read_corrections(audit_folder / "corrections.csv")) == 4

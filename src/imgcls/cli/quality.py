@@ -138,14 +138,12 @@ def _cmd_review(args: argparse.Namespace) -> int:
         print("nothing to review: no likely label errors, leaks or usable predictions")
         return 0
     c = session.counts()
-    hint = (
-        f"imgcls train --data {session.data_spec} --corrections {session.out}"
-        if session.data_spec
-        else f"imgcls train --data {session.out} (the reviewed images), or --data DATA --corrections {session.out}"
-    )
+    hint = session.hint
     resumed = f", {c['decided']} already decided" if c["decided"] else ""
     print(f"review {c['total']} images{resumed} at http://{args.host}:{args.port}/ (Ctrl-C to stop; every decision")
     print(f"  is saved at once to {session.out}). Then: {hint}")
+    if session.adopted:
+        print(f"  {session.adopted} decisions found in {session.out} or the audit's corrections file are kept")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"warning: anyone who can reach {args.host}:{args.port} can change the corrections\n")
     serve_review(session, host=args.host, port=args.port, hint=hint)

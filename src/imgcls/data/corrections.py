@@ -69,8 +69,15 @@ def row_key(table: DataTable, i: int) -> tuple[str, str]:
     return path, format_box(table.boxes[i]) if table.boxes is not None else ""
 
 
+def decision_path(base: Path, raw: str) -> str:
+    """The name by which a decision names an image: the resolved file path (relative to ``base``
+    unless absolute), or the id of an image held in a data file (``train-images-idx3-ubyte#17``)."""
+    return raw if "#" in raw and not os.path.isabs(raw) else os.path.realpath(listed_path(base, raw))
+
+
 def read_corrections(path: str | Path) -> dict[tuple[str, str], tuple[str, list[str]]]:
-    """(image path, box) -> (action, labels) of every decision in the file, the last one counting."""
+    """(image path, box) -> (action, labels) of every decision in the file, in the order they
+    count: a key given again moves to its last row, and that row's decision counts."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"corrections file not found: {path}")
@@ -90,9 +97,9 @@ def read_corrections(path: str | Path) -> dict[tuple[str, str], tuple[str, list[
         box = parse_box(values.get("box", ""))
         if box == "?":
             raise UserError(f"{p}, line {line}: box {values['box']!r} is not four numbers (x y w h)")
-        raw = values["path"]
-        name = raw if "#" in raw and not os.path.isabs(raw) else os.path.realpath(listed_path(p.parent, raw))
-        out[(name, box)] = (action, labels)
+        key = (decision_path(p.parent, values["path"]), box)
+        out.pop(key, None)  # the later row counts, and counts later
+        out[key] = (action, labels)
     return out
 
 
@@ -107,24 +114,25 @@ def apply_corrections(table: DataTable, path: str | Path) -> tuple[DataTable, Ap
         if key[1]:
             rows.setdefault((key[0], ""), []).append(i)  # a decision without a box: every crop
     done.unknown = [p for p, box in decisions if (p, box) not in rows]
-    names = list(table.class_names)
-    for action, labels in decisions.values():
-        if action == "relabel":
-            names += [n for n in labels if n not in names]
+    final: dict[int, tuple[str, list[str]]] = {}  # row -> the last decision naming it
+    for key, decision in decisions.items():
+        for i in rows.get(key, []):
+            final[i] = decision
     labels_of = [table.label_names(i) for i in range(len(table))]
+    names = list(table.class_names)
     keep = np.ones(len(table), dtype=bool)
     skipped = list(table.skipped)
-    for key, (action, labels) in decisions.items():
-        for i in rows.get(key, []):
-            if action == "relabel":
-                labels_of[i] = labels
-                done.relabelled += 1
-            elif action == "reject":
-                keep[i] = False
-                skipped.append((table.paths[i], f"{REVIEWED} ({Path(path).name})"))
-                done.rejected += 1
-            else:
-                done.accepted += 1
+    for i, (action, labels) in sorted(final.items()):
+        if action == "reject":
+            keep[i] = False
+            skipped.append((table.paths[i], f"{REVIEWED} ({Path(path).name})"))
+            done.rejected += 1
+        elif labels and labels != labels_of[i]:  # relabelled, or a model's guess confirmed
+            labels_of[i] = labels
+            names += [n for n in labels if n not in names]
+            done.relabelled += 1
+        else:
+            done.accepted += 1
     if not table.multilabel and any(len(lab) != 1 for lab in labels_of):
         raise UserError(f"{path}: several labels for one image, and the data is single-label")
     corrected = replace(table, targets=make_targets(labels_of, names, table.multilabel), class_names=names)

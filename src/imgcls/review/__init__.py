@@ -10,12 +10,13 @@ disk before the page moves on (:mod:`~imgcls.review.session`), in ``corrections.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from imgcls.errors import UserError
-from imgcls.review.queue import Item, from_audit, from_predictions
+from imgcls.review.queue import Item, from_audit, from_predictions, read_predictions
 from imgcls.review.session import Session
 
-__all__ = ["Item", "Session", "open_session", "serve_review"]
+__all__ = ["Item", "Session", "from_predictions", "open_session", "retrain_hint", "serve_review"]
 
 
 def open_session(
@@ -32,27 +33,44 @@ def open_session(
         raise UserError("nothing to review: give --audit AUDIT_FOLDER and/or --predictions FILE")
     items: list[Item] = []
     summary: dict = {}
+    names: list[str] = []  # the classes a relabel may take without making a new one
     if audit is not None:
         items, summary = from_audit(audit)
+        names += summary.get("classes", [])
     if predictions is not None:
-        items += from_predictions(predictions, limit)
-    names = list(summary.get("classes", []))
+        found, seen = read_predictions(predictions, limit)
+        items += found
+        names += seen if model is None else []
     if model is not None:
         from imgcls.artifacts import read_info
 
         names += read_info(model).label_names
     names += list(classes or [])
-    for it in items:
-        names += [c for c in it.candidates if ";" not in c]
     target = Path(out) if out else Path(audit or Path(predictions).parent) / "corrections.csv"  # type: ignore[arg-type]
     from imgcls.io import check_writable
 
     check_writable(target)
+    earlier = summary.get("corrections")  # the audit read the data with these: the new file keeps them
     session = Session(items, target, classes=list(dict.fromkeys(n for n in names if n)),
-                   data_root=summary.get("data", ""), margin=float(summary.get("crop_margin", 0.1)),
-                   multilabel=bool(summary.get("multilabel", False)))  # fmt: skip
-    session.data_spec = str(summary.get("spec", ""))
+                      data_root=summary.get("data", ""), margin=float(summary.get("crop_margin", 0.1)),
+                      multilabel=bool(summary.get("multilabel", False)),
+                      inherit=Path(earlier) if earlier and Path(earlier).is_file() else None)  # fmt: skip
+    session.hint = retrain_hint(summary, target)
     return session
+
+
+def retrain_hint(summary: dict[str, Any], corrections: Path) -> str:
+    """The command that trains on the reviewed data: every data option the audit read
+    (``--detections`` and the rest), and the corrections file."""
+    import shlex
+
+    args = list(summary.get("data_args") or [])
+    if not args and summary.get("spec"):  # an audit written before it recorded its options
+        args = ["--data", str(summary["spec"])]
+    if args:
+        return shlex.join(["imgcls", "train", *args, "--corrections", str(corrections)])
+    return (f"imgcls train --data {shlex.quote(str(corrections))} (the reviewed images), "
+            f"or --data DATA --corrections {shlex.quote(str(corrections))}")  # fmt: skip
 
 
 def serve_review(session: Session, *, host: str = "127.0.0.1", port: int = 8765, hint: str = "") -> None:

@@ -1,9 +1,12 @@
 """The review page and its API, a FastAPI app like ``imgcls serve``'s (loopback by default).
 
-``GET /`` the page; ``GET /api/state`` the queue, the classes, the decisions so far and where to
-start; ``GET /api/image/{index}`` an item's image (only the queue's images are served: nothing
-else on the disk can be read through it); ``POST /api/decide`` and ``POST /api/undo`` change
-the decisions (saved before they are answered); ``GET /health``.
+``GET /`` the page; ``GET /api/state`` the queue, the classes, the decisions so far, where to
+start and the keys (:mod:`~imgcls.review.keys`, the page's legend and dispatch); ``GET
+/api/image/{index}`` an item's image (``?which=b`` the image a leak copies, ``?which=frame`` a
+crop's whole frame with its box drawn; only the queue's images are served: nothing else on the
+disk can be read through it); ``POST /api/decide`` and ``POST /api/undo`` change the decisions
+(saved before they are answered; a relabel to a label that is not a class yet needs
+``new_class: true``); ``GET /health``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from imgcls.errors import UserError
+from imgcls.review.keys import public_keys
 from imgcls.review.session import Session
 from imgcls.serve.http import add_host_guard
 
@@ -22,6 +26,7 @@ class Decision(BaseModel):
     index: int = Field(ge=0)
     action: str
     label: str = ""
+    new_class: bool = False  # a relabel to a label that is not one of the classes yet, confirmed
 
 
 class Problem(BaseModel):
@@ -57,16 +62,19 @@ def create_review_app(session: Session, *, hint: str = "", host: str | None = No
         cwd = os.getcwd()
         return {"items": [it.public(i, cwd) for i, it in enumerate(session.items)], "classes": session.classes,
                 "decisions": session.decisions(), "position": session.position(), "counts": session.counts(),
-                "out": str(session.out), "multilabel": session.multilabel, "hint": hint}  # fmt: skip
+                "out": str(session.out), "multilabel": session.multilabel, "hint": hint,
+                "keys": public_keys()}  # fmt: skip
 
     @app.get("/api/image/{index}", responses={200: {"content": {"image/jpeg": {}}}, **problems})
-    def image(index: int, which: str = Query("a", pattern="^[ab]$")) -> Response:
+    def image(index: int, which: str = Query("a", pattern="^(a|b|frame)$")) -> Response:
         from imgcls.data.image import ImageError
 
         if not 0 <= index < len(session.items):
             return JSONResponse({"error": f"no item {index}"}, status_code=404)
         if which == "b" and not session.items[index].other:
             return JSONResponse({"error": f"item {index} has no second image"}, status_code=404)
+        if which == "frame" and not session.items[index].box:
+            return JSONResponse({"error": f"item {index} is a whole image, not a crop"}, status_code=404)
         try:
             data = session.image(index, which)
         except (ImageError, UserError, OSError, ValueError) as e:
@@ -75,7 +83,7 @@ def create_review_app(session: Session, *, hint: str = "", host: str | None = No
 
     @app.post("/api/decide", responses=problems)
     def decide(d: Decision) -> dict[str, Any]:
-        return session.decide(d.index, d.action, d.label)
+        return session.decide(d.index, d.action, d.label, new_class=d.new_class)
 
     @app.post("/api/undo", responses=problems)
     def undo() -> dict[str, Any]:

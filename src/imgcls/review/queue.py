@@ -31,12 +31,19 @@ class Item:
 
     @property
     def key(self) -> str:
-        return f"{self.path}|{self.box}" if self.box else self.path
+        return item_key(self.path, self.box)
 
     def public(self, index: int, cwd: str) -> dict[str, Any]:
         d = asdict(self)
         d.update(index=index, key=self.key, name=_shown(self.path, cwd), other_name=_shown(self.other, cwd))
         return d
+
+
+def item_key(path: str, box: str = "") -> str:
+    """The one name of a review's row: the image as a corrections file names it (the resolved
+    path, or the id of an image in a data file) and, for a detection crop, its box."""
+    name = path if "#" in path and not os.path.isabs(path) else os.path.realpath(path)  # as decision_path reads it
+    return f"{name}|{box}" if box else name
 
 
 def _shown(path: str, cwd: str) -> str:
@@ -82,12 +89,18 @@ def from_audit(folder: str | Path) -> tuple[list[Item], dict[str, Any]]:
 
 def from_predictions(path: str | Path, limit: int) -> list[Item]:
     """The ``limit`` least confident rows (or detection crops) of a ``predict`` output."""
+    return read_predictions(path, limit)[0]
+
+
+def read_predictions(path: str | Path, limit: int) -> tuple[list[Item], list[str]]:
+    """The ``limit`` least confident rows (or detection crops) of a ``predict`` output, and the
+    classes its model gave (the labels of every row's top classes; a camera-trap frame without a
+    detection says ``blank`` by the pipeline's rule, not the model's, and adds no class)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"predictions file not found: {path}")
-    rows = _prediction_rows(p)
-    found = []
-    for r in rows:
+    found, classes = [], {}
+    for r in _prediction_rows(p):
         if r.get("error") or r.get("score") in (None, ""):
             continue
         dets = [d for d in r.get("detections") or [] if d.get("score") is not None and d.get("bbox")]
@@ -95,13 +108,16 @@ def from_predictions(path: str | Path, limit: int) -> list[Item]:
             top = d.get("top_k") or {}
             if isinstance(top, str):
                 top = json.loads(top) if top else {}
+            if dets or "detections" not in r:
+                classes.update(dict.fromkeys(top))
             box = format_box(d["bbox"]) if d is not r else ""
             found.append(
                 (float(d["score"]), _resolve(str(r["path"]), p.parent), box, str(d.get("label", "")), list(top))
             )
     found.sort(key=lambda f: f[0])
-    return [Item(path=path_, kind="prediction", label=label, why=f"predicted {label} with probability {score:.2f}",
-                 box=box, candidates=top or [label]) for score, path_, box, label, top in found[:limit]]  # fmt: skip
+    items = [Item(path=path_, kind="prediction", label=label, why=f"predicted {label} with probability {score:.2f}",
+                  box=box, candidates=top or [label]) for score, path_, box, label, top in found[:limit]]  # fmt: skip
+    return items, list(classes)
 
 
 def _prediction_rows(p: Path) -> list[dict[str, Any]]:

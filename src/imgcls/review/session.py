@@ -1,11 +1,18 @@
 """A review's state, safe against a kill at any moment.
 
-Every decision is appended to ``<out stem>-progress.jsonl`` beside the corrections file and
-flushed to disk (``fsync``) before it is acknowledged; then ``corrections.csv`` is rewritten
-whole (write a temporary file, rename it over the old one). A restarted review replays the log
-(a line cut short by a kill is dropped) and starts at the first image without a decision. A
-corrections file that was there before the review started keeps its decisions: they count as
-decided, and they stay in the file.
+The progress log, ``<out stem>-progress.jsonl`` beside the corrections file, is the record:
+every decision is appended to it and flushed to disk (``fsync``) before it is acknowledged;
+then ``corrections.csv`` is rewritten whole from the log (a temporary file renamed over the old
+one). A restarted review replays the log (a line cut short by a kill is dropped; a blank line is
+nothing; any other line that is not a decision is a one-line error naming it) and starts at the
+first image without a decision.
+
+The corrections file is read at every start too: a decision in it that the log cannot explain
+(the file was there before the review began, or a person edited it) is adopted into the log, so
+it stays until the person changes it. A row that only lags the log by its last entry (a kill
+between the two writes) is the log's older state, and the log wins. The file lists the standing
+decisions in the order they were taken, so "the last decision counts" holds when training
+applies it (:mod:`imgcls.data.corrections`), for whole images and their crops alike.
 """
 
 from __future__ import annotations
@@ -16,59 +23,93 @@ import os
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from imgcls.errors import UserError
-from imgcls.review.queue import Item
+from imgcls.review.queue import Item, item_key
 
 ACTIONS = ("accept", "relabel", "reject", "skip")
 VIEW_SIDE = 768  # px: the longer side of the image the page shows
+FROM_FILE = "corrections file"  # the origin of a decision adopted from the corrections file
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One decision: about ``path`` (and crop ``box``), its action and label, and when it was
+    taken (``seq``: its place among all decisions, which orders the corrections file)."""
+
+    path: str
+    box: str
+    action: str
+    label: str
+    seq: int
 
 
 class Session:
     def __init__(self, items: list[Item], out: str | Path, *, classes: list[str], data_root: str = "",
-                 margin: float = 0.1, multilabel: bool = False) -> None:  # fmt: skip
+                 margin: float = 0.1, multilabel: bool = False, inherit: Path | None = None) -> None:  # fmt: skip
         self.items = items
         self.out = Path(out)
         self.log = self.out.with_name(f"{self.out.stem}-progress.jsonl")
-        self.classes = list(classes)
+        self.classes = list(classes)  # the labels a relabel may take without making a new class
         self.data_root = data_root
         self.margin = margin
         self.multilabel = multilabel
-        self.data_spec = ""  # what the audit read (--data), for the retraining hint
+        self.hint = ""  # the command that retrains with the decisions
         self.lock = threading.Lock()
-        # key -> the decisions taken, last one counting ((path, box, action, label) each)
-        self.history: dict[str, list[tuple[str, str, str, str]]] = {}
-        self.order: list[str] = []  # keys in the order they were first decided (the file's row order)
-        self.undo_stack: list[str] = []
-        self._load()
+        self.history: dict[str, list[Entry]] = {}  # key -> its decisions, the last one standing
+        self.undo_stack: list[str] = []  # keys of the person's decisions, for U
+        self._seq = 0
+        self.adopted = 0  # decisions taken over from the corrections file at the start
+        self._load(inherit)
 
     # ------------------------------------------------------------------ state
-    def _load(self) -> None:
-        from imgcls.data.corrections import read_corrections
-
-        if self.out.exists() and not self.log.exists():  # a file from before: its decisions stay
-            for (path, box), (action, labels) in read_corrections(self.out).items():
-                self._record(f"{path}|{box}" if box else path, path, box, action, ";".join(labels))
+    def _load(self, inherit: Path | None) -> None:
+        before_last: dict[str, tuple[str, str] | None] = {}
+        if inherit is not None and not self.log.exists() and inherit.resolve() != self.out.resolve():
+            self._adopt(inherit, {})  # the corrections the queue's data was read with: they carry over
         if self.log.exists():
             from imgcls.outputs import _truncate_to_last_newline
 
             _truncate_to_last_newline(self.log)
-            with open(self.log, encoding="utf-8") as f:
-                for line in f:
-                    e = json.loads(line)
-                    if e["action"] == "undo":
-                        self._undo(e["key"])
-                    else:
-                        self._record(e["key"], e["path"], e.get("box", ""), e["action"], e.get("label", ""))
+            entries = _read_log(self.log)
+            for k, e in enumerate(entries):
+                if k == len(entries) - 1:
+                    before_last = {key: self.decision(key) for key in self.history}
+                self._replay(e)
+        if self.out.exists():
+            self._adopt(self.out, before_last)
+        if self.history and self._corrections_text() != _text_or_none(self.out):
+            self._write_corrections()  # a kill came between the log and the file: the file catches up
 
-    def _record(self, key: str, path: str, box: str, action: str, label: str) -> None:
-        if key not in self.history:
-            self.order.append(key)
-        self.history.setdefault(key, []).append((path, box, action, label))
-        self.undo_stack.append(key)
+    def _replay(self, e: dict[str, Any]) -> None:
+        if e["action"] == "undo":
+            self._undo(e["key"])
+        else:
+            mine = e.get("origin") != FROM_FILE
+            self._record(e["key"], e["path"], e.get("box", ""), e["action"], e.get("label", ""), mine=mine)
+
+    def _adopt(self, source: Path, before_last: dict[str, tuple[str, str] | None]) -> None:
+        """Take the decisions of a corrections file that the log does not explain into the log."""
+        from imgcls.data.corrections import read_corrections
+
+        for (path, box), (action, labels) in read_corrections(source).items():
+            key, label = item_key(path, box), ";".join(labels)
+            if (action, label) in (self.decision(key), before_last.get(key)):
+                continue  # the log's own decision (or the one it held before its last entry)
+            self._append({"key": key, "path": path, "box": box, "action": action, "label": label,
+                          "origin": FROM_FILE, "time": _now()})  # fmt: skip
+            self._record(key, path, box, action, label, mine=False)
+            self.adopted += 1
+
+    def _record(self, key: str, path: str, box: str, action: str, label: str, *, mine: bool = True) -> None:
+        self._seq += 1
+        self.history.setdefault(key, []).append(Entry(path, box, action, label, self._seq))
+        if mine:
+            self.undo_stack.append(key)
 
     def _undo(self, key: str) -> None:
         entries = self.history.get(key)
@@ -80,7 +121,7 @@ class Session:
     def decision(self, key: str) -> tuple[str, str] | None:
         """(action, label) of the last decision about ``key``, None when undecided."""
         entries = self.history.get(key)
-        return (entries[-1][2], entries[-1][3]) if entries else None
+        return (entries[-1].action, entries[-1].label) if entries else None
 
     def position(self) -> int:
         """The first item without a decision (len(items) when all are done)."""
@@ -91,19 +132,19 @@ class Session:
         return {a: c.get(a, 0) for a in ACTIONS} | {"decided": sum(c.values()), "total": len(self.items)}
 
     # ---------------------------------------------------------------- changes
-    def decide(self, index: int, action: str, label: str = "") -> dict[str, Any]:
+    def decide(self, index: int, action: str, label: str = "", *, new_class: bool = False) -> dict[str, Any]:
+        """Record a decision about item ``index``; a relabel to a label that is not one of the
+        classes is refused unless ``new_class`` says the person means to make one."""
         if not 0 <= index < len(self.items):
             raise UserError(f"no item {index} (0..{len(self.items) - 1})")
         if action not in ACTIONS:
             raise UserError(f"unknown action {action!r} ({', '.join(ACTIONS)})")
         item = self.items[index]
         label = label.strip() if action == "relabel" else item.label
-        if action == "relabel" and not label:
-            raise UserError("relabel needs the new label")
-        if action == "relabel" and not self.multilabel and ";" in label:
-            raise UserError("one label per image: the data is single-label")
+        if action == "relabel":
+            self._check_label(label, new_class)
         entry = {"key": item.key, "path": item.path, "box": item.box, "action": action, "label": label,
-                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+                 "time": _now()}  # fmt: skip
         with self.lock:
             if action == "skip" and self.decision(item.key) not in (None, ("skip", item.label)):
                 return self.state_after(index)  # skipping a decided image keeps its decision
@@ -115,13 +156,23 @@ class Session:
                 self.classes += [n for n in label.split(";") if n and n not in self.classes]
         return self.state_after(index)
 
+    def _check_label(self, label: str, new_class: bool) -> None:
+        if not label:
+            raise UserError("relabel needs the new label")
+        if not self.multilabel and ";" in label:
+            raise UserError("one label per image: the data is single-label")
+        unknown = [n.strip() for n in label.split(";") if n.strip() and n.strip() not in self.classes]
+        if unknown and not new_class:
+            raise UserError(f"{unknown[0]!r} is not one of the data's {len(self.classes)} classes: relabelling to it "
+                            "makes a new class (confirm it to do so)")  # fmt: skip
+
     def undo(self) -> dict[str, Any]:
         """Take back the last decision; the page goes back to its image."""
         with self.lock:
             if not self.undo_stack:
                 raise UserError("nothing to undo")
             key = self.undo_stack[-1]
-            self._append({"key": key, "action": "undo", "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            self._append({"key": key, "action": "undo", "time": _now()})
             self._undo(key)
             self._write_corrections()
         index = next((i for i, it in enumerate(self.items) if it.key == key), self.position())
@@ -146,35 +197,43 @@ class Session:
             f.flush()
             os.fsync(f.fileno())
 
-    def _write_corrections(self) -> None:
+    def _corrections_text(self) -> str:
+        """``corrections.csv`` as the standing decisions make it: one row per decided image or
+        crop (skips are no decision), in the order the decisions were taken."""
         import csv
 
-        from imgcls.io import atomic_write_text
-
-        rows = [e[-1] for k in self.order if (e := self.history.get(k)) and e[-1][2] != "skip"]
-        boxes = any(box for _, box, _, _ in rows)
+        standing = sorted((e[-1] for e in self.history.values() if e and e[-1].action != "skip"), key=lambda e: e.seq)
+        boxes = any(e.box for e in standing)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["path", "label", "action"] + (["box"] if boxes else []))
-        for path, box, action, label in rows:
-            w.writerow([path, label, action] + ([box] if boxes else []))
-        atomic_write_text(self.out, buf.getvalue())
+        for e in standing:
+            w.writerow([e.path, e.label, e.action] + ([e.box] if boxes else []))
+        return buf.getvalue()
+
+    def _write_corrections(self) -> None:
+        from imgcls.io import atomic_write_text
+
+        atomic_write_text(self.out, self._corrections_text())
 
     # ----------------------------------------------------------------- images
     def image(self, index: int, which: str = "a") -> bytes:
-        """The item's image (``which="b"``: the training image a leak copies) as a JPEG."""
+        """The item's image as a JPEG: ``a`` the image (a crop's square, as training saw it),
+        ``b`` the training image a leak copies, ``frame`` a crop's whole frame with its box drawn."""
         from PIL import Image
 
         from imgcls.data.image import read_view
 
         item = self.items[index]
         path = item.other if which == "b" else item.path
+        box = [float(v) for v in item.box.split()] if item.box and which != "b" else None
         if "#" in path and not os.path.exists(path):
             name, _, row = path.rpartition("#")
             img = Image.fromarray(_idx_images(str(Path(self.data_root) / name))[int(row)]).convert("RGB")
+        elif which == "frame" and box is not None:
+            img = _with_box(read_view(path, need=VIEW_SIDE), box)
         else:
-            box = [float(v) for v in item.box.split()] if item.box and which == "a" else None
-            img = read_view(path, box, margin=self.margin, need=VIEW_SIDE // 2)
+            img = read_view(path, box if which == "a" else None, margin=self.margin, need=VIEW_SIDE // 2)
         img.thumbnail((VIEW_SIDE, VIEW_SIDE))
         if max(img.size) < 256:  # a tiny image (digits, MNIST): pixels shown as crisp squares
             k = 256 // max(img.size)
@@ -182,6 +241,63 @@ class Session:
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=88)
         return buf.getvalue()
+
+
+def _with_box(img: Any, box: list[float]) -> Any:
+    """The frame with the crop's box (x, y, w, h, normalised) drawn on it."""
+    from PIL import ImageDraw
+
+    img = img.copy()
+    x, y, w, h = box
+    width = max(2, round(max(img.size) / 250))
+    ImageDraw.Draw(img).rectangle(
+        [x * img.width, y * img.height, (x + w) * img.width, (y + h) * img.height], outline=(255, 40, 40), width=width
+    )
+    return img
+
+
+def _read_log(log: Path) -> list[dict[str, Any]]:
+    """The log's decisions; a line that is not one is a one-line error naming it."""
+    out = []
+    with open(log, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                e = None
+            why = _not_a_decision(e)
+            if why:
+                raise UserError(f"{log}, line {n}: {why}, not a decision imgcls review wrote; correct or delete that "
+                                "line (the other lines hold the decisions)")  # fmt: skip
+            out.append(e)
+    return out
+
+
+def _not_a_decision(e: Any) -> str:
+    if not isinstance(e, dict):
+        return "not a JSON object"
+    if not isinstance(e.get("key"), str) or not e["key"]:
+        return "no 'key'"
+    if e.get("action") not in (*ACTIONS, "undo"):
+        return f"unknown action {e.get('action')!r}"
+    if e["action"] != "undo" and not all(isinstance(e.get(k, ""), str) for k in ("path", "box", "label")):
+        return "'path', 'box' and 'label' must be text"
+    if e["action"] != "undo" and not e.get("path"):
+        return "no 'path'"
+    return ""
+
+
+def _text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 @lru_cache(maxsize=4)
