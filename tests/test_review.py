@@ -242,6 +242,32 @@ def test_the_classes_offered_are_the_models_not_the_pipelines_blank(tmp_path: Pa
     assert s.hint.startswith(f"imgcls train --data {tmp_path / 'corrections.csv'} (the reviewed images)")
 
 
+def test_a_crop_is_shown_beside_its_frame_with_the_box_drawn(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from imgcls.review.app import create_review_app
+    from imgcls.review.queue import Item
+    from imgcls.review.session import Session
+
+    frame = tmp_path / "frame.jpg"
+    Image.new("RGB", (800, 400), (90, 140, 90)).save(frame)
+    items = [Item(path=str(frame), kind="label", label="cat", why="", box="0.2500 0.2500 0.5000 0.5000"),
+             Item(path=str(frame), kind="leak", label="cat", why="")]  # fmt: skip
+    s = Session(items, tmp_path / "c.csv", classes=["cat", "dog"])
+    with TestClient(create_review_app(s)) as c:
+        shown = Image.open(io.BytesIO(c.get("/api/image/0?which=frame").content)).convert("RGB")
+        assert c.get("/api/image/1?which=frame").json()["error"] == "item 1 is a whole image, not a crop"
+    assert shown.size == (768, 384)  # the whole frame, not the crop's square
+    px = np.asarray(shown).astype(int)
+    red = (px[..., 0] > 180) & (px[..., 1] < 110)
+    assert red[100:284, 186:200].any(axis=1).all()  # the box's left side (x = 0.25), drawn in red
+    assert not red[100:284, 220:360].any()
+    assert abs(px[192, 384] - [90, 140, 90]).max() < 12  # the inside is the picture
+
+
 def test_the_keys_the_docs_show_are_the_pages() -> None:
     """README's and docs/camera-traps.md's key table is the one the page draws and dispatches on."""
     from imgcls.review.keys import KEYS, markdown_table
