@@ -23,7 +23,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: the augmentation presets' names (their settings: imgcls.data.transforms.PRESETS)
-AUGMENT_PRESETS = ("none", "flip", "light", "standard", "strong", "small")
+AUGMENT_PRESETS = ("none", "flip", "light", "standard", "strong", "small", "shift")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -110,7 +110,7 @@ class DataConfig:
     resize_mode: str | None = None  # crop | pad (letterbox); default: crop
     crop_pct: float | None = None  # center-crop share of the resized image (default: the model's)
     interpolation: str | None = None  # bilinear | bicubic (default: the model's)
-    augment: str = "auto"  # none | flip | light | standard | strong | small | auto
+    augment: str = "auto"  # none | flip | light | standard | strong | small | shift | auto
     mixup: float = 0.0  # Beta(alpha, alpha) mixing of image pairs; 0 = off
     cutmix: float = 0.0
     cache: str = "disk"  # disk | memory | none

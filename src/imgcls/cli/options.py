@@ -53,7 +53,7 @@ TRAIN_HELP = {
     "resize_mode": "crop (shorter side, center crop) or pad (letterbox the whole frame)",
     "crop_pct": "center-crop share of the resized image, e.g. 0.875 (default: the model's)",
     "interpolation": "resampling: bilinear, bicubic or nearest (default: the model's)",
-    "augment": "none, flip, light, standard, strong, small or auto (default)",
+    "augment": "none, flip, light, standard, strong, small, shift (small without flips) or auto (default)",
     "mixup": "mixup alpha (0 = off)",
     "cutmix": "cutmix alpha (0 = off)",
     "cache": "decoded-image cache: disk (default, reused across runs), memory or none",

@@ -31,6 +31,7 @@ __all__ = [
     "BatchAugment",
     "Normalize",
     "center_batch",
+    "describe_augment",
     "eval_array",
     "eval_transform",
     "prepare_square",
@@ -104,10 +105,24 @@ PRESETS = {
     # small images (28-32 px): shift by up to 8% of the side (2-3 px) and flip, the classic
     # pad-and-crop recipe of CIFAR / Fashion-MNIST training
     "small": AugmentSpec(translate=0.08),
+    # the same shifts without the flip, for images whose mirror image is another class or none
+    # (digits, letters, text, road signs): a mirrored 2, 3, 5 or 7 is not that digit
+    "shift": AugmentSpec(translate=0.08, hflip=0.0),
 }
 
 
 assert tuple(PRESETS) == AUGMENT_PRESETS, "the presets' names are listed in imgcls.config"
+
+
+def describe_augment(name: str) -> str:
+    """A preset's name as a run's start line shows it, naming the horizontal flips where the
+    preset makes them: flips teach that a mirror image is the same class, which is wrong for
+    digits and text, so a user should see them before trusting the recipe ('small (horizontal
+    flips on)'; choose 'shift' to keep the shifts without them)."""
+    spec = PRESETS.get(name)
+    if spec is None or not spec.enabled or spec.hflip <= 0 or name == "flip":
+        return name
+    return f"{name} (horizontal flips on)"
 
 
 class BatchAugment:

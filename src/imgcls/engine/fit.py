@@ -25,6 +25,7 @@ from imgcls.config import RunConfig, check_config, dump_yaml, from_dict
 from imgcls.console import info
 from imgcls.data.dataset import TableHook, load_table, mixed_framing
 from imgcls.data.table import LISTED_AGAIN, NO_DETECTION, REVIEWED, count_left_out
+from imgcls.data.transforms import describe_augment
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
 from imgcls.engine.finish import finish
@@ -335,11 +336,11 @@ def describe_start(tr: Trainer) -> None:
                  (again, "listed a second time"), (reviewed, REVIEWED))  # fmt: skip
         what = ", ".join(f"{n} {w}" for n, w in parts if n)
         info(f"skipped {what} (listed in {tr.run_dir / 'skipped.csv'})")
-    pre = tr.preprocess
+    pre, augment = tr.preprocess, describe_augment(tr.cfg.data.augment)
     n = tr.task.num_outputs
     info(
         f"model: {tr.cfg.model.arch} ({tr.task.name}, {n} output{'s' if n != 1 else ''}), "
-        f"{tr.sizes.describe() if tr.sizes else f'{pre.image_size}px'}, augment {tr.cfg.data.augment}; "
+        f"{tr.sizes.describe() if tr.sizes else f'{pre.image_size}px'}, augment {augment}; "
         f"{tr.runtime.describe()}; "
         f"batch {t.batch_size}, {tr.cfg.optim.optimizer} lr {tr.cfg.optim.lr:.2e}"
     )
