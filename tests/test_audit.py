@@ -107,3 +107,75 @@ def test_summary_records_the_data_options_read(tmp_path: Path, monkeypatch: pyte
     assert main(["audit", "--data", "photos", "--out", "again", "--no-labels"]) == 0
     summary = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert summary["data_args"] == ["--data", str(tmp_path / "photos")] and summary["corrections"] is None
+
+
+TINY = ["--arch", "smallnet", "--pretrained", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+        "--no-export-onnx"]  # fmt: skip
+
+
+def test_a_second_audit_into_the_same_folder_replaces_its_fold_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Re-running an audit works (it failed at fold 0: the earlier audit's fold run was 'not
+    empty'); a folder there that is not an audit's fold run is refused before any training."""
+    from imgfactory import image_folder
+
+    data = image_folder(tmp_path / "photos", ("cat", "dog"), 6, size=(32, 32))
+    argv = ["audit", "--data", str(data), "--out", str(tmp_path / "audit"), "--folds", "2", "--no-duplicates",
+            "--cache-dir", str(tmp_path / "cache"), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    first = capsys.readouterr()
+    assert (
+        "checked the labels of 12 of 12 images (out-of-sample probabilities from 2-fold cross-validation)" in first.out
+    )
+    assert "out-of-sample top-1" in first.out
+    assert main(argv) == 0
+    assert "replacing the 2 fold runs an earlier audit left" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+    assert summary["labels_checked"] == 12 and len(summary["trust"]["fold_top1"]) == 2
+    assert "out-of-sample top-1" in (tmp_path / "audit" / "audit.html").read_text()
+    other = tmp_path / "other" / "folds" / "fold-1"
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    assert main([*argv[:3], "--out", str(tmp_path / "other"), *argv[5:]]) == 2
+    assert "not an audit's fold run" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "mine" and not (other.parent / "fold-0").exists()
+
+
+def test_model_audit_checks_the_runs_split_and_says_how_many(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --model the run's splits.csv says which rows it held out (the data's own train/test
+    folders said 'train' for them, so a copy of a validation image in training was no leak); the
+    summary counts the labels checked, not the images; --split checks another split."""
+    from imgfactory import image_folder
+
+    data = tmp_path / "data"
+    image_folder(data / "train", ("cat", "dog"), 10, size=(32, 32))
+    image_folder(data / "test", ("cat", "dog"), 3, size=(32, 32), seed=1)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--val-split", "0.3", "--cache-dir",
+                 str(tmp_path / "cache"), *TINY]) == 0  # fmt: skip
+    with open(run / "splits.csv", newline="") as f:
+        held = [r["path"] for r in csv.DictReader(f) if r["split"] == "val"]
+    copy = Path(held[0]).parent / "copy.png"
+    Image.open(held[0]).save(copy)  # the same pixels, in training: a leak of a validation image
+    capsys.readouterr()
+    audit = ["audit", "--data", str(data), "--model", str(run / "model"), "--max-distance", "0"]
+    assert main([*audit, "--out", str(tmp_path / "a")]) == 0
+    said = capsys.readouterr().out
+    assert f"checked the labels of {len(held)} of 27 images (out-of-sample probabilities from the model's validation " \
+           "split)" in said  # fmt: skip
+    with open(tmp_path / "a" / "duplicates.csv", newline="") as f:
+        pairs = list(csv.DictReader(f))
+    assert [({r["path_a"], r["path_b"]}, {r["split_a"], r["split_b"]}, r["leak"]) for r in pairs] == [
+        ({held[0], str(copy)}, {"val", "train"}, "True")
+    ]
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["labels_checked"] == len(held)
+    assert main([*audit, "--out", str(tmp_path / "b"), "--split", "test", "--no-duplicates"]) == 0
+    assert "checked the labels of 6 of 27 images (out-of-sample probabilities from the test split)" in \
+           capsys.readouterr().out  # fmt: skip
+    assert main([*audit, "--out", str(tmp_path / "c"), "--split", "train", "--no-duplicates"]) == 0
+    assert "the model trained on these images, so their probabilities are not out of sample" in capsys.readouterr().err
+    assert main(["audit", "--data", str(data), "--out", str(tmp_path / "d"), "--split", "val"]) == 2
+    assert "--split needs --model" in capsys.readouterr().err

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.audit.duplicates import duplicate_pairs, duplicate_rows, fingerprints
-from imgcls.audit.labels import OutOfSample, cross_validated, from_model, label_issues
+from imgcls.audit.labels import OutOfSample, Trust, cross_validated, from_model, label_issues, trust
 from imgcls.config import DataConfig, RunConfig
 from imgcls.data.table import DataTable, left_out_on_purpose
+from imgcls.errors import UserError
 
 __all__ = ["AuditResult", "audit"]
 
@@ -39,6 +40,8 @@ class AuditResult:
     unusable: list[tuple[str, str]] = field(default_factory=list)
     left_out: list[tuple[str, str]] = field(default_factory=list)  # on purpose: blanks, a review's rejections
     how: str = ""
+    checked: int = 0  # labels checked: rows with out-of-sample probabilities
+    trust: Trust | None = None  # their top-1 against the labels, and a warning
     data_args: list[str] = field(default_factory=list)  # the data options read (see data_args)
     corrections: str | None = None  # the corrections file applied, absolute
 
@@ -52,6 +55,7 @@ def audit(
     *,
     out: str | Path,
     model: str | Path | None = None,
+    split: str | None = None,
     folds: int = 4,
     max_distance: int = 4,
     labels: bool = True,
@@ -59,14 +63,18 @@ def audit(
     show: Any = print,
 ) -> AuditResult:
     """Audit the data ``cfg.data`` names (see the module docstring); the folds are trained with
-    ``cfg``'s settings. Returns the findings, also written to ``out``."""
+    ``cfg``'s settings, or ``model``'s probabilities of ``split`` (default: its validation split)
+    are used. Returns the findings, also written to ``out``."""
     from imgcls.data.dataset import load_table
     from imgcls.data.sources.detections import detection_crops
     from imgcls.io import check_writable
     from imgcls.runtime import physical_cores
 
+    if split is not None and model is None:
+        raise UserError("--split needs --model: cross-validation checks every image")
     folder = check_writable(out, folder=True)
     read = data_args(cfg.data)  # before load_table, which resolves --split-by auto in place
+    split_by = cfg.data.split_by  # as asked: the folds need as many groups as folds, a split two
     corrections = str(Path(cfg.data.corrections).resolve()) if cfg.data.corrections else None
     table = load_table(cfg, detection_crops)
     splits = given_splits(table, model)
@@ -74,13 +82,13 @@ def audit(
                          left_out=[s for s in table.skipped if left_out_on_purpose(s[1])],
                          data_args=read, corrections=corrections)  # fmt: skip
     if labels:
-        oos: OutOfSample = from_model(model, table) if model else cross_validated(
-            cfg, table, folds=folds, work=folder / "folds", show=show
+        if model is not None and split in ("train", "all"):
+            show(f"warning: --split {split}: the model trained on these images, so their probabilities are not out "
+                 "of sample and agree with their labels, wrong ones included: few errors are found")  # fmt: skip
+        oos: OutOfSample = from_model(model, table, split) if model else cross_validated(
+            cfg, table, folds=folds, work=folder / "folds", show=show, split_by=split_by
         )  # fmt: skip
-        result.how = oos.how
-        result.issues = [{**issue, "split": splits[issue["row"]], **_location(table, issue["row"])}
-                         for issue in label_issues(table, oos)]  # fmt: skip
-        result.unusable += [s for s in oos.skipped if s not in result.unusable]
+        _label_findings(result, table, oos, splits, show)
     if duplicates:
         fp = fingerprints(table, workers=cfg.data.workers or physical_cores())
         result.duplicates = duplicate_rows(table, splits, duplicate_pairs(fp, max_distance))
@@ -89,6 +97,18 @@ def audit(
     spec = cfg.data.data or ""
     write(result, table, spec=str(Path(spec).resolve()) if spec and Path(spec).exists() else spec)
     return result
+
+
+def _label_findings(result: AuditResult, table: DataTable, oos: OutOfSample, splits: list[str], show: Any) -> None:
+    """The flagged rows, how many labels were checked, and how far the flags can be trusted."""
+    result.how = oos.how
+    result.checked = len(oos.rows)
+    result.issues = [{**issue, "split": splits[issue["row"]], **_location(table, issue["row"])}
+                     for issue in label_issues(table, oos)]  # fmt: skip
+    result.unusable += [s for s in oos.skipped if s not in result.unusable]
+    result.trust = trust(table, oos, result.issues)
+    if result.trust.warning:
+        show(f"warning: {result.trust.warning}")
 
 
 #: the options that choose which rows an audit reads (a review's retraining hint repeats them)
@@ -116,22 +136,32 @@ def data_args(data: DataConfig) -> list[str]:
 
 
 def given_splits(table: DataTable, model: str | Path | None) -> list[str]:
-    """Each row's split: as the data gives it, else the run's (``splits.csv``) of ``model``,
-    else ``train`` (then no pair can leak)."""
-    if table.split is not None:
-        return [s or "train" for s in table.split]
-    if model is not None:
-        import csv
+    """Each row's split. With ``model``, its run's (``splits.csv``) decides which rows it trained
+    on and which it held out for validation (a run carves its validation rows out of the data's
+    training rows, so the data's own word is out of date there); the data's test rows stay test,
+    and rows the run did not list keep the data's split. Without, the data's split, else
+    ``train`` (then no pair can leak)."""
+    own: list[str] = [s or "train" for s in table.split] if table.split is not None else ["train"] * len(table)
+    listing = _run_splits(model)
+    if not listing:
+        return own
+    return [s if s == "test" else listing.get(p) or s for s, p in zip(own, table.paths, strict=True)]
 
-        from imgcls.artifacts import read_info
 
-        run = read_info(model).provenance.get("run")
-        listing = Path(run) / "splits.csv" if run else None
-        if listing is not None and listing.is_file():
-            with open(listing, newline="", encoding="utf-8") as f:
-                known = {r["path"]: r["split"] for r in csv.DictReader(f)}
-            return [known.get(p) or "train" for p in table.paths]
-    return ["train"] * len(table)
+def _run_splits(model: str | Path | None) -> dict[str, str]:
+    """``path -> split`` of the run that trained ``model`` (empty without one)."""
+    import csv
+
+    from imgcls.artifacts import read_info
+
+    if model is None:
+        return {}
+    run = read_info(model).provenance.get("run")
+    listing = Path(run) / "splits.csv" if run else None
+    if listing is None or not listing.is_file():
+        return {}
+    with open(listing, newline="", encoding="utf-8") as f:
+        return {r["path"]: r["split"] for r in csv.DictReader(f) if r.get("split")}
 
 
 def class_balance(table: DataTable, splits: list[str], unusable: set[str] | None = None) -> list[dict[str, Any]]:
@@ -176,7 +206,8 @@ def write(result: AuditResult, table: DataTable, *, spec: str = "") -> None:
     _csv(folder / "left_out.csv", [{"path": p, "reason": r} for p, r in result.left_out], ["path", "reason"])
     summary = {"images": result.images, "label_issues": len(result.issues), "duplicate_pairs": len(result.duplicates),
                "leaks": result.leaks, "unusable": len(result.unusable), "left_out": len(result.left_out),
-               "probabilities_from": result.how,
+               "probabilities_from": result.how, "labels_checked": result.checked,
+               "trust": result.trust.as_dict() if result.trust else None,
                "classes": list(table.class_names), "multilabel": table.multilabel, "data": str(table.root),
                "spec": spec, "crop_margin": table.crop_margin, "data_args": result.data_args,
                "corrections": result.corrections}  # fmt: skip

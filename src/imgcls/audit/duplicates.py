@@ -121,8 +121,10 @@ def near_pairs(
 
 
 def duplicate_rows(table: DataTable, splits: list[str], pairs: list[tuple[int, int, int, str]]) -> list[dict[str, Any]]:
-    """A row per pair: both paths, the distance, exact or near, both splits, a leak when the
-    splits differ, both locations where the data has them. Leaks first, then the closest."""
+    """A row per pair of files: both paths, the distance, exact or near, both splits, a leak when
+    the splits differ, both labels and locations where the data has them. Leaks first, then the
+    closest. The detection crops of one image share its hash, so two images of N and M crops make
+    N x M pairs of rows: they are one pair of files, listed once (with its first crops' labels)."""
     loc = table.columns.get("location")
     rows = []
     for a, b, d, kind in pairs:
@@ -134,4 +136,12 @@ def duplicate_rows(table: DataTable, splits: list[str], pairs: list[tuple[int, i
         if loc is not None:
             row.update(location_a=loc[a], location_b=loc[b])
         rows.append(row)
-    return sorted(rows, key=lambda r: (not r["leak"], r["kind"] != "exact", r["distance"], r["path_a"]))
+    rows.sort(key=lambda r: (not r["leak"], r["kind"] != "exact", r["distance"], r["path_a"]))
+    seen: set[frozenset[str]] = set()
+    once = []
+    for row in rows:  # the first of a pair of files is its leak, if any, and its closest
+        files = frozenset((str(row["path_a"]), str(row["path_b"])))
+        if files not in seen:
+            seen.add(files)
+            once.append(row)
+    return once

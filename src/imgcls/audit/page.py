@@ -20,7 +20,7 @@ border-bottom:1px solid #ddd}.sub,.note{color:#666}.cards{display:flex;flex-wrap
 .card span{color:#666;font-size:.85rem}table{border-collapse:collapse;font-size:.88rem}td,th{border:1px solid #ddd;
 padding:.25rem .5rem;text-align:left;vertical-align:middle}th{background:#f4f4f4}img{width:96px;height:96px;
 object-fit:contain;background:#f0f0f0;display:block}.leak{color:#a00;font-weight:600}.path{font-size:.78rem;color:#555;
-word-break:break-all;max-width:22rem}
+word-break:break-all;max-width:22rem}.warn{background:#fff4e0;border-left:4px solid #d98a00;padding:.5rem .8rem}
 """
 
 
@@ -59,14 +59,15 @@ def write_page(result: Any, table: DataTable, path: Path) -> None:
     from imgcls.io import atomic_write_text
 
     thumb = Thumbnails(table)
-    cards = [(result.images, "images"), (len(result.issues), "likely label errors"),
+    cards = [(result.images, "images"), (result.checked, "labels checked"), (len(result.issues), "likely label errors"),
              (len(result.duplicates), "duplicate pairs"), (result.leaks, "leaks across splits"),
              (len(result.unusable), "unusable files"), (len(result.left_out), "left out on purpose")]  # fmt: skip
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>imgcls audit</title><style>{CSS}</style>",
         "</head><body><h1>Audit</h1>",
-        f"<p class=sub>data {_e(table.root)} · label errors from {_e(result.how or 'no check')}</p>",
+        f"<p class=sub>data {_e(table.root)} · label errors from {_e(result.how or 'no check')}{_top1(result)}</p>",
         "<div class=cards>" + "".join(f"<div class=card><b>{n}</b><span>{t}</span></div>" for n, t in cards) + "</div>",
+        f"<p class=warn>{_e(result.trust.warning)}</p>" if result.trust and result.trust.warning else "",
         "<h2>Likely label errors</h2><p class=note>Most likely wrong first: the probability the models gave the "
         "given label (quality) is low, and they agree on another. Review them with <code>imgcls review</code>.</p>",
         _issues(result.issues[:LIMIT], thumb),
@@ -83,6 +84,15 @@ def write_page(result: Any, table: DataTable, path: Path) -> None:
         "</body></html>",
     ]
     atomic_write_text(path, "\n".join(parts))
+
+
+def _top1(result: Any) -> str:
+    """The probabilities' top-1 against the given labels (per fold too): how far to trust the flags."""
+    t = result.trust
+    if t is None or t.top1 is None:
+        return ""
+    folds = f" (folds {', '.join(f'{v:.3f}' for v in t.fold_top1)})" if t.fold_top1 else ""
+    return f" · out-of-sample top-1 {t.top1:.3f}{folds} of {result.checked} labels checked"
 
 
 def _issues(rows: list[dict[str, Any]], thumb: Thumbnails) -> str:

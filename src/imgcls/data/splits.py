@@ -98,18 +98,56 @@ def _cap_groups(picked: np.ndarray, groups: Sequence[str], max_val: int, seed: i
     return np.array(sorted(kept), dtype=np.int64)
 
 
+AUTO_COLUMNS = ("location", "sequence")  # --split-by auto's order: the coarsest grouping first
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """The groups that must stay on one side of a split: ``column`` names where they come from
+    (``image``: the detection crops of one image) and ``keys`` holds each row's group."""
+
+    column: str
+    keys: list[str]
+
+    @property
+    def count(self) -> int:
+        return len(set(self.keys))
+
+
+def group_keys(table: DataTable, requested: str | None, *, groups: int = 2) -> Grouping | None:
+    """The one grouping rule, for training's split and the audit's folds alike (a validation
+    split or a fold that shares a site, a burst or a picture with the rows trained on is not
+    held out). ``requested`` is ``--split-by``:
+
+    - ``auto``: location where it has at least ``groups`` groups (2 for a split, K for K folds),
+      else sequence, else the image (detection crops), else none;
+    - a column: that column, however many groups it has (an explicit choice is not replaced: the
+      caller says when they are too few);
+    - ``none``/None: no grouping.
+
+    Whatever the choice, the crops of one image are one picture and never split: a row without a
+    value in the column joins its image's group (else it is a group of its own), and ``none`` on
+    crops groups by image."""
+    crops = table.columns.get("image")
+    chosen: str | None = None
+    if requested not in (None, "", "none", "auto"):
+        if requested not in table.columns:
+            have = ", ".join(sorted(table.columns)) or "none"
+            raise UserError(f"--split-by {requested}: the data has no such column (columns: {have})")
+        chosen = requested
+    elif requested == "auto":
+        chosen = next((c for c in AUTO_COLUMNS if len({v for v in table.columns.get(c, []) if v}) >= groups), None)
+    if chosen is None:
+        return Grouping("image", list(crops)) if crops is not None else None
+    values = table.columns[chosen]
+    keys = [v if v else f"\0image:{crops[i]}" if crops is not None else f"\0row:{i}" for i, v in enumerate(values)]
+    return Grouping(chosen, keys)
+
+
 def resolve_split_by(table: DataTable, requested: str | None) -> str | None:
-    """'auto' groups by location when the data has two or more, else by sequence, else (for
-    detection crops) by image, so that near-identical frames never straddle the split."""
-    if requested in (None, "", "none"):
-        return None
-    if requested != "auto":
-        return requested
-    for column in ("location", "sequence"):
-        values = {v for v in table.columns.get(column, []) if v}
-        if len(values) >= 2:
-            return column
-    return "image" if "image" in table.columns else None
+    """The column training's split groups by (:func:`group_keys`), None for none."""
+    grouping = group_keys(table, requested)
+    return grouping.column if grouping is not None else None
 
 
 def make_splits(
@@ -124,24 +162,21 @@ def make_splits(
     the carved-out validation set (a share of a large set wastes training images)."""
     if not 0.0 <= val_split < 1.0:
         raise UserError(f"--val-split must be in [0, 1), not {val_split}")
-    split_by = resolve_split_by(table, split_by)
+    grouping = group_keys(table, split_by)
     n = len(table)
     given = table.split if table.split is not None else [None] * n
     test = np.array([i for i, s in enumerate(given) if s == "test"], dtype=np.int64)
     val = np.array([i for i, s in enumerate(given) if s == "val"], dtype=np.int64)
     train = np.array([i for i, s in enumerate(given) if s not in ("test", "val")], dtype=np.int64)
-    if split_by and split_by not in table.columns:
-        have = ", ".join(sorted(table.columns)) or "none"
-        raise UserError(f"--split-by {split_by}: the data has no such column (columns: {have})")
     if len(val) == 0 and val_split > 0 and len(train) > 1:
         if max_val:
             val_split = min(val_split, max_val / len(train))
         keys = table.stratify_key()[train]
-        if split_by:
-            groups = [table.columns[split_by][i] for i in train]
-            picked = _grouped(keys, groups, val_split, seed, split_by)
+        if grouping is not None:
+            groups = [grouping.keys[i] for i in train]
+            picked = _grouped(keys, groups, val_split, seed, grouping.column)
             if max_val and len(picked) > max_val:
-                picked = _cap_groups(picked, groups, max_val, seed, split_by)
+                picked = _cap_groups(picked, groups, max_val, seed, grouping.column)
         else:
             picked = _stratified(keys, val_split, np.random.default_rng(seed))
         val = train[picked]
