@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgcls.tasks import Task, fit_temperature, tune_binary_threshold, tune_thresholds
+from imgcls import probability as P
+from imgcls.tasks import TEMPERATURE_RANGE, Task, calibrate, fit_temperature, tune_binary_threshold, tune_thresholds
 
 
 def test_multilabel_thresholds_maximise_each_labels_f1() -> None:
@@ -52,3 +53,73 @@ def test_decisions_of_each_task() -> None:
     assert binary.predict(probs).tolist() == [0, 0]  # p(dog) 0.8 < 0.9
     multi = Task("multilabel", ["x", "y"], thresholds=[0.5, 0.25])
     assert multi.predict(probs).tolist() == [[0, 1], [1, 1]]
+
+
+def _near_chance(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The logits of a network that has barely started: a tiny spread, the label's logit a
+    little above the others more often than chance."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    z = rng.normal(0, 0.01, (n, 10))
+    z[np.arange(n), y] += 0.012
+    return z, y
+
+
+def test_the_temperature_is_bounded_and_a_fit_at_the_bound_is_said() -> None:
+    """A near-chance model on 72 validation images got T = 0.050 (logits x20) without a word."""
+    z, y = _near_chance(72)
+    assert 0.1 < (z.argmax(1) == y).mean() < 0.7 and TEMPERATURE_RANGE == (0.1, 10.0)
+    t = fit_temperature("multiclass", z, y)
+    assert t == pytest.approx(0.1, rel=1e-3)  # the range's end, not beyond it
+    fit = calibrate("multiclass", z, y)
+    assert fit is not None and fit.temperature == t and fit.at_bound and not fit.trusted
+    doubts = " ".join(fit.doubts)
+    assert "lowest temperature allowed, 0.1 (logits x10)" in doubts
+    assert "only 72 validation images" in doubts
+    record = fit.record()
+    assert record["at_bound"] is True and record["trusted"] is False and record["images"] == 72
+    assert record["interval95"] is None  # the optimum lies outside the range: no interval around it
+    assert record["errors"] == int((z.argmax(1) != y).sum()) and record["range"] == [0.1, 10.0]
+    # a network whose confidences say nothing (random labels): the other end of the range
+    rng = np.random.default_rng(1)
+    wild = rng.normal(0, 30, (400, 5))
+    fit = calibrate("multiclass", wild, rng.integers(0, 5, 400))
+    assert fit is not None and fit.temperature == pytest.approx(10.0, rel=1e-3) and fit.at_bound
+    assert "highest temperature allowed, 10 (logits /10)" in " ".join(fit.doubts)
+
+
+def test_a_fit_says_how_sure_it_is() -> None:
+    """The 95% interval of T (a sandwich estimate of log T's error): narrow and around the
+    temperature that made the labels on many images; wide, and said, where it rests on a few."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, size=(3000, 5))
+    y = np.array([rng.choice(5, p=row) for row in P.softmax(z / 2.5)])
+    fit = calibrate("multiclass", z, y)
+    assert fit is not None and fit.trusted and fit.doubts == [] and not fit.at_bound
+    lo, hi = fit.interval
+    assert lo < 2.5 < hi and hi / lo < 1.3
+    # the same kind of logits, 120 images: the interval widens with 1 / sqrt(n)
+    small = calibrate("multiclass", z[:120], y[:120])
+    assert small is not None and small.interval[1] / small.interval[0] > (hi / lo) ** 3
+    # nearly all right: the fit rests on its three mistakes and is said to
+    y3 = z.argmax(1)[:400].copy()
+    y3[:3] = (y3[:3] + 1) % 5
+    few = calibrate("multiclass", z[:400] * 3, y3)
+    assert few is not None and not few.trusted and few.errors == 3
+    assert "95% interval" in " ".join(few.doubts) and "3 of 400 validation images wrong" in " ".join(few.doubts)
+    # binary: one logit, the same arithmetic
+    zb = rng.normal(0, 4, size=4000)
+    yb = (rng.random(4000) < 1 / (1 + np.exp(-zb / 0.5))).astype(np.int64)
+    fb = calibrate("binary", zb[:, None], yb, positive=1)
+    assert fb is not None and fb.trusted and fb.interval[0] < 0.5 < fb.interval[1]
+
+
+def test_the_model_config_records_the_calibration() -> None:
+    z, y = _near_chance(72)
+    task = Task("multiclass", [str(k) for k in range(10)])
+    fit = calibrate("multiclass", z, y)
+    assert fit is not None
+    task.temperature, task.calibration = fit.temperature, fit.record()
+    saved = task.to_dict()
+    assert saved["temperature"] == pytest.approx(0.1) and saved["calibration"]["trusted"] is False
+    assert saved["calibration"]["doubts"] == fit.doubts

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ class Task:
     pos_weight: torch.Tensor | None = None  # multilabel: per-label weight of a positive (neg / pos)
     thresholds: list[float] = field(default_factory=list)
     temperature: float = 1.0  # logits are divided by it before softmax / sigmoid (calibration)
+    calibration: dict[str, Any] | None = None  # how the temperature was fitted (TemperatureFit.record)
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
@@ -113,6 +115,8 @@ class Task:
             out["thresholds"] = [float(t) for t in self.thresholds]
         if self.temperature != 1.0:
             out["temperature"] = round(float(self.temperature), 5)
+        if self.calibration is not None:
+            out["calibration"] = self.calibration
         return out
 
 
@@ -173,11 +177,25 @@ def tune_binary_threshold(p_positive: np.ndarray, is_positive: np.ndarray, metri
     return best
 
 
+#: The range a fitted temperature may take. Guo et al. (2017) fit T from about 1 to 3 for
+#: over-confident networks; label smoothing leaves networks too timid, fitted below 1 (the digits
+#: demo: about 0.4). A decade either side of 1 holds both with room to spare; a fit that wants
+#: more is not calibrating a network's confidence but making one up for logits with almost no
+#: scale (a near-chance network made logits x20 from 72 images) or no information, so it stops at
+#: the bound and says so.
+TEMPERATURE_RANGE = (0.1, 10.0)
+#: fewer validation images than this, and a fit is said not to be trusted
+CALIBRATION_IMAGES = 100
+#: nor when the 95% interval of T spans more than this factor (a fit resting on a few mistakes)
+CALIBRATION_SPREAD = 2.0
+
+
 def fit_temperature(task: str, logits: np.ndarray, targets: np.ndarray, positive: int = 1) -> float | None:
     """The temperature T minimising the mean NLL of the validation labels (multiclass: class
     indices and (N, K) logits; binary: class indices and (N,) or (N, 1) logits of ``positive``).
     With test-time augmentation, pass the mean logits of the views, as prediction computes them.
-    A golden-section search over log T in [0.05, 20].
+    A golden-section search over log T in :data:`TEMPERATURE_RANGE` (:func:`calibrate` says when
+    the fit ends at a bound).
 
     None when the logits separate the labels (every label the strict arg-max; binary: every
     logit on its label's side of 0): then the NLL falls all the way as T goes to 0, there is no
@@ -185,28 +203,14 @@ def fit_temperature(task: str, logits: np.ndarray, targets: np.ndarray, positive
     split that the network gets all right is the usual case)."""
     if task not in ("multiclass", "binary"):
         raise ValueError(f"temperature scaling applies to multiclass and binary tasks, not {task}")
-    z = np.asarray(logits, np.float64)
-    y = np.asarray(targets)
-    if task == "binary":
-        z = z.reshape(-1)
-        y = (y == positive).astype(np.float64)
-        if len(y) and bool(np.all(np.where(y > 0, z > 0, z < 0))):
-            return None
-    elif len(y):
-        others = z.copy()
-        others[np.arange(len(y)), y] = -np.inf
-        if bool(np.all(z[np.arange(len(y)), y] > others.max(axis=1))):
-            return None
+    z, y = _as_classes(task, logits, targets, positive)
+    if len(y) and bool(np.all(z[np.arange(len(y)), y] > _others_max(z, y))):
+        return None
 
-    def nll(log_t: float) -> float:  # from log-probabilities: exact for any logit size
-        s = z / math.exp(log_t)
-        if task == "multiclass":
-            top = s.max(axis=1, keepdims=True)
-            log_norm = top[:, 0] + np.log(np.exp(s - top).sum(axis=1))
-            return float((log_norm - s[np.arange(len(y)), y]).mean())
-        return float((y * np.logaddexp(0, -s) + (1 - y) * np.logaddexp(0, s)).mean())
+    def nll(log_t: float) -> float:
+        return float(_per_image(z, y, math.exp(log_t))[0].mean())
 
-    lo, hi = math.log(0.05), math.log(20.0)
+    lo, hi = math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = nll(a), nll(b)
@@ -221,6 +225,101 @@ def fit_temperature(task: str, logits: np.ndarray, targets: np.ndarray, positive
             fb = nll(b)
     best = (lo + hi) / 2
     return float(math.exp(best)) if nll(best) < nll(0.0) else 1.0
+
+
+def _as_classes(task: str, logits: np.ndarray, targets: np.ndarray, positive: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) float64 logits and class indices; a binary logit z as the two-class softmax of
+    (0, z), which is its sigmoid, with label 1 for the positive class."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(targets)
+    if task == "binary":
+        z = z.reshape(-1)
+        return np.stack([np.zeros_like(z), z], axis=1), (y == positive).astype(np.int64)
+    return z, y.astype(np.int64)
+
+
+def _others_max(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    others = z.copy()
+    others[np.arange(len(y)), y] = -np.inf
+    return others.max(axis=1)
+
+
+def _per_image(z: np.ndarray, y: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image at temperature ``t``: the NLL, and its first and second derivatives in log T
+    (with s = z / T and p = softmax(s): s_y - E_p[s], and Var_p[s] minus the first); exact from
+    log-probabilities for any logit size."""
+    s = z / t
+    top = s.max(axis=1, keepdims=True)
+    e = np.exp(s - top)
+    norm = e.sum(axis=1)
+    p = e / norm[:, None]
+    s_y = s[np.arange(len(y)), y]
+    mean = (p * s).sum(axis=1)
+    grad = s_y - mean
+    return top[:, 0] + np.log(norm) - s_y, grad, (p * (s - mean[:, None]) ** 2).sum(axis=1) - grad
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A fitted temperature and how far to trust it: the images and mistakes it rests on, the
+    95% interval of T (a sandwich estimate of log T's standard error, robust to the model being
+    wrong: the spread of the per-image gradients over the curvature), and whether the search
+    stopped at an end of :data:`TEMPERATURE_RANGE`."""
+
+    temperature: float
+    images: int
+    errors: int
+    interval: tuple[float, float]
+    at_bound: bool
+
+    @property
+    def doubts(self) -> list[str]:
+        """Why the fit is not to be trusted, one clause each (empty: no reason known)."""
+        out = []
+        lo, hi = TEMPERATURE_RANGE
+        if self.at_bound and self.temperature < 1:
+            out.append(f"the fit reached the lowest temperature allowed, {lo:g} (logits x{1 / lo:g}): the network's "
+                       "logits have almost no scale (a network near chance, or trained too little)")  # fmt: skip
+        elif self.at_bound:
+            out.append(f"the fit reached the highest temperature allowed, {hi:g} (logits /{hi:g}): the "
+                       "network's confidence says almost nothing about when it is right")  # fmt: skip
+        if self.images < CALIBRATION_IMAGES:
+            out.append(f"only {self.images} validation images (a fit wants at least {CALIBRATION_IMAGES})")
+        low, high = self.interval
+        if not self.at_bound and not high <= CALIBRATION_SPREAD * low:
+            out.append(f"its 95% interval is {low:.3g} to {high:.3g}, with {self.errors} of {self.images} "
+                       "validation images wrong: the fit rests on few mistakes")  # fmt: skip
+        return out
+
+    @property
+    def trusted(self) -> bool:
+        return not self.doubts
+
+    def record(self) -> dict[str, Any]:
+        """What the model directory keeps (``config.json``'s ``calibration``)."""
+        return {
+            "temperature": round(self.temperature, 5), "images": self.images, "errors": self.errors,
+            # at a bound the optimum lies outside the range: no interval around it
+            "interval95": None if self.at_bound else [round(v, 5) if math.isfinite(v) else None for v in self.interval],
+            "range": list(TEMPERATURE_RANGE), "at_bound": self.at_bound, "trusted": self.trusted,
+            "doubts": self.doubts,
+        }  # fmt: skip
+
+
+def calibrate(task: str, logits: np.ndarray, targets: np.ndarray, positive: int = 1) -> TemperatureFit | None:
+    """:func:`fit_temperature` with what says how far to trust it (:class:`TemperatureFit`);
+    None where the logits separate the labels (no finite fit)."""
+    t = fit_temperature(task, logits, targets, positive)
+    if t is None:
+        return None
+    z, y = _as_classes(task, logits, targets, positive)
+    _, grad, curve = _per_image(z, y, t)
+    total = float(curve.sum())
+    se = math.sqrt(float((grad**2).sum())) / total if total > 0 else math.inf
+    spread = math.exp(1.96 * se) if se < 300 else math.inf
+    at_bound = any(abs(math.log(t / b)) < 1e-3 for b in TEMPERATURE_RANGE)
+    errors = int((z[np.arange(len(y)), y] <= _others_max(z, y)).sum()) if len(y) else 0
+    return TemperatureFit(t, len(y), errors, (t / spread, t * spread), at_bound)
 
 
 def quick_metrics(task: Task, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:

@@ -5,9 +5,12 @@ where test-time augmentation is on or to be decided):
 
 - ``--tta auto``: flip TTA is kept only where it helps: the validation metric the run monitors
   (top-1, mAP...) with the mean logits of each image and its mirror against without, the NLL
-  breaking ties; both figures are recorded in the model directory and printed;
+  breaking ties (and the line says it was a tie); both figures are recorded in the model
+  directory and printed;
 - the temperature is fitted (multi-class, binary; at least 20 validation images and not all of
   them right, else it says so) to the logits prediction computes, so probabilities are calibrated;
+  within :data:`~imgcls.tasks.TEMPERATURE_RANGE`, and a fit at a bound, on fewer than 100 images
+  or with a wide interval is said not to be trusted (the model directory records why);
 - thresholds are tuned (multi-label; binary with ``--binary-threshold f1|balanced``);
 - the model is saved again with the validation metrics of exactly that procedure, which is what
   ``imgcls evaluate`` on the same split computes.
@@ -24,7 +27,15 @@ import torch
 from imgcls.config import TUNED_THRESHOLDS
 from imgcls.console import info
 from imgcls.engine.loop import val_metrics, validation_logits
-from imgcls.tasks import Task, fit_temperature, monitor_metric, quick_metrics, tune_binary_threshold, tune_thresholds
+from imgcls.tasks import (
+    Task,
+    TemperatureFit,
+    calibrate,
+    monitor_metric,
+    quick_metrics,
+    tune_binary_threshold,
+    tune_thresholds,
+)
 
 if TYPE_CHECKING:
     from imgcls.engine.loop import Trainer
@@ -106,13 +117,14 @@ def finish(tr: Trainer, save: Any) -> dict[str, Any]:
         tr.tta, figures = choose_tta(tr.task, plain, mirror, targets, tr.cfg.train.monitor)
     logits = (plain + mirror) / 2 if tr.tta == "flip" and mirror is not None else plain
     before: float | None = None
-    separated = False
+    fit: TemperatureFit | None = None
     if plan.calibrate and len(rows):
         tr.task.temperature = 1.0
         before = quick_metrics(tr.task, probabilities(tr.task, logits), targets).get("nll")
-        fitted = fit_temperature(tr.task.name, logits, targets, tr.task.positive)
-        separated = fitted is None
-        tr.task.temperature = 1.0 if fitted is None else fitted
+        fit = calibrate(tr.task.name, logits, targets, tr.task.positive)
+        tr.task.temperature = 1.0 if fit is None else fit.temperature
+        tr.task.calibration = None if fit is None else fit.record()
+    separated = before is not None and fit is None
     probs = probabilities(tr.task, logits)
     if tr.task.name == "multilabel" and len(rows):
         tr.task.thresholds = tune_thresholds(probs, targets)
@@ -124,7 +136,7 @@ def finish(tr: Trainer, save: Any) -> dict[str, Any]:
     val = val_metrics(tr.task, probs, targets) if len(rows) else {}
     val["val_seconds"] = time.perf_counter() - t0
     if tr.dist.main:
-        _say(tr, figures, None if separated else before, val, len(rows), tune_binary)
+        _say(tr, figures, (fit, before), val, len(rows), tune_binary)
         if separated:
             info(
                 f"calibration: not fitted: the network classifies all {len(rows)} validation images right, so "
@@ -139,22 +151,63 @@ def finish(tr: Trainer, save: Any) -> dict[str, Any]:
 
 
 def _say(
-    tr: Trainer, figures: dict[str, dict[str, float]], before: float | None, val: dict[str, Any], n: int, tuned: bool
+    tr: Trainer,
+    figures: dict[str, dict[str, float]],
+    fitted: tuple[TemperatureFit | None, float | None],
+    val: dict[str, Any],
+    n: int,
+    tuned: bool,
 ) -> None:
-    """What :func:`finish` decided: the TTA choice with both figures, the temperature, the
-    binary threshold."""
+    """What :func:`finish` decided: the TTA choice with both figures, the temperature (and why
+    not to trust it), the binary threshold."""
     if figures:
         key, _ = monitor_metric(tr.task, tr.cfg.train.monitor)
-        with_, without = figures["flip"].get(key, float("nan")), figures["none"].get(key, float("nan"))
-        kept = "kept" if tr.tta == "flip" else "left off"
-        info(f"test-time flip: {kept} ({key} {with_:.4f} with it, {without:.4f} without, on {n} images)")
-    if before is not None:
-        info(
-            f"calibration: temperature {tr.task.temperature:.3f} fitted on {n} validation images "
-            f"(NLL {before:.4f} -> {val.get('val_nll', float('nan')):.4f})"
-        )
+        info(tta_line(key, figures, tr.tta, n))
+    fit, before = fitted
+    if fit is not None and before is not None:
+        for line in calibration_lines(fit, before, val.get("val_nll", float("nan"))):
+            info(line)
     if tuned:
         info(
             f"threshold: {tr.task.positive_name} from p >= {tr.task.thresholds[0]:.3f} "
             f"(the best {tr.cfg.train.binary_threshold} on {n} validation images)"
         )
+
+
+def _pair(a: float, b: float) -> tuple[str, str]:
+    """Two figures with the digits that tell them apart (4 decimals, more where those agree)."""
+    for digits in (4, 6, 8):
+        fa, fb = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if fa != fb:
+            break
+    return fa, fb
+
+
+def tta_line(key: str, figures: dict[str, dict[str, float]], choice: str, n: int) -> str:
+    """The test-time flip's line: both figures of the monitored metric; a tie says that the NLL
+    decided it (and what keeping it costs)."""
+    with_, without = figures["flip"].get(key, float("nan")), figures["none"].get(key, float("nan"))
+    kept = "kept" if choice == "flip" else "left off"
+    if with_ != without:
+        a, b = _pair(with_, without)
+        return f"test-time flip: {kept} ({key} {a} with it, {b} without, on {n} images)"
+    nll_with, nll_without = _pair(
+        figures["flip"].get("val_nll", float("nan")), figures["none"].get("val_nll", float("nan"))
+    )
+    lower = "lower" if choice == "flip" else "not lower"
+    cost = "; predict looks at each image twice" if choice == "flip" else ""
+    return (
+        f"test-time flip: {kept}: {key} {with_:.4f} either way on {n} images, and the NLL is {lower} with it "
+        f"({nll_with} against {nll_without}){cost}"
+    )
+
+
+def calibration_lines(fit: TemperatureFit, before: float, after: float) -> list[str]:
+    """The temperature's line, and a warning naming each reason not to trust it."""
+    lines = [
+        f"calibration: temperature {fit.temperature:.3f} fitted on {fit.images} validation images "
+        f"(NLL {before:.4f} -> {after:.4f})"
+    ]
+    if fit.doubts:
+        lines.append(f"calibration: warning: not to be trusted: {'; '.join(fit.doubts)}")
+    return lines
