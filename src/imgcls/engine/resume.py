@@ -72,9 +72,11 @@ def apply_resume_options(cfg: RunConfig, given: dict[str, Any], requested: dict[
             continue
         if key in RESUMABLE:
             setattr(section, key, wanted)
-            changes.append(f"{key.replace('_', '-')} {saved} -> {wanted}")
+            was, now = _shown(saved, wanted, quote=False)
+            changes.append(f"{key.replace('_', '-')} {was} -> {now}")
         else:
-            refused.append(f"--{key.replace('_', '-')} (the run has {saved!r}, given {wanted!r})")
+            was, now = _shown(saved, wanted, quote=True)
+            refused.append(f"--{key.replace('_', '-')} (the run has {was}, given {now})")
     if refused:
         allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
         raise UserError(
@@ -82,6 +84,21 @@ def apply_resume_options(cfg: RunConfig, given: dict[str, Any], requested: dict[
             f"A resumed run may change {allowed}; for other settings start a new run (another --out)"
         )
     return changes
+
+
+def _shown(saved: Any, wanted: Any, *, quote: bool) -> tuple[str, str]:
+    """Two values of an option as a person writes them: numbers to 4 significant digits, more
+    only where those do not tell the two apart (a square-root scaled rate is 0.0007071, not
+    0.0007071067811865476); anything else as its ``repr`` with ``quote`` (names quoted), else as
+    text."""
+    if not all(isinstance(v, float) for v in (saved, wanted)):
+        show = repr if quote else str
+        return show(saved), show(wanted)
+    for digits in range(4, 18):
+        a, b = f"{saved:.{digits}g}", f"{wanted:.{digits}g}"
+        if a != b:
+            break
+    return a, b
 
 
 # ----------------------------------------------------------------------- the data of a resumed run
