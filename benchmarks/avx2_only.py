@@ -21,14 +21,14 @@ and stops otherwise.
 
 from __future__ import annotations
 
-import hashlib
-import os
+import contextlib
 import platform
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,24 +45,30 @@ def refuse(why: str) -> None:
     raise SystemExit(f"avx2_only.py: {why}")
 
 
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    """A fresh folder only this user can enter (``mkdtemp``: an unpredictable name, mode 0700),
+    removed afterwards. The library is preloaded into a root process, so it is never taken from
+    a shared folder: a fixed name under /tmp can be created first by anyone, with their library
+    of the expected name inside."""
+    with tempfile.TemporaryDirectory(prefix="imgcls-avx2-") as work:
+        yield Path(work)
+
+
 def build(work: Path) -> Path:
-    """The preload library, compiled once per source version."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    lib = work / f"avx2_only-{digest}.so"
-    if not lib.is_file():
-        if shutil.which("gcc") is None:
-            refuse("gcc is needed to build avx2_only.c")
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run(
-            ["gcc", "-O2", "-Wall", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE), "-ldl", "-lpthread"], check=True
-        )
-        os.replace(tmp, lib)
+    """The preload library, compiled from the source into ``work`` (a private folder)."""
+    if shutil.which("gcc") is None:
+        refuse("gcc is needed to build avx2_only.c")
+    lib = work / "avx2_only.so"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-shared", "-fPIC", "-o", str(lib), str(SOURCE), "-ldl", "-lpthread"], check=True
+    )
     return lib
 
 
 def hidden_cpuinfo(work: Path) -> Path:
     text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    out = work / f"cpuinfo-avx2-{os.getpid()}"
+    out = work / "cpuinfo"
     out.write_text("".join(HIDDEN.sub("", line) if line.startswith("flags") else line
                            for line in text.splitlines(keepends=True)), encoding="utf-8")  # fmt: skip
     return out
@@ -88,19 +94,15 @@ def main(argv: list[str]) -> int:
         refuse("this CPU has no AVX2 to emulate the tier with")
     if shutil.which("unshare") is None:
         refuse("needs unshare (util-linux) for a private /proc/cpuinfo")
-    work = Path(tempfile.gettempdir()) / "imgcls-bench"
-    work.mkdir(parents=True, exist_ok=True)
-    lib, cpuinfo = build(work), hidden_cpuinfo(work)
-    try:
+    with workspace() as work:
+        lib, cpuinfo = build(work), hidden_cpuinfo(work)
         check = subprocess.run(wrapped(lib, cpuinfo, [sys.executable, "-c", CHECK]), capture_output=True, text=True)
         seen = check.stdout.strip()
         if check.returncode != 0 or seen != "AVX2|AVX2":
             refuse(f"the features are not hidden (PyTorch|imgcls see {seen or '?'}): {check.stderr.strip()[-300:]}")
         print(f"avx2_only.py: {EMULATED}", file=sys.stderr, flush=True)
         rc = subprocess.run(wrapped(lib, cpuinfo, argv)).returncode
-        return 128 - rc if rc < 0 else rc  # killed by a signal: the shell's 128 + N
-    finally:
-        cpuinfo.unlink(missing_ok=True)
+    return 128 - rc if rc < 0 else rc  # killed by a signal: the shell's 128 + N
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@ PyTorch, ONNX Runtime, imgcls's own probe), while a real crash still crashes."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +26,7 @@ def _can_unshare() -> bool:
     return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
 
 
-pytestmark = pytest.mark.skipif(
+emulates = pytest.mark.skipif(
     not (" cpuid_fault" in FLAGS and " avx2" in FLAGS and shutil.which("gcc") and _can_unshare()),
     reason="needs CPUID faulting, AVX2, gcc, and unshare -m (root)",
 )
@@ -40,9 +43,56 @@ ctypes.string_at(0)  # a real fault: faulthandler reports it and the process die
 """
 
 
+@emulates
 def test_the_command_sees_avx2_only_and_a_real_fault_still_kills_it(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "avx2_only.py"), sys.executable, "-X", "faulthandler",
                         "-c", PROBE], capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     lines = r.stdout.splitlines()
     assert lines[:2] == ["AVX2 AVX2 ['avx2']", "(2, 8, 14, 14)"], r.stdout + r.stderr
     assert r.returncode == 128 + 11 and "Fatal Python error: Segmentation fault" in r.stderr  # SIGSEGV
+
+
+PLANTED = """
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen("%s", "w");
+    if (f) { fputs("loaded", f); fclose(f); }
+}
+"""
+
+
+@emulates
+def test_a_library_planted_in_the_shared_temporary_folder_is_never_loaded(tmp_path: Path) -> None:
+    """It built into /tmp/imgcls-bench, a name anyone can create first, and preloaded whatever
+    library of the expected name it found there into a root process."""
+    marker = tmp_path / "planted-ran"
+    shared = tmp_path / "tmp"
+    digest = hashlib.sha256((ROOT / "benchmarks" / "avx2_only.c").read_bytes()).hexdigest()[:12]
+    (shared / "imgcls-bench").mkdir(parents=True)
+    source = tmp_path / "planted.c"
+    source.write_text(PLANTED % marker)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(shared / "imgcls-bench" / f"avx2_only-{digest}.so"),
+                    str(source)], check=True)  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(shared)}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "avx2_only.py"), "true"], capture_output=True,
+                       text=True, timeout=300, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists()  # the planted library never ran
+    assert sorted(p.name for p in shared.iterdir()) == ["imgcls-bench"]  # and nothing is left behind
+
+
+def test_each_run_builds_in_a_private_folder_of_its_own_and_removes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location("avx2_only", ROOT / "benchmarks" / "avx2_only.py")
+    assert spec is not None and spec.loader is not None
+    avx2_only = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(avx2_only)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    with avx2_only.workspace() as first, avx2_only.workspace() as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        for folder in (first, second):
+            info = folder.stat()
+            assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.geteuid() and not any(folder.iterdir())
+    assert not first.exists() and not second.exists()
