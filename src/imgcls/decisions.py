@@ -105,7 +105,8 @@ def tradeoff(
 ) -> list[dict[str, float]]:
     """Per threshold t: animal recall (the share of animal images not called blank) and blanks
     removed (the share of blank images called blank), where an image is called blank when its
-    ``score`` is at or above t (``blank_at_or_above``) or below it (a detector's confidence)."""
+    ``score`` is at or above t (``blank_at_or_above``) or below it (a detector's confidence); with
+    the numbers of animal and blank images the shares are of."""
     animals, blanks = (~is_blank).sum(), is_blank.sum()
     out = []
     for t in thresholds:
@@ -115,6 +116,8 @@ def tradeoff(
                 "threshold": float(t),
                 "animal_recall": float((~called_blank & ~is_blank).sum() / animals) if animals else float("nan"),
                 "blanks_removed": float((called_blank & is_blank).sum() / blanks) if blanks else float("nan"),
+                "animals": int(animals),  # the images behind the shares: 7 blanks make steps of 1/7
+                "blanks": int(blanks),
             }
         )
     return out
