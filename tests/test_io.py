@@ -90,3 +90,35 @@ def test_under_torchrun_only_rank_0_probes_and_checks_the_run_folder(
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UserError, match="already exists and is not empty"):
         prepare_run_dir(cfg, resume=False)
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_a_folders_files_follow_the_umask_whatever_the_library_that_wrote_them(
+    tmp_path: Path, umask: int, file_mode: int, dir_mode: int
+) -> None:
+    """safetensors creates its file 0600 whatever the umask: a model directory's weights were
+    unreadable to the group and the world beside a 0644 config.json (umask 022), while a user
+    who chose 077 keeps 0600 everywhere."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        target = tmp_path / "model"
+        with atomic_dir(target) as d:
+            save_file({"w": torch.zeros(2)}, str(d / "model.safetensors"))
+            (d / "config.json").write_text("{}")
+            (d / "sub").mkdir(mode=0o700)
+            fd = os.open(d / "sub" / "part.bin", os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+        assert {p.name: mode(p) for p in target.rglob("*")} == {
+            "model.safetensors": file_mode, "config.json": file_mode, "sub": dir_mode, "part.bin": file_mode,
+        }  # fmt: skip
+        assert mode(target) == dir_mode
+        os.chmod(target / "config.json", 0o640)  # the user's own choice for a file the next write replaces
+        with atomic_dir(target, replaces=("config.json", "model.safetensors")) as d:
+            save_file({"w": torch.ones(2)}, str(d / "model.safetensors"))
+            (d / "config.json").write_text("{}")
+        assert mode(target / "config.json") == 0o640 and mode(target / "model.safetensors") == file_mode
+    finally:
+        os.umask(old)

@@ -470,3 +470,31 @@ def test_early_stopping_on_a_metric_that_does_not_improve(folder: Path, tmp_path
         **dict(FAST, epochs=6, lr=1e-12, early_stopping=1, monitor="val_loss", warmup=0.0),
     )
     assert len(history(run)) == 2
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_every_file_of_a_run_and_its_model_follows_the_umask(
+    folder: Path, tmp_path: Path, umask: int, file_mode: int, dir_mode: int
+) -> None:
+    """model.safetensors came out 0600 under umask 022 (safetensors' own mode) beside a 0644
+    config.json: every file imgcls writes (run folder, model directory, decoded-image cache, an
+    export) gets what an ordinary ``open`` would give it, and a user's 077 keeps them private."""
+    old = os.umask(umask)
+    try:
+        run = imgcls.train(folder, out=tmp_path / "run", cache_dir=tmp_path / "cache", **{**FAST, "epochs": 1})
+        assert main(["export", "--model", str(run / "model"), "--out", str(tmp_path / "out" / "m.onnx")]) == 0
+    finally:
+        os.umask(old)
+    found = {p: stat_mode(p) for p in tmp_path.rglob("*")}
+    assert {run / "model" / "model.safetensors", run / "model" / "model.onnx", run / "checkpoint" / "state.pt",
+            run / "curves.png", tmp_path / "out" / "m.onnx"} <= set(found)  # fmt: skip
+    wrong = {
+        str(p.relative_to(tmp_path)): oct(m) for p, m in found.items() if m != (dir_mode if p.is_dir() else file_mode)
+    }
+    assert not wrong
+
+
+def stat_mode(path: Path) -> int:
+    import stat
+
+    return stat.S_IMODE(path.stat().st_mode)

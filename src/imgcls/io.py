@@ -140,6 +140,31 @@ def _carry(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
+def _settle(tmp: Path, target: Path) -> None:
+    """Sync what the writer put in ``tmp`` and give it the modes an ordinary ``open`` and
+    ``mkdir`` would (a file the old folder has keeps its mode): libraries choose their own
+    (safetensors creates its file 0600 whatever the umask), so a model's weights were private
+    beside a world-readable config."""
+    mask = current_umask()
+    for dirpath, dirnames, filenames in os.walk(tmp):
+        here = Path(dirpath)
+        old = target / here.relative_to(tmp)
+        for d in dirnames:
+            os.chmod(here / d, 0o777 & ~mask)
+        for name in filenames:
+            f = here / name
+            if f.is_symlink():
+                continue
+            try:
+                mode = os.stat(old / name).st_mode & 0o7777
+            except OSError:
+                mode = 0o666 & ~mask
+            os.chmod(f, mode)
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    os.chmod(tmp, 0o777 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
     """Write a folder as a whole: the caller fills the temporary folder it is given; on success
@@ -154,11 +179,7 @@ def atomic_dir(path: str | Path, *, replaces: tuple[str, ...] = ()) -> Iterator[
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        for f in tmp.iterdir():
-            if f.is_file():
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
-        os.chmod(tmp, 0o777 & ~current_umask())
+        _settle(tmp, target)
         if target.is_dir():
             for old in target.iterdir():
                 if old.name not in replaces and not (tmp / old.name).exists():
