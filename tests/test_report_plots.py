@@ -84,3 +84,17 @@ def test_the_tradeoff_labels_do_not_overlap_and_the_counts_are_given(drawn: list
     det = tradeoff(score, score < 0.3, np.linspace(0.05, 0.95, 20), blank_at_or_above=False)
     plots.plot_tradeoff(det, tmp_path / "d.png", title="Detector", knob="detection confidence")
     assert len(drawn[1].axes[0].texts) >= 3 and _overlaps(drawn[1]) == []
+
+
+def test_a_report_is_titled_by_what_identifies_it() -> None:
+    """Every report was titled 'imgcls evaluation: model' (the model folder's own name)."""
+    from imgcls.report.html import page_title
+
+    assert page_title("/home/ana/runs/digits-lenet/model", "/data/digits", "test") == (
+        "imgcls evaluation: runs/digits-lenet/model on digits (test)"
+    )
+    assert page_title("runs/a/model/model.int8.onnx", "traps/cct.json", "val") == (
+        "imgcls evaluation: a/model/model.int8.onnx on cct.json (val)"
+    )
+    titles = {page_title(f"/x/runs/{name}/model", "/d/photos", "test") for name in ("a", "b")}
+    assert len(titles) == 2  # two runs' reports no longer share a title

@@ -83,6 +83,14 @@ def _notes(r: Any) -> list[str]:
     return notes
 
 
+def page_title(model: str, data: str, split: str) -> str:
+    """The page's title, which names it among others (browser tabs, bookmarks): the model's last
+    three path parts (a model directory is called ``model`` in every run; the run folder above it
+    is what tells them apart) and the data's name and split."""
+    where = "/".join(Path(model).parts[-3:])
+    return f"imgcls evaluation: {where} on {Path(data).name} ({split})"
+
+
 def render_html(r: Any, images: dict[str, Path]) -> str:
     m = r.metrics
     cards = "".join(
@@ -92,7 +100,7 @@ def render_html(r: Any, images: dict[str, Path]) -> str:
     )
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        f"<title>imgcls evaluation: {html.escape(Path(r.model).name)}</title>",
+        f"<title>{html.escape(page_title(r.model, r.data, r.split))}</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>Evaluation of {html.escape(r.model)}</h1>",
         f"<p class=sub>{html.escape(r.task)} task, {len(r.label_names)} classes · "
