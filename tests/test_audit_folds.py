@@ -43,7 +43,7 @@ def test_the_crops_of_one_image_are_in_one_fold(seed: int) -> None:
     assert sorted(np.bincount(fold).tolist()) == [20, 20, 20, 20]  # 10 whole images a fold
 
 
-def test_two_locations_for_four_folds_fall_back_to_sequences_then_images() -> None:
+def test_two_locations_for_four_folds_fall_back_to_sequences_then_images(capsys: pytest.CaptureFixture[str]) -> None:
     """Too few sites for the folds: ``auto`` falls back as training's split does (sequence, then
     image), never to rows; training itself (two groups enough) still groups by site."""
     table = crops_table(40, locations=2, sequences=8)
@@ -56,8 +56,12 @@ def test_two_locations_for_four_folds_fall_back_to_sequences_then_images() -> No
     assert group_keys(table, "auto").column == "location"  # type: ignore[union-attr]
     assert group_keys(table, "auto", groups=4).column == "sequence"  # type: ignore[union-attr]
     assert group_keys(no_bursts, "auto", groups=4).column == "image"  # type: ignore[union-attr]
-    with pytest.raises(UserError, match="--folds 4: the data has 2 location groups"):
-        fold_of(table, 4, 0, split_by="location")  # asked for by name: refused, not replaced
+    with pytest.raises(UserError, match="--folds 5: the data has 4 image groups"):
+        fold_of(crops_table(4), 5, 0)
+    capsys.readouterr()
+    fold = fold_of(table, 4, 0, split_by="location")  # as a run's config.yaml records 'auto''s choice
+    assert all(len(ks) == 1 for ks in folds_per(table, fold, "sequence").values())
+    assert "--split-by location: 2 groups for 4 folds; the folds are grouped by sequence" in capsys.readouterr().err
 
 
 def test_training_split_keeps_crops_of_one_image_together_too() -> None:

@@ -45,17 +45,26 @@ def fold_of(table: DataTable, folds: int, seed: int = 0, split_by: str | None = 
     """The fold of every row: stratified by class, and grouped as training's split is grouped
     (:func:`imgcls.data.splits.group_keys`, asked for ``folds`` groups: with fewer locations than
     folds, ``auto`` falls back to sequences, then to images), so that no site, burst or picture
-    (the crops of one image) is in two folds."""
+    (the crops of one image) is in two folds. A column named by ``--split-by`` (or a run's
+    ``config.yaml``, which records the column ``auto`` chose for a single split) with fewer groups
+    than folds falls back the same way, with a warning."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+    from imgcls.console import info
     from imgcls.data.splits import group_keys
 
     keys = table.stratify_key()
     grouping = group_keys(table, split_by, groups=folds)
+    if grouping is not None and grouping.count < folds and split_by not in (None, "", "none", "auto"):
+        fallback = group_keys(table, "auto", groups=folds)
+        by = fallback.column if fallback else "nothing (stratified by class)"
+        info(f"warning: --split-by {split_by}: {grouping.count} groups for {folds} folds; the folds are grouped by "
+             f"{by}, as --split-by auto does")  # fmt: skip
+        grouping = fallback
     have = grouping.count if grouping is not None else len(table)
     if have < folds:
         what = f"{grouping.column} groups (each stays in one fold)" if grouping is not None else "images"
-        raise UserError(f"--folds {folds}: the data has {have} {what}; lower --folds or choose another --split-by")
+        raise UserError(f"--folds {folds}: the data has {have} {what}; lower --folds")
     out = np.zeros(len(table), dtype=np.int64)
     import warnings
 
