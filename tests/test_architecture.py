@@ -87,3 +87,35 @@ def test_files_and_functions_stay_small() -> None:
                 length = node.end_lineno - node.lineno + 1
                 table = name.startswith("imgcls.cli.") and node.name.startswith("add_")  # argument tables
                 assert table or length <= 60, f"{name}.{node.name}: {length} lines"
+
+
+def documented_ranks() -> list[set[str]]:
+    """docs/architecture.md's "Direction of imports": the rooms from low to high, one rank per
+    arrow (the backticked names between two arrows)."""
+    import re
+
+    text = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    section = text.split("## Direction of imports", 1)[1].split("\n## ", 1)[0]
+    order = section.split("Low to high:", 1)[1].split(". Inference", 1)[0]
+    return [set(re.findall(r"`([a-z_]+)`", part)) for part in order.split("→")]
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "imgcls"
+
+
+def test_every_import_follows_the_documented_ranks() -> None:
+    """Each room imports only rooms of its own rank or below it, and every room has a rank."""
+    ranks = documented_ranks()
+    rank = {name: k for k, names in enumerate(ranks) for name in names}
+    unranked = {room(m) for m in modules()} - set(rank) - {"imgcls", "__main__", "_lazy"}
+    assert not unranked, f"rooms missing from docs/architecture.md's ranks: {sorted(unranked)}"
+    rank.update({"imgcls": len(ranks), "__main__": len(ranks), "_lazy": 0})
+    wrong = [
+        f"{m} (rank {rank[room(m)]}) imports {n} (rank {rank[room(n)]})"
+        for m, targets in imports().items()
+        for n in targets
+        if rank[room(n)] > rank[room(m)]
+    ]
+    assert not wrong, "\n".join(sorted(wrong))
