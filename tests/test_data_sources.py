@@ -43,9 +43,46 @@ def test_class_folders(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
     assert t.kind == "folder" and t.class_names == ["ant", "zebra"]
     assert t.class_counts() == {"ant": 5, "zebra": 3}
     assert not any(".hidden" in p for p in t.paths)
-    assert t.skipped == [(str(tmp_path / "README.md"), "not inside a class folder")]
+    assert t.skipped == [(str(tmp_path / "README.md"), "not an image by its name (.md)")]
     assert "empty_class" in caplog.text
     assert t.split is None
+
+
+def test_files_that_are_not_images_by_name_are_left_out_on_purpose_not_as_unusable(tmp_path: Path) -> None:
+    """A class folder's notes.txt, a camera's .xml sidecars and Thumbs.db counted as unusable
+    images toward --max-skipped (a card of sidecars stopped a run) while predict left them out
+    by name: one rule for both (imgcls.data.image.not_an_image_name). A name with an image
+    format's extension, or none, is still tried by its content; hidden files are not listed."""
+    from imgcls.data.image import hidden_name, not_an_image_name
+    from imgcls.data.table import count_left_out
+
+    image_folder(tmp_path, ("cat", "dog"), 2)
+    for name in ("notes.txt", "IMG_0001.XML", "Thumbs.db", "desktop.ini", "clip.MP4"):
+        (tmp_path / "cat" / name).write_bytes(b"not pixels")
+    (tmp_path / "cat" / "._cat_000.jpg").write_bytes(b"AppleDouble")  # macOS's twin of a real image
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "cat" / "IMG_0002").write_bytes((tmp_path / "dog" / "dog_000.jpg").read_bytes())  # no extension
+    (tmp_path / "cat" / "fake.jpg").write_text("an image's name: tried, and unusable")
+    (tmp_path / "__MACOSX" / "cat").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "cat" / "._x.jpg").write_bytes(b"AppleDouble")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "labels.csv").write_text("path,label\n")  # no image at all: not a class
+    t = load_source(tmp_path)
+    assert t.class_names == ["cat", "dog"]
+    names = {Path(p).name for p in t.paths}
+    assert names == {"cat_000.jpg", "cat_001.jpg", "dog_000.jpg", "dog_001.jpg", "IMG_0002", "fake.jpg"}
+    skipped = {Path(p).name: why for p, why in t.skipped}
+    assert skipped == {
+        "notes.txt": "not an image by its name (.txt)", "IMG_0001.XML": "not an image by its name (.xml)",
+        "Thumbs.db": "not an image by its name (.db)", "desktop.ini": "not an image by its name (.ini)",
+        "clip.MP4": "not an image by its name (.mp4)", "labels.csv": "not an image by its name (.csv)",
+    }  # fmt: skip
+    assert count_left_out(t.skipped) == 6  # on purpose: none counts toward --max-skipped
+    # the same rule predict's folder walk uses
+    assert [not_an_image_name(n) for n in ("a.JPG", "b.png", "c.tif", "IMG_0002", "d.txt", "Thumbs.db")] == [
+        None, None, None, None, ".txt", ".db",
+    ]  # fmt: skip
+    assert hidden_name(".DS_Store") and hidden_name("._x.jpg") and hidden_name("__MACOSX") and not hidden_name("a.jpg")
 
 
 def test_split_folders(tmp_path: Path) -> None:
@@ -275,7 +312,8 @@ def test_store_caches_on_disk_and_invalidates_when_a_file_changes(tmp_path: Path
     cfg = PreprocessConfig(input_size=(3, 32, 32), crop_pct=0.875)
     store, skipped = build_store(t, cfg, cache="disk", cache_dir=tmp_path / "cache")
     assert store.array.shape == (len(t), 36, 36, 3) and square_size(cfg) == 36
-    assert sorted(Path(p).name for p, _ in skipped) == sorted(broken)
+    assert [Path(p).name for p, _ in t.skipped] == ["drawing.svg"]  # no image by its name: never decoded
+    assert sorted(Path(p).name for p, _ in t.skipped + skipped) == sorted(broken)
     assert int(store.ok.sum()) == 6
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
     calls: list[int] = []

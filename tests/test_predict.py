@@ -423,3 +423,14 @@ def test_decoding_workers_end_when_predict_is_killed(trained: dict, tmp_path: Pa
         w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]
     ]
     assert not alive, f"workers {alive} outlived their parent"
+
+
+def test_one_file_left_out_is_one_file_that_is_not_an_image(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'left out 1 file that is not images': the count decides file/files and image/images."""
+    folder = tmp_path / "card"
+    shutil.copytree(trained["data"] / "cat", folder)
+    (folder / "notes.txt").write_text("site visit")
+    assert main(["predict", "--model", str(trained["model"]), str(folder), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "; left out 1 file that is not an image (.txt)\n" in capsys.readouterr().err

@@ -498,3 +498,27 @@ def stat_mode(path: Path) -> int:
     import stat
 
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_files_that_are_not_images_are_left_out_alike_by_train_and_predict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A camera card's .xml sidecars beside its images counted as unusable images toward
+    --max-skipped and stopped the run, while predict left the same files out by name: both
+    commands now leave them out by one rule and count them apart from broken images."""
+    data = image_folder(tmp_path / "imgs", ("a", "b"), 8)
+    for i in range(20):
+        (data / "a" / f"IMG_{i:04d}.XML").write_text("<camera/>")
+    (data / "b" / "Thumbs.db").write_bytes(b"\0" * 64)
+    (data / "b" / "broken.jpg").write_text("an image's name: tried, and unusable")
+    run = imgcls.train(data, out=tmp_path / "run", cache_dir=tmp_path / "c", **{**FAST, "epochs": 1})
+    err = capsys.readouterr().err
+    assert "skipped 1 unusable, 21 files that are not images (.xml 20, .db 1)" in err
+    reasons = {Path(r["path"]).name: r["reason"] for r in rows(run / "skipped.csv")}
+    assert len(reasons) == 22 and reasons["IMG_0000.XML"] == "not an image by its name (.xml)"
+    assert "not an image" in reasons["broken.jpg"] and "by its name" not in reasons["broken.jpg"]
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(run / "model"), str(data), "--out", str(out)]) == 0
+    predicted = {Path(r["path"]).name for r in rows(out)}
+    assert predicted == {Path(r["path"]).name for r in rows(run / "splits.csv")} | {"broken.jpg"}
+    assert "left out 21 files that are not images (.xml 20, .db 1)" in capsys.readouterr().err

@@ -9,8 +9,15 @@ not.
 - EXIF orientation is applied; every mode becomes RGB: grayscale is replicated, palette and CMYK
   are converted, transparency is composited on a neutral gray, 16-bit images are scaled
   (65535 -> 255, not clipped).
-- The file's extension plays no part (Pillow reads the content), so ``IMG_0001.JPG``, ``x.jpeg``
-  and a PNG misnamed ``.jpg`` all work; so do non-ASCII file names.
+- The file's extension plays no part in decoding (Pillow reads the content), so ``IMG_0001.JPG``,
+  ``x.jpeg`` and a PNG misnamed ``.jpg`` all work; so do non-ASCII file names.
+
+Which files of a folder are images to try is decided here too, by one rule that training's class
+folders and prediction's folder walks share (:func:`not_an_image_name`, :func:`hidden_name`): a
+name whose extension is no image format's (``notes.txt``, a camera's ``.xml`` sidecar,
+``Thumbs.db``, a video) is left out on purpose and counted apart from unusable images, so a card
+of sidecars cannot stop a run; a name with an image format's extension, or none, is tried by its
+content.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import io
 import os
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -42,6 +49,43 @@ BACKGROUND = (128, 128, 128)
 
 class ImageError(Exception):
     """An image that cannot be used, with the reason (one line)."""
+
+
+_IMAGE_SUFFIXES: frozenset[str] = frozenset()
+
+
+def image_suffixes() -> frozenset[str]:
+    """File extensions of the formats Pillow can open (``.jpg``, ``.png``, ``.tif``, ``.webp``...)."""
+    global _IMAGE_SUFFIXES
+    if not _IMAGE_SUFFIXES:
+        Image.init()
+        _IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    return _IMAGE_SUFFIXES
+
+
+def hidden_name(name: str) -> bool:
+    """A file or folder a folder walk does not list at all: hidden names (``.DS_Store``, macOS's
+    ``._IMG_0001.JPG`` AppleDouble twins, ``.git``) and macOS's ``__MACOSX`` archive folder."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def not_an_image_name(name: str) -> str | None:
+    """The extension (lower case) of a file whose name says it is no image (``.txt``, ``.xml``,
+    ``.json``, ``.csv``, ``.db`` of ``Thumbs.db``, ``.ini`` of ``desktop.ini``, videos), else None:
+    a name with an image format's extension, or none (``IMG_0001``), is tried by its content."""
+    suffix = os.path.splitext(name)[1].lower()
+    return suffix if suffix and suffix not in image_suffixes() else None
+
+
+def not_images_note(by_suffix: Mapping[str, int]) -> str:
+    """'3 files that are not images (.txt 2, .xml 1)', '1 file that is not an image (.txt)', or ''."""
+    n = sum(by_suffix.values())
+    if not n:
+        return ""
+    if n == 1:
+        return f"1 file that is not an image ({next(k for k, v in by_suffix.items() if v)})"
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(by_suffix.items(), key=lambda kv: (-kv[1], kv[0])) if v)
+    return f"{n} files that are not images ({kinds})"
 
 
 def _open(source: str | Path | bytes | IO[bytes]) -> tuple[Image.Image, str]:

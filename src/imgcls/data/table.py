@@ -29,17 +29,26 @@ REVIEWED = "left out by the review"
 NO_DETECTION = "blank: no "
 #: the start of the reason recorded for a manifest row repeating an earlier one (path and labels)
 LISTED_AGAIN = "listed again"
+#: the start of the reason recorded for a file a folder holds whose name says it is no image
+#: (``notes.txt``, a camera's ``.xml``: :func:`imgcls.data.image.not_an_image_name`)
+NOT_AN_IMAGE = "not an image by its name"
 
 
 def left_out_on_purpose(reason: str) -> bool:
     """A skip that is the data's design (a review's rejection, a frame without a detection to
-    crop, a row listing an image a second time), not an unusable file."""
-    return reason.startswith((REVIEWED, NO_DETECTION, LISTED_AGAIN))
+    crop, a row listing an image a second time, a file that is no image by its name), not an
+    unusable file."""
+    return reason.startswith((REVIEWED, NO_DETECTION, LISTED_AGAIN, NOT_AN_IMAGE))
 
 
 def count_left_out(skipped: list[tuple[str, str]]) -> int:
     """How many of ``skipped`` (path, reason) were left out on purpose."""
     return sum(1 for _, why in skipped if left_out_on_purpose(why))
+
+
+def not_images(skipped: list[tuple[str, str]]) -> Counter[str]:
+    """The files of ``skipped`` left out as no image by their name, counted by extension."""
+    return Counter(os.path.splitext(p)[1].lower() for p, why in skipped if why.startswith(NOT_AN_IMAGE))
 
 
 SPLITS = ("train", "val", "test")

@@ -339,8 +339,11 @@ def describe_start(tr: Trainer) -> None:
                                   for start in (REVIEWED, NO_DETECTION, LISTED_AGAIN))  # fmt: skip
         parts = ((len(d.skipped) - count_left_out(d.skipped), "unusable"), (blank, "without a detection (blank)"),
                  (again, "listed a second time"), (reviewed, REVIEWED))  # fmt: skip
-        what = ", ".join(f"{n} {w}" for n, w in parts if n)
-        info(f"skipped {what} (listed in {tr.run_dir / 'skipped.csv'})")
+        from imgcls.data.image import not_images_note
+        from imgcls.data.table import not_images
+
+        said = [f"{n} {w}" for n, w in parts if n] + [not_images_note(not_images(d.skipped))]
+        info(f"skipped {', '.join(w for w in said if w)} (listed in {tr.run_dir / 'skipped.csv'})")
     pre, augment = tr.preprocess, describe_augment(tr.cfg.data.augment)
     n = tr.task.num_outputs
     info(

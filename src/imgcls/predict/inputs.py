@@ -2,8 +2,9 @@
 
 Inputs are any mix of files, folders (walked recursively), glob patterns and ``.txt`` / ``.csv``
 lists, enumerated lazily: a million inputs never become a million-element list. In folders, files
-that are no image by their extension (sidecars, thumbnails databases, videos) are left out and
-counted; a file named explicitly, or in a list, is always tried.
+that are no image by their name (sidecars, thumbnails databases, videos) are left out and
+counted, by the rule training's class folders use (:func:`imgcls.data.image.not_an_image_name`);
+a file named explicitly, or in a list, is always tried.
 """
 
 from __future__ import annotations
@@ -14,43 +15,25 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from PIL import Image
-
+from imgcls.data.image import hidden_name, image_suffixes, not_an_image_name
 from imgcls.errors import UserError
+
+__all__ = ["check_inputs", "check_output_apart", "count_inputs", "image_suffixes", "iter_inputs", "not_an_image_name"]
 
 LIST_SUFFIXES = (".txt", ".csv")
 _GLOB_CHARS = "*?["
 
 
 # ------------------------------------------------------------------------------------- inputs
-_IMAGE_SUFFIXES: frozenset[str] = frozenset()
-
-
-def image_suffixes() -> frozenset[str]:
-    """File extensions of the formats Pillow can open (``.jpg``, ``.png``, ``.tif``, ``.webp``...)."""
-    global _IMAGE_SUFFIXES
-    if not _IMAGE_SUFFIXES:
-        Image.init()
-        _IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
-    return _IMAGE_SUFFIXES
-
-
-def not_an_image_name(name: str) -> str | None:
-    """The extension of a file that is no image by its name (``.json``, ``.txt``, ``.xml``,
-    ``.db``, videos), else None. Files without an extension, or with an image format's, are
-    tried by their content."""
-    suffix = os.path.splitext(name)[1].lower()
-    return suffix if suffix and suffix not in image_suffixes() else None
-
-
 def _walk(folder: Path, left_out: Counter[str] | None = None) -> Iterator[str]:
-    """The image files below ``folder`` (symlinked folders followed, each once); sidecar and
-    other non-image files (by extension) are left out, and counted by extension in ``left_out``."""
+    """The image files below ``folder`` (symlinked folders followed, each once; hidden ones not
+    listed); sidecar and other non-image files (by name) are left out, and counted by extension
+    in ``left_out``."""
     from imgcls.io import walk_tree
 
-    for dirpath, filenames in walk_tree(folder):
+    for dirpath, filenames in walk_tree(folder, lambda name: not hidden_name(name)):
         for f in filenames:
-            if f.startswith("."):
+            if hidden_name(f):
                 continue
             other = not_an_image_name(f)
             if other is not None:

@@ -40,12 +40,11 @@ class PredictSummary:
     left_out: dict[str, int] = field(default_factory=dict)  # non-image files in folders, by extension
 
     def left_out_note(self) -> str:
-        """'left out 3 files that are not images (.json 1, .txt 2)', or ''."""
-        n = sum(self.left_out.values())
-        if not n:
-            return ""
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.left_out.items(), key=lambda kv: (-kv[1], kv[0])))
-        return f"left out {n} file{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not images ({kinds})"
+        """'left out 3 files that are not images (.json 1, .txt 2)', or '' (training says it alike)."""
+        from imgcls.data.image import not_images_note
+
+        note = not_images_note(self.left_out)
+        return f"left out {note}" if note else ""
 
     @property
     def images_per_second(self) -> float:

@@ -1,9 +1,12 @@
 """Class-folder trees (ImageFolder layout): ``ROOT/CLASS/**/FILE``, and the variant with
 ``ROOT/train|val|test/CLASS/**/FILE`` whose splits are taken as given.
 
-Every non-hidden file is a candidate (the extension does not decide, the decoder does), so a
-stray ``notes.txt`` is listed as skipped with its reason rather than silently dropped. Class
-names are the folder names in sorted order, as torchvision's ImageFolder orders them.
+A file whose name says it is no image (``notes.txt``, a camera's ``.xml`` sidecar, ``Thumbs.db``:
+:func:`imgcls.data.image.not_an_image_name`, the rule prediction's folder walks use too) is left
+out on purpose and listed with that reason, apart from unusable images, so it never counts toward
+``--max-skipped``; every other visible file is a candidate the decoder decides on (a PNG named
+``.jpg``, ``IMG_0001`` without an extension). A class folder with no candidate left is no class.
+Class names are the folder names in sorted order, as torchvision's ImageFolder orders them.
 """
 
 from __future__ import annotations
@@ -14,21 +17,36 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.data.table import SPLIT_ALIASES, DataTable
+from imgcls.data.image import hidden_name, not_an_image_name
+from imgcls.data.table import NOT_AN_IMAGE, SPLIT_ALIASES, DataTable
 from imgcls.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 def _visible(name: str) -> bool:
-    return not name.startswith(".") and name not in ("__MACOSX", "Thumbs.db", "desktop.ini")
+    return not hidden_name(name)
 
 
-def _files_under(folder: Path) -> list[str]:
-    """All visible files below ``folder`` (sorted; symlinked folders followed once)."""
+def _files_under(folder: Path, left_out: list[tuple[str, str]]) -> list[str]:
+    """The candidate images below ``folder`` (sorted; symlinked folders followed once); files
+    that are no image by their name go to ``left_out`` with the reason."""
     from imgcls.io import walk_tree
 
-    return [os.path.join(d, f) for d, names in walk_tree(folder, _visible) for f in names if _visible(f)]
+    found: list[str] = []
+    for d, names in walk_tree(folder, _visible):
+        for f in names:
+            if _visible(f):
+                _sort_file(os.path.join(d, f), found, left_out)
+    return found
+
+
+def _sort_file(path: str, candidates: list[str], left_out: list[tuple[str, str]]) -> None:
+    other = not_an_image_name(os.path.basename(path))
+    if other is None:
+        candidates.append(path)
+    else:
+        left_out.append((path, f"{NOT_AN_IMAGE} ({other})"))
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -53,16 +71,18 @@ def read_folder(root: Path) -> DataTable:
     skipped: list[tuple[str, str]] = []
     empty: set[str] = set()
     for split, tree in trees.items():
+        loose: list[str] = []
         for f in sorted(p for p in tree.iterdir() if p.is_file() and _visible(p.name)):
-            skipped.append((str(f), "not inside a class folder"))
+            _sort_file(str(f), loose, skipped)
+        skipped.extend((f, "not inside a class folder") for f in loose)
         for class_dir in _subdirs(tree):
-            files = _files_under(class_dir)
+            files = _files_under(class_dir, skipped)
             if not files:
                 empty.add(class_dir.name)
                 continue
             per_class.setdefault(class_dir.name, []).extend((f, split) for f in files)
     for name in sorted(empty - set(per_class)):
-        log.warning("class folder %r holds no files: left out of the classes", name)
+        log.warning("class folder %r holds no images: left out of the classes", name)
     if not per_class:
         raise UserError(
             f"{root}: no class folders with files (expected ROOT/CLASS/IMAGE files, or "
