@@ -213,3 +213,42 @@ def test_each_overlay_names_its_layer() -> None:
     for i in (1, 2):  # each overlay of the strip carries the caption
         panel = picture[18:, i * 192 : (i + 1) * 192]
         assert np.array_equal(panel, np.asarray(overlay(pixels, maps[i - 1], layer="layer4")))
+
+
+def test_a_reused_out_holds_only_this_runs_pictures_and_never_loses_the_users_files(
+    squares: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second explain into the same --out left the first one's 40 pictures beside its own."""
+    import csv
+
+    model = str(squares / "run" / "model")
+    out = tmp_path / "why"
+    out.mkdir()
+    (out / "000.png").write_bytes(b"the user's own picture")  # a name explain would write
+    (out / "notes.txt").write_text("mine")
+    assert main(["explain", "--model", model, str(squares / "data" / "blue"), "--out", str(out)]) == 0
+    assert "explained 40 images ->" in capsys.readouterr().out
+    assert (out / "000.png").read_bytes() == b"the user's own picture" and (out / "000-2.png").is_file()
+    red = squares / "data" / "red"
+    assert main(["explain", "--model", model, str(red / "003.png"), str(red / "004.png"), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "explained 2 images ->" in captured.out
+    assert "removed the 40 pictures of the earlier explain" in captured.err
+    with open(out / "explanations.csv", newline="") as f:
+        listed = {r["explanation"] for r in csv.DictReader(f)}
+    assert listed == {"003.png", "004.png"}
+    assert sorted(p.name for p in out.iterdir()) == ["000.png", "003.png", "004.png", "explanations.csv", "notes.txt"]
+    assert (out / "000.png").read_bytes() == b"the user's own picture"
+    # one image: the count's noun agrees
+    assert main(["explain", "--model", model, str(red / "005.png"), "--out", str(out)]) == 0
+    assert "explained 1 image ->" in capsys.readouterr().out
+    # an explanations.csv explain did not write: refused in one line, nothing deleted
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "explanations.csv").write_text("name,score\nx.png,1\n")
+    (other / "x.png").write_bytes(b"keep")
+    assert main(["explain", "--model", model, str(red / "005.png"), "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "explanations.csv that 'imgcls explain' did not write" in err and len(err.strip().splitlines()) == 1
+    assert (other / "x.png").read_bytes() == b"keep" and sorted(p.name for p in other.iterdir()) == [
+        "explanations.csv", "x.png"]  # fmt: skip

@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw
 from imgcls.errors import UserError
 
 PANEL = 192  # pixels per side of each picture in an explanation
+CSV_NAME = "explanations.csv"  # the list of an explain's pictures, and the mark of its own files
 
 
 @dataclass
@@ -271,11 +272,14 @@ def explain_files(
     folder = check_writable(out, folder=True)
     if Path(str(model)).suffix.lower() == ".onnx":
         raise UserError(f"{model}: an ONNX model cannot be explained (it has no gradients); give the model directory")
+    earlier = earlier_outputs(folder)
     clf = Classifier.load(model, device=device, precision="fp32", backend="torch")
     explainer = Explainer(clf)
     folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    names: set[str] = set()
+    # a file in --out that explain did not write keeps its name: this run's pictures go around it
+    names = {p.name for p in folder.iterdir() if p.name not in earlier}
+    _remove_earlier(folder, earlier)
     batch: list[tuple[str, np.ndarray | None, str]] = []  # (path, model input or None, error)
 
     def flush() -> None:
@@ -293,6 +297,7 @@ def explain_files(
                          "probabilities": ";".join(f"{p:.6f}" for p in e.probabilities), "layer": e.layer,
                          "error": ""})  # fmt: skip
         batch.clear()
+        _write_rows(folder / CSV_NAME, rows)  # the list always names the pictures there are
 
     for path in iter_inputs(inputs):
         try:
@@ -302,8 +307,43 @@ def explain_files(
         if len(batch) >= batch_size:
             flush()
     flush()
-    _write_rows(folder / "explanations.csv", rows)
     return rows
+
+
+def earlier_outputs(folder: Path) -> set[str]:
+    """The pictures an earlier ``imgcls explain`` wrote into ``folder``: those its
+    ``explanations.csv`` lists (plain names of ``.png`` files in the folder; nothing else is
+    ever taken for explain's). A folder whose ``explanations.csv`` explain did not write is
+    refused, since what is explain's own there cannot be told."""
+    listing = folder / CSV_NAME
+    if not listing.is_file():
+        return set()
+    try:
+        with open(listing, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not {"path", "explanation"} <= set(reader.fieldnames or ()):
+                raise ValueError("not explain's columns")
+            listed = {str(r.get("explanation") or "") for r in reader}
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+        raise UserError(
+            f"{folder} holds an {CSV_NAME} that 'imgcls explain' did not write: choose another --out"
+        ) from None
+    return {
+        n for n in listed
+        if n.endswith(".png") and Path(n).name == n and (folder / n).is_file() and not (folder / n).is_symlink()
+    }  # fmt: skip
+
+
+def _remove_earlier(folder: Path, earlier: set[str]) -> None:
+    """Remove an earlier explain's pictures (this run writes its own list), saying so."""
+    from imgcls.console import info
+
+    for name in earlier:
+        (folder / name).unlink(missing_ok=True)
+    if earlier:
+        what = "picture" if len(earlier) == 1 else f"{len(earlier)} pictures"
+        info(f"explain: removed the {what} of the earlier explain in {folder} "
+             f"(listed in its {CSV_NAME}); the files explain did not write stay")  # fmt: skip
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -79,7 +79,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise UserError("--top-k must be at least 1")
     rows = explain_files(args.model, args.inputs, args.out, top=args.top_k, device=args.device)
     bad = sum(1 for r in rows if r["error"])
-    print(f"explained {len(rows) - bad} images ({bad} unreadable) -> {args.out} (one PNG each, explanations.csv)")
+    done = len(rows) - bad
+    unreadable = f" ({bad} unreadable)" if bad else ""
+    print(
+        f"explained {done} image{'s' if done != 1 else ''}{unreadable} -> {args.out} (one PNG each, explanations.csv)"
+    )
     return 0
 
 
