@@ -70,3 +70,25 @@ def test_save_model_interrupted_before_the_config_keeps_the_old_model(
     assert info.label_names == ["a", "b", "c"]
     for k, v in first.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_an_export_is_current_by_the_config_it_carries(trained: dict, tmp_path: Path) -> None:
+    """Not by modification times: a copy (cp -r, rsync, an unpacked archive) may leave the
+    weights newer than their own export, and an edited config.json makes it another model."""
+    import os
+    import shutil
+
+    from imgcls.artifacts import current_int8
+    from imgcls.predict import exported_onnx
+
+    model = Path(shutil.copytree(trained["model"], tmp_path / "model"))
+    shutil.copy(model / "model.onnx", model / "model.int8.onnx")  # carries the same config
+    for f in ("model.onnx", "model.int8.onnx"):
+        os.utime(model / f, (1, 1))  # older than the weights
+    assert exported_onnx(model) == model / "model.onnx" and current_int8(model) == model / "model.int8.onnx"
+    config = json.loads((model / "config.json").read_text())
+    config["temperature"] = 2.0
+    (model / "config.json").write_text(json.dumps(config))
+    for f in ("model.onnx", "model.int8.onnx"):
+        os.utime(model / f)  # newer than the weights, but made from another config
+    assert exported_onnx(model) is None and current_int8(model) is None

@@ -346,10 +346,13 @@ def test_training_exports_onnx_and_few_images_start_without_torch(trained: dict,
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1].startswith(str(image))
-    # weights newer than the export: the export is stale and PyTorch does the work
+    # another model in the directory (its config is not the one the export carries): the export
+    # is stale and PyTorch does the work
     stale = tmp_path / "model"
     shutil.copytree(model, stale)
-    os.utime(stale / "model.onnx", (1, 1))
+    config = json.loads((stale / "config.json").read_text())
+    config["provenance"]["note"] = "retrained"
+    (stale / "config.json").write_text(json.dumps(config))
     assert isinstance(imgcls.load(stale, backend="auto").backend, TorchBackend)
 
 

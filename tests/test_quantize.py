@@ -72,12 +72,13 @@ def test_int8_needs_a_current_file_and_the_run(
     assert main(["predict", "--model", str(model), str(trained["data"]), "--precision", "int8"]) == 2
     assert "no current model.int8.onnx (run 'imgcls export" in capsys.readouterr().err
     assert main(["export", "--model", str(model), "--quantize", "int8", "--calibration-images", "6"]) == 0
-    os.utime(model / "model.int8.onnx", (1, 1))  # older than the weights: stale
-    with pytest.raises(UserError, match=r"no current model\.int8\.onnx"):
-        imgcls.load(model, precision="int8")
+    os.utime(model / "model.int8.onnx", (1, 1))  # older than the weights (cp -r may do that): still current
+    assert imgcls.load(model, precision="int8").engine == "onnxruntime int8"
     config = json.loads((model / "config.json").read_text())
     config["provenance"]["run"] = str(tmp_path / "gone")
-    (model / "config.json").write_text(json.dumps(config))
+    (model / "config.json").write_text(json.dumps(config))  # another model: its int8 file is stale
+    with pytest.raises(UserError, match=r"no current model\.int8\.onnx"):
+        imgcls.load(model, precision="int8")
     assert main(["export", "--model", str(model), "--quantize", "int8"]) == 2
     assert "needs the model's run folder" in capsys.readouterr().err
 
@@ -121,73 +122,6 @@ def test_training_can_write_the_int8_model(tmp_path: Path, capsys: pytest.Captur
     assert (out / "model" / "model.onnx").is_file() and (out / "model" / "model.int8.onnx").is_file()
 
 
-def test_the_fastest_engine_is_measured_once_per_machine_and_model(
-    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from imgcls import runtime
-    from imgcls.predict import choose
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert choose.fastest(model, batch_size=8, device="cpu") is not None  # torch and model.onnx
-    assert main(["export", "--model", str(model), "--quantize", "int8", "--calibration-images", "6"]) == 0
-    real = choose.fastest(model, batch_size=8, device="cpu")  # measured for real: three engines
-    assert real is not None and not real.cached and len(real.rates) == 3
-    assert real.label == max(real.rates, key=real.rates.__getitem__) and min(real.rates.values()) > 0
-    calls: list[tuple[str, str]] = []
-
-    def rate(path: Path, backend: str, precision: str, batch_size: int) -> float:
-        calls.append((backend, precision))
-        return {"int8": 300.0, "auto": 100.0 if backend == "torch" else 150.0}[precision]
-
-    monkeypatch.setattr(choose, "_rate", rate)
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))  # another CPU: measured again
-    c = choose.fastest(model, batch_size=8, device="cpu")
-    assert c is not None and (c.backend, c.precision, c.label, c.cached) == ("onnx", "int8", "onnxruntime int8", False)
-    assert (
-        len(calls) == 3 and "backend: onnxruntime int8, 300 img/s (torch fp32 100, onnxruntime fp32 150" in c.describe()
-    )
-    again = choose.fastest(model, batch_size=8, device="cpu")
-    assert again is not None and again.cached and len(calls) == 3  # remembered
-    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: a remembered measurement only, never a new one
-    assert choose.fastest(model, batch_size=8, device="cpu").cached  # type: ignore[union-attr]
-    assert choose.fastest(model, batch_size=16, device="cpu") is None and len(calls) == 3
-    monkeypatch.delenv("WORLD_SIZE")
-    assert choose.fastest(model, batch_size=16, device="cpu").cached is False  # type: ignore[union-attr]
-    assert choose.fastest(model / "model.onnx", batch_size=8) is None  # an .onnx file: nothing to choose
-
-
-def test_predict_and_evaluate_run_on_the_engine_measured_fastest(
-    model: Path, trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from imgcls.predict import choose
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert main(["export", "--model", str(model), "--quantize", "int8", "--calibration-images", "6"]) == 0
-    monkeypatch.setattr(
-        choose, "_rate", lambda path, backend, precision, batch_size: 9.0 if precision == "int8" else 1.0
-    )
-    files = sorted(str(p) for p in trained["data"].rglob("*.jpg"))
-    listing = tmp_path / "many.txt"
-    listing.write_text("\n".join((files * 8)[: choose.FEW_IMAGES + 1]) + "\n")  # more than a few: measured
-    capsys.readouterr()
-    assert main(["predict", "--model", str(model), str(listing), "--out", str(tmp_path / "p.csv")]) == 0
-    assert "backend: onnxruntime int8" in capsys.readouterr().err
-    assert (
-        main(["predict", "--model", str(model), str(listing), "--backend", "torch", "--out", str(tmp_path / "q.csv")])
-        == 0
-    )
-    assert "backend:" not in capsys.readouterr().err  # forced: nothing measured
-    assert main(["predict", "--model", str(model), files[0]]) == 0
-    assert "backend:" not in capsys.readouterr().err  # a few images: ONNX Runtime at once
-    monkeypatch.setattr(choose, "FEW_IMAGES", 5)  # the 30 images of the data are "many" here
-    assert main(["evaluate", "--model", str(model), "--split", "all", "--out", str(tmp_path / "report")]) == 0
-    assert "backend: onnxruntime int8" in capsys.readouterr().err
-    from imgcls.serve.app import ServeConfig, load_classifier
-
-    served = load_classifier(ServeConfig(model=str(model), backend="auto"))
-    assert served.backend.path.name == "model.int8.onnx"
-
-
 def test_multilabel_and_binary_models_are_measured_by_their_own_metric(tmp_path: Path) -> None:
     from imgfactory import image_folder
 
@@ -210,3 +144,52 @@ def test_multilabel_and_binary_models_are_measured_by_their_own_metric(tmp_path:
             sorted(str(p) for p in (tmp_path / "d").rglob("*.jpg"))[:3]
         )
         assert all(r["error"] is None for r in rows)
+
+
+def test_calibration_uses_only_the_rows_the_run_trained_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data with train/ and test/ folders: the run holds out part of train/ for validation, and
+    those rows measure the int8 cost, so they must not calibrate it."""
+    import csv
+
+    import imgcls.quantize as q
+    from imgfactory import image_folder
+
+    image_folder(tmp_path / "data" / "train", ("cat", "dog"), 10)
+    image_folder(tmp_path / "data" / "test", ("cat", "dog"), 2, seed=1)
+    run = imgcls.train(tmp_path / "data", out=tmp_path / "run", arch="lenet", epochs=1, batch_size=8, image_size=32,
+                       pretrained="none", cache_dir=tmp_path / "cache")  # fmt: skip
+    with open(run / "splits.csv", newline="") as f:
+        split = {r["path"]: r["split"] for r in csv.DictReader(f)}
+    assert "val" in split.values()
+    seen: list[str] = []
+    calibrate = q._calibration_batches
+
+    def spy(ref: object, table: object, rows: np.ndarray, workers: object) -> list[np.ndarray]:
+        seen.extend(table.paths[int(i)] for i in rows)  # type: ignore[attr-defined]
+        return calibrate(ref, table, rows, workers)
+
+    monkeypatch.setattr(q, "_calibration_batches", spy)
+    r = q.quantize_int8(run / "model", run / "model" / "model.onnx", calibration_images=1000)
+    assert seen and {split[p] for p in seen} == {"train"}
+    assert len(seen) == sum(s == "train" for s in split.values()) == r.calibration_images
+    assert r.validation_images == sum(s == "val" for s in split.values())
+
+
+def test_agreement_is_of_the_models_own_decisions() -> None:
+    """A binary model deciding at 0.8 and a multi-label one at 0.3 / 0.7: two graphs agree where
+    their decisions at those thresholds do, not at the arg-max or 0.5."""
+    from imgcls.artifacts import ModelInfo
+    from imgcls.config import PreprocessConfig
+    from imgcls.export import decision_agreement
+
+    pre = PreprocessConfig(input_size=(3, 32, 32))
+    binary = ModelInfo(arch="lenet", num_outputs=1, label_names=["animal", "blank"], task="binary",
+                       positive_class="animal", thresholds=[0.8], preprocess=pre)  # fmt: skip
+    a = np.array([[0.55, 0.45], [0.9, 0.1], [0.1, 0.9], [0.6, 0.4]])
+    b = np.array([[0.45, 0.55], [0.7, 0.3], [0.2, 0.8], [0.4, 0.6]])  # at 0.8 rows 0, 2, 3 agree; arg-max 1, 2
+    assert decision_agreement(binary, a, b) == pytest.approx(3 / 4)
+    multi = ModelInfo(arch="lenet", num_outputs=2, label_names=["sky", "sea"], task="multilabel",
+                      thresholds=[0.3, 0.7], preprocess=pre)  # fmt: skip
+    a = np.array([[0.4, 0.6], [0.2, 0.8], [0.9, 0.9]])
+    b = np.array([[0.6, 0.4], [0.25, 0.75], [0.35, 0.65]])  # row 0 agrees at 0.3/0.7, not at 0.5
+    assert decision_agreement(multi, a, b) == pytest.approx(2 / 3)

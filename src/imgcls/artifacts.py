@@ -25,8 +25,11 @@ from imgcls.errors import UserError
 from imgcls.io import atomic_dir, atomic_write_text
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
+
+    from imgcls.data.table import DataTable
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -235,15 +238,97 @@ def read_history(run: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def model_home(model: str | Path) -> tuple[Path, str]:
+    """The folder that holds ``model`` (what goes beside it, an evaluation's report, goes there)
+    and a prefix naming the model in it: a model directory's parent (its run folder), the same
+    for an ``.onnx`` file inside a model directory; a loose ``.onnx`` file's own folder, named by
+    the file (``exports/birds.onnx`` -> ``exports``, ``birds``)."""
+    p = Path(str(model)).resolve()
+    if p.suffix.lower() == ".onnx" and not (p.parent / CONFIG).is_file():
+        return p.parent, p.stem
+    return (p.parent.parent if p.suffix.lower() == ".onnx" else p.parent), ""
+
+
+def run_folder(model: str | Path, info: ModelInfo) -> Path | None:
+    """The training run ``model`` belongs to: the run folder holding it (it has ``config.yaml``;
+    a copied run is its own, whatever its config's provenance says), else the run its provenance
+    names while that is there, else None."""
+    home, loose = model_home(model)
+    if not loose and (home / "config.yaml").is_file():
+        return home
+    run = info.provenance.get("run")
+    return Path(str(run)) if run and Path(str(run)).is_dir() else None
+
+
+def run_split_rows(table: DataTable, run: Path, split: str) -> np.ndarray:
+    """The rows of ``table`` that the run put in ``split`` (``RUN/splits.csv``: a run carves its
+    validation rows out of the data's training rows, so the data's own word is out of date);
+    none without the listing."""
+    import csv
+
+    import numpy as np
+
+    listing = run / "splits.csv"
+    if not listing.is_file():
+        return np.zeros(0, dtype=np.int64)
+    with open(listing, newline="", encoding="utf-8") as f:
+        listed = {r["path"]: r["split"] for r in csv.DictReader(f)}
+    # Images the run skipped (e.g. blanks without a detection) are not listed; when the run
+    # split by a group column (location, sequence), they belong to their group's side.
+    for column in ("location", "sequence"):
+        values = table.columns.get(column)
+        if values is None:
+            continue
+        sides: dict[str, set[str]] = {}
+        for p, g in zip(table.paths, values, strict=True):
+            if p in listed and g:
+                sides.setdefault(str(g), set()).add(listed[p])
+        if sides and all(len(v) == 1 for v in sides.values()):
+            for p, g in zip(table.paths, values, strict=True):
+                if p not in listed and str(g) in sides:
+                    listed[p] = next(iter(sides[str(g)]))
+            break
+    return np.array([i for i, p in enumerate(table.paths) if listed.get(p) == split], dtype=np.int64)
+
+
 def int8_path(onnx_file: Path) -> Path:
     """``model.onnx`` -> ``model.int8.onnx``."""
     return onnx_file.with_name(onnx_file.name.removesuffix(".onnx") + ".int8.onnx")
 
 
 def current_int8(model_dir: Path) -> Path | None:
-    """The directory's ``model.int8.onnx`` when it is newer than the weights, else None."""
-    f = model_dir / "model.int8.onnx"
-    weights = model_dir / "model.safetensors"
-    if not f.is_file() or (weights.is_file() and f.stat().st_mtime < weights.stat().st_mtime):
+    """The directory's ``model.int8.onnx`` when it was made from the directory's current model
+    (see :func:`current_export`), else None."""
+    return current_export(model_dir, "model.int8.onnx")
+
+
+def current_export(model_dir: Path, name: str) -> Path | None:
+    """``model_dir/name`` (``model.onnx``, ``model.int8.onnx``) when it was made from the model
+    the directory holds now, else None. An export carries the ``config.json`` it was made from
+    (metadata key ``imgcls_config``; a new model writes a new config: its time, its metrics), and
+    that is compared, not modification times, which a copy (``cp -r``, rsync, an unpacked
+    archive) can leave in any order."""
+    f = Path(model_dir) / name
+    if not f.is_file():
         return None
-    return f
+    try:
+        return f if export_matches(model_dir, onnx_metadata(f)) else None
+    except Exception:  # not readable as ONNX (truncated, no onnx package): no current export
+        return None
+
+
+def export_matches(model_dir: Path, metadata: dict[str, str]) -> bool:
+    """Whether an export's metadata carries ``model_dir``'s current ``config.json``."""
+    try:
+        carried = json.loads(metadata.get("imgcls_config") or "null")
+        return isinstance(carried, dict) and carried == read_config(model_dir)
+    except (ValueError, UserError):
+        return False
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """An ONNX file's metadata (key -> text), read without building an inference session."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}

@@ -166,8 +166,20 @@ def verify(model: Any, path: Path, info: Any, pixels: np.ndarray, target: Path) 
     x = normalize_np(pixels, info.preprocess)
     logit_diff = float(np.abs(reference.backend.logits(x) - candidate.backend.logits(x)).max())
     p_ref, p_onnx = reference.probabilities(pixels), candidate.probabilities(pixels)
-    agree = float((p_ref.argmax(1) == p_onnx.argmax(1)).mean())
+    agree = decision_agreement(info, p_ref, p_onnx)
     return ExportReport(target, len(pixels), logit_diff, float(np.abs(p_ref - p_onnx).max()), agree)
+
+
+def decision_agreement(info: Any, a: np.ndarray, b: np.ndarray) -> float:
+    """The share of images on which two engines' probabilities ``a`` and ``b`` (N, K) give the
+    model the same decision, by its own rule (:func:`imgcls.probability.decide`): the arg-max,
+    the binary positive class at the model's threshold, every label of a multi-label model at its
+    own. The top-1 agreement that export and int8 quantisation report."""
+    from imgcls.probability import decide
+
+    da, db = (decide(p, info.task, thresholds=info.thresholds, positive=info.positive_index) for p in (a, b))
+    same = da == db
+    return float((same.all(axis=1) if same.ndim == 2 else same).mean()) if len(same) else 1.0
 
 
 def _export_graph(model: Any, dummy: Any, path: Path, batch: Any, opset: int) -> None:

@@ -3,7 +3,8 @@
 ``imgcls export --quantize int8`` (and ``imgcls train --export-int8``) turn a model directory's
 float32 ``model.onnx`` into ``model.int8.onnx``: QDQ format, per-channel int8 weights, uint8
 activations whose ranges are calibrated on a few hundred training images drawn class by class
-(the run's own training split, decoded with the model's evaluation transform), each range the
+(the rows the run trained on, as its ``splits.csv`` lists them: never the validation rows that
+then measure the cost; decoded with the model's evaluation transform), each range the
 99.99th percentile of what the calibration images produce, and the last dense layer (the
 classifier) kept in float. ONNX Runtime's ``quantize_static`` does the work (the well-kept
 library; nothing here is hand-written quantisation). Measured on a ResNet-18 over 1,000
@@ -15,7 +16,9 @@ so that the AVX2 kernels' 16-bit intermediate sums cannot saturate.
 The cost is measured before anything is written: both graphs predict the run's validation split
 (the same decoded images, the model's own procedure: test-time flip, temperature), and the
 top-1 (mAP for multi-label models) of each, their difference in points and the share of images
-whose decision agrees go to ``model.int8.json`` and into the int8 file's metadata. Above
+whose decision agrees (by the model's own rule: its binary threshold, its multi-label thresholds;
+:func:`imgcls.export.decision_agreement`) go to ``model.int8.json`` and into the int8 file's
+metadata. Above
 ``max_drop`` points nothing is written. ``predict``, ``evaluate`` and ``serve`` run the int8
 model with ``--precision int8`` (or given the ``.int8.onnx`` file itself).
 """
@@ -97,25 +100,24 @@ def quantize_int8(
 
 
 def _run_rows(model_dir: Path) -> tuple[Any, np.ndarray, np.ndarray]:
-    """The run's rows as training saw them (detection crops, corrections) and its training and
-    validation rows."""
-    from imgcls.artifacts import read_info
+    """The run's rows as training saw them (detection crops, corrections), and the rows it
+    trained on and held out for validation, as its ``splits.csv`` lists them: a run carves its
+    validation rows out of the data's own ``train`` rows, and those measure the int8 cost, so
+    they must not calibrate it."""
+    from imgcls.artifacts import read_info, run_folder, run_split_rows
     from imgcls.config import RunConfig, from_dict, load_yaml
     from imgcls.data.dataset import load_table
     from imgcls.data.sources.detections import detection_crops
-    from imgcls.evaluate.run import choose_rows
 
-    run = (read_info(model_dir).provenance or {}).get("run")
-    if not run or not (Path(run) / "config.yaml").is_file():
+    run = run_folder(model_dir, read_info(model_dir))
+    if run is None or not (run / "config.yaml").is_file() or not (run / "splits.csv").is_file():
         raise UserError(
             f"{model_dir}: int8 quantisation needs the model's run folder (its training images calibrate "
             "the int8 ranges, its validation split measures the cost), and it is not there"
         )
-    cfg = from_dict(RunConfig, load_yaml(Path(run) / "config.yaml"), where=str(Path(run) / "config.yaml"))
+    cfg = from_dict(RunConfig, load_yaml(run / "config.yaml"), where=str(run / "config.yaml"))
     table = load_table(cfg, detection_crops)
-    train, _ = choose_rows(table, "train", Path(run))
-    val, _ = choose_rows(table, "val", Path(run))
-    return table, train, val
+    return table, run_split_rows(table, run, "train"), run_split_rows(table, run, "val")
 
 
 def _by_class(table: Any, rows: np.ndarray, n: int) -> np.ndarray:
@@ -204,6 +206,7 @@ def _measure(ref: Any, int8: Path, table: Any, rows: np.ndarray, workers: int | 
 
     from imgcls.evaluate.metrics import compute_metrics
     from imgcls.evaluate.run import map_targets
+    from imgcls.export import decision_agreement
     from imgcls.predict import Classifier
 
     quantised = Classifier.load(int8)
@@ -221,10 +224,11 @@ def _measure(ref: Any, int8: Path, table: Any, rows: np.ndarray, workers: int | 
     if not got:
         raise UserError("int8 quantisation: none of the run's validation images could be read")
     p32, p8, t = np.concatenate(pa), np.concatenate(pb), targets[got]
-    task, names = ref.info.task, ref.label_names
-    m32, m8 = compute_metrics(task, p32, t, names), compute_metrics(task, p8, t, names)
-    metric = "mAP" if task == "multilabel" else "top1"
-    agree = float(np.mean((p32 >= 0.5) == (p8 >= 0.5) if task == "multilabel" else p32.argmax(1) == p8.argmax(1)))
+    info = ref.info  # the model's own decisions: its positive class and thresholds
+    m32, m8 = (compute_metrics(info.task, p, t, ref.label_names, positive=info.positive_index,
+                               thresholds=info.thresholds) for p in (p32, p8))  # fmt: skip
+    metric = "mAP" if info.task == "multilabel" else "top1"
+    agree = decision_agreement(info, p32, p8)
     v32, v8 = float(m32[metric]), float(m8[metric])
     if not (np.isfinite(v32) and np.isfinite(v8)):  # e.g. mAP of a split too small to hold every label
         metric, v32, v8 = "agreement", 1.0, agree

@@ -78,12 +78,56 @@ def onnx_info(backend: OnnxBackend, path: Path) -> ModelInfo:
 
 
 def exported_onnx(model_dir: Path) -> Path | None:
-    """``model_dir/model.onnx`` when it was exported from the directory's current weights (its
+    """``model_dir/model.onnx`` when it was exported from the directory's current model (its
     metadata holds the same config.json), else None."""
-    onnx_file = model_dir / "model.onnx"
-    if not onnx_file.is_file() or onnx_file.stat().st_mtime < (model_dir / "model.safetensors").stat().st_mtime:
+    from imgcls.artifacts import current_export
+
+    return current_export(model_dir, "model.onnx")
+
+
+def _current_session(model_dir: Path, name: str) -> OnnxBackend | None:
+    """ONNX Runtime on ``model_dir/name`` when that export is current (the config it carries, and
+    so its labels, are the directory's; read from the session's own metadata: the file is parsed
+    once), else None."""
+    from imgcls.artifacts import export_matches
+
+    f = model_dir / name
+    if not f.is_file():
         return None
-    return onnx_file
+    backend = OnnxBackend(f)
+    return backend if export_matches(model_dir, backend.metadata) else None
+
+
+def gpu_runs(device: str) -> bool:
+    """Whether PyTorch would run on a GPU; without an NVIDIA driver, known without importing torch."""
+    if device == "cpu" or not (Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia*"))):
+        return device.startswith("cuda")
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available()) or device.startswith("cuda")
+
+
+def torch_engine(device: str, precision: str) -> str:
+    """The name outputs record for PyTorch at ``device`` and ``precision`` (``auto`` resolved as
+    :mod:`imgcls.runtime` will: bf16 where the CPU has bf16 units), e.g. ``torch fp32``,
+    ``torch bf16 (cuda)``; on the CPU without importing torch."""
+    if not gpu_runs(device):
+        from imgcls.runtime import cpu_has_fast_bf16
+
+        return f"torch {precision if precision != 'auto' else ('bf16' if cpu_has_fast_bf16() else 'fp32')}"
+    from imgcls.runtime import resolve_device, resolve_precision
+
+    where = resolve_device(device)
+    return f"torch {resolve_precision(precision, where)} ({where.type})"
+
+
+def onnx_engine(backend: OnnxBackend) -> str:
+    """``onnxruntime int8`` for a graph ``imgcls export --quantize int8`` wrote, else ``onnxruntime fp32``."""
+    return "onnxruntime int8" if "imgcls_int8" in backend.metadata else "onnxruntime fp32"
 
 
 # --------------------------------------------------------------------------------- classifier
@@ -96,6 +140,8 @@ class Classifier:
     label_names: list[str] = field(default_factory=list)
     decision: DecisionRule | None = None  # multi-class decision rule (see imgcls.decisions)
     _factory: Any = field(default=None, repr=False)
+    #: what computes the probabilities, as outputs name it: ``onnxruntime fp32``, ``torch bf16``...
+    engine: str = ""
 
     @classmethod
     def load(
@@ -112,40 +158,38 @@ class Classifier:
                 raise UserError(f"model not found: {model}")
             onnx_backend = OnnxBackend(path)
             return cls(
-                info=(i := onnx_info(onnx_backend, path)), _backend=onnx_backend, label_names=list(i.label_names)
+                info=(i := onnx_info(onnx_backend, path)),
+                _backend=onnx_backend,
+                label_names=list(i.label_names),
+                engine=onnx_engine(onnx_backend),
             )
         info = read_info(path)
         if precision == "int8":
             return cls._int8(path, info, device)
         if backend in ("auto", "onnx") and device in ("auto", "cpu"):
-            exported = exported_onnx(path)
-            if exported is not None:
-                try:
-                    onnx_backend = OnnxBackend(exported)
-                    if onnx_info(onnx_backend, exported).label_names == info.label_names:
-                        return cls(info=info, _backend=onnx_backend, label_names=list(info.label_names))
-                except UserError:
-                    pass  # not usable here (no onnxruntime): PyTorch does the work
+            try:
+                session = _current_session(path, "model.onnx")
+                if session is not None:
+                    return cls(info=info, _backend=session, label_names=list(info.label_names),
+                               engine=onnx_engine(session))  # fmt: skip
+            except UserError:
+                pass  # not usable here (no onnxruntime): PyTorch does the work
             if backend == "onnx":
                 raise UserError(f"{path}: no current model.onnx (run 'imgcls export --model {path}')")
         # PyTorch loads on first use: decoding (in worker processes) starts while torch imports
         return cls(
-            info=info, _backend=lambda: TorchBackend(path, device, precision), label_names=list(info.label_names)
-        )
+            info=info, _backend=lambda: TorchBackend(path, device, precision), label_names=list(info.label_names),
+            engine=torch_engine(device, precision),
+        )  # fmt: skip
 
     @classmethod
     def _int8(cls, path: Path, info: ModelInfo, device: str) -> Classifier:
-        from imgcls.artifacts import current_int8
-
         if device not in ("auto", "cpu"):
             raise UserError(f"--precision int8 runs on the CPU (ONNX Runtime), not on {device}")
-        int8 = current_int8(path)
-        if int8 is None:
+        backend = _current_session(path, "model.int8.onnx")
+        if backend is None:
             raise UserError(f"{path}: no current model.int8.onnx (run 'imgcls export --model {path} --quantize int8')")
-        backend = OnnxBackend(int8)
-        if onnx_info(backend, int8).label_names != info.label_names:
-            raise UserError(f"{int8}: its labels are not the model directory's (export it again)")
-        return cls(info=info, _backend=backend, label_names=list(info.label_names))
+        return cls(info=info, _backend=backend, label_names=list(info.label_names), engine="onnxruntime int8")
 
     def __post_init__(self) -> None:
         if callable(self._backend) and not hasattr(self._backend, "logits"):
@@ -168,6 +212,7 @@ class Classifier:
             "label_names": list(i.label_names),
             "positive_class": i.positive_class,
             "thresholds": list(i.thresholds),
+            "engine": self.engine,
         }
 
     @property
