@@ -240,3 +240,43 @@ def test_evaluate_errors(trained: dict, tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["evaluate", "--model", str(trained["model"]), "--data", str(other)]) == 2
     err = capsys.readouterr().err
     assert "none of the data's classes (yak, zebra) is one of the model's (cat, dog, fox)" in err
+
+
+def test_evaluate_without_out_on_a_copied_run_writes_beside_the_copy(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model's config names the run it was trained in; a copy of the run is its own."""
+    import shutil
+
+    def listing(folder: Path) -> dict[str, int]:
+        return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+    copy = Path(shutil.copytree(trained["run"], tmp_path / "copy"))
+    shutil.rmtree(copy / "eval-val", ignore_errors=True)
+    before = listing(trained["run"])
+    assert main(["evaluate", "--model", str(copy / "model")]) == 0
+    assert f"report: {copy / 'eval-val' / 'report.html'}" in capsys.readouterr().out
+    assert (copy / "eval-val" / "metrics.json").is_file() and listing(trained["run"]) == before
+    assert main(["evaluate", "--model", str(copy / "model" / "model.onnx")]) == 0  # the file: its run too
+    assert f"report: {copy / 'eval-val' / 'report.html'}" in capsys.readouterr().out
+
+
+def test_skipped_and_left_out_are_said_alike_in_the_report_and_on_the_command_line(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row listed twice is left out on purpose, a broken file is not usable: the report card
+    and the command's line count them the same way."""
+    files = sorted((trained["data"] / "cat").glob("*.jpg"))[:3]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    rows = [f"{f},cat" for f in files] + [f"{files[0]},cat", f"{broken},cat"]
+    (tmp_path / "m.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "report"
+    argv = ["evaluate", "--model", str(trained["model"]), "--data", str(tmp_path / "m.csv"), "--split", "all"]
+    assert main([*argv, "--out", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    said = "2 skipped (1 left out on purpose: no detection, rejected in a review, or listed twice)"
+    assert line.endswith(said), line
+    assert said in (out / "report.html").read_text()
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["num_images"], m["num_skipped"], m["num_left_out"]) == (3, 2, 1)

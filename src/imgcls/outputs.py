@@ -341,6 +341,11 @@ def discard_output(writer: Writer, extra: Iterable[Path] = ()) -> None:
             f.unlink()
 
 
+#: settings a record gained in a later imgcls: an output recorded before has none, and continues
+#: (its record gains the key; the prediction runner says so)
+ADDED_LATER = ("engine",)
+
+
 def guard_resume(
     out: str | Path | None, settings: dict[str, Any], resume: bool, write: bool = True, writer: Writer | None = None
 ) -> None:
@@ -367,6 +372,8 @@ def guard_resume(
             before = json.loads(record.read_text(encoding="utf-8"))
         except ValueError:
             before = None
+        if isinstance(before, dict):
+            before = {**{k: settings[k] for k in ADDED_LATER if k in settings and k not in before}, **before}
         if isinstance(before, dict) and before != settings:
             changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
             what = "; ".join(

@@ -142,19 +142,16 @@ def _set_decision(clf: Any, args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from imgcls.console import info
     from imgcls.predict import Classifier, run_predict
-    from imgcls.predict.choose import FEW_IMAGES
+    from imgcls.predict.choose import engine
+    from imgcls.predict.runner import recorded_engine
 
     n = _check_predict(args)
-    backend, precision = args.backend, args.precision
-    if backend == "auto" and n > FEW_IMAGES:  # many images: the fastest engine measured here
-        from imgcls.console import info
-        from imgcls.predict.choose import engine
-
-        say = info if os.environ.get("RANK", "0") == "0" else None
-        backend, precision = engine(args.model, backend=backend, precision=precision, device=args.device,
-                                    batch_size=args.batch_size, say=say)  # fmt: skip
-    # (a few images: ONNX Runtime, which starts in a fraction of PyTorch's import time)
+    keep = recorded_engine(args.out) if args.out and not args.overwrite else None  # a continued output's
+    say = info if os.environ.get("RANK", "0") == "0" else None
+    backend, precision = engine(args.model, backend=args.backend, precision=args.precision, device=args.device,
+                                images=n, keep=keep, say=say)  # fmt: skip
     clf = Classifier.load(args.model, device=args.device, precision=precision, backend=backend)
     _set_decision(clf, args)
     common = dict(
@@ -172,7 +169,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         done = f", {summary.skipped_done} already done" if summary.skipped_done else ""
         sys.stderr.write(
             f"predicted {summary.written} images{done} ({summary.errors} unreadable) in "
-            f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s) -> {args.out}"
+            f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s, {clf.engine}) -> {args.out}"
             f"{'; ' + note if note else ''}\n"
         )
     elif note:
@@ -182,7 +179,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _check_predict(args: argparse.Namespace) -> int:
     """Every mistake that can be seen before the model loads (options, the model's and the
-    inputs' existence, the output's location); the inputs counted up to FEW_IMAGES + 1."""
+    inputs' existence, the output's location); the inputs counted up to FEW_IMAGES + 1 (enough
+    to tell whether measuring the engines is worth it)."""
     import itertools
     from pathlib import Path
 
@@ -231,12 +229,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         det_threshold=args.det_threshold, det_categories=args.det_categories,
         crop_margin=args.crop_margin, corrections=args.corrections, default_out=True,
     )  # fmt: skip
-    from imgcls.data.table import count_left_out
-
     m = r.metrics
-    chosen = count_left_out(r.skipped)
-    why = f" ({chosen} left out on purpose: no detection, rejected in a review, or listed twice)" if chosen else ""
-    print(f"{r.task} evaluation on {m['num_images']} images ({r.split}), {m['num_skipped']} skipped{why}")
+    print(f"{r.task} evaluation on {m['num_images']} images ({r.split}) by {r.engine}, {r.skipped_note}")
     keys = ("top1", "top5", "balanced_accuracy", "macro_f1", "roc_auc", "average_precision", "mAP",
             "micro_f1", "subset_accuracy", "hamming_loss", "nll", "ece")  # fmt: skip
     width = max(len(k) for k in keys)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.artifacts import run_split_rows
 from imgcls.data.table import DataTable
 from imgcls.errors import UserError
 from imgcls.evaluate.metrics import compute_metrics, group_accuracy
@@ -40,6 +41,16 @@ class EvalResult:
     selection_split: bool = False
     thresholds: tuple[float, ...] = ()  # the model's decision thresholds (binary, multi-label)
     report_dir: Path | None = None  # where the report was written
+    engine: str = ""  # what computed the probabilities, e.g. "onnxruntime fp32" (Classifier.engine)
+
+    @property
+    def skipped_note(self) -> str:
+        """'2 skipped (1 left out on purpose: ...)': the command line and the report say it alike."""
+        from imgcls.data.table import count_left_out
+
+        chosen = count_left_out(self.skipped)
+        why = f" ({chosen} left out on purpose: no detection, rejected in a review, or listed twice)" if chosen else ""
+        return f"{len(self.skipped)} skipped{why}"
 
     @property
     def selection_note(self) -> str:
@@ -103,7 +114,7 @@ def choose_rows(table: DataTable, split: str | None, model_run: Path | None) -> 
             return np.arange(len(table)), "all"
         rows = table.rows_in_split(split)
         if len(rows) == 0 and model_run is not None:
-            rows = _run_split_rows(table, model_run, split)
+            rows = run_split_rows(table, model_run, split)
         if len(rows) == 0:
             have = ", ".join(available) or "none"
             raise UserError(f"the data has no {split!r} split (splits: {have})")
@@ -112,36 +123,10 @@ def choose_rows(table: DataTable, split: str | None, model_run: Path | None) -> 
         if name in available:
             return table.rows_in_split(name), name
     if model_run is not None:
-        rows = _run_split_rows(table, model_run, "val")
+        rows = run_split_rows(table, model_run, "val")
         if len(rows):
             return rows, "val"
     return np.arange(len(table)), "all"
-
-
-def _run_split_rows(table: DataTable, run: Path, split: str) -> np.ndarray:
-    import csv
-
-    listing = run / "splits.csv"
-    if not listing.is_file():
-        return np.zeros(0, dtype=np.int64)
-    with open(listing, newline="", encoding="utf-8") as f:
-        listed = {r["path"]: r["split"] for r in csv.DictReader(f)}
-    # Images the run skipped (e.g. blanks without a detection) are not listed; when the run
-    # split by a group column (location, sequence), they belong to their group's side.
-    for column in ("location", "sequence"):
-        values = table.columns.get(column)
-        if values is None:
-            continue
-        sides: dict[str, set[str]] = {}
-        for p, g in zip(table.paths, values, strict=True):
-            if p in listed and g:
-                sides.setdefault(str(g), set()).add(listed[p])
-        if sides and all(len(v) == 1 for v in sides.values()):
-            for p, g in zip(table.paths, values, strict=True):
-                if p not in listed and str(g) in sides:
-                    listed[p] = next(iter(sides[str(g)]))
-            break
-    return np.array([i for i, p in enumerate(table.paths) if listed.get(p) == split], dtype=np.int64)
 
 
 def _same_data(a: str | Path | None, b: str | Path | None) -> bool:
@@ -264,17 +249,16 @@ def evaluate(
     there (with ``default_out`` and no ``out``: to :func:`default_report_dir`), checked before
     any image is read. With ``detections`` (MegaDetector results): on the detection crops, as
     the model was trained, and the detector's animal-recall / blank-removal trade-off.
-    ``corrections``: see :func:`_corrections_of`. ``backend`` ``auto``: the fastest engine here
-    (:mod:`imgcls.predict.choose`) for more than a few images; else as ``Classifier.load``."""
+    ``corrections``: see :func:`_corrections_of`. ``backend`` ``auto``: the engine
+    :func:`imgcls.predict.choose.engine` picks, predict's own; else as ``Classifier.load``."""
     from imgcls.io import check_writable
     from imgcls.predict import Classifier
-    from imgcls.predict.choose import FEW_IMAGES
 
     out = check_writable(out, folder=True) if out is not None else None
     clf = Classifier.load(model, device=device, precision=precision, backend="torch" if backend == "auto" else backend)
     sel = _select(clf.info, model, data, split, image_root, corrections)
     if out is None and default_out:
-        out = check_writable(default_report_dir(model, sel.run, sel.data, clf.info.provenance.get("data"), sel.split),
+        out = check_writable(default_report_dir(model, sel.data, clf.info.provenance.get("data"), sel.split),
                              folder=True)  # fmt: skip
     table, rows, extra = sel.table, sel.rows, dict[str, Any]()
     if detections is not None:  # the rows become the crops of the chosen images
@@ -284,8 +268,8 @@ def evaluate(
     if sel.corrections is not None:
         table, rows, skipped = _corrected(table, rows, sel.corrections, skipped)
     keep, targets, unknown = map_targets(table, clf.info.label_names, rows)
-    if backend == "auto" and len(keep) > FEW_IMAGES:  # many images: the fastest engine measured here
-        clf = _on_fastest(clf, model, device, precision, batch_size)
+    if backend == "auto":
+        clf = _on_engine(clf, model, device, precision, len(keep))
     probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta)
     position = {int(r): j for j, r in enumerate(keep)}
     targets = targets[[position[int(r)] for r in ok]]
@@ -297,7 +281,7 @@ def evaluate(
         metrics={**all_metrics(info, table, probs, targets, ok, skipped), **extra}, skipped=skipped,
         groups=_groups(table, ok), split=sel.split, data=str(sel.data), model=str(model), run_dir=sel.run,
         selection_split=sel.split == "val" and _same_data(sel.data, info.provenance.get("data")),
-        thresholds=tuple(info.thresholds),
+        thresholds=tuple(info.thresholds), engine=clf.engine,
     )  # fmt: skip
     return _with_report(result, out)
 
@@ -317,9 +301,10 @@ def _select(
     corrections: str | Path | None,
 ) -> _Selection:  # fmt: skip
     """The data (as given, else the model's own), its rows for ``split`` and the corrections."""
+    from imgcls.artifacts import run_folder
     from imgcls.data.sources import load_source
 
-    run = Path(info.provenance["run"]) if info.provenance.get("run") else None
+    run = run_folder(model, info)
     corrections = _corrections_of(run, data, corrections)
     data = _data_of(info, data)
     table = load_source(data, multilabel=True if info.task == "multilabel" else None, image_root=image_root)
@@ -327,15 +312,17 @@ def _select(
     return _Selection(table, rows, split_name, data, run, corrections)
 
 
-def _on_fastest(clf: Any, model: str | Path, device: str, precision: str, batch_size: int) -> Any:
-    """``clf`` moved to the fastest engine measured here (said on stderr), or as it is."""
+def _on_engine(clf: Any, model: str | Path, device: str, precision: str, images: int) -> Any:
+    """``clf`` on the engine :func:`imgcls.predict.choose.engine` picks for ``images`` inputs
+    (predict's rule, so evaluate's figures are predict's answers)."""
     from imgcls.console import info
     from imgcls.predict import Classifier
     from imgcls.predict.choose import engine
 
-    backend, precision = engine(model, backend="auto", precision=precision, device=device, batch_size=batch_size,
-                                say=info)  # fmt: skip
-    return clf if backend == "torch" else Classifier.load(model, device=device, precision=precision, backend=backend)
+    if Path(model).suffix.lower() == ".onnx" or precision == "int8":
+        return clf  # nothing to choose: the file's own graph, the int8 graph
+    backend, precision = engine(model, precision=precision, device=device, images=images, say=info)
+    return Classifier.load(model, device=device, precision=precision, backend=backend)
 
 
 def _corrections_of(run: Path | None, data: str | Path | None, given: str | Path | None) -> str | Path | None:
@@ -392,13 +379,15 @@ def all_metrics(
 ) -> dict[str, Any]:
     """The task's metrics, the counts, the temperature, the blank trade-off (a model with a
     blank class) and the accuracy per location (data with locations)."""
+    from imgcls.data.table import count_left_out
     from imgcls.decisions import blank_index, blank_tradeoff
 
     names = info.label_names
     metrics = compute_metrics(info.task, probs, targets, names, positive=info.positive_index,
                               thresholds=info.thresholds)  # fmt: skip
     metrics["num_images"] = len(ok)
-    metrics["num_skipped"] = len(skipped)
+    metrics["num_skipped"] = len(skipped)  # skipped.csv's rows, those left out on purpose included
+    metrics["num_left_out"] = count_left_out(skipped)
     if info.task == "multilabel":
         return metrics
     metrics["temperature"] = info.temperature
@@ -432,17 +421,19 @@ class Thumbnails:
         return read_view(t.paths[i], box, margin=t.crop_margin, need=160)
 
 
-def default_report_dir(
-    model: str | Path, run: Path | None, data: str | Path, trained_on: str | None, split: str
-) -> Path:
-    """Where ``imgcls evaluate`` writes its report without ``--out``: beside the model, in its
-    training run's folder (``RUN/eval-test``; ``RUN/eval-photos-test`` for other data than the
-    run's), else in the current folder when that one cannot be written."""
+def default_report_dir(model: str | Path, data: str | Path, trained_on: str | None, split: str) -> Path:
+    """Where ``imgcls evaluate`` writes its report without ``--out``: beside the model evaluated,
+    in the folder holding its model directory (``RUN/eval-test``; ``RUN/eval-photos-test`` for
+    other data than the run's; a copied run is its own, whatever run the model's config names),
+    else in the current folder when that one cannot be written."""
     import os
 
+    from imgcls.artifacts import model_home
+
     name = f"eval-{split}" if _same_data(data, trained_on) else f"eval-{Path(str(data)).stem or 'data'}-{split}"
-    home = run if run is not None and run.is_dir() else Path(model).resolve().parent
+    home, prefix = model_home(model)
+    name = f"{prefix}-{name}" if prefix else name
     if not os.access(home, os.W_OK):
+        name = f"{home.name}-{name}"
         home = Path.cwd()
-        name = f"{Path(str(model)).resolve().parent.name}-{name}"
     return home / name

@@ -188,8 +188,9 @@ def _part_path(out: Path, rank: int, world: int) -> Path:
 
 
 def run_settings(clf: Classifier, fmt: str, options: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """What decides an output's rows: the model (a fingerprint of its files), the format and
-    the options that change a row. A resumed output must have been written with the same."""
+    """What decides an output's rows: the model (a fingerprint of its files), the engine and
+    precision that compute the probabilities, the format and the options that change a row. A
+    resumed output must have been written with the same."""
     import dataclasses
 
     from imgcls.outputs import model_fingerprint
@@ -197,11 +198,45 @@ def run_settings(clf: Classifier, fmt: str, options: dict[str, Any], **extra: An
     keys = ("top_k", "threshold", "tta")
     return {
         "model": model_fingerprint(clf.info.path),  # the model's files, wherever they are
+        "engine": clf.engine,
         "format": fmt,
         "decision": dataclasses.asdict(clf.decision) if clf.decision is not None else None,
         **{k: options.get(k) for k in keys},
         **extra,
     }
+
+
+def recorded_engine(out: str | Path | None) -> str | None:
+    """The engine an existing output's settings record names (what continuing it keeps), or None."""
+    import json
+
+    from imgcls.outputs import resume_record
+
+    if out is None:
+        return None
+    try:
+        record = json.loads(resume_record(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = record.get("engine") if isinstance(record, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def _say_unrecorded_engine(out: str | Path | None, clf: Classifier) -> None:
+    """An output begun by an imgcls that did not record the engine continues (the resume guard
+    takes the key as new); say which engine writes its rows from here on."""
+    import json
+
+    from imgcls.console import info
+    from imgcls.outputs import resume_record
+
+    try:
+        record = json.loads(resume_record(out).read_text(encoding="utf-8")) if out is not None else None
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict) and "engine" not in record:
+        info(f"{out} was begun by an imgcls that did not record its engine; its rows from here on come from "
+             f"{clf.engine} (--overwrite redoes them all with it)")  # fmt: skip
 
 
 def run_predict(
@@ -229,6 +264,8 @@ def run_predict(
     writer_options = {"model": clf.describe(), **(writer_options or {})}
     world = int(os.environ.get("WORLD_SIZE", "1"))
     writer = writer_for(out, fmt, writer_options)
+    if resume and launch_rank() == 0:
+        _say_unrecorded_engine(out, clf)
     guard_resume(
         out, run_settings(clf, writer.name, kwargs, **(settings or {})), resume, write=launch_rank() == 0, writer=writer
     )

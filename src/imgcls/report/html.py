@@ -105,7 +105,8 @@ def render_html(r: Any, images: dict[str, Path]) -> str:
         f"<h1>Evaluation of {html.escape(r.model)}</h1>",
         f"<p class=sub>{html.escape(r.task)} task, {len(r.label_names)} classes · "
         f"data {html.escape(r.data)} (split: {html.escape(r.split)}) · "
-        f"{m['num_images']} images evaluated, {m['num_skipped']} skipped</p>",
+        f"{m['num_images']} images evaluated by {html.escape(r.engine or 'an unnamed engine')}, "
+        f"{html.escape(r.skipped_note)}</p>",
         f"<div class=cards>{cards}</div>",
     ]
     parts += _notes(r)
@@ -121,6 +122,13 @@ def render_html(r: Any, images: dict[str, Path]) -> str:
     for key, title in sections:
         if key in images:
             parts.append(f"<h2>{title}</h2>{_img(images[key], title)}")
+            if key == "mistakes":
+                parts.append(
+                    f"<p class=note>Labels and probabilities from {html.escape(r.engine or 'the evaluated engine')}, "
+                    "as every figure of this report; the heat maps beside them, where the model has them "
+                    "(Grad-CAM: where the network finds the predicted class), need gradients, so PyTorch "
+                    "computes them in float32.</p>"
+                )
             if key == "curves":
                 parts.append(
                     "<p class=note>The validation metrics of the training curves were measured on the "

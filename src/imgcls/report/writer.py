@@ -98,7 +98,9 @@ def mistakes(r: Any, limit: int = 12) -> list[dict[str, Any]]:
 
 def explained(model: str, images: list[Any], labels: list[str]) -> list[Any] | None:
     """Grad-CAM overlays of ``labels`` over ``images`` (as the model would see them), or None
-    where the model cannot be explained (an ONNX file, no captum, no feature map)."""
+    where the model cannot be explained (an ONNX file, no captum, no feature map). Gradients need
+    PyTorch, so the maps come from the float32 network whatever engine gave the probabilities;
+    they show where it finds ``labels``, the evaluated engine's decisions (the report says so)."""
     if not images:
         return None
     try:
@@ -124,7 +126,7 @@ def write_report(r: Any, out: Path) -> Path:
     atomic_write_text(
         out / "metrics.json",
         json.dumps(
-            _jsonable({"task": r.task, "split": r.split, "data": r.data, "model": r.model, **m}),
+            _jsonable({"task": r.task, "split": r.split, "data": r.data, "model": r.model, "engine": r.engine, **m}),
             indent=2,
         )
         + "\n",

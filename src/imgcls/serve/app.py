@@ -203,13 +203,14 @@ class Service:
 
 
 def load_classifier(cfg: ServeConfig) -> Any:
-    """The served model on the engine ``cfg.backend`` names; ``auto`` measures which is fastest here."""
+    """The served model on the engine ``cfg.backend`` names; ``auto``: predict's rule
+    (:func:`imgcls.predict.choose.engine`: float32 unless ``cfg.precision`` says otherwise, on the
+    engine measured fastest here)."""
     from imgcls.console import info
     from imgcls.predict import Classifier
     from imgcls.predict.choose import engine
 
-    backend, precision = engine(cfg.model, backend=cfg.backend, precision=cfg.precision, device=cfg.device,
-                                batch_size=cfg.max_batch, say=info)  # fmt: skip
+    backend, precision = engine(cfg.model, backend=cfg.backend, precision=cfg.precision, device=cfg.device, say=info)
     return Classifier.load(cfg.model, device=cfg.device, precision=precision, backend=backend)
 
 
