@@ -41,6 +41,9 @@ def add_audit(sub: Any) -> None:
     )
     p.add_argument("--config", help="YAML with the settings the folds train with (a run's config.yaml works)")
     p.add_argument("--model", help="use this model's probabilities of its held-out images instead of training folds")
+    p.add_argument("--split", choices=["train", "val", "test", "all"],
+                   help="with --model: check the labels of this split (default: the model's validation split; "
+                   "train and all include images the model trained on, not out of sample)")  # fmt: skip
     p.add_argument("--folds", type=int, default=4, help="cross-validation folds, one model each (default 4)")
     p.add_argument("--max-distance", type=int, default=4, help="near duplicates: hashes at most this many bits apart")
     p.add_argument("--labels", action=argparse.BooleanOptionalAction, default=True, help="look for label errors")
@@ -94,6 +97,7 @@ AUDIT_ONLY = (
     "out",
     "_started",
     "model",
+    "split",
     "folds",
     "max_distance",
     "labels",
@@ -115,12 +119,22 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if not 0 <= args.max_distance <= 32:
         raise UserError("--max-distance must be between 0 and 32 bits")
 
+    if args.split and not args.model:
+        raise UserError("--split needs --model: cross-validation checks every image")
+
     def say(line: str) -> None:
         sys.stderr.write(line + "\n")
 
-    r = audit(cfg, out=args.out, model=args.model, folds=args.folds, max_distance=args.max_distance,
+    r = audit(cfg, out=args.out, model=args.model, split=args.split, folds=args.folds, max_distance=args.max_distance,
               labels=args.labels, duplicates=args.duplicates, show=say)  # fmt: skip
-    print(f"audited {r.images} images" + (f" (label check: out-of-sample probabilities from {r.how})" if r.how else ""))
+    print(f"audited {r.images} images")
+    if r.how:
+        kind = "probabilities, not out of sample," if args.split in ("train", "all") else "out-of-sample probabilities"
+        print(f"  checked the labels of {r.checked} of {r.images} images ({kind} from {r.how})")
+    if r.trust is not None and r.trust.top1 is not None:
+        folds = f" (folds {', '.join(f'{v:.3f}' for v in r.trust.fold_top1)})" if r.trust.fold_top1 else ""
+        name = "top-1, trained on    " if args.split in ("train", "all") else "out-of-sample top-1  "
+        print(f"  {name}{r.trust.top1:.3f}{folds}" + ("  <- see the warning" if r.trust.warning else ""))
     print(f"  likely label errors  {len(r.issues)}")
     print(f"  duplicate pairs      {len(r.duplicates)} ({r.leaks} across splits: leaks)")
     print(f"  unusable files       {len(r.unusable)}")
