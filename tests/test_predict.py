@@ -437,3 +437,54 @@ def test_one_file_left_out_is_one_file_that_is_not_an_image(
     (folder / "notes.txt").write_text("site visit")
     assert main(["predict", "--model", str(trained["model"]), str(folder), "--out", str(tmp_path / "p.csv")]) == 0
     assert "; left out 1 file that is not an image (.txt)\n" in capsys.readouterr().err
+
+
+def _slow_decode(item: Any, cfg: Any, max_pixels: Any) -> np.ndarray:
+    time.sleep(0.25)
+    return np.zeros((2, 2, 3), np.uint8)
+
+
+def test_a_consumer_that_stops_early_does_not_wait_for_the_chunks_in_flight() -> None:
+    """Closing the stream (Ctrl-C, an error, enough rows) waited in the pool's shutdown for
+    every chunk in flight: 32 chunks at the start, here 32 x 2 items x 0.25 s / 2 workers = 8 s."""
+    import multiprocessing
+
+    from imgcls.config import PreprocessConfig
+    from imgcls.predict import decode_stream
+
+    stream = decode_stream(range(10_000), PreprocessConfig(), workers=2, chunk=2, fn=_slow_decode)
+    assert next(stream)[0] == 0
+    workers = multiprocessing.active_children()
+    assert len(workers) >= 2
+    t0 = time.monotonic()
+    stream.close()
+    assert time.monotonic() - t0 < 2.0
+    assert not [w for w in workers if w.is_alive()]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX process group")
+@pytest.mark.parametrize("backend", ["torch", "onnx"])  # onnx: no torch, so the exit joins the pool's threads
+def test_ctrl_c_during_predict_is_one_line(trained: dict, tmp_path: Path, backend: str) -> None:
+    """Ctrl-C reaches the whole process group: each decoding worker printed its own
+    KeyboardInterrupt traceback before the friendly line (and the exit could hang on a worker
+    that died holding the queue's lock)."""
+    data = tmp_path / "many"
+    for k in range(7):  # 210 small images
+        shutil.copytree(trained["data"], data / f"copy{k}")
+    out = tmp_path / "p.csv"
+    cmd = [str(BIN / "imgcls"), "predict", "--model", str(trained["model"]), str(data), "--out", str(out),
+           "--workers", "2", "--batch-size", "2", "--backend", backend]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.exists() and out.read_text().count("\n") > 4):
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("predict hung after Ctrl-C")
+    assert proc.returncode == 130, err
+    friendly = f"imgcls: interrupted; run the same command again to continue where it stopped ({out} keeps every row)"
+    assert err == friendly + "\n"

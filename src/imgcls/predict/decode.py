@@ -2,13 +2,20 @@
 processes, a bounded number of chunks ahead of the model, in input order.
 
 Workers are forked (they start in milliseconds and share the imported modules) and end with
-their parent, ``kill -9`` included. A bad file is an error string, never an exception: a decoder
-bug must not stop a million-image run.
+their parent, ``kill -9`` included. They ignore Ctrl-C: a terminal sends it to the whole process
+group, and the parent alone answers it (one line). A consumer that stops early (Ctrl-C, an
+error, enough rows) does not wait for the chunks in flight: those not started are cancelled and
+the workers skip the rest of theirs (a shared stop flag), so the pool ends after at most one
+image per worker; killing workers instead could cut a result half-written into the pipe, and the
+pool's reader thread, and so the interpreter's exit, would wait for its end for ever. A bad file
+is an error string, never an exception: a decoder bug must not stop a million-image run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -55,12 +62,19 @@ def decode_crop(
     return decode_crops((path, [box], margin), cfg, max_pixels)[0]
 
 
+#: in a worker process: the parent's stop flag (a multiprocessing Event), set when its consumer stops
+_STOP: Any = None
+
+
 def _decode_chunk(
     items: list[Any], cfg: PreprocessConfig, max_pixels: int | None, fn: Any = None
 ) -> list[tuple[Any, str | None]]:
     decode = fn or decode_for_model
     out: list[tuple[Any, str | None]] = []
     for p in items:
+        if _STOP is not None and _STOP.is_set():  # nobody reads this chunk any more
+            out.append((None, "not decoded: the reader stopped"))
+            continue
         try:
             out.append((decode(p, cfg, max_pixels), None))
         except ImageError as e:
@@ -82,13 +96,16 @@ class _Inline(Executor):
 def die_with_parent(parent: int) -> None:
     """Worker-process initializer: end when the parent ends, ``kill -9`` included (a forked
     worker holds the pipes' other ends itself, so it would otherwise wait for work for ever):
-    Linux's parent-death signal, and a watchdog thread elsewhere."""
-    import signal
+    Linux's parent-death signal, and a watchdog thread elsewhere. Ctrl-C is the parent's to
+    answer: ignored here (it was blocked while this process was started, see :func:`_no_ctrl_c`),
+    else each worker printed its own KeyboardInterrupt traceback."""
     import sys
     import threading
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):
-        import contextlib
         import ctypes
 
         with contextlib.suppress(OSError, AttributeError):
@@ -104,16 +121,40 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="imgcls-parent-watch", daemon=True).start()
 
 
-def _executor(workers: int) -> Executor:
+@contextlib.contextmanager
+def _no_ctrl_c() -> Iterator[None]:
+    """Ctrl-C blocked in this thread while a submit may start workers: a process forked now
+    inherits the block and ignores Ctrl-C before it unblocks it, so none is interrupted while it
+    starts (the parent still gets a Ctrl-C of this moment, when the block ends)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _start_worker(parent: int, stop: Any) -> None:
+    global _STOP
+    _STOP = stop
+    die_with_parent(parent)
+
+
+def _executor(workers: int) -> tuple[Executor, Any]:
+    """The pool and its stop flag (None for decoding in this process)."""
     if workers <= 0:
-        return _Inline()
+        return _Inline(), None
     import multiprocessing as mp
 
     # fork: workers start in milliseconds and share the already imported modules
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(
-        max_workers=workers, mp_context=mp.get_context(method), initializer=die_with_parent, initargs=(os.getpid(),)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    stop = ctx.Event()
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(), stop)
     )
+    return pool, stop
 
 
 def decode_stream(
@@ -132,9 +173,10 @@ def decode_stream(
     item is a path and the result its model input."""
     ahead = max(2, 4 * workers)
     window = max(ahead, 32) if workers > 0 else ahead  # a deeper first window covers model loading
-    pending: deque[tuple[list[str], Future]] = deque()
+    pending: deque[tuple[list[Any], Future]] = deque()
     it = iter(paths)
-    with _executor(workers) as pool:
+    pool, stop = _executor(workers)
+    try:
         exhausted = False
         while True:
             while not exhausted and len(pending) < window:
@@ -142,10 +184,15 @@ def decode_stream(
                 if not batch:
                     exhausted = True
                     break
-                pending.append((batch, pool.submit(_decode_chunk, batch, cfg, max_pixels, fn)))
+                with _no_ctrl_c():
+                    pending.append((batch, pool.submit(_decode_chunk, batch, cfg, max_pixels, fn)))
             if not pending:
                 return
             window = ahead
             batch, fut = pending.popleft()
             for p, (arr, err) in zip(batch, fut.result(), strict=True):
                 yield p, arr, err
+    finally:  # at the end nothing is pending; a consumer that stopped early waits for no chunk
+        if pending and stop is not None:
+            stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
