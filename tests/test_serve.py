@@ -87,6 +87,9 @@ def test_a_bad_image_among_good_ones_gets_its_own_error(
     a, bad, b = r.json()["predictions"]
     assert (a["filename"], bad["filename"], b["filename"]) == ("a.jpg", "notes.jpg", "b.jpg")
     assert bad["label"] is None and bad["top_k"] == [] and "not an image" in bad["error"]
+    assert bad["score"] is None  # an error row has no label and no score: null both, as the schema and README say
+    row = client.get("/openapi.json").json()["components"]["schemas"]["Prediction"]["properties"]
+    assert {"type": "null"} in row["label"]["anyOf"] and {"type": "null"} in row["score"]["anyOf"]
     clf = Classifier.load(trained["model"])
     for got, data in ((a, _image(0)), (b, _image(2, 1))):  # the good ones are answered as alone
         assert got["error"] is None and got["label"] == clf.predict(Image.open(io.BytesIO(data)))[0]["label"]
@@ -324,3 +327,98 @@ def test_the_running_servers_api_against_its_own_schema(server: str) -> None:
     assert {"/predict", "/model", "/health"} <= {p for p, _ in calls}
     statuses = {code for p, code in calls if p == "/predict"}
     assert {200, 415, 422} <= statuses or {415, 422} <= statuses, statuses  # good and bad requests were sent
+
+
+def test_decodes_are_capped_not_requests(trained: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode limit held a slot per request, whose files then all decoded at once: up to
+    cores x files 60-MP decodes in flight. Now at most one decode per core, whatever the requests."""
+    import threading
+
+    import httpx
+
+    from imgcls.serve.app import Service
+
+    monkeypatch.setattr("imgcls.runtime.physical_cores", lambda: 2)
+    lock, running, most = threading.Lock(), [0], [0]
+    decode = Service.decode
+
+    def counted(self: Service, name: str, data: bytes) -> object:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        try:
+            return decode(self, name, data)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(Service, "decode", counted)
+    cfg = ServeConfig(model=str(trained["model"]), max_files=8)
+    app = create_app(cfg, Classifier.load(trained["model"]))
+    files = [("file", (f"{i}.jpg", _image(i % 3, i), "image/jpeg")) for i in range(8)]
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
+            replies = await asyncio.gather(*(c.post("/predict", files=files) for _ in range(4)))
+        return [r.status_code for r in replies]
+
+    assert asyncio.run(main()) == [200] * 4
+    assert most[0] == 2
+
+
+def test_one_json_error_handler_for_serve_and_review() -> None:
+    """serve and review each had their own handler for the {"error": "one line"} answers (and
+    worded a malformed request's field differently): one function in serve.http, used by both."""
+    from fastapi import FastAPI, Query
+
+    import imgcls.review.app as review_app
+    from imgcls.errors import UserError
+    from imgcls.serve.http import HTTPProblem, one_line_errors
+
+    assert review_app.one_line_errors is one_line_errors and not hasattr(review_app, "_one_line_errors")
+    app = FastAPI()
+    one_line_errors(app, {HTTPProblem: lambda e: (e.status, e.message), UserError: lambda e: (400, str(e))})
+
+    @app.get("/x")
+    def x(n: int = Query(..., ge=1)) -> dict:
+        if n == 2:
+            raise HTTPProblem(409, "two is taken")
+        if n == 3:
+            raise UserError("three is refused")
+        return {"n": n}
+
+    c = TestClient(app)
+    assert c.get("/x?n=1").json() == {"n": 1}
+    assert (c.get("/x?n=0").status_code, c.get("/x?n=0").json()["error"]) == (
+        422, "n: Input should be greater than or equal to 1",
+    )  # fmt: skip
+    assert c.get("/x").json() == {"error": "n: Field required"}
+    assert (c.get("/x?n=2").status_code, c.get("/x?n=2").json()) == (409, {"error": "two is taken"})
+    assert (c.get("/x?n=3").status_code, c.get("/x?n=3").json()) == (400, {"error": "three is refused"})
+
+
+def test_the_page_lists_results_in_upload_order(server: str, tmp_path: Path) -> None:
+    """The page put each new card first: three images chosen together were listed last to first."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    playwright = pytest.importorskip("playwright.sync_api")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    names = ["first.jpg", "second.jpg", "third.jpg"]
+    for k, name in enumerate(names):
+        Image.open(io.BytesIO(_image(k, k))).save(tmp_path / name)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        page = browser.new_page()
+        page.goto(server + "/")
+        page.wait_for_selector("text=lenet")
+        page.set_input_files("#files", [str(tmp_path / n) for n in names])
+        page.wait_for_function("document.querySelectorAll('.card .label').length === 3", timeout=30_000)
+        page.set_input_files("#files", str(tmp_path / "first.jpg"))  # a later upload comes after them
+        page.wait_for_function("document.querySelectorAll('.card .label').length === 4", timeout=30_000)
+        shown = page.locator(".card .name").all_inner_texts()
+        browser.close()
+    assert shown == [*names, "first.jpg"]

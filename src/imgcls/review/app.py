@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from imgcls.errors import UserError
 from imgcls.review.keys import public_keys
 from imgcls.review.session import Session
-from imgcls.serve.http import add_host_guard
+from imgcls.serve.http import add_host_guard, one_line_errors
 
 
 class Decision(BaseModel):
@@ -44,7 +44,7 @@ def create_review_app(session: Session, *, hint: str = "", host: str | None = No
 
     app = FastAPI(title="imgcls review", docs_url=None, redoc_url=None)
     problems: dict[int | str, dict[str, Any]] = {400: {"model": Problem}, 404: {"model": Problem}}
-    _one_line_errors(app)
+    one_line_errors(app, {UserError: lambda e: (400, str(e))})  # a refused decision: 400
     add_host_guard(app, host, port)  # DNS rebinding: other sites' pages neither read nor decide
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -90,21 +90,3 @@ def create_review_app(session: Session, *, hint: str = "", host: str | None = No
         return session.undo()
 
     return app
-
-
-def _one_line_errors(app: Any) -> None:
-    """A bad request is answered ``{"error": "one line"}``: 400 for a refused decision, 422 for
-    a malformed request."""
-    from fastapi import Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-
-    @app.exception_handler(UserError)
-    async def user_error(_: Request, exc: UserError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)

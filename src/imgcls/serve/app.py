@@ -12,8 +12,8 @@ cost the others their answers: it gets its own ``error`` in its place among the 
 an upload whose every image is bad is answered with the 4xx of the first. Every status and body
 is declared in the OpenAPI schema (checked by schemathesis in the tests). Each request is logged
 in one line: method, path, status, images, milliseconds. Memory stays bounded under load: request
-bodies are capped, concurrent decodes are limited, and decoded images wait in a bounded queue for
-the micro-batcher.
+bodies are capped, decodes run one per core at most (not one slot per request, whose files
+then all decoded at once), and decoded images wait in a bounded queue for the micro-batcher.
 """
 
 # No "from __future__ import annotations" here: FastAPI reads the endpoints' annotations at
@@ -44,6 +44,7 @@ from imgcls.serve.http import (
     access_log,
     add_host_guard,
     check_api_key,
+    one_line_errors,
     parse_files,
     read_limited_body,
     reason_status,
@@ -91,7 +92,10 @@ class Service:
 
         self.cfg, self.clf, self.pre = cfg, clf, clf.preprocess
         self.api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
-        self.decode_slots = asyncio.Semaphore(max(2, os.cpu_count() or 2))
+        from imgcls.runtime import physical_cores
+
+        # decodes at once, whatever the requests: one per core (each may hold a 60-MP image)
+        self.decode_slots = asyncio.Semaphore(max(1, physical_cores()))
         self.upload_slots = asyncio.Semaphore(16)  # request bodies held in memory at once
         self.batcher = MicroBatcher(clf.probabilities, max_batch=cfg.max_batch, max_wait=cfg.max_wait_ms / 1000)
         self.explainer: Any = None  # made on the first /explain
@@ -105,6 +109,11 @@ class Service:
         pre = self.pre
         blank = eval_array(Image.new("RGB", (pre.image_size, pre.image_size), (128, 128, 128)), pre)
         await asyncio.to_thread(self.clf.probabilities, blank[None])
+
+    async def decode_capped(self, name: str, data: bytes) -> np.ndarray | HTTPProblem:
+        """:meth:`decode` in a thread, once a decode slot is free."""
+        async with self.decode_slots:
+            return await asyncio.to_thread(self.decode, name, data)
 
     def decode(self, name: str, data: bytes) -> np.ndarray | HTTPProblem:
         try:
@@ -144,7 +153,7 @@ class Service:
         async with self.upload_slots:
             body = await read_limited_body(request, self.cfg.max_upload_mb)
             (name, data), *_ = await parse_files(request.headers, body, 1)
-        pixels = await asyncio.to_thread(self.decode, name, data)
+        pixels = await self.decode_capped(name, data)
         if isinstance(pixels, HTTPProblem):
             raise pixels
         request.state.images = 1
@@ -181,8 +190,7 @@ class Service:
             body = await read_limited_body(request, self.cfg.max_upload_mb)
             files = await parse_files(request.headers, body, self.cfg.max_files)
             del body
-            async with self.decode_slots:
-                decoded = await asyncio.gather(*(asyncio.to_thread(self.decode, n, d) for n, d in files))
+            decoded = await asyncio.gather(*(self.decode_capped(n, d) for n, d in files))
         request.state.images = len(files)
         good = [a for a in decoded if not isinstance(a, HTTPProblem)]
         if not good:  # every image is bad (a single bad image too): the request failed
@@ -256,18 +264,8 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
 def _add_error_handling(app: Any) -> None:
     """Every error in the API's one shape, ``{"error": ...}``, and one log line per request."""
     from fastapi import Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
 
-    @app.exception_handler(HTTPProblem)
-    async def problem(_: Request, exc: HTTPProblem) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+    one_line_errors(app, {HTTPProblem: lambda e: (e.status, e.message)})
 
     @app.middleware("http")
     async def log_access(request: Request, call_next: Any) -> Any:

@@ -7,7 +7,7 @@ import hmac
 import ipaddress
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -74,6 +74,34 @@ class HTTPProblem(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def one_line_errors(app: Any, refusals: Mapping[type[Exception], Callable[[Any], tuple[int, str]]]) -> None:
+    """Every error ``app`` answers in the one shape ``{"error": "one line"}`` (``imgcls serve``
+    and ``imgcls review`` alike): its own refusals, each exception type with its status and line
+    (``refusals``), and a malformed request, 422 naming the parameter or field (``top_k``,
+    ``index``: not where it was sent) and what is wrong with it."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    def answer(say: Callable[[Any], tuple[int, str]]) -> Callable[[Any, Any], Any]:
+        async def handler(_: Any, exc: Any) -> JSONResponse:
+            status, message = say(exc)
+            return JSONResponse({"error": message}, status_code=status)
+
+        return handler
+
+    for kind, say in refusals.items():
+        app.add_exception_handler(kind, answer(say))
+
+    async def invalid(_: Any, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = tuple(first.get("loc", ()))
+        named = len(loc) > 1 and not isinstance(loc[1], int)  # ("query", "top_k"); ("body", 12): a JSON position
+        where = ".".join(str(part) for part in (loc[1:] if named else loc)) or "request"
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
 
 
 def reason_status(reason: str) -> int:
