@@ -177,9 +177,9 @@ def tune_binary_threshold(p_positive: np.ndarray, is_positive: np.ndarray, metri
     return best
 
 
-#: The range a fitted temperature may take. Guo et al. (2017) fit T from about 1 to 3 for
-#: over-confident networks; label smoothing leaves networks too timid, fitted below 1 (the digits
-#: demo: about 0.4). A decade either side of 1 holds both with room to spare; a fit that wants
+#: The range a fitted temperature may take. Over-confident networks fit T above 1 (Guo et al.
+#: 2017); label smoothing leaves networks too timid, fitted below 1 (the digits demo: about 0.4).
+#: A decade either side of 1 holds both with room to spare; a fit that wants
 #: more is not calibrating a network's confidence but making one up for logits with almost no
 #: scale (a near-chance network made logits x20 from 72 images) or no information, so it stops at
 #: the bound and says so.
