@@ -283,6 +283,7 @@ def test_python_api_with_paths_and_pil_images(trained: dict) -> None:
     assert x.shape == (3, 32, 32)
     bad = clf.predict(b"not a path".decode())
     assert bad[0]["error"] == "file not found"
+    assert (bad[0]["label"], bad[0]["score"]) == (None, None)  # an error row has neither, as serve's API says
 
 
 def test_torchrun_predict_merges_parts_in_input_order(trained: dict, tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ class DetectionSource(ItemSource):
 
     def row(self, clf: Classifier, item: Any, probs: np.ndarray | None, error: str | None) -> dict[str, Any]:
         path = item[0]
-        row: dict[str, Any] = {"path": path, "label": "", "score": None, "top_k": None, "error": error}
+        row: dict[str, Any] = {"path": path, "label": None, "score": None, "top_k": None, "error": error}
         dets = self.detections.lookup(path)
         failure = self.detections.failures.get(os.path.realpath(path))
         if dets is None:

@@ -297,7 +297,7 @@ class Classifier:
         k = 0
         for path, arr, err in decoded:
             if arr is None:
-                out.append({"path": path, "label": "", "score": None, "top_k": None, "error": err})
+                out.append({"path": path, "label": None, "score": None, "top_k": None, "error": err})
                 continue
             assert probs is not None
             out.append(self.row(path, probs[k], top_k=top_k, threshold=threshold))

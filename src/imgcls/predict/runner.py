@@ -87,7 +87,7 @@ class Files(ItemSource):
 
     def row(self, clf: Classifier, path: str, probs: np.ndarray | None, error: str | None) -> dict[str, Any]:
         if probs is None:
-            return {"path": path, "label": "", "score": None, "top_k": None, "error": error or "unreadable"}
+            return {"path": path, "label": None, "score": None, "top_k": None, "error": error or "unreadable"}
         return clf.row(path, probs[0], top_k=self.top_k, threshold=self.threshold)
 
 
