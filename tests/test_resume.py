@@ -69,27 +69,29 @@ def test_resume_does_not_read_the_pretrained_weights_again(data: Path, tmp_path:
 
 
 def test_a_time_budget_counts_the_earlier_sessions_of_a_resumed_run() -> None:
-    from imgcls.engine.budget import BudgetPlan
-    from imgcls.engine.loop import Position, Trainer, _maybe_replan
+    from imgcls.engine.budget import BudgetPlan, Pacer
+    from imgcls.engine.loop import Position, Trainer, maybe_replan
+    from imgcls.engine.optim import Schedule
 
     def plan(elapsed_before: float) -> int:
+        pacer = Pacer(BudgetPlan(budget=100.0, steps_per_epoch=10, val_images=0, batch_size=8), warmup_share=0.05)
+        for _ in range(8):
+            pacer.record_step(0.1)
         tr = SimpleNamespace(
-            budget=BudgetPlan(budget=100.0, steps_per_epoch=10, val_images=0, batch_size=8),
-            step_times=[0.1] * 8,
-            train_batches=SimpleNamespace(batch_size=8),
+            budget=pacer,
             pos=Position(epoch=1, step=0, total_steps=30, elapsed=elapsed_before),
             started=time.monotonic(),
-            dist=SimpleNamespace(broadcast=lambda v: v),
-            schedule=SimpleNamespace(total=30, warmup=0),
-            cfg=SimpleNamespace(optim=SimpleNamespace(warmup=0.05)),
-            steps_per_epoch=10,
+            clock=time.monotonic,
+            dist=SimpleNamespace(broadcast=lambda v: v, main=False),
+            schedule=Schedule(1.0, total=30, warmup=0),
+            steps_done=10,
         )
         tr.elapsed = Trainer.elapsed.fget(tr)  # type: ignore[attr-defined]
-        _maybe_replan(tr, 10)  # type: ignore[arg-type]
+        maybe_replan(tr)  # type: ignore[arg-type]
         return int(tr.pos.total_steps)
 
     fresh, resumed = plan(0.0), plan(60.0)
-    # 0.1 s a step: ~970 steps fit in a fresh 100 s budget, ~370 when 60 s were spent before
+    # 0.1 s a step: ~980 steps fit in a fresh 100 s budget, ~380 when 60 s were spent before
     assert 900 < fresh < 1000 and 330 < resumed < 400
     assert fresh - resumed == pytest.approx(600, abs=5)
 

@@ -26,10 +26,11 @@ from imgcls.console import info
 from imgcls.data.dataset import TableHook, load_table, mixed_framing
 from imgcls.data.table import LISTED_AGAIN, NO_DETECTION, REVIEWED, count_left_out
 from imgcls.data.transforms import describe_augment
+from imgcls.engine.budget import Clock
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
 from imgcls.engine.finish import finish
-from imgcls.engine.loop import Trainer, train_one_epoch, validate
+from imgcls.engine.loop import Trainer, maybe_replan, price_validation, train_one_epoch, validate
 from imgcls.engine.plan import DEFAULT_EPOCHS, resolve_model
 from imgcls.engine.state import checkpoint_state, improved, restore, save_best
 from imgcls.engine.trainer import build_trainer
@@ -96,6 +97,8 @@ def end_epoch(tr: Trainer, epoch: int, stats: dict[str, float], on_epoch_end: Ep
     metrics: dict[str, Any] = {"epoch": epoch + 1, **stats, **val}
     metrics["seconds"] = stats["train_seconds"] + val.get("val_seconds", 0.0)
     metrics["images_per_second"] = stats["images"] / max(stats["train_seconds"], 1e-9)
+    if tr.budget is not None:  # the plan this epoch ended under (its line says so when it changes)
+        metrics["planned_epochs"] = planned_epochs(tr)
     tr.pos.history.append(metrics)
     stop = False
     key, _ = monitor_metric(tr.task, tr.cfg.train.monitor)
@@ -116,6 +119,9 @@ def end_epoch(tr: Trainer, epoch: int, stats: dict[str, float], on_epoch_end: Ep
     tr.pos.epoch_loss, tr.pos.epoch_images, tr.pos.epoch_seconds = 0.0, 0, 0.0
     if tr.dist.main:
         write_history(tr.run_dir, tr.pos.history)
+        said = tr.budget.announce(tr.pos.total_steps) if tr.budget is not None else None
+        if said:  # the plan's epoch count changed in this epoch: why, before the line that counts them
+            info(said)
         info(epoch_line(metrics, tr))
         if on_epoch_end is not None:
             on_epoch_end(tr.run_dir, tr.pos.history)
@@ -126,9 +132,13 @@ def end_epoch(tr: Trainer, epoch: int, stats: dict[str, float], on_epoch_end: Ep
     return stop
 
 
+def planned_epochs(tr: Trainer) -> int:
+    """The epochs the current plan trains (with a time budget the last may be shortened)."""
+    return -(-tr.pos.total_steps // max(1, tr.steps_per_epoch))
+
+
 def epoch_line(m: dict[str, Any], tr: Trainer) -> str:
-    n_epochs = -(-tr.pos.total_steps // max(1, tr.steps_per_epoch))
-    parts = [f"epoch {m['epoch']}/{n_epochs}", f"train_loss {m['train_loss']:.4f}"]
+    parts = [f"epoch {m['epoch']}/{planned_epochs(tr)}", f"train_loss {m['train_loss']:.4f}"]
     parts += [f"{k} {v:.4f}" for k, v in m.items() if k.startswith("val_") and k not in ("val_seconds", "val_nll")]
     parts += [f"lr {m['lr']:.2e}", f"{m['images_per_second']:.1f} img/s", f"{m['seconds']:.1f}s"]
     if "train_size" in m:  # progressive resizing: the size the epoch ended at
@@ -148,7 +158,11 @@ def write_run_files(tr: Trainer) -> None:
 
 def run_epochs(tr: Trainer, on_epoch_end: EpochCallback | None) -> None:
     spe = tr.steps_per_epoch
-    while tr.pos.epoch * spe < tr.pos.total_steps:
+    price_validation(tr)  # a time budget's: before the first plan
+    while True:
+        maybe_replan(tr, epoch_end=tr.pos.epoch > 0 and tr.pos.step == 0)  # a time budget: the end just measured
+        if tr.pos.epoch * spe >= tr.pos.total_steps:  # (a resumed epoch trained to its end still validates)
+            break
         stats = train_one_epoch(tr, tr.pos.epoch)
         found = tr.data.source.found_bad
         if found and tr.dist.main:  # cache='none': files found broken while streaming
@@ -157,7 +171,11 @@ def run_epochs(tr: Trainer, on_epoch_end: EpochCallback | None) -> None:
                 (tr.data.table.paths[i], r) for i, r in sorted(found.items()) if tr.data.table.paths[i] not in known
             ]
             write_csv(tr.run_dir / "skipped.csv", ["path", "reason"], tr.data.skipped)
-        if end_epoch(tr, tr.pos.epoch, stats, on_epoch_end):
+        ended = tr.clock()
+        stop = end_epoch(tr, tr.pos.epoch, stats, on_epoch_end)
+        if tr.budget is not None:
+            tr.budget.record_epoch_end(tr.pos.history[-1].get("val_seconds", 0.0), tr.clock() - ended)
+        if stop:
             break
 
 
@@ -169,13 +187,15 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     table_hook: TableHook | None = None,
     requested: dict[str, Any] | None = None,
+    clock: Clock = time.monotonic,
 ) -> Path:
     """Train as ``cfg`` says; returns the run directory (its ``model/`` is the best model).
 
     ``requested``: the options the user gave (command line and ``--config`` file), kept in the
     checkpoint; with ``resume`` they are the options given now, applied to the saved
-    configuration as :mod:`imgcls.engine.resume` allows."""
-    started = started if started is not None else time.monotonic()
+    configuration as :mod:`imgcls.engine.resume` allows. ``clock``: what a time budget and the
+    run's timings are measured on, ``started`` being on it (tests simulate a machine with one)."""
+    started = started if started is not None else clock()
     check_config(cfg)
     absolute_paths(cfg)
     resolve_device(cfg.train.device)  # no GPU for --device cuda: say so before any work
@@ -197,7 +217,7 @@ def fit(
     torch.manual_seed(t.seed)
     dist = init_distributed("cuda" if t.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return _fit(cfg, run, state, dist, started, on_epoch_end, table_hook, requested or {}, changes)
+        return _fit(cfg, run, state, dist, (started, clock), on_epoch_end, table_hook, requested or {}, changes)
     except BaseException:
         if fresh and dist.main and run.is_dir() and not any(run.iterdir()):
             run.rmdir()  # a run that failed before writing anything leaves no empty folder
@@ -211,7 +231,7 @@ def _fit(
     run: Path,
     state: dict[str, Any] | None,
     dist: Dist,
-    started: float,
+    timing: tuple[float, Clock],
     on_epoch_end: EpochCallback | None,
     table_hook: TableHook | None,
     requested: dict[str, Any],
@@ -223,7 +243,8 @@ def _fit(
 
         table, notes = keep_split(cfg, run, table, state)
         changes += notes
-    tr, _ = build_trainer(cfg, resolve_model(cfg, table), run, dist, table, started, resuming=state is not None)
+    tr, _ = build_trainer(cfg, resolve_model(cfg, table), run, dist, table, timing[0], resuming=state is not None,
+                          clock=timing[1])  # fmt: skip
     tr.requested = requested
     if not begin(tr, state, changes):
         return run

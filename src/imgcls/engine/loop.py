@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from imgcls.config import PreprocessConfig, RunConfig
-from imgcls.console import Progress
+from imgcls.console import Progress, info
 from imgcls.data.dataset import TrainingData
 from imgcls.data.loaders import EvalBatches, TrainBatches, batch_generator
-from imgcls.engine.budget import MEASURED_FIRST, BudgetPlan, replan, replan_due
+from imgcls.engine.budget import Clock, Pacer
 from imgcls.engine.distributed import Dist, wrap_ddp
 from imgcls.engine.optim import Schedule
 from imgcls.engine.resolution import SizeSchedule
@@ -66,15 +66,15 @@ class Trainer:
     ema: Any = None
     scaler: Any = None
     mix: Callable[..., Any] | None = None
-    budget: BudgetPlan | None = None
+    budget: Pacer | None = None  # --time-budget: its prices and re-plans
     sizes: SizeSchedule | None = None  # progressive resizing (None: every step at full size)
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)  # on ``clock``
     save_checkpoint: Callable[[], None] | None = None
-    step_times: list[float] = field(default_factory=list)
     ddp_frozen: bool | None = None  # the stage the DDP wrapper was built for
     requested: dict[str, Any] = field(default_factory=dict)  # the options the user gave (for --resume)
     tta: str = "none"  # the test-time augmentation the saved model uses (auto: decided after training)
     choice: str = ""  # what --time-budget chose and why (said when training starts)
+    clock: Clock = time.monotonic  # what the run's times are measured on (tests simulate one)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -87,7 +87,7 @@ class Trainer:
     @property
     def elapsed(self) -> float:
         """Seconds the run has taken: earlier sessions of a resumed run, then this command's."""
-        return self.pos.elapsed + (time.monotonic() - self.started)
+        return self.pos.elapsed + (self.clock() - self.started)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -133,29 +133,63 @@ def _optimizer_step(tr: Trainer, global_step: int) -> None:
         tr.ema.update(tr.raw, step=global_step)
 
 
-def _maybe_replan(tr: Trainer, global_step: int) -> None:
-    """With a time budget: fix the total step count once a few steps are measured, then again
-    at each epoch end (see :mod:`imgcls.engine.budget`)."""
-    if tr.budget is None or len(tr.step_times) < MEASURED_FIRST:
+def maybe_replan(tr: Trainer, *, epoch_end: bool = False) -> None:
+    """With a time budget, when it is due: plan the rest of the run from the prices measured so
+    far, re-fitting the schedule (see :mod:`imgcls.engine.budget`). Every process adopts the
+    first one's plan. Once the planned steps are done the schedule has ended: nothing is added."""
+    pacer = tr.budget
+    done = tr.steps_done
+    if pacer is None or done >= tr.pos.total_steps or not pacer.due(done, epoch_end=epoch_end):
         return
-    total, warmup = replan(
-        tr.budget,
-        elapsed=tr.elapsed,
-        step_seconds=float(np.median(tr.step_times[-50:])),
-        steps_done=global_step,
-        warmup_share=tr.cfg.optim.warmup,
-        warmup=tr.schedule.warmup,
-    )
-    tr.pos.total_steps = tr.schedule.total = tr.dist.broadcast(total)
-    tr.schedule.warmup = tr.dist.broadcast(warmup)
+    total, next_at = tr.dist.broadcast(pacer.propose(tr.elapsed, done, tr.pos.epoch, tr.pos.total_steps))
+    said = pacer.adopt(total, next_at, done, tr.schedule)
+    tr.pos.total_steps = total
+    if said and tr.dist.main:
+        info(said)
+
+
+def price_validation(tr: Trainer) -> None:
+    """A budgeted run's validation pass priced before it trains: a batch of it timed (the
+    second of two forward passes: the first of a shape also picks its kernels), times the
+    batches a pass has. The first epoch end measures the whole pass; until then a plan that
+    guessed it (a third of a step per image) could end at an epoch end with its cosine cut when
+    the pass proved dearer."""
+    batch = first_validation_batch(tr) if tr.budget is not None else None
+    if tr.budget is None or batch is None:  # (torchrun: a process may have no validation image)
+        return
+    x = tr.runtime.inputs(batch)
+    model = tr.eval_model
+    was = model.training
+    model.eval()
+    took = 0.0
+    with torch.inference_mode():
+        for _ in range(2):
+            t0 = tr.clock()
+            with tr.runtime.autocast():
+                model(x)
+            took = tr.clock() - t0
+    model.train(was)
+    share = len(tr.data.splits.val) / max(1, tr.dist.world) / max(1, int(x.shape[0]))
+    tr.budget.priced_validation(took * share)
+
+
+def first_validation_batch(tr: Trainer) -> torch.Tensor | None:
+    """The images of this process's first validation batch (None: it has none)."""
+    batches = iter(tr.val_batches or [])
+    first = next(batches, None)
+    close = getattr(batches, "close", None)
+    if callable(close):  # a generator: its prefetching thread stops
+        close()
+    return None if first is None else first[0]
 
 
 def _count_step(tr: Trainer, x: torch.Tensor, loss: float, took: float) -> int:
     """Add a finished step to the epoch's sums and the step times; the images it trained (all
     ranks). The budget plans in full-size steps, so a smaller step's time (progressive
     resizing) is scaled up to one."""
-    share = tr.sizes.cost(int(x.shape[-1])) if tr.sizes is not None else 1.0
-    tr.step_times.append(took / share)
+    if tr.budget is not None:
+        share = tr.sizes.cost(int(x.shape[-1])) if tr.sizes is not None else 1.0
+        tr.budget.record_step(took / share)
     n = int(x.shape[0]) * tr.dist.world
     tr.pos.epoch_loss += loss * n
     tr.pos.epoch_images += n
@@ -170,13 +204,13 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
     spe = tr.steps_per_epoch
     set_train_mode(tr, epoch)
     accumulate = max(1, cfg.optim.accumulate)
-    last_ckpt = time.monotonic()
+    last_ckpt = tr.clock()
     lr = tr.pos.lr
     steps_this_epoch = min(spe, tr.pos.total_steps - epoch * spe)
     total_images = steps_this_epoch * tr.train_batches.batch_size * tr.dist.world
     with Progress(total_images, f"epoch {epoch + 1}", enabled=show and tr.dist.main) as bar:
         bar.done = tr.pos.epoch_images
-        t_last = time.perf_counter()
+        t_last = tr.clock()
         for x, y, _rows in tr.train_batches.epoch(epoch, start_step=tr.pos.step):
             global_step = epoch * spe + tr.pos.step
             if global_step >= tr.pos.total_steps:
@@ -199,18 +233,17 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
             (tr.scaler.scale(loss) if tr.scaler is not None else loss).backward()
             if (tr.pos.step + 1) % accumulate == 0 or tr.pos.step + 1 == spe:
                 _optimizer_step(tr, global_step)
-            now = time.perf_counter()
+            now = tr.clock()
             n = _count_step(tr, x, float(loss.detach()) * accumulate, now - t_last)
             t_last = now
             bar.update(n, loss=tr.pos.epoch_loss / max(1, tr.pos.epoch_images), lr=lr)
-            if replan_due(tr.pos.step, spe):
-                _maybe_replan(tr, global_step + 1)
+            maybe_replan(tr)
             minutes = cfg.train.checkpoint_minutes
             at_boundary = tr.pos.step % accumulate == 0  # no half-accumulated gradient is lost
-            due = minutes and time.monotonic() - last_ckpt > 60 * minutes
+            due = minutes and tr.clock() - last_ckpt > 60 * minutes
             if tr.save_checkpoint is not None and due and at_boundary:
                 tr.save_checkpoint()
-                last_ckpt = time.monotonic()
+                last_ckpt = tr.clock()
     sized = {"train_size": tr.sizes.size(tr.steps_done - 1, tr.pos.total_steps)} if tr.sizes is not None else {}
     return {
         **sized,
@@ -262,9 +295,9 @@ def validate(tr: Trainer) -> dict[str, float]:
     """Validation metrics (``val_`` keys) over all ranks."""
     if tr.val_batches is None:
         return {}
-    t0 = time.perf_counter()
+    t0 = tr.clock()
     logits, _, rows = validation_logits(tr)
     probs = tr.task.probabilities(torch.from_numpy(logits)).numpy()
     out = val_metrics(tr.task, probs, tr.data.table.targets[rows])
-    out["val_seconds"] = time.perf_counter() - t0
+    out["val_seconds"] = tr.clock() - t0
     return out

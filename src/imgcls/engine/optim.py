@@ -6,7 +6,8 @@ Large Minibatch SGD", sec. 5.1; timm's ``param_groups_weight_decay``). The class
 backbone are separate groups so fine-tuning can give the pretrained backbone a smaller rate.
 
 Schedules are pure functions of the step (warm-up, then cosine / one-cycle / constant), so a
-resumed run and a re-planned time budget continue on the same curve.
+resumed run continues on the same curve; a time budget that re-plans its length re-fits the rest
+of the curve to the new length (:meth:`Schedule.refit`), the rate where it re-plans unchanged.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def _fused(cls: type[torch.optim.Optimizer], groups: list[dict], kw: dict) -> to
     return cls(groups, **kw)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the base learning rate at ``step`` (0-based) of ``total`` steps."""
+def lr_factor(step: float, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based; a re-fitted schedule's steps
+    fall between whole ones) of ``total`` steps."""
     total = max(total, 1)
     if schedule == "onecycle":
         # Smith & Topin 2018 as torch's OneCycleLR: cosine up from 1/25 over 30% of the steps,
@@ -110,15 +112,44 @@ def _cos_between(start: float, end: float, t: float) -> float:
 
 @dataclass
 class Schedule:
-    """Sets every group's rate to base * group multiplier * ``lr_factor`` before each step."""
+    """Sets every group's rate to base * group multiplier * ``lr_factor`` before each step.
+
+    A time budget re-fits the schedule while it runs (:meth:`refit`): from the step it is re-fitted
+    at, the rest of the curve is spread over the new number of remaining steps, so the rate at
+    that step stays what it was and the last step still reaches the curve's end. ``anchor`` says
+    how: (the step, the point of the original curve it stood at, the original curve's length);
+    None while the curve is the plain one of ``total`` steps."""
 
     base_lr: float
     total: int
     warmup: int
     kind: str = "cosine"
+    anchor: tuple[int, float, int] | None = None
+
+    def position(self, step: int) -> float:
+        """Where ``step`` stands on the original curve (a step count of it, maybe fractional)."""
+        if self.anchor is None:
+            return float(step)
+        at, point, span = self.anchor
+        return point + (span - point) * min(1.0, max(0.0, (step - at) / max(1, self.total - 1 - at)))
+
+    def factor(self, step: int) -> float:
+        span = self.anchor[2] if self.anchor is not None else self.total
+        return lr_factor(self.position(step), span, self.warmup, self.kind)
+
+    def refit(self, step: int, total: int) -> None:
+        """Plan ``total`` steps in all, re-fitted at ``step`` (the next step to train): the rate
+        at ``step`` stays, and what is left of the curve is spread over steps ``step .. total - 1``,
+        the last of them at its very end (the cosine's 0, however few steps were left to it).
+        While a warm-up is still running it is not re-fitted here (its length follows the plan:
+        :func:`imgcls.engine.budget.planned_warmup`)."""
+        if total != self.total:
+            span = self.anchor[2] if self.anchor is not None else self.total
+            self.anchor = (step, self.position(step), span)
+            self.total = total
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        factor = lr_factor(step, self.total, self.warmup, self.kind)
+        factor = self.factor(step)
         for g in optimizer.param_groups:
             g["lr"] = self.base_lr * g.get("lr_mult", 1.0) * factor
         return self.base_lr * factor

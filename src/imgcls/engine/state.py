@@ -8,6 +8,7 @@ validation beat the best so far (the monitored metric; on a tie the lower valida
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -24,7 +25,9 @@ def checkpoint_state(tr: Trainer) -> dict[str, Any]:
         "optimizer": tr.optimizer.state_dict(),
         "scaler": tr.scaler.state_dict() if tr.scaler is not None else None,
         "position": tr.pos.to_dict(),
-        "schedule": {"total": tr.schedule.total, "warmup": tr.schedule.warmup},
+        "schedule": {"total": tr.schedule.total, "warmup": tr.schedule.warmup, "anchor": tr.schedule.anchor},
+        # progressive resizing's measured cost at the small sizes (config.yaml keeps only the sizes)
+        "sizes_fixed": tr.sizes.fixed if tr.sizes is not None else None,
         "elapsed": tr.elapsed,
         "config": to_dict(tr.cfg),
         "requested": dict(tr.requested),
@@ -43,6 +46,13 @@ def restore(tr: Trainer, state: dict[str, Any]) -> None:
     tr.pos.elapsed = float(state.get("elapsed", 0.0))
     tr.schedule.total = int(state["schedule"]["total"])
     tr.schedule.warmup = int(state["schedule"]["warmup"])
+    anchor = state["schedule"].get("anchor")  # a time budget's re-fitted schedule
+    tr.schedule.anchor = (int(anchor[0]), float(anchor[1]), int(anchor[2])) if anchor else None
+    if tr.sizes is not None and state.get("sizes_fixed") is not None:
+        tr.sizes = dataclasses.replace(tr.sizes, fixed=float(state["sizes_fixed"]))
+    if tr.budget is not None:  # the plan continues where the checkpoint's stood
+        tr.budget.plan.sizes = tr.sizes
+        tr.budget.resumed(tr.pos.total_steps)
 
 
 def save_best(tr: Trainer, metrics: dict[str, Any]) -> None:

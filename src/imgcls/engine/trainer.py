@@ -19,8 +19,8 @@ from imgcls.data.dataset import TrainingData, prepare_training_data
 from imgcls.data.loaders import EvalBatches, TrainBatches
 from imgcls.data.table import DataTable
 from imgcls.data.transforms import PRESETS, BatchAugment
-from imgcls.engine.budget import BudgetPlan, provisional_warmup
-from imgcls.engine.candidates import fit_to_budget
+from imgcls.engine.budget import CLOSING_FLOOR, BudgetPlan, Clock, Pacer, prepay_closing, provisional_warmup
+from imgcls.engine.candidates import Timing, fit_to_budget
 from imgcls.engine.distributed import Dist
 from imgcls.engine.finish import final_val_passes
 from imgcls.engine.loop import Trainer
@@ -129,9 +129,11 @@ def build_trainer(
     started: float | None = None,
     *,
     resuming: bool = False,
+    clock: Clock = time.monotonic,
 ) -> tuple[Trainer, Plan]:
     """The trainer of ``cfg`` and the plan it was built from. ``resuming``: the weights come
-    from the checkpoint, so the pretrained ones are neither fetched nor read again."""
+    from the checkpoint, so the pretrained ones are neither fetched nor read again. ``clock``:
+    what the run's times are measured on (``started`` is on it)."""
     mp = model_plan
     model, report = build_model(mp.arch, num_classes=mp.num_outputs, pretrained=None if resuming else mp.pretrained,
                                 norm=mp.norm, attn=mp.attn, drop_rate=cfg.model.drop_rate)  # fmt: skip
@@ -140,11 +142,10 @@ def build_trainer(
     model_pre = preprocess_config(model)
     data = load_training_data(cfg, resolve_preprocess(cfg, model_pre, mp.image_side), table, dist)
     plan = resolve(cfg, mp, model_pre, train_images=len(data.splits.train), world=dist.world)
-    choice = ""
-    if not resuming:  # a resumed run keeps what its budget chose
-        n_train, n_val = len(data.splits.train) // dist.world, len(data.splits.val)
-        model, mp, plan, choice = fit_to_budget(cfg, mp, plan, model, run, train_images=n_train, val_images=n_val,
-                                                started=started or time.monotonic(), dist=dist)  # fmt: skip
+    timing = Timing(clock() if started is None else started, clock, budget_closing(cfg, clock))
+    n_train, n_val = len(data.splits.train) // dist.world, len(data.splits.val)
+    model, mp, plan, choice = (model, mp, plan, "") if resuming else fit_to_budget(  # a resumed run keeps its choice
+        cfg, mp, plan, model, run, train_images=n_train, val_images=n_val, timing=timing, dist=dist)  # fmt: skip
     cfg = plan.config(cfg)
     task = make_task(cfg, data.table, data.splits.train)
     t, o = cfg.train, cfg.optim
@@ -166,7 +167,7 @@ def build_trainer(
         optimizer=build_optimizer(o.optimizer, groups, lr=plan.lr, momentum=o.momentum, nesterov=o.nesterov),
         schedule=Schedule(base_lr=plan.lr, total=1, warmup=0, kind=o.schedule),
         data=data, train_batches=train_batches, val_batches=val_batches, classifier=classifier,
-        preprocess=plan.preprocess, ema=ema, mix=make_mixer(cfg, task), started=started or time.monotonic(),
+        preprocess=plan.preprocess, ema=ema, mix=make_mixer(cfg, task), started=timing.started, clock=clock,
         scaler=torch.amp.GradScaler(runtime.device.type) if runtime.precision == "fp16" else None,
         tta="flip" if plan.tta == "flip" else "none",  # auto: decided by finish()
         choice=choice,
@@ -175,8 +176,16 @@ def build_trainer(
         tr.sizes = plan.sizes
         sizes = plan.sizes
         train_batches.size_at = lambda step: sizes.size(step, tr.pos.total_steps)
-    plan_steps(tr)
+    plan_steps(tr, timing.closing)
     return tr, plan
+
+
+def budget_closing(cfg: RunConfig, clock: Clock) -> float:
+    """With a time budget, the seconds its closing work is priced at, its imports spent now
+    (:func:`~imgcls.engine.budget.prepay_closing`); 0 without one."""
+    if not cfg.train.time_budget:
+        return 0.0
+    return prepay_closing(export=cfg.train.export_onnx or cfg.train.export_int8, clock=clock)
 
 
 def make_batches(
@@ -202,21 +211,25 @@ def make_batches(
     return train, val
 
 
-def plan_steps(tr: Trainer) -> None:
+def plan_steps(tr: Trainer, closing: float = CLOSING_FLOOR) -> None:
+    """The step count and the schedule: ``--epochs``' (default 10); with a time budget a
+    provisional one until the first steps are measured (:class:`~imgcls.engine.budget.Pacer`),
+    at most ``--epochs`` when both are given, ``closing`` seconds kept for the closing work."""
     t = tr.cfg.train
     spe = tr.steps_per_epoch
     if t.time_budget:
-        budget = parse_duration(t.time_budget)
-        tr.budget = BudgetPlan(
-            budget=budget,
+        plan = BudgetPlan(
+            budget=parse_duration(t.time_budget),
             steps_per_epoch=spe,
             val_images=len(tr.data.splits.val),
             batch_size=tr.train_batches.batch_size,
             final_passes=final_val_passes(tr),
             sizes=tr.sizes,
+            closing=closing,
+            max_steps=t.epochs * spe if t.epochs else None,
         )
-        epochs_cap = t.epochs or 10_000
-        tr.pos.total_steps = epochs_cap * spe  # provisional: re-planned after a few steps
+        tr.budget = Pacer(plan, warmup_share=tr.cfg.optim.warmup)
+        tr.pos.total_steps = (t.epochs or 10_000) * spe  # provisional: planned after a few steps
         tr.schedule.total = tr.pos.total_steps
         tr.schedule.warmup = provisional_warmup(tr.cfg.optim.warmup, spe)
     else:
