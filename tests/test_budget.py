@@ -258,6 +258,21 @@ def test_a_budgeted_run_ends_on_time_when_the_machine_slows_down_halfway(
     assert "time budget: chose smallnet_075" in err  # smallnet would train 8.6 epochs here, 075 15
 
 
+def test_epochs_of_fewer_steps_than_a_first_plan_waits_for_count_the_plans_epochs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An epoch of one step ends before the 4 steps the first plan waits for: its line said
+    'epoch 1/10000' (the provisional count)."""
+    from imgfactory import image_folder
+
+    data = image_folder(tmp_path / "imgs", ("a", "b"), 10, size=(28, 28))  # 16 training images: one step
+    run = budgeted_run(data, tmp_path / "run", Machine(image_seconds=0.05), "20s", arch="smallnet_050")
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("epoch ")]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) > 5 and all(h["planned_epochs"] < 200 for h in history)
+    assert lines[0].startswith(f"epoch 1/{history[0]['planned_epochs']} ")
+
+
 def test_a_resumed_budgeted_run_keeps_the_measured_cost_of_its_small_sizes(tmp_path: Path) -> None:
     """Progressive resizing's fixed share (measured by the candidates) is in the checkpoint:
     config.yaml keeps only the sizes, so a resumed run planned with none and ended early."""

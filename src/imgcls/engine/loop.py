@@ -244,6 +244,8 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
             if tr.save_checkpoint is not None and due and at_boundary:
                 tr.save_checkpoint()
                 last_ckpt = tr.clock()
+    if tr.budget is not None and tr.budget.next_at < 0:  # an epoch shorter than the steps a first plan waits for
+        maybe_replan(tr, epoch_end=True)  # (its line counts the plan's epochs, not the provisional ones)
     sized = {"train_size": tr.sizes.size(tr.steps_done - 1, tr.pos.total_steps)} if tr.sizes is not None else {}
     return {
         **sized,
