@@ -78,6 +78,25 @@ def test_training_split_keeps_crops_of_one_image_together_too() -> None:
     assert all(len(ks) == 1 for ks in folds_per(table, fold, "image").values())
 
 
+def test_splits_csv_tells_the_crops_of_one_frame_apart(tmp_path: Path) -> None:
+    """A run's splits.csv names each crop by its box, and reading it back finds every row's side
+    (by path alone, one row of a two-crop frame was as good as the other)."""
+    from imgcls.data.splits import read_splits_csv, split_lookup, splits_csv
+
+    table = crops_table(10)
+    s = make_splits(table, val_split=0.3, seed=0)
+    listing = tmp_path / "splits.csv"
+    listing.write_text(splits_csv(table, s))
+    rows = read_splits_csv(listing)
+    assert [(p, b) for p, b, _ in rows[:2]] == [("/data/img000.jpg", "0.1000 0.1000 0.2000 0.2000"),
+                                                ("/data/img000.jpg", "0.5000 0.5000 0.3000 0.3000")]  # fmt: skip
+    assert split_lookup(table, rows) == s.names(len(table))
+    reordered = DataTable("coco", Path("/data"), table.paths[::-1], table.targets[::-1], table.class_names,
+                          boxes=table.boxes[::-1])  # type: ignore[index]  # fmt: skip
+    assert split_lookup(reordered, rows) == s.names(len(table))[::-1]
+    assert read_splits_csv(tmp_path / "none.csv") == []
+
+
 def test_a_pair_of_multi_crop_images_is_listed_once(tmp_path: Path) -> None:
     """Two copies of one picture, with 2 and 3 detection crops: one pair of files (it was listed
     2 x 3 times, once per pair of crops)."""

@@ -116,6 +116,9 @@ def test_training_on_crops_splits_by_location(crop_model: Path) -> None:
     train = {site[r["path"]] for r in rows if r["split"] == "train"}
     val = {site[r["path"]] for r in rows if r["split"] == "val"}
     assert val and not train & val  # no site on both sides
+    # the crops of one frame are told apart by their box, as a corrections file names them
+    assert all(len(r["box"].split()) == 4 for r in rows)
+    assert len({(r["path"], r["box"]) for r in rows}) == len(rows)
     import yaml
 
     cfg = yaml.safe_load((crop_model / "config.yaml").read_text())

@@ -264,15 +264,14 @@ def run_split_rows(table: DataTable, run: Path, split: str) -> np.ndarray:
     """The rows of ``table`` that the run put in ``split`` (``RUN/splits.csv``: a run carves its
     validation rows out of the data's training rows, so the data's own word is out of date);
     none without the listing."""
-    import csv
-
     import numpy as np
 
-    listing = run / "splits.csv"
-    if not listing.is_file():
+    from imgcls.data.splits import read_splits_csv, split_lookup
+
+    listing = read_splits_csv(run / "splits.csv")
+    if not listing:
         return np.zeros(0, dtype=np.int64)
-    with open(listing, newline="", encoding="utf-8") as f:
-        listed = {r["path"]: r["split"] for r in csv.DictReader(f)}
+    listed = split_lookup(table, listing)
     # Images the run skipped (e.g. blanks without a detection) are not listed; when the run
     # split by a group column (location, sequence), they belong to their group's side.
     for column in ("location", "sequence"):
@@ -280,15 +279,14 @@ def run_split_rows(table: DataTable, run: Path, split: str) -> np.ndarray:
         if values is None:
             continue
         sides: dict[str, set[str]] = {}
-        for p, g in zip(table.paths, values, strict=True):
-            if p in listed and g:
-                sides.setdefault(str(g), set()).add(listed[p])
+        for side, g in zip(listed, values, strict=True):
+            if side is not None and g:
+                sides.setdefault(str(g), set()).add(side)
         if sides and all(len(v) == 1 for v in sides.values()):
-            for p, g in zip(table.paths, values, strict=True):
-                if p not in listed and str(g) in sides:
-                    listed[p] = next(iter(sides[str(g)]))
+            listed = [next(iter(sides[str(g)])) if side is None and str(g) in sides else side
+                      for side, g in zip(listed, values, strict=True)]  # fmt: skip
             break
-    return np.array([i for i, p in enumerate(table.paths) if listed.get(p) == split], dtype=np.int64)
+    return np.array([i for i, side in enumerate(listed) if side == split], dtype=np.int64)
 
 
 def int8_path(onnx_file: Path) -> Path:

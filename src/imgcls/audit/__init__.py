@@ -141,27 +141,15 @@ def given_splits(table: DataTable, model: str | Path | None) -> list[str]:
     training rows, so the data's own word is out of date there); the data's test rows stay test,
     and rows the run did not list keep the data's split. Without, the data's split, else
     ``train`` (then no pair can leak)."""
+    from imgcls.artifacts import read_info
+    from imgcls.data.splits import read_splits_csv, split_lookup
+
     own: list[str] = [s or "train" for s in table.split] if table.split is not None else ["train"] * len(table)
-    listing = _run_splits(model)
+    run = read_info(model).provenance.get("run") if model is not None else None
+    listing = read_splits_csv(Path(run) / "splits.csv") if run else []
     if not listing:
         return own
-    return [s if s == "test" else listing.get(p) or s for s, p in zip(own, table.paths, strict=True)]
-
-
-def _run_splits(model: str | Path | None) -> dict[str, str]:
-    """``path -> split`` of the run that trained ``model`` (empty without one)."""
-    import csv
-
-    from imgcls.artifacts import read_info
-
-    if model is None:
-        return {}
-    run = read_info(model).provenance.get("run")
-    listing = Path(run) / "splits.csv" if run else None
-    if listing is None or not listing.is_file():
-        return {}
-    with open(listing, newline="", encoding="utf-8") as f:
-        return {r["path"]: r["split"] for r in csv.DictReader(f) if r.get("split")}
+    return [s if s == "test" else side or s for s, side in zip(own, split_lookup(table, listing), strict=True)]
 
 
 def class_balance(table: DataTable, splits: list[str], unusable: set[str] | None = None) -> list[dict[str, Any]]:

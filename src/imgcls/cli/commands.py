@@ -83,8 +83,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = run / "model"
     d = run_config(run).data
     data = options.get("data") or d.data  # as the user wrote it, else the run's
-    listing = run / "splits.csv"  # the test split, where the data has one, is the one to judge by
-    has_test = listing.is_file() and ",test\n" in listing.read_text(encoding="utf-8")
+    from imgcls.data.splits import read_splits_csv
+
+    # the test split, where the data has one, is the one to judge by
+    has_test = any(split == "test" for _, _, split in read_splits_csv(run / "splits.csv"))
     print(f"model: {model}")
     import shlex
 

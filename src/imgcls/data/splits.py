@@ -14,6 +14,7 @@ import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -187,10 +188,41 @@ def make_splits(
 
 
 def splits_csv(table: DataTable, splits: Splits) -> str:
-    """``path,split`` for every row, in the table's order."""
+    """``path,split`` for every row, in the table's order; with detection crops a ``box`` column
+    (``x y w h``, as a corrections file names a crop) tells the crops of one frame apart."""
+    from imgcls.data.corrections import format_box
+
+    boxed = table.boxes is not None
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "split"])
-    for path, name in zip(table.paths, splits.names(len(table)), strict=True):
-        w.writerow([path, name])
+    w.writerow(["path", "split"] + (["box"] if boxed else []))
+    for i, (path, name) in enumerate(zip(table.paths, splits.names(len(table)), strict=True)):
+        w.writerow([path, name] + ([format_box(table.boxes[i])] if boxed else []))  # type: ignore[index]
     return buf.getvalue()
+
+
+def read_splits_csv(path: Path) -> list[tuple[str, str, str]]:
+    """``(path, box, split)`` of every row of a run's ``splits.csv`` (box "" for a whole image, and
+    in listings written before crops had one); empty when the file is not there."""
+    from imgcls.data.corrections import parse_box
+
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [(r["path"], parse_box(r.get("box") or ""), r.get("split") or "") for r in csv.DictReader(f)]
+
+
+def split_lookup(table: DataTable, listing: list[tuple[str, str, str]]) -> list[str | None]:
+    """Each row's split in ``listing`` (``read_splits_csv``), None where it is not listed: by path
+    and crop box where the listing names boxes, else by path (the crops of one frame are on one
+    side of a split: training groups them)."""
+    from imgcls.data.corrections import format_box
+
+    by_box = {(p, b): s for p, b, s in listing}
+    by_path = {p: s for p, _, s in listing}
+    boxed = table.boxes is not None and any(b for _, b, _ in listing)
+    out: list[str | None] = []
+    for i, p in enumerate(table.paths):
+        box = format_box(table.boxes[i]) if boxed else ""  # type: ignore[index]
+        out.append(by_box.get((p, box)) if boxed else by_path.get(p))
+    return out
