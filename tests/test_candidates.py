@@ -13,7 +13,16 @@ from imgcls.config import RunConfig
 from imgcls.data.transforms import PRESETS, BatchAugment
 from imgcls.engine import candidates
 from imgcls.engine.budget import BudgetPlan, Prices
-from imgcls.engine.candidates import Candidate, Setting, Timing, choose, open_choices, pick
+from imgcls.engine.candidates import (
+    Candidate,
+    Setting,
+    Timing,
+    choose,
+    final_passes,
+    open_choices,
+    pick,
+    plan_epochs,
+)
 from imgcls.engine.distributed import Dist
 from imgcls.engine.plan import ModelPlan, Plan
 from imgcls.engine.resolution import SizeSchedule, low_size, parse_progressive
@@ -83,6 +92,20 @@ def test_the_most_capable_setting_that_trains_enough_epochs_is_chosen() -> None:
     assert index == 0 and "9.2 epochs" in why  # the default fits: nothing given up
     index, why = pick([candidate("smallnet", 1.0), candidate("smallnet", 1.4, 16)], need=8)
     assert index == 1 and "no setting reaches 8 epochs" in why
+
+
+def test_the_candidates_price_the_runs_own_final_passes() -> None:
+    """With --tta auto the closing work validates the images and their mirrors: two passes (the
+    candidates priced one whatever the run would make)."""
+    c = Candidate("smallnet", SizeSchedule(28, 28), full_step=0.3, batch=256)
+    one, two = (plan_epochs(c, 60.0, 5.0, 55000, 50000, final=f) for f in (1.0, 2.0))
+    assert two < one
+    cfg = RunConfig()
+    cfg.train.tta = "auto"
+    assert final_passes(cfg, "multiclass", 5000) == 2.0
+    cfg.train.tta = "none"
+    assert final_passes(cfg, "multiclass", 5000) == 1.0  # the temperature's pass
+    assert final_passes(cfg, "multiclass", 0) == 0.0  # no validation split: nothing after training
 
 
 def test_what_is_left_open_is_chosen() -> None:
