@@ -356,12 +356,6 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    from imgcls.io import atomic_write_text
+    from imgcls.io import atomic_write_csv
 
-    buf = io.StringIO()
-    w = csv.DictWriter(
-        buf, fieldnames=["path", "explanation", "labels", "probabilities", "layer", "error"], lineterminator="\n"
-    )
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, ["path", "explanation", "labels", "probabilities", "layer", "error"], rows)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from imgcls.errors import UserError
 
@@ -75,6 +75,31 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+CsvRows = Iterable[Sequence[Any] | Mapping[str, Any]]
+
+
+def csv_text(header: Sequence[str], rows: CsvRows) -> str:
+    """A CSV document: ``header``, then each row (a sequence, or a mapping read by the header's
+    names, a missing one empty); ``\\n`` line ends, None written empty."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for row in rows:
+        w.writerow([row.get(h, "") for h in header] if isinstance(row, Mapping) else row)
+    return buf.getvalue()
+
+
+def atomic_write_csv(
+    path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any] | Mapping[str, Any]]
+) -> None:
+    """The one way imgcls writes a whole CSV file (skipped.csv, an audit's and an explanation's
+    tables, a report's predictions): :func:`csv_text`, written atomically."""
+    atomic_write_text(path, csv_text(header, rows))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

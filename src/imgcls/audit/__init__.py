@@ -204,14 +204,6 @@ def write(result: AuditResult, table: DataTable, *, spec: str = "") -> None:
 
 
 def _csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    import csv
-    import io
+    from imgcls.io import atomic_write_csv
 
-    from imgcls.io import atomic_write_text
-
-    fields = list(rows[0]) if rows else columns
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, list(rows[0]) if rows else columns, rows)

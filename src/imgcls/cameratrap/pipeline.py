@@ -240,9 +240,8 @@ def add_event_columns(out: Path, fmt: str, events: dict[str, dict[str, Any]], im
     """Rewrite a CSV / JSON-lines output with ``sequence``, ``sequence_label`` and
     ``sequence_score`` beside each image's own label."""
     import csv
-    import io
 
-    from imgcls.io import atomic_write_text
+    from imgcls.io import atomic_write_csv, atomic_write_text
 
     def cols(path: str) -> list[Any]:
         ev = image_event.get(path, "")
@@ -252,14 +251,10 @@ def add_event_columns(out: Path, fmt: str, events: dict[str, dict[str, Any]], im
     if fmt == "csv":
         with open(out, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
         head = [c for c in rows[0] if c not in ("sequence", "sequence_label", "sequence_score")]
         keep = [i for i, c in enumerate(rows[0]) if c in head]
-        w.writerow([*head, "sequence", "sequence_label", "sequence_score"])
-        for r in rows[1:]:
-            w.writerow([r[i] for i in keep] + cols(r[0]))
-        atomic_write_text(out, buf.getvalue())
+        atomic_write_csv(out, [*head, "sequence", "sequence_label", "sequence_score"],
+                         ([r[i] for i in keep] + cols(r[0]) for r in rows[1:]))  # fmt: skip
     elif fmt in ("jsonl", "json"):
         if fmt == "json":
             doc = json.loads(out.read_text(encoding="utf-8"))

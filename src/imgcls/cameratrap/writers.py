@@ -373,7 +373,9 @@ def _bounding_polygon(coords: list[tuple[float, float]]) -> dict[str, Any]:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
-    atomic_write_text(path, _csv_line(header) + "".join(_csv_line([r.get(h, "") for h in header]) for r in rows))
+    from imgcls.io import atomic_write_csv
+
+    atomic_write_csv(path, header, rows)
 
 
 def _parse_offset(text: str) -> timezone:

@@ -11,7 +11,6 @@ as far as the groups allow (scikit-learn's ``StratifiedGroupKFold``).
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,14 +190,12 @@ def splits_csv(table: DataTable, splits: Splits) -> str:
     """``path,split`` for every row, in the table's order; with detection crops a ``box`` column
     (``x y w h``, as a corrections file names a crop) tells the crops of one frame apart."""
     from imgcls.data.corrections import format_box
+    from imgcls.io import csv_text
 
     boxed = table.boxes is not None
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "split"] + (["box"] if boxed else []))
-    for i, (path, name) in enumerate(zip(table.paths, splits.names(len(table)), strict=True)):
-        w.writerow([path, name] + ([format_box(table.boxes[i])] if boxed else []))  # type: ignore[index]
-    return buf.getvalue()
+    names = splits.names(len(table))
+    rows = ([p, names[i]] + ([format_box(table.boxes[i])] if boxed else []) for i, p in enumerate(table.paths))  # type: ignore[index]
+    return csv_text(["path", "split"] + (["box"] if boxed else []), rows)
 
 
 def read_splits_csv(path: Path) -> list[tuple[str, str, str]]:

@@ -10,8 +10,6 @@ uses (:mod:`imgcls.engine.finish`). It writes the run directory:
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +33,7 @@ from imgcls.engine.plan import DEFAULT_EPOCHS, resolve_model
 from imgcls.engine.state import checkpoint_state, improved, restore, save_best
 from imgcls.engine.trainer import build_trainer
 from imgcls.errors import UserError
-from imgcls.io import atomic_write_text
+from imgcls.io import atomic_write_csv, atomic_write_text
 from imgcls.runtime import resolve_device, set_deterministic, set_threads
 from imgcls.tasks import monitor_metric
 
@@ -80,14 +78,6 @@ def _inside_class_folders(run: Path, data: str | None) -> bool:
     from imgcls.data.sources import is_class_folders
 
     return bool(data) and is_class_folders(Path(str(data))) and run.resolve().is_relative_to(Path(str(data)).resolve())
-
-
-def write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------- training
@@ -153,7 +143,7 @@ def write_run_files(tr: Trainer) -> None:
     if tr.cfg.data.corrections:  # the run keeps the decisions it was trained with
         atomic_write_text(tr.run_dir / "corrections.csv", Path(tr.cfg.data.corrections).read_text(encoding="utf-8"))
     atomic_write_text(tr.run_dir / "splits.csv", tr.data.splits_csv)
-    write_csv(tr.run_dir / "skipped.csv", ["path", "reason"], tr.data.skipped)
+    atomic_write_csv(tr.run_dir / "skipped.csv", ["path", "reason"], tr.data.skipped)
 
 
 def run_epochs(tr: Trainer, on_epoch_end: EpochCallback | None) -> None:
@@ -170,7 +160,7 @@ def run_epochs(tr: Trainer, on_epoch_end: EpochCallback | None) -> None:
             tr.data.skipped += [
                 (tr.data.table.paths[i], r) for i, r in sorted(found.items()) if tr.data.table.paths[i] not in known
             ]
-            write_csv(tr.run_dir / "skipped.csv", ["path", "reason"], tr.data.skipped)
+            atomic_write_csv(tr.run_dir / "skipped.csv", ["path", "reason"], tr.data.skipped)
         ended = tr.clock()
         stop = end_epoch(tr, tr.pos.epoch, stats, on_epoch_end)
         if tr.budget is not None:

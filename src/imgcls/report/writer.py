@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -32,11 +30,9 @@ def _jsonable(v: Any) -> Any:
 
 
 def _csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    from imgcls.io import atomic_write_csv
+
+    atomic_write_csv(path, header, rows)
 
 
 def predictions_rows(r: Any) -> list[list[Any]]:

@@ -200,16 +200,12 @@ class Session:
     def _corrections_text(self) -> str:
         """``corrections.csv`` as the standing decisions make it: one row per decided image or
         crop (skips are no decision), in the order the decisions were taken."""
-        import csv
+        from imgcls.io import csv_text
 
         standing = sorted((e[-1] for e in self.history.values() if e and e[-1].action != "skip"), key=lambda e: e.seq)
         boxes = any(e.box for e in standing)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "label", "action"] + (["box"] if boxes else []))
-        for e in standing:
-            w.writerow([e.path, e.label, e.action] + ([e.box] if boxes else []))
-        return buf.getvalue()
+        header = ["path", "label", "action"] + (["box"] if boxes else [])
+        return csv_text(header, ([e.path, e.label, e.action] + ([e.box] if boxes else []) for e in standing))
 
     def _write_corrections(self) -> None:
         from imgcls.io import atomic_write_text
