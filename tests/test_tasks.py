@@ -105,8 +105,9 @@ def test_a_fit_says_how_sure_it_is() -> None:
     y3 = z.argmax(1)[:400].copy()
     y3[:3] = (y3[:3] + 1) % 5
     few = calibrate("multiclass", z[:400] * 3, y3)
-    assert few is not None and not few.trusted and few.errors == 3
-    assert "95% interval" in " ".join(few.doubts) and "3 of 400 validation images wrong" in " ".join(few.doubts)
+    assert few is not None and few.trusted and few.errors == 3  # a sound fit whose size is uncertain
+    assert "95% interval" in " ".join(few.notes) and "3 of 400 validation images wrong" in " ".join(few.notes)
+    assert few.record()["notes"] == few.notes and fit.notes == []
     # binary: one logit, the same arithmetic
     zb = rng.normal(0, 4, size=4000)
     yb = (rng.random(4000) < 1 / (1 + np.exp(-zb / 0.5))).astype(np.int64)

@@ -285,11 +285,20 @@ class TemperatureFit:
                        "network's confidence says almost nothing about when it is right")  # fmt: skip
         if self.images < CALIBRATION_IMAGES:
             out.append(f"only {self.images} validation images (a fit wants at least {CALIBRATION_IMAGES})")
-        low, high = self.interval
-        if not self.at_bound and not high <= CALIBRATION_SPREAD * low:
-            out.append(f"its 95% interval is {low:.3g} to {high:.3g}, with {self.errors} of {self.images} "
-                       "validation images wrong: the fit rests on few mistakes")  # fmt: skip
         return out
+
+    @property
+    def notes(self) -> list[str]:
+        """What else to know: a wide interval (the fit rests on few mistakes). Not a reason to
+        distrust it where the fit itself is sound: the interval says how far its size may be off,
+        and one that lies wholly on one side of 1 still says which way the network errs."""
+        low, high = self.interval
+        if self.at_bound or self.doubts or high <= CALIBRATION_SPREAD * low:
+            return []
+        side = (" (all of it below 1: the network is too timid)" if high < 1 else
+                " (all of it above 1: the network is too sure)" if low > 1 else "")  # fmt: skip
+        return [f"its 95% interval is {low:.3g} to {high:.3g}{side}, with {self.errors} of {self.images} validation "
+                "images wrong: the fit rests on few mistakes, so its size is uncertain"]  # fmt: skip
 
     @property
     def trusted(self) -> bool:
@@ -302,7 +311,7 @@ class TemperatureFit:
             # at a bound the optimum lies outside the range: no interval around it
             "interval95": None if self.at_bound else [round(v, 5) if math.isfinite(v) else None for v in self.interval],
             "range": list(TEMPERATURE_RANGE), "at_bound": self.at_bound, "trusted": self.trusted,
-            "doubts": self.doubts,
+            "doubts": self.doubts, "notes": self.notes,
         }  # fmt: skip
 
 

@@ -210,4 +210,5 @@ def calibration_lines(fit: TemperatureFit, before: float, after: float) -> list[
     ]
     if fit.doubts:
         lines.append(f"calibration: warning: not to be trusted: {'; '.join(fit.doubts)}")
+    lines += [f"calibration: note: {note}" for note in fit.notes]
     return lines
