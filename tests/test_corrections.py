@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -177,12 +178,12 @@ def test_training_applies_the_corrections_and_keeps_them_in_the_run(
     report = tmp_path / "report"  # the run evaluated on its own data: with the labels it was trained with
     assert main(["evaluate", "--model", str(out / "model"), "--split", "all", "--out", str(report)]) == 0
     said = capsys.readouterr()
-    assert (
-        "corrections: 1 relabelled, 1 left out, 1 confirmed" in said.err and "on 11 images (all), 1 skipped" in said.out
+    assert "corrections: 1 relabelled, 1 left out, 1 confirmed" in said.err and re.search(
+        r"on 11 images \(all\) by \w+ fp32, 1 skipped", said.out
     )
     with open(report / "predictions.csv", newline="") as f:
         truth = {Path(r["path"]).name: r["true"] for r in csv.DictReader(f)}
     assert truth[cat[0].name] == "dog" and cat[1].name not in truth
     assert main(["evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "all",
                  "--out", str(tmp_path / "as-given")]) == 0  # fmt: skip
-    assert "on 12 images (all), 0 skipped" in capsys.readouterr().out
+    assert re.search(r"on 12 images \(all\) by \w+ fp32, 0 skipped", capsys.readouterr().out)

@@ -2,12 +2,20 @@
 
 The file is a manifest (``path,label``) with an ``action`` column, as ``imgcls review`` writes
 it: ``relabel`` (the image takes the new label; ``cat;dog`` for multi-label data), ``reject``
-(the image is left out, listed in ``skipped.csv`` with the reason), ``accept`` (kept as it is).
-An optional ``box`` column (``x y w h``, normalised, as the audit writes it) names one detection
-crop of the image; without it a decision holds for every crop of the image. Relative paths
+(the image is left out, listed in ``skipped.csv`` with the reason), ``accept`` (the row's label
+is confirmed: the label the page showed, the data's own or, for a prediction, the model's guess,
+which the image then takes). An optional ``box`` column (``x y w h``, normalised, as the audit
+writes it) names one detection crop of the image; without it a decision holds for every crop of
+the image (an ``accept`` of a whole frame then confirms each crop's own label). Relative paths
 resolve against the file's folder, as in a manifest; images held inside a data file (IDX:
 ``train-images-idx3-ubyte#17``) are named by that id. A label the data did not have becomes a new
-class. The last decision about an image counts.
+class.
+
+The last decision about an image counts, whole-image and per-crop decisions alike: the rows are
+applied in file order (``imgcls review`` writes them in the order they were decided), so a crop
+accepted after its whole image was rejected is kept, and a whole image rejected after one of its
+crops was relabelled is left out, crops and all. A row repeated later in the file replaces the
+earlier one.
 """
 
 from __future__ import annotations
@@ -69,10 +77,16 @@ def row_key(table: DataTable, i: int) -> tuple[str, str]:
     return path, format_box(table.boxes[i]) if table.boxes is not None else ""
 
 
+def is_data_file_id(raw: str, base: Path | None = None) -> bool:
+    """Whether ``raw`` names an image held inside a data file (``train-images-idx3-ubyte#17``):
+    a relative name with a ``#`` that is not a file of its own (relative to ``base``, else here)."""
+    return "#" in raw and not os.path.isabs(raw) and not os.path.exists(base / raw if base else raw)
+
+
 def decision_path(base: Path, raw: str) -> str:
     """The name by which a decision names an image: the resolved file path (relative to ``base``
     unless absolute), or the id of an image held in a data file (``train-images-idx3-ubyte#17``)."""
-    return raw if "#" in raw and not os.path.isabs(raw) else os.path.realpath(listed_path(base, raw))
+    return raw if is_data_file_id(raw, base) else os.path.realpath(listed_path(base, raw))
 
 
 def read_corrections(path: str | Path) -> dict[tuple[str, str], tuple[str, list[str]]]:
@@ -115,9 +129,12 @@ def apply_corrections(table: DataTable, path: str | Path) -> tuple[DataTable, Ap
             rows.setdefault((key[0], ""), []).append(i)  # a decision without a box: every crop
     done.unknown = [p for p, box in decisions if (p, box) not in rows]
     final: dict[int, tuple[str, list[str]]] = {}  # row -> the last decision naming it
-    for key, decision in decisions.items():
+    for key, (action, labels) in decisions.items():
         for i in rows.get(key, []):
-            final[i] = decision
+            # a whole frame accepted confirms each crop's own label: the label the page showed for
+            # the frame (a leak's) is one crop's, and must not become the others'
+            whole_frame = not key[1] and row_key(table, i)[1]
+            final[i] = (action, [] if action == "accept" and whole_frame else labels)
     labels_of = [table.label_names(i) for i in range(len(table))]
     names = list(table.class_names)
     keep = np.ones(len(table), dtype=bool)

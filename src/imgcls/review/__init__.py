@@ -55,7 +55,7 @@ def open_session(
                       data_root=summary.get("data", ""), margin=float(summary.get("crop_margin", 0.1)),
                       multilabel=bool(summary.get("multilabel", False)),
                       inherit=Path(earlier) if earlier and Path(earlier).is_file() else None)  # fmt: skip
-    session.hint = retrain_hint(summary, target)
+    session.hint = retrain_hint(summary, target.resolve())
     return session
 
 
@@ -73,13 +73,20 @@ def retrain_hint(summary: dict[str, Any], corrections: Path) -> str:
             f"or --data DATA --corrections {shlex.quote(str(corrections))}")  # fmt: skip
 
 
-def serve_review(session: Session, *, host: str = "127.0.0.1", port: int = 8765, hint: str = "") -> None:
-    """Serve the page until Ctrl-C."""
+def serve_review(session: Session, *, host: str = "127.0.0.1", port: int = 8765, hint: str = "",
+                 allowed_hosts: list[str] | tuple[str, ...] = ()) -> None:  # fmt: skip
+    """Serve the page until Ctrl-C, answering to the names of ``host`` and ``allowed_hosts``
+    (``--allowed-host``; bound to every interface: this machine's names and addresses)."""
     import uvicorn
 
+    from imgcls.console import info
     from imgcls.review.app import create_review_app
     from imgcls.serve.app import check_address
+    from imgcls.serve.http import exposure_note
 
     check_address(host, port)
-    app = create_review_app(session, hint=hint, host=host, port=port)
+    app = create_review_app(session, hint=hint, host=host, port=port, allowed=allowed_hosts)
+    note = exposure_note(host, allowed_hosts)
+    if note:
+        info(f"imgcls review: {note}")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -12,6 +12,7 @@ disk can be read through it); ``POST /api/decide`` and ``POST /api/undo`` change
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -27,15 +28,18 @@ class Decision(BaseModel):
     action: str
     label: str = ""
     new_class: bool = False  # a relabel to a label that is not one of the classes yet, confirmed
+    key: str | None = None  # the item the page showed: refused if ``index`` is another one
 
 
 class Problem(BaseModel):
     error: str
 
 
-def create_review_app(session: Session, *, hint: str = "", host: str | None = None, port: int = 8765) -> Any:
-    """The app served on ``host``:``port``, answering only to that address's names and its own
-    page (``host`` None: any name, for an app not tied to an address; other pages still refused)."""
+def create_review_app(session: Session, *, hint: str = "", host: str | None = None, port: int = 8765,
+                      allowed: Iterable[str] = ()) -> Any:  # fmt: skip
+    """The app served on ``host``:``port``, answering only to that address's names (and the
+    ``allowed`` ones) and its own page (``host`` None: any name, for an app not tied to an address;
+    other pages still refused)."""
     try:
         from fastapi import FastAPI, Query
         from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -45,7 +49,7 @@ def create_review_app(session: Session, *, hint: str = "", host: str | None = No
     app = FastAPI(title="imgcls review", docs_url=None, redoc_url=None)
     problems: dict[int | str, dict[str, Any]] = {400: {"model": Problem}, 404: {"model": Problem}}
     one_line_errors(app, {UserError: lambda e: (400, str(e))})  # a refused decision: 400
-    add_host_guard(app, host, port)  # DNS rebinding: other sites' pages neither read nor decide
+    add_host_guard(app, host, port, allowed=allowed)  # DNS rebinding: other sites' pages neither read nor decide
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -83,7 +87,7 @@ def create_review_app(session: Session, *, hint: str = "", host: str | None = No
 
     @app.post("/api/decide", responses=problems)
     def decide(d: Decision) -> dict[str, Any]:
-        return session.decide(d.index, d.action, d.label, new_class=d.new_class)
+        return session.decide(d.index, d.action, d.label, new_class=d.new_class, key=d.key)
 
     @app.post("/api/undo", responses=problems)
     def undo() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgcls.data.corrections import format_box, parse_box
+from imgcls.data.corrections import format_box, is_data_file_id, parse_box
 from imgcls.errors import UserError
 
 
@@ -42,7 +42,7 @@ class Item:
 def item_key(path: str, box: str = "") -> str:
     """The one name of a review's row: the image as a corrections file names it (the resolved
     path, or the id of an image in a data file) and, for a detection crop, its box."""
-    name = path if "#" in path and not os.path.isabs(path) else os.path.realpath(path)  # as decision_path reads it
+    name = path if is_data_file_id(path) else os.path.realpath(path)  # as decision_path reads it
     return f"{name}|{box}" if box else name
 
 
@@ -82,8 +82,13 @@ def from_audit(folder: str | Path) -> tuple[list[Item], dict[str, Any]]:
         what = "an exact copy" if r["kind"] == "exact" else f"a near copy ({r['distance']} bits apart)"
         why = f"{r[f'split_{held_out}']} image, {what} of a {r[f'split_{kept}']} image: a leak"
         label = r.get(f"label_{held_out}", "")
-        items.append(Item(path=r[f"path_{held_out}"], kind="leak", label=label, why=why,
-                          candidates=[label] if label else [], other=r[f"path_{kept}"]))  # fmt: skip
+        leak = Item(path=r[f"path_{held_out}"], kind="leak", label=label, why=why,
+                    candidates=[label] if label else [], other=r[f"path_{kept}"])  # fmt: skip
+        same = next((it for it in items if it.key == leak.key), None)
+        if same is None:
+            items.append(leak)
+        elif not same.other:  # a suspect that is also a leak: one image, one decision, both reasons shown
+            same.why, same.other = f"{same.why}; also {why}", leak.other
     return items, summary
 
 

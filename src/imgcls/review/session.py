@@ -28,24 +28,29 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from imgcls.data.corrections import is_data_file_id
 from imgcls.errors import UserError
 from imgcls.review.queue import Item, item_key
 
 ACTIONS = ("accept", "relabel", "reject", "skip")
+UNSET = "unset"  # a decision a person deleted from the corrections file by hand: undecided again
+ADOPTED = "adopted"  # the log's mark that a file's decisions were all taken over (``source``)
 VIEW_SIDE = 768  # px: the longer side of the image the page shows
 FROM_FILE = "corrections file"  # the origin of a decision adopted from the corrections file
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One decision: about ``path`` (and crop ``box``), its action and label, and when it was
-    taken (``seq``: its place among all decisions, which orders the corrections file)."""
+    """One decision: about ``path`` (and crop ``box``), its action and label, when it was taken
+    (``seq``: its place among all decisions, which orders the corrections file), and whether the
+    person took it on the page (``mine``; else it came from a corrections file)."""
 
     path: str
     box: str
     action: str
     label: str
     seq: int
+    mine: bool = True
 
 
 class Session:
@@ -63,14 +68,13 @@ class Session:
         self.history: dict[str, list[Entry]] = {}  # key -> its decisions, the last one standing
         self.undo_stack: list[str] = []  # keys of the person's decisions, for U
         self._seq = 0
-        self.adopted = 0  # decisions taken over from the corrections file at the start
+        self._sources: set[str] = set()  # files whose decisions were all adopted (ADOPTED marks)
+        self.adopted = 0  # decisions taken over from a corrections file at this start
         self._load(inherit)
 
     # ------------------------------------------------------------------ state
     def _load(self, inherit: Path | None) -> None:
-        before_last: dict[str, tuple[str, str] | None] = {}
-        if inherit is not None and not self.log.exists() and inherit.resolve() != self.out.resolve():
-            self._adopt(inherit, {})  # the corrections the queue's data was read with: they carry over
+        before_last = self._corrections_text()
         if self.log.exists():
             from imgcls.outputs import _truncate_to_last_newline
 
@@ -78,65 +82,106 @@ class Session:
             entries = _read_log(self.log)
             for k, e in enumerate(entries):
                 if k == len(entries) - 1:
-                    before_last = {key: self.decision(key) for key in self.history}
+                    before_last = self._corrections_text()
                 self._replay(e)
-        if self.out.exists():
-            self._adopt(self.out, before_last)
-        if self.history and self._corrections_text() != _text_or_none(self.out):
+        source = str(inherit.resolve()) if inherit is not None else ""
+        if inherit is not None and source not in self._sources and inherit.resolve() != self.out.resolve():
+            self._adopt_rows(inherit, self._changes(inherit), source)  # the corrections the audit read carry over
+        text = _text_or_none(self.out)
+        if text is not None and text not in (self._corrections_text(), before_last):
+            self._adopt_rows(self.out, self._changes(self.out, deleted=True))  # a person edited the file
+        if (self.history or text is not None) and self._corrections_text() != _text_or_none(self.out):
             self._write_corrections()  # a kill came between the log and the file: the file catches up
 
     def _replay(self, e: dict[str, Any]) -> None:
         if e["action"] == "undo":
             self._undo(e["key"])
+        elif e["action"] == ADOPTED:
+            self._sources.add(str(e.get("source", "")))
         else:
             mine = e.get("origin") != FROM_FILE
             self._record(e["key"], e["path"], e.get("box", ""), e["action"], e.get("label", ""), mine=mine)
 
-    def _adopt(self, source: Path, before_last: dict[str, tuple[str, str] | None]) -> None:
-        """Take the decisions of a corrections file that the log does not explain into the log."""
+    def _changes(self, source: Path, *, deleted: bool = False) -> list[dict[str, Any]]:
+        """The decisions of a corrections file that differ from the standing ones, as log entries;
+        with ``deleted``, a standing decision the file no longer has is unset."""
         from imgcls.data.corrections import read_corrections
 
+        found = {}
         for (path, box), (action, labels) in read_corrections(source).items():
-            key, label = item_key(path, box), ";".join(labels)
-            if (action, label) in (self.decision(key), before_last.get(key)):
-                continue  # the log's own decision (or the one it held before its last entry)
-            self._append({"key": key, "path": path, "box": box, "action": action, "label": label,
-                          "origin": FROM_FILE, "time": _now()})  # fmt: skip
-            self._record(key, path, box, action, label, mine=False)
-            self.adopted += 1
+            found[item_key(path, box)] = {"path": path, "box": box, "action": action, "label": ";".join(labels)}
+        out = [{"key": k, **d} for k, d in found.items() if (d["action"], d["label"]) != self.decision(k)]
+        if deleted:
+            for key, entries in self.history.items():
+                e = entries[-1] if entries else None
+                if e is not None and e.action not in ("skip", UNSET) and key not in found:
+                    out.append({"key": key, "path": e.path, "box": e.box, "action": UNSET, "label": ""})
+        return out
+
+    def _adopt_rows(self, source: Path, changes: list[dict[str, Any]], mark: str = "") -> None:
+        """Take ``changes`` (from the file ``source``) into the log in one synced write, with the
+        mark that the file is done where ``mark`` names it (a kill before then adopts it again)."""
+        entries = [{**c, "origin": FROM_FILE, "time": _now()} for c in changes]
+        if mark:
+            entries.append({"key": str(source), "action": ADOPTED, "source": mark, "time": _now()})
+        if not entries:
+            return
+        self._append(*entries)
+        for c in changes:
+            self._record(c["key"], c["path"], c["box"], c["action"], c["label"], mine=False)
+        self._sources.add(mark)
+        self.adopted += sum(1 for c in changes if c["action"] != UNSET)
 
     def _record(self, key: str, path: str, box: str, action: str, label: str, *, mine: bool = True) -> None:
         self._seq += 1
-        self.history.setdefault(key, []).append(Entry(path, box, action, label, self._seq))
+        self.history.setdefault(key, []).append(Entry(path, box, action, label, self._seq, mine))
         if mine:
             self.undo_stack.append(key)
 
     def _undo(self, key: str) -> None:
-        entries = self.history.get(key)
-        if entries:
-            entries.pop()
+        """Take back the person's last decision about ``key`` (a decision adopted from the file
+        after it stays)."""
+        entries = self.history.get(key, [])
+        mine = [k for k, e in enumerate(entries) if e.mine]
+        if mine:
+            entries.pop(mine[-1])
         if self.undo_stack and self.undo_stack[-1] == key:
             self.undo_stack.pop()
 
     def decision(self, key: str) -> tuple[str, str] | None:
-        """(action, label) of the last decision about ``key``, None when undecided."""
+        """(action, label) of the last decision about ``key`` (a skip included), None when undecided."""
         entries = self.history.get(key)
-        return (entries[-1].action, entries[-1].label) if entries else None
+        if not entries or entries[-1].action == UNSET:
+            return None
+        return entries[-1].action, entries[-1].label
+
+    def decided(self, key: str) -> bool:
+        """A decision stands (a skip is none: the image stays in the queue)."""
+        d = self.decision(key)
+        return d is not None and d[0] != "skip"
 
     def position(self) -> int:
-        """The first item without a decision (len(items) when all are done)."""
-        return next((i for i, it in enumerate(self.items) if self.decision(it.key) is None), len(self.items))
+        """Where a (re)started review begins: the first item without a decision, else the first
+        one skipped (skipped images stay in the queue), else len(items): all decided."""
+        undecided = [i for i, it in enumerate(self.items) if not self.decided(it.key)]
+        fresh = [i for i in undecided if self.decision(self.items[i].key) is None]
+        return (fresh or undecided or [len(self.items)])[0]
 
     def counts(self) -> dict[str, int]:
         c = Counter(d[0] for it in self.items if (d := self.decision(it.key)) is not None)
-        return {a: c.get(a, 0) for a in ACTIONS} | {"decided": sum(c.values()), "total": len(self.items)}
+        decided = sum(v for a, v in c.items() if a != "skip")
+        return {a: c.get(a, 0) for a in ACTIONS} | {"decided": decided, "total": len(self.items)}
 
     # ---------------------------------------------------------------- changes
-    def decide(self, index: int, action: str, label: str = "", *, new_class: bool = False) -> dict[str, Any]:
-        """Record a decision about item ``index``; a relabel to a label that is not one of the
-        classes is refused unless ``new_class`` says the person means to make one."""
+    def decide(self, index: int, action: str, label: str = "", *, new_class: bool = False,
+               key: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """Record a decision about item ``index`` (``key``: the item the page showed, refused if it
+        is not that item's); a relabel to a label that is not one of the classes is refused unless
+        ``new_class`` says the person means to make one."""
         if not 0 <= index < len(self.items):
             raise UserError(f"no item {index} (0..{len(self.items) - 1})")
+        if key is not None and key != self.items[index].key:
+            raise UserError(f"item {index} is not the image the decision was made on: reload the page")
         if action not in ACTIONS:
             raise UserError(f"unknown action {action!r} ({', '.join(ACTIONS)})")
         item = self.items[index]
@@ -146,8 +191,8 @@ class Session:
         entry = {"key": item.key, "path": item.path, "box": item.box, "action": action, "label": label,
                  "time": _now()}  # fmt: skip
         with self.lock:
-            if action == "skip" and self.decision(item.key) not in (None, ("skip", item.label)):
-                return self.state_after(index)  # skipping a decided image keeps its decision
+            if action == "skip" and self.decision(item.key) is not None:
+                return self.state_after(index)  # skipping a decided (or skipped) image keeps its decision
             self._append(entry)
             self._record(item.key, item.path, item.box, action, label)
             if action != "skip":
@@ -179,10 +224,13 @@ class Session:
         return {**self.state_after(index), "position": index}
 
     def state_after(self, index: int) -> dict[str, Any]:
-        """The next undecided item after ``index`` (wrapping to the first), the counts, and the
-        decision now standing for ``index``."""
-        following = range(index + 1, len(self.items))
-        nxt = next((i for i in following if self.decision(self.items[i].key) is None), self.position())
+        """The next item after ``index`` (wrapping to the first) with no decision and not skipped
+        (len(items) when none is left: the page's end, which counts the skipped ones), the counts,
+        and the decision now standing for ``index``."""
+        n = len(self.items)
+        after = [(index + 1 + k) % n for k in range(n)] if n else []
+        fresh = (i for i in after if self.decision(self.items[i].key) is None)
+        nxt = next(fresh, n)  # images skipped before come back when the page is reloaded or the person goes back
         key = self.items[index].key if 0 <= index < len(self.items) else ""
         d = self.decision(key) if key else None
         return {"position": nxt, "counts": self.counts(), "key": key, "decision": list(d) if d else None}
@@ -190,10 +238,11 @@ class Session:
     def decisions(self) -> dict[str, list[str]]:
         return {it.key: list(d) for it in self.items if (d := self.decision(it.key)) is not None}
 
-    def _append(self, entry: dict[str, Any]) -> None:
+    def _append(self, *entries: dict[str, Any]) -> None:
+        """Add ``entries`` to the log in one write, on disk before this returns."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+            f.write("".join(json.dumps(e) + "\n" for e in entries))
             f.flush()
             os.fsync(f.fileno())
 
@@ -202,7 +251,8 @@ class Session:
         crop (skips are no decision), in the order the decisions were taken."""
         from imgcls.io import csv_text
 
-        standing = sorted((e[-1] for e in self.history.values() if e and e[-1].action != "skip"), key=lambda e: e.seq)
+        standing = sorted((e[-1] for e in self.history.values() if e and e[-1].action not in ("skip", UNSET)),
+                          key=lambda e: e.seq)  # fmt: skip
         boxes = any(e.box for e in standing)
         header = ["path", "label", "action"] + (["box"] if boxes else [])
         return csv_text(header, ([e.path, e.label, e.action] + ([e.box] if boxes else []) for e in standing))
@@ -223,7 +273,7 @@ class Session:
         item = self.items[index]
         path = item.other if which == "b" else item.path
         box = [float(v) for v in item.box.split()] if item.box and which != "b" else None
-        if "#" in path and not os.path.exists(path):
+        if is_data_file_id(path):
             name, _, row = path.rpartition("#")
             img = Image.fromarray(_idx_images(str(Path(self.data_root) / name))[int(row)]).convert("RGB")
         elif which == "frame" and box is not None:
@@ -276,13 +326,13 @@ def _not_a_decision(e: Any) -> str:
         return "not a JSON object"
     if not isinstance(e.get("key"), str) or not e["key"]:
         return "no 'key'"
-    if e.get("action") not in (*ACTIONS, "undo"):
+    if e.get("action") not in (*ACTIONS, UNSET, "undo", ADOPTED):
         return f"unknown action {e.get('action')!r}"
-    if e["action"] != "undo" and not all(isinstance(e.get(k, ""), str) for k in ("path", "box", "label")):
+    if e["action"] in ("undo", ADOPTED):
+        return ""
+    if not all(isinstance(e.get(k, ""), str) for k in ("path", "box", "label")):
         return "'path', 'box' and 'label' must be text"
-    if e["action"] != "undo" and not e.get("path"):
-        return "no 'path'"
-    return ""
+    return "" if e.get("path") else "no 'path'"
 
 
 def _text_or_none(path: Path) -> str | None:
