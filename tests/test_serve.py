@@ -177,12 +177,14 @@ def test_only_its_own_names_and_pages_reach_it(trained: dict) -> None:
         assert r.status_code == 200
         r = c.post("/predict", files=files, headers={"Origin": "http://app.example"})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example"
-    # bound to every interface: the user exposed it, any name reaches it; a foreign page still cannot post
-    exposed = ServeConfig(model=str(trained["model"]), host="0.0.0.0", port=8000)
+    # bound to every interface: this machine's names and addresses, and the names the user allows
+    exposed = ServeConfig(model=str(trained["model"]), host="0.0.0.0", port=8000, allowed_hosts=["gpu-box.lan"])
     with TestClient(create_app(exposed, clf), base_url="http://gpu-box.lan:8000") as c:
         assert c.get("/model").status_code == 200
         assert c.post("/predict", files=files, headers={"Origin": "http://gpu-box.lan:8000"}).status_code == 200
         assert c.post("/predict", files=files, headers={"Origin": "http://evil.example"}).status_code == 403
+        r = c.post("/predict", files=files, headers={"Host": "evil.example:8000", "Origin": "http://evil.example:8000"})
+        assert r.status_code == 403 and "--allowed-host evil.example" in r.json()["error"]
 
 
 def test_with_an_api_key_any_name_but_no_foreign_page(trained: dict) -> None:
@@ -422,3 +424,37 @@ def test_the_page_lists_results_in_upload_order(server: str, tmp_path: Path) -> 
         shown = page.locator(".card .name").all_inner_texts()
         browser.close()
     assert shown == [*names, "first.jpg"]
+
+
+def test_bound_to_every_interface_a_rebinding_page_is_refused(tmp_path: Path) -> None:
+    """Bound to 0.0.0.0 or ::, a rebinding page's requests carry ``Host: evil.example:8765`` and an
+    ``Origin`` equal to it; the Host check let every name through there, so the page read the queue
+    and rewrote corrections.csv (review, and serve without a key). Now only this machine's own
+    names (its host name, fully qualified name, loopback), any IP address (a page cannot make a
+    browser send an address as its name: no rebinding) and the ``--allowed-host`` names pass."""
+    import socket as sockets
+
+    from imgcls.review.app import create_review_app
+    from imgcls.review.queue import Item
+    from imgcls.review.session import Session
+    from imgcls.serve.http import host_names
+
+    for bind in ("0.0.0.0", "::"):
+        s = Session([Item(path="/x/a.jpg", kind="label", label="cat", why="")], tmp_path / f"c{len(bind)}.csv",
+                    classes=["cat", "dog"])  # fmt: skip
+        app = create_review_app(s, host=bind, port=8765, allowed=["Review.Example:443"])
+        with TestClient(app, base_url="http://evil.example:8765") as evil:
+            assert evil.get("/api/state").status_code == 403
+            r = evil.post("/api/decide", json={"index": 0, "action": "reject"},
+                          headers={"Origin": "http://evil.example:8765"})  # fmt: skip
+            assert r.status_code == 403 and "--allowed-host evil.example" in r.json()["error"], r.text
+            assert not s.out.exists()
+        own = (sockets.gethostname(), "localhost:9000", "127.0.0.1", "[::1]:8765", "192.168.1.7:8765", "[fe80::1]",
+               "review.example")  # fmt: skip
+        with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+            for host in own:
+                assert c.get("/api/state", headers={"Host": host}).status_code == 200, host
+            r = c.post("/api/decide", json={"index": 0, "action": "reject"},
+                       headers={"Host": "review.example", "Origin": "http://review.example"})  # fmt: skip
+            assert r.status_code == 200 and s.out.read_text().strip().endswith("/x/a.jpg,cat,reject")
+    assert "evil.example" not in host_names("0.0.0.0") and sockets.gethostname().lower() in host_names("::")

@@ -299,6 +299,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_pixels=args.max_pixels,
         cors_origins=args.cors_origin or [], max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         top_k=args.top_k, device=args.device, precision=args.precision, backend=args.backend,
+        allowed_hosts=args.allowed_host or [],
     )  # fmt: skip
     serve(cfg)
     return 0

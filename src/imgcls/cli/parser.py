@@ -259,6 +259,9 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--max-files", type=int, default=16, help="most images per request (default 16)")
     p.add_argument("--max-pixels", type=int, default=60_000_000, help="largest image in pixels")
     p.add_argument("--cors-origin", action="append", help="allow browser calls from this origin (repeatable)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="answer to this host name too (a DNS alias, a proxy's; repeatable): other names are "
+                   "refused against DNS rebinding")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=32, help="images per micro-batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--top-k", type=int, default=5, help="default labels per image")

@@ -73,6 +73,9 @@ def add_review(sub: Any) -> None:
     p.add_argument("--model", help="offer this model's labels for relabelling")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="answer to this host name too (a DNS alias; repeatable): other names are refused "
+                   "against DNS rebinding")  # fmt: skip
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -164,7 +167,7 @@ def _cmd_review(args: argparse.Namespace) -> int:
         print(f"  {session.adopted} decisions found in {session.out} or the audit's corrections file are kept")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"warning: anyone who can reach {args.host}:{args.port} can change the corrections\n")
-    serve_review(session, host=args.host, port=args.port, hint=hint)
+    serve_review(session, host=args.host, port=args.port, hint=hint, allowed_hosts=args.allowed_host or [])
     c = session.counts()
     print(f"{c['decided']} of {c['total']} decided ({c['accept']} accepted, {c['relabel']} relabelled, "
           f"{c['reject']} rejected, {c['skip']} skipped), in {session.out}")  # fmt: skip

@@ -44,6 +44,7 @@ from imgcls.serve.http import (
     access_log,
     add_host_guard,
     check_api_key,
+    exposure_note,
     one_line_errors,
     parse_files,
     read_limited_body,
@@ -63,6 +64,7 @@ class ServeConfig:
     max_files: int = 16
     max_pixels: int = 60_000_000
     cors_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names besides this machine's (DNS rebinding)
     max_batch: int = 32
     max_wait_ms: float = 5.0
     top_k: int = 5
@@ -255,7 +257,7 @@ def create_app(cfg: ServeConfig, classifier: Any = None) -> Any:
     # Other sites' pages (DNS rebinding): with an API key the key admits a request whatever name
     # reached the server (a reverse proxy may pass its public one), so only the Origin is checked.
     add_host_guard(app, None if service.api_key else cfg.host, cfg.port, origins=cfg.cors_origins,
-                   hint=" (allow a page's origin with --cors-origin)")  # fmt: skip
+                   hint=" (allow a page's origin with --cors-origin)", allowed=cfg.allowed_hosts)  # fmt: skip
     _add_error_handling(app)  # after the guard: its refusals are logged too
     _add_routes(app, service)
     return app
@@ -370,6 +372,11 @@ def serve(cfg: ServeConfig) -> None:
 
     check_address(cfg.host, cfg.port)
     app = create_app(cfg)
+    note = None if cfg.api_key else exposure_note(cfg.host, cfg.allowed_hosts)  # a key admits any name
+    if note:
+        from imgcls.console import info
+
+        info(f"imgcls serve: {note}")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     access_log.addHandler(handler)

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from imgcls.errors import UserError
+
 
 class LabelProbability(BaseModel):
     label: str
@@ -189,21 +191,56 @@ async def parse_files(headers: Any, body: bytes, max_files: int) -> list[tuple[s
 
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+EVERY_INTERFACE = ("", "0.0.0.0", "::")
+ANY_ADDRESS = "*ip*"  # in a set of names: a Host that is an IP address passes (a wildcard bind)
 
 
-def host_names(host: str) -> frozenset[str] | None:
-    """The names (port left out) a browser may reach a server bound to ``host`` by; None for every
-    interface (0.0.0.0, ::), where the user chose to expose it and any name is accepted."""
+def host_names(host: str, allowed: Iterable[str] = ()) -> frozenset[str]:
+    """The names (port left out) a browser may reach a server bound to ``host`` by, and the
+    ``allowed`` ones (``--allowed-host``: a DNS alias, a reverse proxy's name).
+
+    Bound to every interface (0.0.0.0, ::) the server answers to this machine's own names (its
+    host name, short and fully qualified, and ``NAME.local``, mDNS's), loopback's and any IP address
+    (:data:`ANY_ADDRESS`). An address is safe to accept: DNS rebinding needs a name the attacker
+    controls, and a browser sends an address as the Host only for a page loaded from that address,
+    which is this server (or a forward to it); accepting every address saves guessing which are
+    this machine's (containers, NAT, VPNs). A name is not: ``evil.example`` made to resolve to this
+    machine is exactly the attack, so any other name must be allowed by the user."""
+    extra = {_allowed_name(n) for n in allowed if n.strip()}
     name = host.strip().strip("[]").lower()
-    if name in ("", "0.0.0.0", "::"):
-        return None
+    if name in EVERY_INTERFACE:
+        import socket
+
+        own = {socket.gethostname().lower(), socket.getfqdn().lower()} - {"", "localhost"}
+        own |= {n.split(".")[0] for n in own} | {n.split(".")[0] + ".local" for n in own}
+        return frozenset((*own, *LOOPBACK_NAMES, ANY_ADDRESS, *extra))
     try:
         ip: Any = ipaddress.ip_address(name)
     except ValueError:
         ip = None
-    own = f"[{name}]" if ip is not None and ip.version == 6 else name
+    own_name = f"[{name}]" if ip is not None and ip.version == 6 else name
     loopback = name == "localhost" or (ip is not None and ip.is_loopback)
-    return frozenset((own, *LOOPBACK_NAMES) if loopback else (own,))
+    return frozenset((own_name, *LOOPBACK_NAMES, *extra) if loopback else (own_name, *extra))
+
+
+def _allowed_name(given: str) -> str:
+    """An ``--allowed-host`` value as a Host header's name: ``name``, ``name:port``, an address."""
+    given = given.strip().lower()
+    if "/" in given or any(c.isspace() for c in given):
+        raise UserError(f"--allowed-host {given}: give a host name (like review.example), not a URL")
+    try:
+        ip = ipaddress.ip_address(given.strip("[]"))
+    except ValueError:
+        return _hostname(given)
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _hostname(netloc: str) -> str:
@@ -245,9 +282,11 @@ class HostGuard:
     def refusal(self, headers: dict[str, str]) -> str | None:
         """Why a request with these (lower-case) headers is refused, or None."""
         host = headers.get("host", "")
-        if self.names is not None and _hostname(host) not in self.names:
-            known = ", ".join(sorted(self.names))
-            return f"Host {host or '(none)'} is not this server's name ({known}): open {self.address}"
+        name = _hostname(host)
+        if self.names is not None and name not in self.names and not (ANY_ADDRESS in self.names and _is_address(name)):
+            known = ", ".join(sorted(n if n != ANY_ADDRESS else "any IP address" for n in self.names))
+            return (f"Host {host or '(none)'} is not this server's name ({known}): open {self.address}"
+                    f"{f', or allow the name with --allowed-host {name}' if name else ''}")  # fmt: skip
         origin = headers.get("origin")
         if origin is None or "*" in self.origins or origin.rstrip("/").lower() in self.origins:
             return None
@@ -264,9 +303,32 @@ async def _send_403(send: Any, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def add_host_guard(app: Any, host: str | None, port: int, *, origins: Iterable[str] = (), hint: str = "") -> None:
-    """Guard a FastAPI ``app`` served on ``host``:``port`` (:class:`HostGuard`); ``host`` None
-    checks only the Origin (an app not tied to an address: tests, another server)."""
-    names = None if host is None else host_names(host)
-    shown = f"[{host.strip('[]')}]" if host and ":" in host else host
-    app.add_middleware(HostGuard, names=names, address=f"http://{shown}:{port}/", origins=list(origins), hint=hint)
+def add_host_guard(app: Any, host: str | None, port: int, *, origins: Iterable[str] = (), hint: str = "",
+                   allowed: Iterable[str] = ()) -> None:  # fmt: skip
+    """Guard a FastAPI ``app`` served on ``host``:``port`` (:class:`HostGuard`), answering to the
+    names :func:`host_names` gives (``allowed`` among them); ``host`` None checks only the Origin
+    (an app not tied to an address: tests, another server)."""
+    names = None if host is None else host_names(host, allowed)
+    app.add_middleware(HostGuard, names=names, address=page_address(host or "127.0.0.1", port),
+                       origins=list(origins), hint=hint)  # fmt: skip
+
+
+def page_address(host: str, port: int) -> str:
+    """The URL to open for a server bound to ``host``:``port`` (bound to every interface: this
+    machine's name, which other machines can use too)."""
+    if host.strip().strip("[]") in EVERY_INTERFACE:
+        import socket
+
+        host = socket.gethostname() or "127.0.0.1"
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def exposure_note(host: str, allowed: Iterable[str] = ()) -> str | None:
+    """The startup line for a server bound to every interface: the names it answers to, and how to
+    allow another (None for any other bind: it answers to that address's own name)."""
+    if host.strip().strip("[]") not in EVERY_INTERFACE:
+        return None
+    names = sorted(n for n in host_names(host, allowed) if n != ANY_ADDRESS)
+    return (f"against other sites' pages (DNS rebinding) it answers only to these names and any IP address: "
+            f"{', '.join(names)}; allow another name with --allowed-host NAME")  # fmt: skip
