@@ -187,3 +187,36 @@ def test_model_audit_checks_the_runs_split_and_says_how_many(
     assert "the model trained on these images, so their probabilities are not out of sample" in capsys.readouterr().err
     assert main(["audit", "--data", str(data), "--out", str(tmp_path / "d"), "--split", "val"]) == 2
     assert "--split needs --model" in capsys.readouterr().err
+
+
+def test_model_audit_of_a_copied_run_uses_the_copys_split(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copied run is its own (``cp -r runs/a runs/b``, as evaluate and quantize already read it):
+    the audit of ``b/model`` held out b's validation rows, though the model's provenance still names
+    ``a`` — here re-trained with another split (every row trained on), so reading a's listing checked
+    no labels ('the data has no val split') or, after a split of other rows, training rows."""
+    b = tmp_path / "b"
+    shutil.copytree(trained["run"], b, ignore=shutil.ignore_patterns("checkpoint", "*.onnx"))
+    a = tmp_path / "a"
+    a.mkdir()
+    with open(b / "splits.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    held = sorted(r["path"] for r in rows if r["split"] == "val")
+    with open(a / "splits.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "split": "train"} for r in rows)
+    info = json.loads((b / "model" / "config.json").read_text())
+    info["provenance"]["run"] = str(a)
+    (b / "model" / "config.json").write_text(json.dumps(info))
+    capsys.readouterr()
+    assert main(["audit", "--data", str(trained["data"]), "--model", str(b / "model"), "--out", str(tmp_path / "o"),
+                 "--no-duplicates"]) == 0, capsys.readouterr().err  # fmt: skip
+    assert f"checked the labels of {len(held)} of {len(rows)} images" in capsys.readouterr().out
+    from imgcls.audit import given_splits
+    from imgcls.data.sources import load_source
+
+    table = load_source(trained["data"])
+    sides = given_splits(table, b / "model")
+    assert sorted(p for p, s in zip(table.paths, sides, strict=True) if s == "val") == held

@@ -140,13 +140,14 @@ def given_splits(table: DataTable, model: str | Path | None) -> list[str]:
     on and which it held out for validation (a run carves its validation rows out of the data's
     training rows, so the data's own word is out of date there); the data's test rows stay test,
     and rows the run did not list keep the data's split. Without, the data's split, else
-    ``train`` (then no pair can leak)."""
-    from imgcls.artifacts import read_info
+    ``train`` (then no pair can leak). The run is the one holding the model (a copied run is its
+    own: :func:`~imgcls.artifacts.run_folder`, as evaluate and quantize read it)."""
+    from imgcls.artifacts import read_info, run_folder
     from imgcls.data.splits import read_splits_csv, split_lookup
 
     own: list[str] = [s or "train" for s in table.split] if table.split is not None else ["train"] * len(table)
-    run = read_info(model).provenance.get("run") if model is not None else None
-    listing = read_splits_csv(Path(run) / "splits.csv") if run else []
+    run = run_folder(model, read_info(model)) if model is not None else None
+    listing = read_splits_csv(run / "splits.csv") if run else []
     if not listing:
         return own
     return [s if s == "test" else side or s for s, side in zip(own, split_lookup(table, listing), strict=True)]

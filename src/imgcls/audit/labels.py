@@ -166,12 +166,14 @@ def from_model(model: str | Path, table: DataTable, split: str | None = None) ->
     """A given model's probabilities of the rows of ``split``: by default its own held-out images
     (its run's validation split, as the run's ``splits.csv`` lists them where the data has
     none); ``train`` and ``all`` include images it trained on, whose probabilities flatter the
-    labels (a training image's label is rarely contradicted)."""
+    labels (a training image's label is rarely contradicted). The run is the one holding the model
+    (a copied run is its own: :func:`~imgcls.artifacts.run_folder`)."""
+    from imgcls.artifacts import run_folder
     from imgcls.evaluate.run import choose_rows, collect_probabilities
     from imgcls.predict import Classifier
 
     clf = Classifier.load(model, backend="torch")
-    run = Path(clf.info.provenance["run"]) if clf.info.provenance.get("run") else None
+    run = run_folder(model, clf.info)
     rows, chosen = choose_rows(table, split or "val", run)
     missing = sorted(set(n for i in rows for n in table.label_names(int(i))) - set(clf.label_names))
     if missing:
