@@ -141,8 +141,8 @@ def add_predict(sub: Any) -> None:
         "class from this probability; multi-label: every label's (default: the model's own)",
     )
     _inference_options(p, batch_size=32)
-    _backend_option(p, "auto: float32 on the engine measured fastest on this machine (PyTorch or ONNX Runtime on "
-                    "model.onnx; measured once, by a call of over 200 images), whatever the number of inputs; "
+    _backend_option(p, "auto: float32 on ONNX Runtime where model.onnx is current, else PyTorch, whatever the "
+                    "number of inputs (a call of over 200 images times both, for the record); "
                     "int8 or bf16 only with --precision")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming")
     g = p.add_argument_group("decisions")
@@ -195,7 +195,7 @@ def add_evaluate(sub: Any) -> None:
     p.add_argument("--det-threshold", type=float, help="detection confidence for a crop (default: the model's)")
     p.add_argument("--det-categories", default="animal", help="detection categories to crop, e.g. animal,person")
     p.add_argument("--crop-margin", type=float, help="margin around a crop (default: the model's)")
-    _backend_option(p, "auto: predict's engine (float32, the fastest measured here; int8, bf16 only with --precision)")
+    _backend_option(p, "auto: predict's engine (float32: ONNX Runtime, else PyTorch; int8, bf16 only with --precision)")
     p.add_argument(
         "--corrections",
         help="corrections.csv from 'imgcls review', applied to the labels (default: the run's own, "
@@ -266,7 +266,7 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--top-k", type=int, default=5, help="default labels per image")
     _device_options(p)
-    _backend_option(p, "auto: predict's engine (float32, the fastest measured here; int8, bf16 only with --precision)")
+    _backend_option(p, "auto: predict's engine (float32: ONNX Runtime, else PyTorch; int8, bf16 only with --precision)")
 
 
 def add_cache(sub: Any) -> None:

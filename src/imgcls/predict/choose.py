@@ -1,19 +1,26 @@
 """Which engine answers for a model directory: one rule for ``predict``, ``evaluate`` and ``serve``.
 
-An image must get the same probabilities whatever else is in the call, so the engine does not
-depend on the number of inputs, and a lower precision is never picked behind the user's back:
-int8 (``model.int8.onnx``) and bf16 change probabilities, and run only when ``--precision`` names
-them. On the CPU the default is float32, on whichever of the equivalent float32 engines is faster
-here: PyTorch, or ONNX Runtime on a current ``model.onnx`` (they agree within float rounding,
-about 1e-6). Each runs a batch of 8 of the model's input size a few times (half a second each);
-the timings are kept in ``$XDG_CACHE_HOME/imgcls/backends.json`` keyed by the model's and its
-export's fingerprints, the CPU (model name and ``runtime.cpu_tier``, which reflects
-``ONEDNN_MAX_CPU_ISA``) and its cores, so the measurement is paid once per machine and model, by
-the first call large enough to be worth it (more than ``FEW_IMAGES`` inputs, or a server); until
-then ONNX Runtime runs (it starts without importing torch). An output being continued keeps the
-engine its settings record names. On a GPU PyTorch runs (at its own ``auto`` precision); under
-torchrun (several processes would time each other) only a remembered measurement counts;
-``--backend`` forces an engine.
+An image must get the same probabilities whatever else is in the call and whatever calls came
+before, so the engine is a property of the model directory alone: ONNX Runtime float32 on a
+current ``model.onnx``, else PyTorch float32. A lower precision is never picked behind the
+user's back: int8 (``model.int8.onnx``) and bf16 change probabilities, and run only when
+``--precision`` names them. On a GPU PyTorch runs (at its own ``auto`` precision); an output
+being continued keeps the engine its settings record names; ``--backend`` forces an engine.
+
+Why not the faster engine, measured: a measurement is paid by some call (measuring in a
+one-image call costs more than the call, and imports torch), so until then another engine
+answers; and a remembered timing can be lost (another cache, evicted, unwritable) and re-measured
+the other way when the two are close. Either way the same image's answer would depend on the
+calls before it. ONNX Runtime is the default because it starts without importing torch and is
+rarely slower on a CPU; the two agree within float rounding (about 1e-6).
+
+The two float32 engines are still timed, for the record and never to switch: a large call (more
+than ``FEW_IMAGES`` inputs) or a server times each on a batch of 8 of the model's input size (half
+a second each) once per model and machine, keeps the timings in
+``$XDG_CACHE_HOME/imgcls/backends.json`` (keyed by the model's and its export's fingerprints, the
+CPU's model name and ``runtime.cpu_tier``, which reflects ``ONEDNN_MAX_CPU_ISA``, and its cores;
+read-modify-written under a lock) and says them, with ``--backend torch`` where PyTorch is faster
+here. Under torchrun (several processes would time each other) nothing is timed.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-FEW_IMAGES = 200  # up to this many inputs a call does not pay for measuring (it costs more than it saves)
+FEW_IMAGES = 200  # up to this many inputs a call does not time the engines (it would cost more than the call)
+DEFAULT = "onnxruntime fp32"  # the engine that answers where model.onnx is current (the timings' reference)
 BATCH = 8  # images per timed call: the ranking, at a quarter of a batch-32 timing's cost
 
 #: a candidate: (label, Classifier.load's backend, its precision)
@@ -40,14 +48,21 @@ Candidate = tuple[str, str, str]
 class Choice:
     backend: str  # for Classifier.load: torch | onnx
     precision: str  # fp32
-    label: str  # e.g. "onnxruntime fp32"
+    label: str  # the faster one, e.g. "onnxruntime fp32"
     rates: dict[str, float]  # images per second of each candidate
     cached: bool
 
-    def describe(self) -> str:
-        others = ", ".join(f"{k} {v:.0f}" for k, v in self.rates.items() if k != self.label)
-        how = "measured earlier on this machine" if self.cached else "measured now"
-        return f"backend: {self.label}, {self.rates[self.label]:.0f} img/s ({others}; {how})"
+    def describe(self, answering: str = DEFAULT) -> str:
+        """The timings, from the engine that answers (``answering``); where the other is faster
+        by a tenth or more, how to choose it."""
+        others = ", ".join(f"{k} {v:.0f}" for k, v in self.rates.items() if k != answering)
+        how = "measured earlier on this machine" if self.cached else "measured now, once for this model and machine"
+        line = f"engine: {answering}, {self.rates[answering]:.0f} img/s here ({others}; {how})"
+        if self.label != answering and self.rates[self.label] >= 1.1 * self.rates[answering]:
+            flag = "torch" if self.label.startswith("torch") else "onnx"
+            line += (f"; {self.label} is {self.rates[self.label] / self.rates[answering]:.1f}x faster here: "
+                     f"--backend {flag} runs it (the same answers within float rounding)")  # fmt: skip
+        return line
 
 
 #: the float32 engines, by the label outputs record: Classifier.load's (backend, precision)
@@ -64,9 +79,10 @@ def candidates(model_dir: Path) -> list[Candidate]:
 
 
 def fastest(model_dir: str | Path, *, device: str = "auto", measure: bool = True) -> Choice | None:
-    """The fastest float32 engine for ``model_dir`` on this CPU: remembered, else measured now
-    (with ``measure``, and not under torchrun); None when there is nothing to choose (a GPU, only
-    PyTorch, an ``.onnx`` file) or nothing known."""
+    """The faster float32 engine for ``model_dir`` on this CPU, by timings remembered, else
+    measured now (with ``measure``, and not under torchrun); None when there is nothing to compare
+    (a GPU, only PyTorch, an ``.onnx`` file) or nothing known. For the record: :func:`engine` never
+    switches to it."""
     from imgcls.predict.classifier import gpu_runs
 
     path = Path(model_dir)
@@ -99,10 +115,11 @@ def engine(
     keep: str | None = None,
     say: Callable[[str], Any] | None = None,
 ) -> tuple[str, str]:
-    """``Classifier.load``'s (backend, precision) for ``model``: the rule of the module docstring.
-    ``images``: how many inputs the call has (None: a server, many over its life); ``keep``: the
-    engine an output being continued was written with (its settings record); ``say``: where a
-    new measurement is said."""
+    """``Classifier.load``'s (backend, precision) for ``model``: the rule of the module docstring,
+    the same whatever ``images`` (how many inputs the call has; None: a server, many over its
+    life) and whatever was measured. ``keep``: the engine an output being continued was written
+    with (its settings record); ``say``: where the engines' timings are said, the first time a
+    call of more than ``FEW_IMAGES`` inputs (or a server) times them."""
     if Path(model).suffix.lower() == ".onnx" or backend != "auto":
         return backend, precision
     if precision == "int8":
@@ -113,12 +130,11 @@ def engine(
         return "torch", precision
     if keep in FLOAT32:  # ONNX Runtime while model.onnx is current (else the guard refuses another model)
         return ("auto" if keep.startswith("onnx") else "torch"), "fp32"
-    choice = fastest(model, device=device, measure=images is None or images > FEW_IMAGES)
-    if choice is None:  # nothing measured yet: ONNX Runtime on a current model.onnx, else PyTorch
-        return "auto", "fp32"
-    if say is not None and not choice.cached:
-        say(choice.describe())
-    return choice.backend, choice.precision
+    if say is not None and (images is None or images > FEW_IMAGES):
+        timed = fastest(model, device=device)  # for the record: both engines exist, so ONNX Runtime answers
+        if timed is not None and not timed.cached:
+            say(timed.describe(DEFAULT))
+    return "auto", "fp32"  # ONNX Runtime on a current model.onnx, else PyTorch
 
 
 def _rate(path: Path, backend: str, precision: str, seconds: float = 0.5) -> float:

@@ -70,7 +70,7 @@ class ServeConfig:
     top_k: int = 5
     device: str = "auto"
     precision: str = "auto"
-    backend: str = "torch"  # torch | onnx | auto: the fastest measured (imgcls.predict.choose)
+    backend: str = "torch"  # torch | onnx | auto: predict's engine (imgcls.predict.choose)
 
     def __post_init__(self) -> None:
         limits = {
@@ -214,8 +214,8 @@ class Service:
 
 def load_classifier(cfg: ServeConfig) -> Any:
     """The served model on the engine ``cfg.backend`` names; ``auto``: predict's rule
-    (:func:`imgcls.predict.choose.engine`: float32 unless ``cfg.precision`` says otherwise, on the
-    engine measured fastest here)."""
+    (:func:`imgcls.predict.choose.engine`: float32 unless ``cfg.precision`` says otherwise, on ONNX
+    Runtime where model.onnx is current, else PyTorch)."""
     from imgcls.console import info
     from imgcls.predict import Classifier
     from imgcls.predict.choose import engine
