@@ -291,3 +291,29 @@ def test_the_timed_steps_stay_within_their_share_of_the_budget() -> None:
         assert [s.measured for s in settings] == pytest.approx([0.2, 0.1, 0.03])
         if rounds > 1:
             assert rounds * 0.33 <= spend + 1e-9  # within the spend
+
+
+def test_epochs_with_a_budget_caps_what_the_candidates_are_judged_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--epochs 3 --time-budget 2m``: the run trains at most 3 epochs, so a setting that plans 3
+    is enough. The full-width net plans 3.7 epochs (the reviewer's timings): it lost to
+    smallnet_075, judged against 10 epochs, a weaker net that trained the same 3 epochs; and
+    budget.json showed the uncapped plans. (The timings are given: measuring is tested above.)"""
+    found = [Candidate("smallnet", SizeSchedule(28, 28), full_step=0.30, batch=64),
+             Candidate("smallnet_075", SizeSchedule(28, 28), full_step=0.17, batch=64)]  # fmt: skip
+    monkeypatch.setattr(candidates, "measure", lambda *a: found)
+    cfg = RunConfig()
+    cfg.train.time_budget, cfg.train.epochs = "2m", 3
+    small = ModelPlan("smallnet", None, None, None, "multiclass", 10, 28)
+    out = choose(cfg, small, make_plan(small, batch=64), tmp_path, train_images=6000, val_images=1000,
+                 timing=Timing(-5.0, lambda: 0.0), dist=Dist())  # fmt: skip
+    assert out is not None
+    mp, _, said = out
+    assert mp.arch == "smallnet" and "it trains 3.0 epochs in the budget (at least 3 wanted)" in said, said
+    record = json.loads((tmp_path / "budget.json").read_text())
+    assert [c["planned_epochs"] for c in record["candidates"]] == [3.0, 3.0] and record["epochs_wanted"] == 3
+    cfg.train.epochs = None  # without --epochs: 10 wanted, and the plans are the budget's
+    mp, _, said = choose(cfg, small, make_plan(small, batch=64), tmp_path, train_images=6000, val_images=1000,
+                         timing=Timing(-5.0, lambda: 0.0), dist=Dist())  # type: ignore[misc]  # fmt: skip
+    assert mp.arch == "smallnet_075" and "no setting reaches 10 epochs" in said, said

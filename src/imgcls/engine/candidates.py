@@ -34,7 +34,8 @@ images carries over poorly to 28 px. Large images keep their detail at 4/7 of th
 128 -> 224 px).
 
 The first candidate whose plan reaches :data:`NEED_EPOCHS` (10: the schedule imgcls trains
-without a budget) is chosen, or, when none does, the one with the most epochs (measured on
+without a budget; with ``--epochs N`` as well, N, since the run trains no more, and the plans are
+capped at N) is chosen, or, when none does, the one with the most epochs (measured on
 Fashion-MNIST in ten minutes: BENCHMARKS.md). The choice is printed with its reason and written
 with every candidate's timings and planned epochs to ``RUN_DIR/budget.json``.
 
@@ -267,13 +268,15 @@ def final_passes(cfg: RunConfig, task: str, val_images: int) -> float:
 
 def plan_epochs(
     c: Candidate, budget: float, elapsed: float, train_images: int, val_images: int, *, final: float = 1.0,
-    closing: float = CLOSING_FLOOR,
+    closing: float = CLOSING_FLOOR, max_epochs: int | None = None,
 ) -> float:  # fmt: skip
     """The epochs the run's own step planning would give ``c`` in the rest of the budget, with
-    ``final`` validation passes and ``closing`` seconds after the last epoch."""
+    ``final`` validation passes and ``closing`` seconds after the last epoch, at most
+    ``max_epochs`` (``--epochs`` given with the budget caps the run, as :func:`plan_steps` does)."""
     spe = max(1, train_images // c.batch)
     bp = BudgetPlan(budget=budget, steps_per_epoch=spe, val_images=val_images, batch_size=c.batch,
-                    final_passes=final, sizes=c.sizes, closing=closing)  # fmt: skip
+                    final_passes=final, sizes=c.sizes, closing=closing,
+                    max_steps=max_epochs * spe if max_epochs else None)  # fmt: skip
     return bp.total_for(elapsed, c.full_step) / spe
 
 
@@ -306,9 +309,12 @@ def choose(
     spent = clock() - t0
     elapsed = clock() - timing.started
     passes = final_passes(plan.config(cfg), mp.task, val_images)
+    cap = cfg.train.epochs  # --epochs with the budget: the run trains at most that many, so that many is enough
+    need = min(NEED_EPOCHS, cap) if cap else NEED_EPOCHS
     for c in found:
-        c.epochs = plan_epochs(c, budget, elapsed, train_images, val_images, final=passes, closing=timing.closing)
-    index, why = pick(found, NEED_EPOCHS)
+        c.epochs = plan_epochs(c, budget, elapsed, train_images, val_images, final=passes, closing=timing.closing,
+                               max_epochs=cap)  # fmt: skip
+    index, why = pick(found, need)
     index = int(dist.broadcast(index))  # every process trains what the first one measured
     chosen = found[index]
     notes = list(dict.fromkeys(c.note for c in found if c.note))
@@ -316,7 +322,8 @@ def choose(
         why += f" (timings checked: {'; '.join(notes)})"
     if dist.main:
         record(run, found, index, why, {"measuring_seconds": round(spent, 2), "final_passes": passes,
-                                        "closing_seconds": round(timing.closing, 2)})  # fmt: skip
+                                        "closing_seconds": round(timing.closing, 2),
+                                        "epochs_wanted": need})  # fmt: skip
     mp = dataclasses.replace(mp, arch=chosen.arch)
     return mp, dataclasses.replace(plan, model=mp, sizes=chosen.sizes), f"time budget: chose {chosen.describe()}: {why}"
 
