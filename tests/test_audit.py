@@ -220,3 +220,23 @@ def test_model_audit_of_a_copied_run_uses_the_copys_split(
     table = load_source(trained["data"])
     sides = given_splits(table, b / "model")
     assert sorted(p for p, s in zip(table.paths, sides, strict=True) if s == "val") == held
+
+
+def test_the_class_balance_leaves_out_rows_not_paths(tmp_path: Path) -> None:
+    """A manifest listing a.png as cat, and again without a label: the second row is skipped as
+    unusable, the first is a usable row. The balance filtered by the skipped *path* and lost the
+    cat; it leaves out only rows that could not be read (b.png, broken)."""
+    from imgcls.audit import audit
+    from imgcls.config import RunConfig
+
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "a.png")
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(tmp_path / "c.png")
+    (tmp_path / "b.png").write_bytes(b"broken")
+    (tmp_path / "m.csv").write_text("path,label\na.png,cat\na.png,\nb.png,dog\nc.png,dog\n")
+    cfg = RunConfig()
+    cfg.data.data = str(tmp_path / "m.csv")
+    r = audit(cfg, out=tmp_path / "audit", labels=False, show=lambda *_: None)
+    assert [(Path(p).name, why) for p, why in r.unusable] == [("a.png", "no label in a single-label manifest"),
+                                                              ("b.png", "not an image, or an image format Pillow "
+                                                               "cannot read")]  # fmt: skip
+    assert {row["class"]: row["train"] for row in r.balance} == {"cat": 1, "dog": 1}

@@ -134,8 +134,39 @@ def test_an_observation_without_a_box_beside_boxed_ones_is_listed_not_lost(packa
     assert [t.label_names(i)[0] for i, p in enumerate(t.paths) if p.endswith("a.jpg")] == [
         "Vulpes vulpes", "Lepus europaeus"]  # fmt: skip
     said = [why for p, why in t.skipped if p.endswith("a.jpg")]
-    assert said == ["an observation of 'Meles meles' without a box, in an image whose other observations have "
-                    "boxes: no crop holds it"]  # fmt: skip
+    assert said == ["an observation without a box ('Meles meles'), in an image whose other observations have "
+                    "boxes: no crop holds it; the image's crops are used"]  # fmt: skip
+
+
+def test_an_observation_no_crop_holds_is_left_out_on_purpose_and_its_image_still_counts(
+    package: Path, tmp_path: Path
+) -> None:
+    """The badger without a box beside a.jpg's boxed fox and hare is left out on purpose, not an
+    unusable file: it counted toward --max-skipped (a package annotated so could stop a run), the
+    start line called it unusable, and the audit listed a.jpg in unusable.csv and dropped both of
+    its crops from the class balance (filtered by path). The balance filters by row: only a row
+    that cannot be read (c.jpg, broken) is left out of it."""
+    from imgcls.audit import audit
+    from imgcls.config import RunConfig
+    from imgcls.data.dataset import check_skipped
+    from imgcls.data.table import count_left_out, left_out_on_purpose
+
+    with open(package / "observations.csv", "a", newline="") as f:
+        csv.writer(f).writerow(obs("o12", "d1", "m_a", "media", "animal", "Meles meles", event="e1"))
+    (package / "media" / "d1" / "c.jpg").write_bytes(b"broken")
+    t = load_source(package)
+    note = next(why for p, why in t.skipped if p.endswith("a.jpg"))
+    assert left_out_on_purpose(note)
+    bad = len(t.skipped) - count_left_out(t.skipped)  # e.jpg's, h.jpg's, the video's and the URL's reasons
+    check_skipped(bad, len(t) + len(t.skipped) - count_left_out(t.skipped), max_skipped=bad / (len(t) + bad))
+    cfg = RunConfig()
+    cfg.data.data = str(package)
+    r = audit(cfg, out=tmp_path / "audit", labels=False, show=lambda *_: None)
+    assert not [p for p, _ in r.unusable if p.endswith("a.jpg")] and [p for p, _ in r.left_out if p.endswith("a.jpg")]
+    assert "c.jpg" in [Path(p).name for p, _ in r.unusable]
+    counts = {row["class"]: sum(v for k, v in row.items() if k not in ("class", "share")) for row in r.balance}
+    assert counts["Vulpes vulpes"] == 1 and counts["Lepus europaeus"] == 1  # a.jpg's crops
+    assert counts["Capreolus capreolus"] == 0  # c.jpg: unreadable (d.jpg's own observation is Sus scrofa)
 
 
 @pytest.mark.parametrize("naive", ["media", "events"])
@@ -217,6 +248,7 @@ def test_a_class_of_whole_frames_and_crops_is_named_at_the_start_of_training(
     write(package / "observations.csv", OBS, [
         *boxed, obs("x3", "d2", "m_h", "media", "animal", "Vulpes vulpes"),
         *[obs(f"y{n}", "d1", f"m_{n}", "media", "blank") for n in "abcde"],
+        obs("x4", "d2", "m_f", "media", "animal", "Meles meles"),  # beside f's boxed fox: no crop holds it
     ])  # fmt: skip
     assert main(["train", "--data", str(package), "--arch", "lenet", "--pretrained", "none", "--epochs", "1",
                  "--image-size", "32", "--batch-size", "4", "--val-split", "0", "--no-export-onnx",
@@ -225,3 +257,4 @@ def test_a_class_of_whole_frames_and_crops_is_named_at_the_start_of_training(
     assert ("warning: whole frames and detection crops in one class: Vulpes vulpes (1 whole frame, 2 crops): "
             "the network can learn the framing instead of what the image shows") in err  # fmt: skip
     assert "blank (" not in err.split("warning: whole frames")[1].splitlines()[0]
+    assert "skipped 2 unusable, 1 observation without a box (the image's crops are used) (listed in" in err

@@ -78,6 +78,7 @@ def audit(
     corrections = str(Path(cfg.data.corrections).resolve()) if cfg.data.corrections else None
     table = load_table(cfg, detection_crops)
     splits = given_splits(table, model)
+    unread: set[int] = set()  # rows that could not be read (the table's own skips are no rows)
     result = AuditResult(folder, len(table), unusable=[s for s in table.skipped if not left_out_on_purpose(s[1])],
                          left_out=[s for s in table.skipped if left_out_on_purpose(s[1])],
                          data_args=read, corrections=corrections)  # fmt: skip
@@ -89,11 +90,13 @@ def audit(
             cfg, table, folds=folds, work=folder / "folds", show=show, split_by=split_by
         )  # fmt: skip
         _label_findings(result, table, oos, splits, show)
+        unread = set(oos.unread.tolist()) if oos.unread is not None else set()
     if duplicates:
         fp = fingerprints(table, workers=cfg.data.workers or physical_cores())
         result.duplicates = duplicate_rows(table, splits, duplicate_pairs(fp, max_distance))
         result.unusable += [s for s in fp.unreadable if s not in result.unusable]
-    result.balance = class_balance(table, splits, {p for p, _ in result.unusable})
+        unread |= {i for i, digest in enumerate(fp.digest) if not digest}
+    result.balance = class_balance(table, splits, unread)
     spec = cfg.data.data or ""
     write(result, table, spec=str(Path(spec).resolve()) if spec and Path(spec).exists() else spec)
     return result
@@ -153,11 +156,13 @@ def given_splits(table: DataTable, model: str | Path | None) -> list[str]:
     return [s if s == "test" else side or s for s, side in zip(own, split_lookup(table, listing), strict=True)]
 
 
-def class_balance(table: DataTable, splits: list[str], unusable: set[str] | None = None) -> list[dict[str, Any]]:
-    """Usable images per class and split, and each class's share."""
+def class_balance(table: DataTable, splits: list[str], unread: set[int] | None = None) -> list[dict[str, Any]]:
+    """Usable images per class and split, and each class's share; ``unread``: the rows that could
+    not be read (by row: a frame's file named among the table's skips, for an observation no crop
+    holds, still has usable crops)."""
     counts: Counter[tuple[str, str]] = Counter()
     for i, split in enumerate(splits):
-        if unusable and table.paths[i] in unusable:
+        if unread and i in unread:
             continue
         for name in table.label_names(i):
             counts[(name, split)] += 1

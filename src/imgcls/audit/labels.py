@@ -39,6 +39,7 @@ class OutOfSample:
     skipped: list[tuple[str, str]]
     how: str  # "4-fold cross-validation" / "the model's validation split"
     fold: np.ndarray | None = None  # per row of ``rows``: the fold whose model gave it (cross-validation)
+    unread: np.ndarray | None = None  # the rows tried that could not be read (``skipped`` names their files)
 
 
 def fold_of(table: DataTable, folds: int, seed: int = 0, split_by: str | None = "auto") -> np.ndarray:
@@ -114,7 +115,8 @@ def cross_validated(
         done[ok] = True
         skipped += bad
     rows = np.flatnonzero(done)
-    return OutOfSample(rows, probs[rows], names, skipped, f"{folds}-fold cross-validation", fold[rows])
+    return OutOfSample(rows, probs[rows], names, skipped, f"{folds}-fold cross-validation", fold[rows],
+                       np.flatnonzero(~done))  # fmt: skip
 
 
 MARK = ".imgcls-audit"  # in the folds folder: its fold-N runs are the audit's own
@@ -180,7 +182,8 @@ def from_model(model: str | Path, table: DataTable, split: str | None = None) ->
         raise UserError(f"the data has classes the model does not know ({', '.join(missing[:5])})")
     probs, ok, skipped = collect_probabilities(clf, table, rows)
     names = list(table.class_names)
-    return OutOfSample(ok, in_order(probs, clf.label_names, names), names, skipped, FROM_SPLIT[chosen])
+    return OutOfSample(ok, in_order(probs, clf.label_names, names), names, skipped, FROM_SPLIT[chosen],
+                       unread=np.setdiff1d(rows, ok))  # fmt: skip
 
 
 def in_order(probs: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:

@@ -142,7 +142,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     print(f"  duplicate pairs      {len(r.duplicates)} ({r.leaks} across splits: leaks)")
     print(f"  unusable files       {len(r.unusable)}")
     if r.left_out:
-        print(f"  left out on purpose  {len(r.left_out)} (frames without a detection, a review's rejections)")
+        print(f"  left out on purpose  {len(r.left_out)} (frames without a detection, a review's rejections, "
+              "observations no crop holds)")  # fmt: skip
     print(f"report: {r.folder / 'audit.html'} (CSV files beside it); review them: imgcls review --audit {r.folder}")
     return 0
 

@@ -32,13 +32,17 @@ LISTED_AGAIN = "listed again"
 #: the start of the reason recorded for a file a folder holds whose name says it is no image
 #: (``notes.txt``, a camera's ``.xml``: :func:`imgcls.data.image.not_an_image_name`)
 NOT_AN_IMAGE = "not an image by its name"
+#: the start of the reason recorded for an observation no crop holds (Camtrap DP: one without a
+#: box, in an image whose other observations have boxes): only that label is left out, the
+#: image's crops are used
+NO_CROP = "an observation without a box"
 
 
 def left_out_on_purpose(reason: str) -> bool:
     """A skip that is the data's design (a review's rejection, a frame without a detection to
-    crop, a row listing an image a second time, a file that is no image by its name), not an
-    unusable file."""
-    return reason.startswith((REVIEWED, NO_DETECTION, LISTED_AGAIN, NOT_AN_IMAGE))
+    crop, a row listing an image a second time, a file that is no image by its name, an
+    observation no crop holds), not an unusable file."""
+    return reason.startswith((REVIEWED, NO_DETECTION, LISTED_AGAIN, NOT_AN_IMAGE, NO_CROP))
 
 
 def count_left_out(skipped: list[tuple[str, str]]) -> int:

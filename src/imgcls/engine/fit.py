@@ -22,7 +22,7 @@ from imgcls.artifacts import write_history
 from imgcls.config import RunConfig, check_config, dump_yaml, from_dict
 from imgcls.console import info
 from imgcls.data.dataset import TableHook, load_table, mixed_framing
-from imgcls.data.table import LISTED_AGAIN, NO_DETECTION, REVIEWED, count_left_out
+from imgcls.data.table import LISTED_AGAIN, NO_CROP, NO_DETECTION, REVIEWED, count_left_out
 from imgcls.data.transforms import describe_augment
 from imgcls.engine.budget import Clock
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
@@ -346,10 +346,12 @@ def describe_start(tr: Trainer) -> None:
     if tr.choice:
         info(tr.choice)
     if d.skipped:
-        reviewed, blank, again = (sum(1 for _, why in d.skipped if why.startswith(start))
-                                  for start in (REVIEWED, NO_DETECTION, LISTED_AGAIN))  # fmt: skip
+        reviewed, blank, again, uncropped = (sum(1 for _, why in d.skipped if why.startswith(start))
+                                             for start in (REVIEWED, NO_DETECTION, LISTED_AGAIN, NO_CROP))  # fmt: skip
         parts = ((len(d.skipped) - count_left_out(d.skipped), "unusable"), (blank, "without a detection (blank)"),
-                 (again, "listed a second time"), (reviewed, REVIEWED))  # fmt: skip
+                 (again, "listed a second time"), (reviewed, REVIEWED),
+                 (uncropped, f"observation{'s' * (uncropped != 1)} without a box (the image's crops are used)"),
+                 )  # fmt: skip
         from imgcls.data.image import not_images_note
         from imgcls.data.table import not_images
 

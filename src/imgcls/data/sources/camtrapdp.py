@@ -19,7 +19,8 @@ data reviewed in those tools trains here without conversion.
   gives); an image whose observations have no box is one whole-image row. In an image with
   boxes, an observation without one names the same animal as a boxed one of its label, or else
   something no crop holds: it is listed in ``skipped.csv`` with that reason, not trained on (a
-  whole-frame row would carry the boxed animals under another label).
+  whole-frame row would carry the boxed animals under another label), and left out on purpose:
+  never an unusable file (the image's crops are used).
 - **Times**: a timestamp without a UTC offset is read in its deployment's zone (the offset of
   its ``deploymentStart``/``deploymentEnd``, else of its media's, else of its events'), so an
   event whose span is written in UTC covers the local frames it names.
@@ -47,7 +48,7 @@ import numpy as np
 
 from imgcls.data.sources.coco import load_json
 from imgcls.data.sources.detections import clip_box
-from imgcls.data.table import DataTable, listed_path, make_targets
+from imgcls.data.table import NO_CROP, DataTable, listed_path, make_targets
 from imgcls.errors import UserError
 
 PACKAGE = "datapackage.json"
@@ -289,8 +290,8 @@ def labelled_rows(pkg: Package) -> list[tuple[str, list[str], tuple[float, float
             out += [(media_id, [label], box) for label, box in crops]
             boxed = {label for label, _ in crops}
             for label in dict.fromkeys(label for label, box in named if box is None and label not in boxed):
-                pkg.skipped.append((media.path, f"an observation of {label!r} without a box, in an image whose "
-                                                "other observations have boxes: no crop holds it"))  # fmt: skip
+                why = f"{NO_CROP} ({label!r}), in an image whose other observations have boxes: no crop holds it"
+                pkg.skipped.append((media.path, f"{why}; the image's crops are used"))
         else:
             out.append((media_id, sorted({label for label, _ in named}), None))
     return out
