@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from imgcls.cli import main
@@ -64,3 +66,36 @@ def test_cache_info_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     # eviction goes by the same entries: a user's files are never what it removes
     build_store(load_source(image_folder(tmp_path / "d2", ("a", "b"), 3, seed=2)), CFG, cache_dir=cache, max_bytes=1)
     assert len(cache_entries(cache)) == 1 and all((cache / name).exists() for name in mine)
+
+
+def _pid_pixels(real: Any) -> Any:
+    """A decode_square that paints the square with the decoding process's id (mod 251)."""
+
+    def decode(*args: Any, **kwargs: Any) -> np.ndarray:
+        return np.full_like(real(*args, **kwargs), os.getpid() % 251)
+
+    return decode
+
+
+def test_the_store_is_decoded_by_worker_processes_into_one_shared_array(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Processes, not threads: threads held the GIL a fifth of each decode and did not scale
+    (benchmarks/bench_decode.py). The squares and the reasons are the same for any number of
+    workers, cached in memory or on disk, with an unusable file among them."""
+    import imgcls.data.store as store_module
+
+    data = image_folder(tmp_path / "d", ("a", "b"), 12)
+    (data / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    table = load_source(data)
+    one, bad_one = build_store(table, CFG, cache="memory", workers=1)
+    for cache in ("memory", "disk"):
+        two, bad_two = build_store(table, CFG, cache=cache, cache_dir=tmp_path / "cache", workers=2)
+        assert np.array_equal(np.asarray(two.array), np.asarray(one.array)) and bad_two == bad_one
+        assert len(bad_one) == 1 and np.array_equal(two.ok, one.ok)
+    monkeypatch.setattr(store_module, "decode_square", _pid_pixels(store_module.decode_square))
+    seen: list[int] = []
+    store, _ = build_store(table, CFG, cache="memory", workers=2, progress=seen.append)
+    decoders = set(np.unique(np.asarray(store.array)[store.ok]).tolist())
+    assert decoders and os.getpid() % 251 not in decoders  # every square came from a worker
+    assert seen[-1] == len(table) and seen == sorted(seen)

@@ -13,7 +13,9 @@ removed until the folder holds at most ``max_bytes`` (``--cache-max-gb``, 50 GB 
 entry in use is never removed). ``imgcls cache info`` lists the entries, ``imgcls cache clear``
 removes them (:func:`cache_entries`, :func:`remove_entries`).
 
-Decoding runs on a thread pool: Pillow releases the GIL while it decodes and resizes. Files that
+Decoding runs in forked worker processes that write their squares straight into the one array
+(the cache file's memory map, or shared memory for ``cache="memory"``): threads did not scale,
+the GIL being held for about a fifth of each decode (see :mod:`imgcls.data.workers`). Files that
 cannot be used are reported with their reason, never raised.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when the stored pixels would change for the same files
 _KEY = re.compile(r"[0-9a-f]{32}")  # an entry's name: :func:`_key`
 DEFAULT_MAX_BYTES = 50 * 10**9
+CHUNK = 16  # rows a worker decodes per task
 
 
 @dataclass
@@ -102,6 +106,48 @@ def decode_square(
     return prepare_square(crop_square(img, b, margin), cfg, size)
 
 
+def _decode_into(job: dict[str, Any], i: int) -> str | None:
+    """Decode row ``i`` into ``job["array"]``; the reason it cannot be used, or None."""
+    table = job["table"]
+    box = table.boxes[i] if table.boxes is not None else None
+    try:
+        job["array"][i] = decode_square(
+            table.paths[i], job["cfg"], job["size"], max_pixels=job["max_pixels"], box=box, margin=table.crop_margin
+        )
+        return None
+    except ImageError as e:
+        return str(e)
+    except Exception as e:  # a decoder bug must not stop the run either
+        return f"cannot decode ({type(e).__name__}: {e})"
+
+
+#: in a worker process: the table, the shared output array and the settings of :func:`_fill`
+_JOB: dict[str, Any] = {}
+
+
+def _take_job(job: dict[str, Any]) -> None:
+    global _JOB
+    _JOB = job
+
+
+def _decode_rows(start: int, stop: int) -> list[tuple[int, str | None]]:
+    """In a worker: rows ``start:stop`` into the shared array; their reasons."""
+    from imgcls.data.workers import stopped
+
+    return [(i, "not decoded: the build stopped" if stopped() else _decode_into(_JOB, i)) for i in range(start, stop)]
+
+
+def shared_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed uint8 array in shared anonymous memory: what forked workers write into it, the
+    parent sees (``np.zeros`` is private to each process after a fork)."""
+    import mmap
+
+    nbytes = int(np.prod(shape))
+    if nbytes == 0:
+        return np.zeros(shape, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.uint8).reshape(shape)
+
+
 def _fill(
     table: DataTable,
     array: np.ndarray,
@@ -112,27 +158,70 @@ def _fill(
     max_pixels: int | None,
     progress: Callable[[int], None] | None,
 ) -> list[str | None]:
-    """Decode every row into ``array``; returns a reason per row (None = decoded)."""
-    reasons: list[str | None] = [None] * len(table)
+    """Decode every row into ``array``; returns a reason per row (None = decoded). With several
+    workers they are forked processes writing straight into ``array`` (a shared memory map: the
+    cache file, or :func:`shared_zeros`), not threads: see :mod:`imgcls.data.workers`; threads
+    remain where processes cannot be forked."""
+    from imgcls.data.workers import can_fork
 
-    def work(i: int) -> tuple[int, str | None]:
-        box = table.boxes[i] if table.boxes is not None else None
-        try:
-            array[i] = decode_square(
-                table.paths[i], cfg, size, max_pixels=max_pixels, box=box, margin=table.crop_margin
-            )
-            return i, None
-        except ImageError as e:
-            return i, str(e)
-        except Exception as e:  # a decoder bug must not stop the run either
-            return i, f"cannot decode ({type(e).__name__}: {e})"
-
+    job = dict(table=table, array=array, cfg=cfg, size=size, max_pixels=max_pixels)
+    n = len(table)
+    step = max(1, min(CHUNK, n // max(1, 4 * workers)))
+    chunks = [(a, min(n, a + step)) for a in range(0, n, step)]
+    if workers > 1 and n > step and can_fork() and _shared(array):
+        return _fill_processes(job, chunks, workers, n, progress)
+    reasons: list[str | None] = [None] * n
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for done, (i, reason) in enumerate(pool.map(work, range(len(table))), start=1):
+        for done, (i, reason) in enumerate(pool.map(lambda i: (i, _decode_into(job, i)), range(n)), start=1):
             reasons[i] = reason
-            if progress is not None and (done % 64 == 0 or done == len(table)):
+            if progress is not None and (done % 64 == 0 or done == n):
                 progress(done)
     return reasons
+
+
+def _shared(array: np.ndarray) -> bool:
+    """Whether ``array`` lies in a memory map (the cache file's, or :func:`shared_zeros`'), which
+    forked workers write into and the parent sees."""
+    import mmap
+
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base.obj if isinstance(base, memoryview) else base, mmap.mmap)
+
+
+def _fill_processes(
+    job: dict[str, Any],
+    chunks: list[tuple[int, int]],
+    workers: int,
+    n: int,
+    progress: Callable[[int], None] | None,
+) -> list[str | None]:
+    """:func:`_fill` in ``workers`` forked processes, ``4 * workers`` chunks of rows in flight."""
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+    from imgcls.data.workers import process_pool, submit
+
+    reasons: list[str | None] = [None] * n
+    pool, stop = process_pool(min(workers, len(chunks)), _take_job, (job,))
+    todo, running, done = iter(chunks), set[Future](), 0
+    try:
+        while True:
+            for a, b in itertools.islice(todo, 4 * workers - len(running)):
+                running.add(submit(pool, _decode_rows, a, b))
+            if not running:
+                return reasons
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                for i, reason in fut.result():
+                    reasons[i] = reason
+                before, done = done, done + len(fut.result())
+                if progress is not None and (done // 64 > before // 64 or done == n):
+                    progress(done)
+    finally:  # nothing is running at the end; an interrupted build waits for no chunk
+        if running:
+            stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def build_store(
@@ -154,7 +243,7 @@ def build_store(
     shape = (len(table), size, size, 3)
     fill: dict[str, Any] = dict(cfg=cfg, size=size, workers=workers, max_pixels=max_pixels, progress=progress)
     if cache == "memory":
-        array = np.zeros(shape, dtype=np.uint8)
+        array = shared_zeros(shape)
         return _finish(table, array, _fill(table, array, **fill), None)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     key = _key(table, size, cfg, max_pixels)
