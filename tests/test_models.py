@@ -293,3 +293,44 @@ def test_published_weights_come_from_the_cache_without_network(tmp_path: Path, m
     with pytest.raises(UserError, match=r"huggingface\.co cannot be reached and they are not in the cache; train "
                        "from scratch with --pretrained none"):  # fmt: skip
         create_model("convnext_tiny", pretrained=True)  # not cached: said at once, no minute of retries
+
+
+# ----------------------------------------------------------------- He et al.'s CIFAR networks
+CIFAR = [f"{kind}{depth}" for depth in (20, 32, 44, 56, 110) for kind in ("resnet", "plain")]
+
+
+def test_cifar_resnets_have_the_papers_parameter_counts() -> None:
+    """6n+2 weighted layers on 16/32/64 channels, option-A shortcuts: Table 6's counts at 10
+    classes (0.27M, 0.46M, 0.66M, 0.85M, 1.7M), and a plain network has exactly its residual
+    counterpart's parameters."""
+    assert set(CIFAR) <= set(ALL)
+    counts = {name: _count(_meta(name, num_classes=10)) for name in CIFAR}
+    for depth, millions in ((20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)):
+        assert round(counts[f"resnet{depth}"] / 1e6, 2 if depth < 110 else 1) == millions
+        assert counts[f"plain{depth}"] == counts[f"resnet{depth}"]
+        model = _meta(f"resnet{depth}", num_classes=10)
+        weighted = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert len(weighted) == depth  # no projection shortcut adds a layer
+        assert [m.out_channels for m in weighted[:-1]][:: (depth - 2) // 3][1:] == [16, 32, 64]
+    assert preprocess_config(_meta("resnet20")).input_size == (3, 32, 32)
+
+
+def test_a_plain_block_has_no_shortcut() -> None:
+    """The same two convolutions; only the residual block adds its input: with the second
+    convolution's output zeroed, a residual network's block passes its input on (ReLU of it),
+    a plain network's passes nothing."""
+    torch.manual_seed(0)
+    residual, plain = create_model("resnet20", num_classes=3), create_model("plain20", num_classes=3)
+    assert {k: v.shape for k, v in residual.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    plain.load_state_dict(residual.state_dict())
+    x = torch.randn(2, 16, 8, 8)
+    for model in (residual, plain):
+        block = model.eval().layer1[0]
+        nn.init.zeros_(block.bn2.weight)
+        nn.init.zeros_(block.bn2.bias)
+    with torch.no_grad():
+        assert torch.equal(residual.layer1[0](x), torch.relu(x))
+        assert torch.equal(plain.layer1[0](x), torch.zeros_like(x))
+        residual.layer2[0].eval()
+        down = residual.layer2[0].shortcut(torch.randn(2, 16, 8, 8))  # option A: subsample, zero channels
+    assert down.shape == (2, 32, 4, 4) and not down[:, :8].any() and not down[:, 24:].any()

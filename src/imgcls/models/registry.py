@@ -24,7 +24,9 @@ from imgcls.errors import UserError
 #: Builders are keyword-only: ``build(num_classes=..., norm=..., attn=..., drop_rate=...)``.
 Builder = Callable[..., nn.Module]
 
-_FAMILY_MODULES = ("lenet", "smallnet", "alexnet", "vgg", "resnet", "convnext", "efficientnet", "external")
+_FAMILY_MODULES = (
+    "lenet", "smallnet", "cifar_resnet", "alexnet", "vgg", "resnet", "convnext", "efficientnet", "external",
+)  # fmt: skip
 #: ``timm/NAME`` and ``torchvision/NAME``: a library's own classifiers, resolved on demand by the
 #: functions the ``external`` module registers here
 _SOURCES: dict[str, Callable[[str], ModelEntry]] = {}
