@@ -122,3 +122,41 @@ def test_a_folders_files_follow_the_umask_whatever_the_library_that_wrote_them(
         assert mode(target / "config.json") == 0o640 and mode(target / "model.safetensors") == file_mode
     finally:
         os.umask(old)
+
+
+SAVE_TWICE = """
+import os, sys
+from pathlib import Path
+from imgcls.io import atomic_dir
+d = Path(sys.argv[1])
+with atomic_dir(d) as t:
+    (t / "model.safetensors").write_bytes(b"1")
+    (t / "own.bin").write_bytes(b"x")
+    os.chmod(t / "own.bin", 0o444)  # a writer that makes its file read-only
+os.chmod(d / "model.safetensors", 0o444)  # chmod a-w, or a cp -r of read-only files
+with atomic_dir(d) as t:
+    (t / "model.safetensors").write_bytes(b"2")
+    (t / "own.bin").write_bytes(b"y")
+    os.chmod(t / "own.bin", 0o444)
+print((d / "model.safetensors").read_bytes().decode(), oct(os.stat(d / "model.safetensors").st_mode & 0o777))
+"""
+
+
+def test_a_read_only_file_in_a_folder_does_not_break_its_next_save(tmp_path: Path) -> None:
+    """The new file takes the old one's mode (0444 after ``chmod a-w``); _settle applied it and then
+    opened the file for writing to fsync it, which a user who may not write it cannot (EACCES): the
+    next save of the model folder failed. It syncs first, through a read-only open. Root ignores
+    file modes (CAP_DAC_OVERRIDE), so as root the save runs in a process started without that
+    capability (``setpriv``), where the mode is enforced as for any user; as another user, as is."""
+    import shutil
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", SAVE_TWICE, str(tmp_path / "model")]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv: file modes cannot be enforced")
+        argv = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["2", "0o444"]

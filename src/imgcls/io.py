@@ -165,11 +165,26 @@ def _carry(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
+def _fsync_file(path: Path) -> None:
+    """Sync a file to disk: opened for writing, which every system's fsync accepts, or, where
+    its writer made it read-only, for reading (Linux and macOS sync through that too)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _settle(tmp: Path, target: Path) -> None:
     """Sync what the writer put in ``tmp`` and give it the modes an ordinary ``open`` and
     ``mkdir`` would (a file the old folder has keeps its mode): libraries choose their own
     (safetensors creates its file 0600 whatever the umask), so a model's weights were private
-    beside a world-readable config."""
+    beside a world-readable config. Each file is synced before its mode is set: the mode may be
+    read-only (an old file's after ``chmod a-w``), and opening it for writing then fails for
+    anyone but root (:func:`_fsync_file`)."""
     mask = current_umask()
     for dirpath, dirnames, filenames in os.walk(tmp):
         here = Path(dirpath)
@@ -184,9 +199,8 @@ def _settle(tmp: Path, target: Path) -> None:
                 mode = os.stat(old / name).st_mode & 0o7777
             except OSError:
                 mode = 0o666 & ~mask
+            _fsync_file(f)
             os.chmod(f, mode)
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
     os.chmod(tmp, 0o777 & ~mask)
 
 
