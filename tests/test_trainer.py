@@ -201,3 +201,19 @@ def test_the_closing_line_and_evaluate_agree_on_the_validation_split(
     val = evaluate(run / "model", data, split="val", precision="fp32").metrics
     assert val["top1"] == pytest.approx(float(closing.group(1)), abs=1e-4)
     assert val["nll"] == pytest.approx(float(closing.group(2)), abs=2e-3)
+
+
+def test_an_epoch_records_its_training_top1_as_trained(data: Path, tmp_path: Path) -> None:
+    """``train_top1``: the share of the epoch's training images (as trained: the batches the
+    steps saw) whose decision was right, for He et al.'s training-error curves."""
+    opts = dict(PLAIN, epochs=1, optimizer="sgd", momentum=0.0, lr=1e-12, weight_decay=0.0, schedule="constant",
+                warmup=0.0, batch_size=8)  # fmt: skip
+    tr = trainer(data, tmp_path, **opts)
+    right = seen = 0
+    with torch.no_grad():  # the weights barely move at this rate: the decisions are the start's
+        for x, y, _ in tr.train_batches.epoch(0):
+            right += int((tr.raw(tr.runtime.inputs(x)).argmax(1) == y).sum())
+            seen += len(y)
+    stats = train_one_epoch(tr, 0, show=False)
+    assert seen == stats["images"] and 0 < right < seen
+    assert stats["train_top1"] == pytest.approx(right / seen)

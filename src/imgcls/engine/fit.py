@@ -106,7 +106,7 @@ def end_epoch(tr: Trainer, epoch: int, stats: dict[str, float], on_epoch_end: Ep
         tr.pos.bad_epochs += 1
         stop = bool(tr.cfg.train.early_stopping) and tr.pos.bad_epochs >= tr.cfg.train.early_stopping
     tr.pos.epoch, tr.pos.step = epoch + 1, 0
-    tr.pos.epoch_loss, tr.pos.epoch_images, tr.pos.epoch_seconds = 0.0, 0, 0.0
+    tr.pos.epoch_loss, tr.pos.epoch_images, tr.pos.epoch_seconds, tr.pos.epoch_correct = 0.0, 0, 0.0, 0.0
     if tr.dist.main:
         write_history(tr.run_dir, tr.pos.history)
         said = tr.budget.announce(tr.pos.total_steps) if tr.budget is not None else None

@@ -38,6 +38,7 @@ class Position:
     elapsed: float = 0.0  # seconds of training spent by earlier sessions of this run
     epoch_loss: float = 0.0  # running sums of the current epoch (for a mid-epoch resume)
     epoch_images: int = 0
+    epoch_correct: float = 0.0  # training images the model's decision got right (multi-class, binary)
     epoch_seconds: float = 0.0
     lr: float = 0.0  # the last rate applied
     finished: bool = False  # training and the final calibration are done
@@ -183,7 +184,21 @@ def first_validation_batch(tr: Trainer) -> torch.Tensor | None:
     return None if first is None else first[0]
 
 
-def _count_step(tr: Trainer, x: torch.Tensor, loss: float, took: float) -> int:
+def _hits(task: Task, logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The batch's images whose decision matches the label, as trained (augmented; a mixed
+    label counts as its larger share): the training error of He et al.'s curves, which the loss
+    alone (label smoothing, mixup) does not show. Multi-label: 0 (no single decision)."""
+    if task.name == "multilabel":
+        return 0.0
+    with torch.no_grad():
+        if task.name == "binary":
+            right = (logits.detach().reshape(-1) > 0) == (y.reshape(-1) > 0.5)
+        else:
+            right = logits.detach().argmax(1) == (y.argmax(1) if y.ndim > 1 else y)
+    return float(right.sum())
+
+
+def _count_step(tr: Trainer, x: torch.Tensor, loss: float, took: float, hits: float = 0.0) -> int:
     """Add a finished step to the epoch's sums and the step times; the images it trained (all
     ranks). The budget plans in full-size steps, so a smaller step's time (progressive
     resizing) is scaled up to one."""
@@ -193,6 +208,7 @@ def _count_step(tr: Trainer, x: torch.Tensor, loss: float, took: float) -> int:
     n = int(x.shape[0]) * tr.dist.world
     tr.pos.epoch_loss += loss * n
     tr.pos.epoch_images += n
+    tr.pos.epoch_correct += hits * tr.dist.world
     tr.pos.epoch_seconds += took
     tr.pos.step += 1
     return n
@@ -234,7 +250,7 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
             if (tr.pos.step + 1) % accumulate == 0 or tr.pos.step + 1 == spe:
                 _optimizer_step(tr, global_step)
             now = tr.clock()
-            n = _count_step(tr, x, float(loss.detach()) * accumulate, now - t_last)
+            n = _count_step(tr, x, float(loss.detach()) * accumulate, now - t_last, _hits(tr.task, logits, y))
             t_last = now
             bar.update(n, loss=tr.pos.epoch_loss / max(1, tr.pos.epoch_images), lr=lr)
             maybe_replan(tr)
@@ -246,9 +262,13 @@ def train_one_epoch(tr: Trainer, epoch: int, *, show: bool = True) -> dict[str, 
                 last_ckpt = tr.clock()
     if tr.budget is not None and tr.budget.next_at < 0:  # an epoch shorter than the steps a first plan waits for
         maybe_replan(tr, epoch_end=True)  # (its line counts the plan's epochs, not the provisional ones)
-    sized = {"train_size": tr.sizes.size(tr.steps_done - 1, tr.pos.total_steps)} if tr.sizes is not None else {}
+    extra: dict[str, float] = {}
+    if tr.sizes is not None:
+        extra["train_size"] = tr.sizes.size(tr.steps_done - 1, tr.pos.total_steps)
+    if tr.task.name != "multilabel":  # the share of the epoch's training images decided right, as trained
+        extra["train_top1"] = tr.pos.epoch_correct / max(1, tr.pos.epoch_images)
     return {
-        **sized,
+        **extra,
         "lr": lr,
         "train_loss": tr.pos.epoch_loss / max(1, tr.pos.epoch_images),
         "images": tr.pos.epoch_images,
