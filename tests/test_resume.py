@@ -204,3 +204,36 @@ def test_a_resumed_run_refuses_in_one_line_when_its_images_or_classes_changed(
     err = lines[-1]  # after the line saying what the corrections did
     assert err.startswith("imgcls: error: --resume: the data changed since the run started: ") and said in err, err
     assert "start a new run (another --out)" in err and len(history(copy)) == 1
+
+
+def test_resume_and_the_run_split_readers_match_rows_by_one_rule(tmp_path: Path) -> None:
+    """splits.csv is read by one reader and matched by one rule (data.splits): a crop by its box
+    where the listing names boxes, else, in a listing written before it had a box column, by its
+    position among its frame's crops. Resume had its own reader and matched old listings by
+    position while evaluate's and the audit's run split matched by path, so a frame that gained a
+    crop was 'an image the run did not have' to the one and a validation image to the others."""
+    import numpy as np
+
+    from imgcls.config import RunConfig
+    from imgcls.data.splits import read_splits_csv, split_lookup
+    from imgcls.data.table import DataTable
+    from imgcls.engine.resume import keep_split
+    from imgcls.errors import UserError
+
+    nan = [np.nan] * 4
+    boxes = np.array([[0.1, 0.1, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2], [0.7, 0.1, 0.2, 0.2], nan])
+    table = DataTable("folder", tmp_path, ["/f.jpg", "/f.jpg", "/f.jpg", "/g.jpg"], np.array([0, 1, 1, 0]),
+                      ["cat", "dog"], boxes=boxes)  # fmt: skip
+    run, state = tmp_path / "run", {"classes": ["cat", "dog"]}
+    run.mkdir()
+    for header, rows, want in (
+        ("path,split", ["/f.jpg,val", "/f.jpg,val", "/g.jpg,train"], ["val", "val", None, "train"]),
+        ("path,split,box", ["/f.jpg,val,0.1 0.1 0.2 0.2", '/f.jpg,val,"[0.5, 0.5, 0.2, 0.2]"', "/g.jpg,train,"],
+         ["val", "val", None, "train"]),
+    ):  # fmt: skip
+        (run / "splits.csv").write_text("\n".join([header, *rows]) + "\n")
+        assert split_lookup(table, read_splits_csv(run / "splits.csv")) == want
+        with pytest.raises(UserError, match=r"1 image the run did not have \(/f\.jpg\)"):
+            keep_split(RunConfig(), run, table, state)
+        kept, _ = keep_split(RunConfig(), run, table.subset([0, 1, 3]), state)  # the crops the run had
+        assert kept.split == ["val", "val", "train"]

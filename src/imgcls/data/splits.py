@@ -11,6 +11,7 @@ as far as the groups allow (scikit-learn's ``StratifiedGroupKFold``).
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,16 +211,34 @@ def read_splits_csv(path: Path) -> list[tuple[str, str, str]]:
 
 
 def split_lookup(table: DataTable, listing: list[tuple[str, str, str]]) -> list[str | None]:
-    """Each row's split in ``listing`` (``read_splits_csv``), None where it is not listed: by path
-    and crop box where the listing names boxes, else by path (the crops of one frame are on one
-    side of a split: training groups them)."""
+    """Each row's split in ``listing`` (``read_splits_csv``), None where it is not listed, matched
+    by :func:`split_keys`."""
+    rows, listed = split_keys(table, listing)
+    split_of = {k: s for k, (_, _, s) in zip(listed, listing, strict=True)}
+    return [split_of.get(k) for k in rows]
+
+
+def split_keys(
+    table: DataTable, listing: list[tuple[str, str, str]]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The keys the rows of ``table`` and of ``listing`` (``read_splits_csv``) are matched by, the
+    one rule for a run's ``splits.csv`` (evaluate's and the audit's run split, resume): (path, crop
+    box) where the listing names boxes; else (path, position among the rows of that path), since a
+    listing written before splits.csv had a box column tells a frame's crops apart only by their
+    order (a whole image is position 0)."""
     from imgcls.data.corrections import format_box
 
-    by_box = {(p, b): s for p, b, s in listing}
-    by_path = {p: s for p, _, s in listing}
-    boxed = table.boxes is not None and any(b for _, b, _ in listing)
-    out: list[str | None] = []
-    for i, p in enumerate(table.paths):
-        box = format_box(table.boxes[i]) if boxed else ""  # type: ignore[index]
-        out.append(by_box.get((p, box)) if boxed else by_path.get(p))
+    if table.boxes is not None and any(b for _, b, _ in listing):
+        return ([(p, format_box(table.boxes[i])) for i, p in enumerate(table.paths)],
+                [(p, b) for p, b, _ in listing])  # fmt: skip
+    return _positions(table.paths), _positions([p for p, _, _ in listing])
+
+
+def _positions(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, its position among the rows of that path: '0', '1'... for the crops of one frame)."""
+    seen: Counter[str] = Counter()
+    out = []
+    for p in paths:
+        out.append((p, str(seen[p])))
+        seen[p] += 1
     return out

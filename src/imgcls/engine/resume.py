@@ -113,16 +113,19 @@ def keep_split(cfg: RunConfig, run: Path, table: DataTable, state: dict[str, Any
     for (a relabel to a new class), a class gone, an image of the run left out (a review's
     reject) or an image it did not have. Labels that moved between the run's own classes (a
     review's relabels) are used: the epochs still to train learn from the corrected labels, on
-    the images of the split it started with. Rows are matched by (path, crop box) where
-    ``splits.csv`` has a ``box`` column, else by path and position among the crops of a frame.
-    ``cfg.data.val_split`` becomes 0 when the run had no validation rows, so none is carved now.
+    the images of the split it started with. Rows are matched as evaluate and the audit match
+    them (:func:`~imgcls.data.splits.split_keys`: by path and crop box, or, in a listing written
+    before it had boxes, by path and position among a frame's crops). ``cfg.data.val_split``
+    becomes 0 when the run had no validation rows, so none is carved now.
     """
-    saved = _saved_split(run)
+    from imgcls.data.splits import split_keys
+
+    listing = _saved_split(run)
     classes = _saved_classes(run, state)
     problems = _class_changes(table, classes) if classes is not None else []
-    keys = _row_keys(table, boxed=saved[0] is not None)
-    split_of = dict(zip(saved[1], saved[2], strict=True))
-    problems += _row_changes(table, keys, saved[1], split_of)
+    keys, saved = split_keys(table, listing)
+    split_of = {k: s for k, (_, _, s) in zip(saved, listing, strict=True)}
+    problems += _row_changes(table, keys, saved, split_of)
     if problems:
         raise UserError(
             f"--resume: the data changed since the run started: {'; '.join(problems)}; start a new run (another "
@@ -134,48 +137,20 @@ def keep_split(cfg: RunConfig, run: Path, table: DataTable, state: dict[str, Any
             table, targets=make_targets(labels, classes, table.multilabel), class_names=list(classes)
         )
     table = dataclasses.replace(table, split=[split_of[k] for k in keys])
-    if "val" not in saved[2]:
+    if "val" not in split_of.values():
         cfg.data.val_split = 0.0
     return table, _corrections_note(run, cfg.data.corrections)
 
 
-def _saved_split(run: Path) -> tuple[str | None, list[tuple[str, str]], list[str]]:
-    """From ``RUN/splits.csv``: the name of its box column (None without one), each row's key
-    and its split."""
-    import csv
-
-    from imgcls.data.corrections import parse_box
+def _saved_split(run: Path) -> list[tuple[str, str, str]]:
+    """``RUN/splits.csv`` (:func:`~imgcls.data.splits.read_splits_csv`), refused where missing."""
+    from imgcls.data.splits import read_splits_csv
 
     path = run / "splits.csv"
     if not path.is_file():
         raise UserError(f"--resume: {path} is missing, so the split the run started with is unknown; "
                         "start a new run (another --out)")  # fmt: skip
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    box = next((k for k in (rows[0] if rows else {}) if k.lower() == "box"), None)
-    paths = [r["path"] for r in rows]
-    marks = [parse_box(r.get(box) or "") for r in rows] if box else _positions(paths)
-    return box, list(zip(paths, marks, strict=True)), [r["split"] for r in rows]
-
-
-def _positions(paths: list[str]) -> list[str]:
-    """Each row's position among the rows of its path ('0', '1'...: the crops of one frame)."""
-    seen: dict[str, int] = {}
-    out = []
-    for p in paths:
-        out.append(str(seen.get(p, 0)))
-        seen[p] = seen.get(p, 0) + 1
-    return out
-
-
-def _row_keys(table: DataTable, *, boxed: bool) -> list[tuple[str, str]]:
-    from imgcls.data.corrections import format_box
-
-    if boxed:
-        marks = [format_box(table.boxes[i]) if table.boxes is not None else "" for i in range(len(table))]
-    else:
-        marks = _positions(table.paths)
-    return list(zip(table.paths, marks, strict=True))
+    return read_splits_csv(path)
 
 
 def _saved_classes(run: Path, state: dict[str, Any]) -> list[str] | None:
