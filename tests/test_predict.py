@@ -1,4 +1,5 @@
-"""Prediction at scale: input forms, output formats, bad files, resume, ONNX, timm, torchrun."""
+"""Prediction at scale: input forms, output formats, bad files, resume, ONNX, timm, who decodes
+(torchrun and --shard: test_multinode.py)."""
 
 from __future__ import annotations
 
@@ -286,33 +287,6 @@ def test_python_api_with_paths_and_pil_images(trained: dict) -> None:
     assert (bad[0]["label"], bad[0]["score"]) == (None, None)  # an error row has neither, as serve's API says
 
 
-def test_torchrun_predict_merges_parts_in_input_order(trained: dict, tmp_path: Path) -> None:
-    out = tmp_path / "p.csv"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        str(BIN / "torchrun"),
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        "-m",
-        "imgcls",
-        "predict",
-        "--model",
-        str(trained["model"]),
-        str(trained["data"]),
-        "--out",
-        str(out),
-        "--workers",
-        "0",
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    paths = [x["path"] for x in read_csv(out)]
-    assert paths == list(iter_inputs([str(trained["data"])]))
-    assert not list(tmp_path.glob(".*part*"))
-
-
 def test_predict_errors(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = str(next((trained["data"] / "cat").iterdir()))
     assert main(["predict", "--model", str(tmp_path / "none"), image]) == 2
@@ -489,3 +463,172 @@ def test_ctrl_c_during_predict_is_one_line(trained: dict, tmp_path: Path, backen
     assert proc.returncode == 130, err
     friendly = f"imgcls: interrupted; run the same command again to continue where it stopped ({out} keeps every row)"
     assert err == friendly + "\n"
+
+
+# ------------------------------------------------------------------------ who decodes (--decoder)
+class _FakeDevice:
+    """Stands in for the GPU's decoder: the CPU's own pixels for the JPEGs it accepts (so rows must
+    come out identical), None for the rest (PNGs, and every third file as if nvJPEG failed on it);
+    it records what it was given."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg, self.given, self.decoded = cfg, list[Any](), list[Any]()
+
+    def decode(self, sources: list[Any]) -> list[np.ndarray | None]:
+        from imgcls.data.image import ImageError
+        from imgcls.predict import decode_for_model
+
+        out: list[np.ndarray | None] = []
+        for src in sources:
+            self.given.append(src)
+            jpeg = src.startswith(b"\xff\xd8") if isinstance(src, bytes) else src.endswith(".jpg")
+            try:
+                arr = decode_for_model(src, self.cfg) if jpeg and len(self.given) % 3 else None
+            except ImageError:
+                arr = None
+            out.append(arr)
+            if arr is not None:
+                self.decoded.append(src)
+        return out
+
+
+def test_rows_are_identical_with_0_1_and_2_workers_and_with_the_device_decoder_on_or_off(
+    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imgcls.data import load_source
+    from imgcls.evaluate.run import collect_probabilities
+    from imgcls.predict import Classifier, decoders, run_predict
+    from imgcls.serve.app import ServeConfig, Service
+
+    folder = tmp_path / "in"
+    for p in sorted(trained["data"].rglob("*.jpg"))[::3]:
+        (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / p.parent.name / p.name)
+    broken_files(folder / "bad")
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(folder / "red.png")
+    image = str(sorted(folder.glob("cat/*.jpg"))[0])
+    assert main(["predict", "--model", str(trained["model"]), image, "--decoder", "cuda"]) == 2  # no GPU here
+    assert "--decoder cuda: no CUDA GPU" in capsys.readouterr().err
+    clf = Classifier.load(trained["model"], backend="torch")
+
+    def rows(name: str, **kw: Any) -> list[dict[str, str]]:
+        run_predict(clf, [str(folder)], out=tmp_path / f"{name}.csv", show_progress=False, **kw)
+        return read_csv(tmp_path / f"{name}.csv")
+
+    ref = rows("w0", workers=0, decoder="cpu")
+    assert len(ref) == 10 + 5 + 1 and sum(1 for r in ref if r["error"]) == 5
+    assert rows("w1", workers=1, decoder="cpu") == ref and rows("w2", workers=2, decoder="cpu") == ref
+    fake = _FakeDevice(clf.preprocess)
+    monkeypatch.setattr(decoders, "available", lambda gpu: True)
+    monkeypatch.setattr(decoders, "device_decoder", lambda cfg, gpu, max_pixels: fake)
+    assert rows("cuda", workers=2, decoder="cuda") == ref  # every file offered to the device
+    assert len(fake.given) == len(ref) and 0 < len(fake.decoded) < 10  # what it refused, the CPU decoded
+    # auto, the model on "the GPU", both decoding (remembered: half the files by a hash of the path)
+    monkeypatch.setattr(decoders, "model_gpu", lambda clf: "cuda")
+    monkeypatch.setattr(decoders, "_remembered", lambda key: {"cpu": 1, "cuda": 1, "cpu+cuda": 2, "share": 0.5})
+    fake.given.clear()
+    assert rows("auto1", workers=1, decoder="auto") == ref
+    first = sorted(fake.given)
+    fake.given.clear()
+    assert rows("auto2", workers=2, decoder="auto") == ref and sorted(fake.given) == first  # one file, one decoder
+    assert 0 < len(first) < len(ref)
+    # evaluate and serve take the same decoder
+    table = load_source(trained["data"])
+    keep = np.arange(6)
+    on = collect_probabilities(clf, table, keep, workers=1, decoder="cuda")
+    off = collect_probabilities(clf, table, keep, workers=1, decoder="cpu")
+    assert np.array_equal(on[0], off[0]) and np.array_equal(on[1], off[1])
+    service = Service(ServeConfig(model=str(trained["model"]), decoder="cuda"), clf)
+    fake.decoded.clear()
+    for _ in range(3):  # the third is refused (as nvJPEG may): the CPU answers alike
+        assert np.array_equal(service.decode("x.jpg", Path(image).read_bytes()), ref_pixels(image, clf))
+    assert len(fake.decoded) == 2 and service.decode("r.png", (folder / "red.png").read_bytes()).shape == (32, 32, 3)
+
+
+def ref_pixels(path: str, clf: Any) -> np.ndarray:
+    from imgcls.predict import decode_for_model
+
+    return decode_for_model(path, clf.preprocess)
+
+
+def test_the_decoder_is_chosen_by_a_measurement_made_once_and_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto on a GPU: the fastest of the CPU, the device and both, measured by the first call of
+    an image size whatever its number of inputs (so a file is decoded alike from the first call
+    on), remembered; torchrun and a server never measure; cuda and cpu force."""
+    from imgcls.config import PreprocessConfig
+    from imgcls.errors import UserError
+    from imgcls.predict import decoders
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = PreprocessConfig(input_size=(3, 32, 32))
+    big, png = tmp_path / "big.jpg", tmp_path / "a.png"
+    Image.new("RGB", (1600, 1200)).save(big)  # 1.9 MP: measured as 2-MP JPEGs
+    Image.new("RGB", (1600, 1200)).save(png)
+    measured: list[float] = []
+    rates = {"cpu": 500.0, "cuda": 600.0, "cpu+cuda": 1000.0, "share": 0.55}
+    monkeypatch.setattr(decoders, "available", lambda gpu: gpu.startswith("cuda"))
+    monkeypatch.setattr(decoders, "device_decoder", lambda cfg, gpu, max_pixels: "the device")
+    monkeypatch.setattr(decoders, "measure_rates", lambda cfg, gpu, w, mp, px: measured.append(mp) or dict(rates))
+
+    def plan(decoder: str = "auto", gpu: str | None = "cuda", sample: Path = big, **kw: Any) -> Any:
+        return decoders.plan(decoder, kw.pop("cfg", cfg), gpu=gpu, workers=4, sample=str(sample), **kw)
+
+    assert plan("cpu") is None and plan(gpu=None) is None  # asked for the CPU; the model runs on the CPU
+    assert plan(sample=png) is None and plan(measure=False) is None and measured == []  # no JPEG; a server
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's processes would time each other
+    assert plan() is None and measured == []
+    monkeypatch.delenv("WORLD_SIZE")
+    said: list[str] = []
+    share = plan(say=said.append)
+    assert measured == [2.0] and share.decoder == "the device" and share.share == 0.55
+    assert said == ["decoder: cpu+cuda (55% of the files to cuda), 1000 img/s (cpu 500, cuda 600; measured now on "
+                    "2-MP JPEGs)"]  # fmt: skip
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert plan(say=said.append, measure=False).share == 0.55 and measured == [2.0] and len(said) == 1  # remembered
+    monkeypatch.delenv("WORLD_SIZE")
+    assert "2MP" in next(iter(json.loads((tmp_path / "cache" / "imgcls" / "decoders.json").read_text())))
+    rates.update({"cpu": 900.0, "cpu+cuda": 800.0})  # a machine where the CPU alone is fastest
+    Image.new("RGB", (4000, 3000)).save(big)  # 12 MP: another size, measured anew
+    assert plan() is None and measured == [2.0, 16.0]
+    assert plan("cuda").share == 1.0  # forced: every JPEG the device takes
+    with pytest.raises(UserError, match="'lanczos' resize"):
+        plan("cuda", cfg=PreprocessConfig(interpolation="lanczos"))
+    monkeypatch.setattr(decoders, "available", lambda gpu: False)
+    assert plan() is None
+    with pytest.raises(UserError, match="--decoder cuda: no CUDA GPU"):
+        plan("cuda")
+
+
+def test_the_device_decoder_run_on_the_cpu_gives_the_cpus_inputs_within_a_few_levels(tmp_path: Path) -> None:
+    """The device decoder's own code (torchvision's decode_jpeg, the transform in torch) on the
+    CPU: what nvJPEG runs on a GPU, minus nvJPEG. What it refuses is None, for the CPU to decode."""
+    from imgcls.config import PreprocessConfig
+    from imgcls.data.device_decode import DeviceDecoder
+    from imgcls.predict import decode_for_model, decoders
+    from imgfactory import class_image, exif_rotated_jpeg
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(160, 120), (90, 200), (64, 64), (33, 47)]):
+        class_image(i % 3, rng, size).save(folder / f"{i}.jpg", quality=92)
+    (folder / "rotated.jpg").write_bytes(exif_rotated_jpeg(6))
+    good = sorted(str(p) for p in folder.glob("*.jpg"))
+    Image.new("RGB", (40, 30)).save(folder / "x.png")
+    Image.new("CMYK", (40, 30)).save(folder / "cmyk.jpg")
+    Image.new("L", (40, 30)).save(folder / "gray.jpg")
+    data = (folder / "0.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    refused = [str(folder / n) for n in ("x.png", "cmyk.jpg", "gray.jpg", "cut.jpg", "missing.jpg")]
+    for cfg in (PreprocessConfig(input_size=(3, 32, 32)),
+                PreprocessConfig(input_size=(3, 48, 48), crop_pct=0.9, interpolation="bicubic", resize_mode="pad")):  # fmt: skip
+        got = DeviceDecoder(cfg, "cpu", batch=3).decode([*good, *refused, data])
+        assert all(g is None for g in got[len(good) : -1])
+        for path, arr in zip([*good, str(folder / "0.jpg")], [*got[: len(good)], got[-1]], strict=True):
+            ref = decode_for_model(path, cfg)
+            assert arr is not None and arr.shape == ref.shape and arr.dtype == np.uint8, path
+            assert np.abs(arr.astype(int) - ref).mean() < 3.0, path  # upright, same crop, a few levels apart
+    rates = decoders.measure_rates(PreprocessConfig(input_size=(3, 32, 32)), "cpu", 0, 0.25, None, seconds=0.05)
+    assert rates["cpu"] > 0 and rates["cuda"] > 0 and rates["cpu+cuda"] > 0 and 0 < rates["share"] < 1

@@ -1,5 +1,5 @@
-"""Training end to end: every task and data source, transfer learning, resume, DDP (time budgets:
-test_budget.py, on a simulated clock)."""
+"""Training end to end: every task and data source, transfer learning, resume (time budgets:
+test_budget.py, on a simulated clock; DDP over two torchrun nodes: test_multinode.py)."""
 
 from __future__ import annotations
 
@@ -340,27 +340,6 @@ def test_kill_minus_nine_and_resume_ends_with_the_uninterrupted_weights(folder: 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ha, hb = history(tmp_path / "full"), history(tmp_path / "killed")
     assert [h["val_loss"] for h in ha] == [h["val_loss"] for h in hb]
-
-
-def test_ddp_with_two_cpu_processes(folder: Path, tmp_path: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29531", "-m", "imgcls", "train",
-        "--data", str(folder), "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c"),
-        "--arch", "lenet", "--pretrained", "none", "--epochs", "2", "--batch-size", "4", "--image-size", "32",
-    ]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("model: ") == 1  # only rank 0 reports
-    h = history(tmp_path / "run")
-    assert len(h) == 2
-    # each epoch sees every training row once, shared between the two ranks
-    train_rows = sum(1 for x in rows(tmp_path / "run" / "splits.csv") if x["split"] == "train")
-    assert h[0]["images"] == (train_rows // 2 // 4) * 4 * 2
-    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
-    # the same --out again: rank 0 alone checks it and refuses; torchrun stops the other rank
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode != 0 and r.stderr.count("already exists and is not empty") == 1, r.stderr[-2000:]
 
 
 def test_yaml_config_with_command_line_overrides(folder: Path, tmp_path: Path) -> None:

@@ -158,20 +158,27 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _set_decision(clf, args)
     common = dict(
         top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
-        show_progress=args.out is not None, resume=not args.overwrite,
+        show_progress=args.out is not None, resume=not args.overwrite, decoder=args.decoder,
     )  # fmt: skip
     if args.detections or args.aggregate != "none" or args.format in ("megadetector", "camtrapdp"):
         summary = _predict_camera_traps(clf, args, common)
     else:
         tta = {"flip": True, "none": False}.get(args.tta)
-        summary = run_predict(clf, args.inputs, out=args.out, fmt=args.format, threshold=args.threshold, tta=tta,
-                              **common)  # fmt: skip
+        if args.shard:  # one of N separate jobs (a SLURM job array's task)
+            from imgcls.predict.shards import predict_shard
+
+            summary = predict_shard(clf, args.inputs, out=args.out, shard=args.shard, fmt=args.format,
+                                    threshold=args.threshold, tta=tta, **common)  # fmt: skip
+        else:
+            summary = run_predict(clf, args.inputs, out=args.out, fmt=args.format, threshold=args.threshold,
+                                  tta=tta, **common)  # fmt: skip
     note = summary.left_out_note()
     if args.out and os.environ.get("RANK", "0") == "0":
         done = f", {summary.skipped_done} already done" if summary.skipped_done else ""
         sys.stderr.write(
             f"predicted {summary.written} images{done} ({summary.errors} unreadable) in "
             f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s, {clf.engine}) -> {args.out}"
+            f"{' (shard {}/{})'.format(*args.shard) if args.shard else ''}"
             f"{'; ' + note if note else ''}\n"
         )
     elif note:
@@ -201,10 +208,28 @@ def _check_predict(args: argparse.Namespace) -> int:
     if args.out:
         check_output_apart(args.inputs, args.out)
         check_writable(args.out, folder=args.format == "camtrapdp")
+    _check_shard(args)
     n = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1))
     if n == 0:
         raise UserError(f"no files found in {' '.join(args.inputs)} (folders, globs and lists were all empty)")
     return n
+
+
+def _check_shard(args: argparse.Namespace) -> None:
+    """``--shard K/N`` parsed into (K, N); it needs a file to put its part beside and whole-file
+    prediction (the camera-trap steps see every image of a sequence at once)."""
+    from imgcls.predict.shards import parse_shard
+
+    if not args.shard:
+        args.shard = None
+        return
+    args.shard = parse_shard(args.shard)
+    if not args.out:
+        raise UserError("--shard needs --out FILE: each shard writes a part beside it and the last merges them")
+    if args.detections or args.aggregate != "none" or args.format in ("megadetector", "camtrapdp"):
+        raise UserError("--shard splits whole-file prediction; run the camera-trap steps in one job")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--shard is for separate jobs; under torchrun the processes share the inputs already")
 
 
 def _predict_camera_traps(clf: Any, args: argparse.Namespace, common: dict[str, Any]) -> Any:
@@ -227,7 +252,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.model, args.data, split=args.split, out=args.out, image_root=args.image_root,
         batch_size=args.batch_size, workers=args.workers, device=args.device,
         precision=args.precision, backend=args.backend, tta={"flip": True, "none": False}.get(args.tta),
-        detections=args.detections,
+        decoder=args.decoder, detections=args.detections,
         det_threshold=args.det_threshold, det_categories=args.det_categories,
         crop_margin=args.crop_margin, corrections=args.corrections, default_out=True,
     )  # fmt: skip
@@ -299,7 +324,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_pixels=args.max_pixels,
         cors_origins=args.cors_origin or [], max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         top_k=args.top_k, device=args.device, precision=args.precision, backend=args.backend,
-        allowed_hosts=args.allowed_host or [],
+        allowed_hosts=args.allowed_host or [], decoder=args.decoder,
     )  # fmt: skip
     serve(cfg)
     return 0

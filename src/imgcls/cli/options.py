@@ -189,11 +189,20 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _decoder_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--decoder", choices=["auto", "cpu", "cuda"], default="auto",
+        help="who decodes JPEGs: auto (where the model runs on a GPU, the GPU's nvJPEG beside the CPU's workers "
+        "when that measured faster here), cpu, or cuda (the GPU, the CPU for what it refuses)",
+    )  # fmt: skip
+
+
 def _inference_options(p: argparse.ArgumentParser, *, batch_size: int) -> None:
     """The options predict and evaluate share: batches, decoding, TTA, device, precision."""
     p.add_argument("--batch-size", type=at_least(1), default=batch_size,
                    help=f"images per forward pass (default {batch_size})")  # fmt: skip
     p.add_argument("--workers", type=at_least(0), help="decoding processes (default: the cores; 0: decode in this one)")
+    _decoder_option(p)
     p.add_argument(
         "--tta", choices=["auto", "none", "flip"], default="auto",
         help="test-time augmentation (default: what the model was trained for)",

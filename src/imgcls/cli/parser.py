@@ -118,7 +118,8 @@ def add_predict(sub: Any) -> None:
         "  imgcls predict --model runs/a/model photos/ --out preds.csv   # again: resumes\n"
         "  imgcls predict --model M traps/ --detections md.json --format megadetector --out md_cls.json\n"
         "  imgcls predict --model M traps/ --aggregate sequence --format camtrapdp --out package/\n"
-        "  torchrun --nproc_per_node 4 -m imgcls predict --model M photos/ --out preds.csv",
+        "  torchrun --nproc_per_node 4 -m imgcls predict --model M photos/ --out preds.csv\n"
+        "  imgcls predict --model M photos/ --out preds.csv --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
         _cmd_predict,
     )
     p.add_argument("--model", required=True, help="model directory or exported .onnx file")
@@ -145,6 +146,9 @@ def add_predict(sub: Any) -> None:
                     "number of inputs (a call of over 200 images times both, for the record); "
                     "int8 or bf16 only with --precision")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming")
+    p.add_argument("--shard", metavar="K/N", help="one of N separate jobs (a SLURM job array's tasks): every N-th "
+                   "input from the K-th (0-based) into a part beside --out; the job finishing the last part merges "
+                   "them into --out in input order")  # fmt: skip
     g = p.add_argument_group("decisions")
     g.add_argument("--class-thresholds", help="per-class thresholds: fox=0.8,deer=0.6 (below: unknown)")
     g.add_argument("--rollup", action="store_true", help="roll uncertain species up an 'a;b;c' taxonomy")
@@ -266,6 +270,9 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--top-k", type=int, default=5, help="default labels per image")
     _device_options(p)
+    from imgcls.cli.options import _decoder_option
+
+    _decoder_option(p)
     _backend_option(p, "auto: predict's engine (float32: ONNX Runtime, else PyTorch; int8, bf16 only with --precision)")
 
 

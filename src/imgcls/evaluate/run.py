@@ -143,6 +143,7 @@ def collect_probabilities(
     batch_size: int = 64,
     workers: int | None = None,
     tta: bool | None = None,
+    decoder: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """(probabilities of the decodable rows, those rows, (path, reason) of the others)."""
     from imgcls.console import Progress
@@ -160,7 +161,7 @@ def collect_probabilities(
         batch_rows.clear()
 
     with Progress(len(rows), "evaluating") as bar:
-        for i, (path, arr, err) in zip(rows, model_inputs(clf, table, rows, workers), strict=True):
+        for i, (path, arr, err) in zip(rows, model_inputs(clf, table, rows, workers, decoder), strict=True):
             if arr is None:
                 skipped.append((path, err or "unreadable"))
                 continue
@@ -175,9 +176,10 @@ def collect_probabilities(
     return (np.concatenate(probs) if probs else np.zeros((0, k))), np.array(ok, dtype=np.int64), skipped
 
 
-def model_inputs(clf: Any, table: DataTable, rows: np.ndarray, workers: int | None) -> Any:
+def model_inputs(clf: Any, table: DataTable, rows: np.ndarray, workers: int | None, decoder: str = "auto") -> Any:
     """(path, uint8 model input or None, error or None) for each row, in order: images held in
-    memory (IDX), detection crops, or files decoded in worker processes."""
+    memory (IDX), detection crops, or files decoded in worker processes (and on the model's GPU:
+    ``decoder``, :mod:`imgcls.predict.decoders`)."""
     from PIL import Image
 
     from imgcls.data.preprocess import eval_array
@@ -192,7 +194,11 @@ def model_inputs(clf: Any, table: DataTable, rows: np.ndarray, workers: int | No
     if table.boxes is not None:  # detection crops
         crops = ((table.paths[i], tuple(table.boxes[i]), table.crop_margin) for i in rows)
         return ((item[0], a, e) for item, a, e in decode_stream(crops, pre, workers=n_workers, fn=decode_crop))
-    return decode_stream((table.paths[i] for i in rows), pre, workers=n_workers)
+    from imgcls.console import info
+    from imgcls.predict.decoders import share_for
+
+    device = share_for(decoder, clf, (table.paths[i] for i in rows), workers=n_workers, say=info)
+    return decode_stream((table.paths[i] for i in rows), pre, workers=n_workers, device=device)
 
 
 def _detection_crops(
@@ -238,6 +244,7 @@ def evaluate(
     precision: str = "auto",
     backend: str = "torch",
     tta: bool | None = None,
+    decoder: str = "auto",
     detections: str | Path | None = None,
     det_threshold: float | None = None,
     det_categories: str = "animal",
@@ -270,11 +277,11 @@ def evaluate(
     keep, targets, unknown = map_targets(table, clf.info.label_names, rows)
     if backend == "auto":
         clf = _on_engine(clf, model, device, precision, len(keep))
-    probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta)
+    probs, ok, bad = collect_probabilities(clf, table, keep, batch_size=batch_size, workers=workers, tta=tta,
+                                           decoder=decoder)  # fmt: skip
     position = {int(r): j for j, r in enumerate(keep)}
     targets = targets[[position[int(r)] for r in ok]]
-    skipped += unknown + bad
-    info = clf.info
+    skipped, info = skipped + unknown + bad, clf.info
     result = EvalResult(
         thumbnail=Thumbnails(table, ok), task=info.task, label_names=info.label_names,
         paths=[table.paths[int(i)] for i in ok], targets=targets, probs=probs,

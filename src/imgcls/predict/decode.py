@@ -1,25 +1,28 @@
-"""Decoding for prediction: files (or detection crops) to the model's uint8 inputs, in worker
-processes, a bounded number of chunks ahead of the model, in input order.
+"""Decoding for prediction (and evaluate, and the int8 calibration): files (or detection crops) to
+the model's uint8 inputs, in worker processes (:mod:`imgcls.data.workers`), a bounded number of
+chunks ahead of the model, in input order.
 
-Workers are forked (they start in milliseconds and share the imported modules) and end with
-their parent, ``kill -9`` included. They ignore Ctrl-C: a terminal sends it to the whole process
-group, and the parent alone answers it (one line). A consumer that stops early (Ctrl-C, an
-error, enough rows) does not wait for the chunks in flight: those not started are cancelled and
-the workers skip the rest of theirs (a shared stop flag), so the pool ends after at most one
-image per worker; killing workers instead could cut a result half-written into the pipe, and the
-pool's reader thread, and so the interpreter's exit, would wait for its end for ever. A bad file
-is an error string, never an exception: a decoder bug must not stop a million-image run.
+A consumer that stops early (Ctrl-C, an error, enough rows) does not wait for the chunks in
+flight: those not started are cancelled and the workers skip the rest of theirs (a shared stop
+flag), so the pool ends after at most one image per worker; killing workers instead could cut a
+result half-written into the pipe, and the pool's reader thread, and so the interpreter's exit,
+would wait for its end for ever. A bad file is an error string, never an exception: a decoder bug
+must not stop a million-image run.
+
+On a GPU a :class:`DeviceShare` sends a fixed share of the whole-file JPEGs to the device's decoder
+(:mod:`imgcls.data.device_decode`) while the CPU workers decode the rest; which files go is decided
+by a hash of the path, so a file gets the same decoder, and the same answer, in every run on the
+machine. What the device refuses is decoded on the CPU.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import time
+import itertools
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,11 +30,20 @@ import numpy as np
 from imgcls.config import PreprocessConfig
 from imgcls.data.image import MAX_PIXELS, ImageError, read_image
 from imgcls.data.preprocess import eval_array, square_size
+from imgcls.data.workers import Inline, die_with_parent, process_pool, stopped, submit
+
+__all__ = ["DeviceShare", "decode_crop", "decode_crops", "decode_for_model", "decode_one", "decode_stream",
+           "die_with_parent"]  # fmt: skip
 
 
 def decode_for_model(path: str, cfg: PreprocessConfig, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """One file -> the uint8 (size, size, 3) model input before normalisation."""
     return eval_array(read_image(path, min_size=square_size(cfg), max_pixels=max_pixels), cfg)
+
+
+def decode_one(path: str, cfg: PreprocessConfig, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """A file -> a stack of one model input (the runner's whole-file items)."""
+    return decode_for_model(path, cfg, max_pixels)[None]
 
 
 def decode_crops(
@@ -62,17 +74,13 @@ def decode_crop(
     return decode_crops((path, [box], margin), cfg, max_pixels)[0]
 
 
-#: in a worker process: the parent's stop flag (a multiprocessing Event), set when its consumer stops
-_STOP: Any = None
-
-
 def _decode_chunk(
     items: list[Any], cfg: PreprocessConfig, max_pixels: int | None, fn: Any = None
 ) -> list[tuple[Any, str | None]]:
     decode = fn or decode_for_model
     out: list[tuple[Any, str | None]] = []
     for p in items:
-        if _STOP is not None and _STOP.is_set():  # nobody reads this chunk any more
+        if stopped():  # nobody reads this chunk any more
             out.append((None, "not decoded: the reader stopped"))
             continue
         try:
@@ -84,77 +92,60 @@ def _decode_chunk(
     return out
 
 
-class _Inline(Executor):
-    """Decoding in the calling process (``workers=0``)."""
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
-        f: Future = Future()
-        f.set_result(fn(*args, **kwargs))
-        return f
+#: the whole-file decoders the device decoder stands in for: whether each stacks its one input
+WHOLE_FILES: dict[Any, bool] = {None: False, decode_for_model: False, decode_one: True}
 
 
-def die_with_parent(parent: int) -> None:
-    """Worker-process initializer: end when the parent ends, ``kill -9`` included (a forked
-    worker holds the pipes' other ends itself, so it would otherwise wait for work for ever):
-    Linux's parent-death signal, and a watchdog thread elsewhere. Ctrl-C is the parent's to
-    answer: ignored here (it was blocked while this process was started, see :func:`_no_ctrl_c`),
-    else each worker printed its own KeyboardInterrupt traceback."""
-    import sys
-    import threading
+@dataclass
+class DeviceShare:
+    """The device's part of the decoding: ``decoder.decode(paths)`` gives model inputs or None
+    where it refuses (:class:`imgcls.data.device_decode.DeviceDecoder`); it takes the files whose
+    path hashes below ``share`` (0..1), a batch of them at a time."""
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    if sys.platform.startswith("linux"):
-        import ctypes
+    decoder: Any
+    share: float
+    batch: int = 32
 
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent ended before the signal was armed
-        os._exit(1)
+    def takes(self, item: Any) -> bool:
+        """Whether the device decodes ``item`` (a path; or an upload's bytes in ``serve``)."""
+        if not isinstance(item, (str, bytes)):
+            return False
+        key = item if isinstance(item, bytes) else item.encode("utf-8", "surrogatepass")
+        return self.share >= 1 or zlib.crc32(key) % 1024 < self.share * 1024
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="imgcls-parent-watch", daemon=True).start()
+    def segment(self, chunk: int) -> int:
+        """Items read at a time: about one device batch's worth of the device's share."""
+        return max(chunk, min(8 * self.batch, round(self.batch / max(self.share, 1e-3))))
 
 
-@contextlib.contextmanager
-def _no_ctrl_c() -> Iterator[None]:
-    """Ctrl-C blocked in this thread while a submit may start workers: a process forked now
-    inherits the block and ignores Ctrl-C before it unblocks it, so none is interrupted while it
-    starts (the parent still gets a Ctrl-C of this moment, when the block ends)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+def _device_part(
+    device: DeviceShare, items: list[str], cfg: PreprocessConfig, max_pixels: int | None, fn: Any
+) -> list[tuple[Any, str | None]]:
+    """In the device thread: the device's items; what it refuses, decoded here on the CPU."""
     try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        found = device.decoder.decode(items)
+    except Exception:  # the device failed as a whole (out of memory...): the CPU does it all
+        found = [None] * len(items)
+    stack = WHOLE_FILES[fn]
+    return [
+        (arr[None] if stack else arr, None) if arr is not None else _decode_chunk([p], cfg, max_pixels, fn)[0]
+        for p, arr in zip(items, found, strict=True)
+    ]
 
 
-def _start_worker(parent: int, stop: Any) -> None:
-    global _STOP
-    _STOP = stop
-    die_with_parent(parent)
+@dataclass
+class _Segment:
+    """Consecutive items and the futures decoding them: (positions in ``items``, future)."""
 
+    items: list[Any]
+    parts: list[tuple[list[int], Future]]
 
-def _executor(workers: int) -> tuple[Executor, Any]:
-    """The pool and its stop flag (None for decoding in this process)."""
-    if workers <= 0:
-        return _Inline(), None
-    import multiprocessing as mp
-
-    # fork: workers start in milliseconds and share the already imported modules
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    stop = ctx.Event()
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(), stop)
-    )
-    return pool, stop
+    def results(self) -> list[tuple[Any, str | None]]:
+        out: list[Any] = [None] * len(self.items)
+        for at, fut in self.parts:
+            for j, r in zip(at, fut.result(), strict=True):
+                out[j] = r
+        return out
 
 
 def decode_stream(
@@ -165,34 +156,63 @@ def decode_stream(
     max_pixels: int | None = MAX_PIXELS,
     chunk: int = 8,
     fn: Any = None,
+    device: DeviceShare | None = None,
 ) -> Iterator[tuple[Any, Any, str | None]]:
     """(item, pixels or None, error or None) in input order; at most ``4 * workers`` chunks are
     in flight (32 at the start, while the model loads), so memory stays flat however long
-    ``paths`` is. ``fn(item, cfg, max_pixels)``
-    decodes one item (a module-level function, as it runs in worker processes); by default an
-    item is a path and the result its model input."""
+    ``paths`` is. ``fn(item, cfg, max_pixels)`` decodes one item (a module-level function, as it
+    runs in worker processes); by default an item is a path and the result its model input.
+    ``device``: the device decoder's share of whole files (see the module docstring)."""
+    if device is not None and (fn not in WHOLE_FILES or device.share <= 0):
+        device = None
     ahead = max(2, 4 * workers)
     window = max(ahead, 32) if workers > 0 else ahead  # a deeper first window covers model loading
-    pending: deque[tuple[list[Any], Future]] = deque()
+    pending: deque[_Segment] = deque()
     it = iter(paths)
-    pool, stop = _executor(workers)
+    pool, stop = process_pool(workers) if workers > 0 else (Inline(), None)
+    gpu: Executor | None = ThreadPoolExecutor(1, thread_name_prefix="imgcls-device-decode") if device else None
+    per = device.segment(chunk) if device is not None else chunk
     try:
         exhausted = False
         while True:
-            while not exhausted and len(pending) < window:
-                batch = [p for _, p in zip(range(chunk), it, strict=False)]
+            while not exhausted and sum(len(s.parts) for s in pending) < window:
+                batch = list(itertools.islice(it, per))
                 if not batch:
                     exhausted = True
                     break
-                with _no_ctrl_c():
-                    pending.append((batch, pool.submit(_decode_chunk, batch, cfg, max_pixels, fn)))
+                pending.append(_submit(batch, pool, gpu, device, cfg, max_pixels, fn, chunk))
             if not pending:
                 return
-            window = ahead
-            batch, fut = pending.popleft()
-            for p, (arr, err) in zip(batch, fut.result(), strict=True):
+            window = ahead + (2 if device is not None else 0)
+            seg = pending.popleft()
+            for p, (arr, err) in zip(seg.items, seg.results(), strict=True):
                 yield p, arr, err
     finally:  # at the end nothing is pending; a consumer that stopped early waits for no chunk
         if pending and stop is not None:
             stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
+        if gpu is not None:
+            gpu.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(
+    items: list[Any],
+    pool: Executor,
+    gpu: Executor | None,
+    device: DeviceShare | None,
+    cfg: PreprocessConfig,
+    max_pixels: int | None,
+    fn: Any,
+    chunk: int,
+) -> _Segment:
+    """One segment's work: the device's items as one batch, the rest in chunks for the workers."""
+    mine = [j for j, p in enumerate(items) if device is not None and device.takes(p)]
+    parts: list[tuple[list[int], Future]] = []
+    if mine and gpu is not None and device is not None:
+        parts.append((mine, gpu.submit(_device_part, device, [items[j] for j in mine], cfg, max_pixels, fn)))
+    taken = set(mine)
+    rest = [j for j in range(len(items)) if j not in taken]
+    for a in range(0, len(rest), chunk):
+        at = rest[a : a + chunk]
+        parts.append((at, submit(pool, _decode_chunk, [items[j] for j in at], cfg, max_pixels, fn)))
+    return _Segment(items, parts)

@@ -22,7 +22,7 @@ import numpy as np
 from imgcls.data.image import MAX_PIXELS
 from imgcls.errors import UserError
 from imgcls.predict.classifier import Classifier
-from imgcls.predict.decode import decode_for_model, decode_stream
+from imgcls.predict.decode import decode_one, decode_stream
 from imgcls.predict.inputs import iter_inputs
 
 if TYPE_CHECKING:
@@ -70,11 +70,6 @@ class ItemSource:
 
     def row(self, clf: Classifier, item: Any, probs: np.ndarray | None, error: str | None) -> dict[str, Any]:
         raise NotImplementedError
-
-
-def decode_one(path: str, cfg: Any, max_pixels: int | None) -> np.ndarray:
-    """A file -> a stack of one model input."""
-    return decode_for_model(path, cfg, max_pixels)[None]
 
 
 @dataclass
@@ -129,9 +124,11 @@ def stream(
     world: int = 1,
     show_progress: bool = True,
     max_pixels: int | None = MAX_PIXELS,
+    decoder: str = "auto",
 ) -> PredictSummary:
     """Every input through ``source`` into ``writer`` (see the module docstring): the one loop
-    behind whole-image and detection-crop prediction."""
+    behind whole-image and detection-crop prediction. ``decoder``: auto, cpu or cuda
+    (:mod:`imgcls.predict.decoders`)."""
     from imgcls.console import Progress
     from imgcls.runtime import physical_cores
 
@@ -150,7 +147,9 @@ def stream(
     try:
         with Progress(total, "predicting", enabled=show_progress) as bar:
             bar.done = len(done)
-            decoded = decode_stream(todo, clf.preprocess, workers=workers, max_pixels=max_pixels, fn=source.decode)
+            device = _device_share(clf, inputs, source, decoder, workers, max_pixels)
+            decoded = decode_stream(todo, clf.preprocess, workers=workers, max_pixels=max_pixels, fn=source.decode,
+                                    device=device)  # fmt: skip
             for item, arrays, error in decoded:
                 pending.add(item, arrays, error)
                 if pending.arrays >= batch_size or len(pending.items) >= 4 * batch_size:
@@ -159,6 +158,20 @@ def stream(
     finally:
         writer.close()
     return PredictSummary(total, written, len(done), errors, time.perf_counter() - t0, writer.path, dict(left_out))
+
+
+def _device_share(
+    clf: Classifier, inputs: Sequence[str], source: ItemSource, decoder: str, workers: int, max_pixels: int | None
+) -> Any:
+    """The device decoder's share of whole-file decoding (None: the CPU's workers decode all)."""
+    from imgcls.console import info
+    from imgcls.predict.decode import WHOLE_FILES
+    from imgcls.predict.decoders import share_for
+
+    if source.decode not in WHOLE_FILES:
+        return None
+    say = info if os.environ.get("RANK", "0") == "0" else None
+    return share_for(decoder, clf, iter_inputs(inputs), workers=workers, max_pixels=max_pixels, say=say)
 
 
 def _write(rows: list[dict[str, Any]], writer: Writer, bar: Any, written: int, errors: int) -> tuple[int, int]:
@@ -183,7 +196,8 @@ def predict_files(
 
 
 # ------------------------------------------------------------------------ several processes
-def _part_path(out: Path, rank: int, world: int) -> Path:
+def part_path(out: Path, rank: int, world: int) -> Path:
+    """Where process (or ``--shard``) ``rank`` of ``world`` writes its rows, beside ``out``."""
     return out.with_name(f".{out.name}.part-{rank}-of-{world}{out.suffix}")
 
 
@@ -257,7 +271,8 @@ def run_predict(
     (``settings``: what else shapes a row), the stream through ``source`` (whole files by
     default), and the output finished (``finish(writer)``, else the writer's own ``finalize``).
     ``wrap(writer)`` may wrap the writer (the camera-trap steps annotate rows). Under
-    ``torchrun`` each process writes its part and rank 0 merges the parts, in input order."""
+    ``torchrun`` each process writes its part and rank 0 merges the parts, in input order (for
+    separate jobs instead, see :mod:`imgcls.predict.shards`)."""
     from imgcls.io import launch_rank
     from imgcls.outputs import guard_resume, writer_for
 
@@ -300,7 +315,7 @@ def _run_parts(
     from imgcls.outputs import writer_for
 
     rank = int(os.environ["RANK"])
-    part = writer_for(_part_path(final, rank, world), writer.name, writer_options)
+    part = writer_for(part_path(final, rank, world), writer.name, writer_options)
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
     try:
@@ -308,7 +323,7 @@ def _run_parts(
         summary = stream(clf, inputs, part, source, resume=resume, rank=rank, world=world, **kwargs)
         dist.barrier()
         if rank == 0:
-            writer.merge([_part_path(final, r, world) for r in range(world)])
+            writer.merge([part_path(final, r, world) for r in range(world)])
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -71,6 +71,7 @@ class ServeConfig:
     device: str = "auto"
     precision: str = "auto"
     backend: str = "torch"  # torch | onnx | auto: predict's engine (imgcls.predict.choose)
+    decoder: str = "auto"  # auto | cpu | cuda: who decodes JPEGs (imgcls.predict.decoders)
 
     def __post_init__(self) -> None:
         limits = {
@@ -98,6 +99,10 @@ class Service:
 
         # decodes at once, whatever the requests: one per core (each may hold a 60-MP image)
         self.decode_slots = asyncio.Semaphore(max(1, physical_cores()))
+        from imgcls.predict.decoders import UploadDecoder, model_gpu
+
+        self.device = UploadDecoder(cfg.decoder, self.pre, gpu=model_gpu(clf), workers=physical_cores(),
+                                    max_pixels=cfg.max_pixels)  # fmt: skip
         self.upload_slots = asyncio.Semaphore(16)  # request bodies held in memory at once
         self.batcher = MicroBatcher(clf.probabilities, max_batch=cfg.max_batch, max_wait=cfg.max_wait_ms / 1000)
         self.explainer: Any = None  # made on the first /explain
@@ -118,6 +123,9 @@ class Service:
             return await asyncio.to_thread(self.decode, name, data)
 
     def decode(self, name: str, data: bytes) -> np.ndarray | HTTPProblem:
+        on_device = self.device.decode(data)  # the GPU's nvJPEG where chosen; None: the CPU decodes it
+        if on_device is not None:
+            return on_device
         try:
             img = read_image(data, min_size=square_size(self.pre), max_pixels=self.cfg.max_pixels)
         except ImageError as e:

@@ -1,0 +1,108 @@
+"""``--shard K/N``: one of N separate jobs (a SLURM job array's tasks, commands started by hand on
+several machines) predicts every N-th input starting at the K-th (0-based: the inputs torchrun's
+rank K of N would take) into its own part beside ``--out``; the job that completes the last part
+merges the parts into ``--out`` in input order. The jobs share nothing but the file system: no
+rendezvous, no network between them, and they need not run at the same time (torchrun's processes
+must, see :func:`imgcls.predict.runner.run_predict`).
+
+Each part is an output of its own: resumable (a task that is killed and run again continues its
+part), guarded by its own settings record (``--overwrite`` starts only this task's part afresh).
+A finished part is marked (``.OUT.part-K-of-N.done``); the task that finds every mark present
+merges, under a lock file created exclusively (``.OUT.merging``), so two tasks finishing together
+do not both write ``--out``; a merge that was killed leaves the lock and the parts, and says so
+when the next task finds it. Once merged, a task run again finds ``--out`` complete and does
+nothing (``--overwrite`` predicts its shard again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imgcls.errors import UserError
+
+if TYPE_CHECKING:
+    from imgcls.outputs import Writer
+    from imgcls.predict.runner import PredictSummary
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N), 0 <= K < N; the message names the mistake (a SLURM array from 1)."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected K/N, e.g. 0/8 (this is shard K of N, counted from 0)") from None
+    if n < 1 or not 0 <= k < n:
+        raise UserError(f"--shard {text}: K must be 0 to {max(n, 1) - 1} (a SLURM array counted from 1: "
+                        "--array=0-N-1, or --shard $((SLURM_ARRAY_TASK_ID - 1))/N)")  # fmt: skip
+    return k, n
+
+
+def _mark(out: Path, rank: int, world: int) -> Path:
+    return out.with_name(f".{out.name}.part-{rank}-of-{world}.done")
+
+
+def predict_shard(
+    clf: Any, inputs: Any, *, out: str | Path, shard: tuple[int, int], fmt: str | None = None, resume: bool = True,
+    **kwargs: Any,
+) -> PredictSummary:  # fmt: skip
+    """Shard ``shard`` = (K, N) of the whole-file prediction of ``inputs`` into its part beside
+    ``out``, then the merge when it completes the last part; ``kwargs`` as
+    :func:`imgcls.predict.runner.run_predict`'s."""
+    from imgcls.console import info
+    from imgcls.io import atomic_write_text
+    from imgcls.outputs import guard_resume, resume_record, writer_for
+    from imgcls.predict.runner import Files, PredictSummary, part_path, run_settings, stream
+
+    k, n = shard
+    final = Path(out)
+    options = {"model": clf.describe()}
+    writer = writer_for(final, fmt, options)
+    settings = run_settings(clf, writer.name, kwargs)
+    source = Files(kwargs.pop("top_k", 5), kwargs.pop("threshold", None))
+    part = part_path(final, k, n)
+    started = part.exists() or _mark(final, k, n).exists() or resume_record(part).exists()
+    if resume and final.exists() and not started:
+        info(f"{final} is complete (merged from its shards): nothing to do (--overwrite predicts shard {k}/{n} again)")
+        return PredictSummary(0, 0, 0, 0, 0.0, final)
+    part_writer = writer_for(part, writer.name, options)
+    if not resume:
+        _mark(final, k, n).unlink(missing_ok=True)
+    guard_resume(part, settings, resume, writer=part_writer)
+    summary = stream(clf, inputs, part_writer, source, resume=resume, rank=k, world=n, **kwargs)
+    atomic_write_text(_mark(final, k, n), json.dumps({"rows": summary.written + summary.skipped_done}) + "\n")
+    info(merge_if_complete(final, n, writer, settings))
+    return summary
+
+
+def merge_if_complete(final: Path, world: int, writer: Writer, settings: dict[str, Any]) -> str:
+    """Merge the ``world`` parts into ``final`` if every one is marked finished and no other task
+    is merging; what happened, in a line."""
+    from imgcls.io import atomic_write_text
+    from imgcls.outputs import resume_record
+    from imgcls.predict.runner import part_path
+
+    done = [r for r in range(world) if _mark(final, r, world).exists()]
+    if len(done) < world:
+        return f"{len(done)} of {world} shards of {final} done; the last to finish merges them"
+    lock = final.with_name(f".{final.name}.merging")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return (f"another shard is merging {final} ({lock}: if no job is, a merge was cut short; remove it and run "
+                "any shard again)")  # fmt: skip
+    try:
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        os.close(fd)
+        parts = [part_path(final, r, world) for r in range(world)]
+        writer.merge(parts)
+        atomic_write_text(resume_record(final), json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n")
+        for r, p in enumerate(parts):
+            resume_record(p).unlink(missing_ok=True)
+            _mark(final, r, world).unlink(missing_ok=True)
+    finally:
+        lock.unlink(missing_ok=True)
+    return f"merged the {world} shards into {final}"
