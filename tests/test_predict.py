@@ -632,3 +632,25 @@ def test_the_device_decoder_run_on_the_cpu_gives_the_cpus_inputs_within_a_few_le
             assert np.abs(arr.astype(int) - ref).mean() < 3.0, path  # upright, same crop, a few levels apart
     rates = decoders.measure_rates(PreprocessConfig(input_size=(3, 32, 32)), "cpu", 0, 0.25, None, seconds=0.05)
     assert rates["cpu"] > 0 and rates["cuda"] > 0 and rates["cpu+cuda"] > 0 and 0 < rates["share"] < 1
+
+
+class _Refuses:
+    def decode(self, sources: list[Any]) -> list[None]:
+        return [None] * len(sources)
+
+
+def _pid_input(path: str, cfg: Any, max_pixels: Any = None) -> np.ndarray:
+    return np.full((2, 2, 3), os.getpid() % 251, np.uint8)
+
+
+def test_what_the_device_refuses_is_decoded_by_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused files (every PNG of a folder under --decoder cuda) were decoded one at a time in
+    the device's thread, in the parent; they go to the worker processes, in input order."""
+    import imgcls.predict.decode as decode
+    from imgcls.config import PreprocessConfig
+
+    monkeypatch.setattr(decode, "decode_for_model", _pid_input)
+    paths = [f"{i}.png" for i in range(40)]
+    got = list(decode.decode_stream(paths, PreprocessConfig(), workers=2, device=decode.DeviceShare(_Refuses(), 1.0)))
+    assert [p for p, _, _ in got] == paths and all(err is None for _, _, err in got)
+    assert os.getpid() % 251 not in {int(arr[0, 0, 0]) for _, arr, _ in got}

@@ -119,18 +119,24 @@ class DeviceShare:
 
 
 def _device_part(
-    device: DeviceShare, items: list[str], cfg: PreprocessConfig, max_pixels: int | None, fn: Any
-) -> list[tuple[Any, str | None]]:
-    """In the device thread: the device's items; what it refuses, decoded here on the CPU."""
+    device: DeviceShare, items: list[str], cfg: PreprocessConfig, max_pixels: int | None, fn: Any, pool: Executor,
+    chunk: int,
+) -> list[tuple[Any, str | None]]:  # fmt: skip
+    """In the device thread: the device's items; what it refuses goes to the CPU's workers (a set of
+    PNGs under ``--decoder cuda`` is decoded by every worker, not by this one thread)."""
     try:
         found = device.decoder.decode(items)
     except Exception:  # the device failed as a whole (out of memory...): the CPU does it all
         found = [None] * len(items)
     stack = WHOLE_FILES[fn]
-    return [
-        (arr[None] if stack else arr, None) if arr is not None else _decode_chunk([p], cfg, max_pixels, fn)[0]
-        for p, arr in zip(items, found, strict=True)
-    ]
+    out: list[Any] = [None if arr is None else (arr[None] if stack else arr, None) for arr in found]
+    redo = [j for j, arr in enumerate(found) if arr is None]
+    parts = [(at, submit(pool, _decode_chunk, [items[j] for j in at], cfg, max_pixels, fn))
+             for at in (redo[a : a + chunk] for a in range(0, len(redo), chunk))]  # fmt: skip
+    for at, fut in parts:
+        for j, r in zip(at, fut.result(), strict=True):
+            out[j] = r
+    return out
 
 
 @dataclass
@@ -190,9 +196,9 @@ def decode_stream(
     finally:  # at the end nothing is pending; a consumer that stopped early waits for no chunk
         if pending and stop is not None:
             stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        if gpu is not None:
+        if gpu is not None:  # first: its part may be waiting on the workers for what the device refused
             gpu.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _submit(
@@ -209,7 +215,8 @@ def _submit(
     mine = [j for j, p in enumerate(items) if device is not None and device.takes(p)]
     parts: list[tuple[list[int], Future]] = []
     if mine and gpu is not None and device is not None:
-        parts.append((mine, gpu.submit(_device_part, device, [items[j] for j in mine], cfg, max_pixels, fn)))
+        todo = [items[j] for j in mine]
+        parts.append((mine, gpu.submit(_device_part, device, todo, cfg, max_pixels, fn, pool, chunk)))
     taken = set(mine)
     rest = [j for j in range(len(items)) if j not in taken]
     for a in range(0, len(rest), chunk):
