@@ -21,6 +21,7 @@ from imgcls.engine.plan import (
     resolve_model,
 )
 from imgcls.errors import UserError
+from imgcls.runtime import DeviceFacts
 from imgfactory import image_folder
 
 IMAGENET = PreprocessConfig()  # 224 px, ImageNet mean/std, crop 0.875
@@ -103,3 +104,45 @@ def test_every_remaining_default_is_decided_and_the_config_is_not_touched() -> N
 def test_default_batch_sizes() -> None:
     assert default_batch_size(28, 55_000) == 256 and default_batch_size(224, 55_000) == 64
     assert default_batch_size(224, 1084) == 32 and default_batch_size(32, 300) == 16 and default_batch_size(32, 0) == 16
+
+
+def test_the_default_batch_on_a_gpu_follows_its_memory_and_the_rate_follows_the_batch() -> None:
+    """A fake GPU's free memory and the model's activation memory per image (summary's float32 KB)
+    decide the default batch; the learning rate is scaled to it as on a CPU."""
+    gib = 1 << 30
+
+    def gpu(free_gib: int) -> DeviceFacts:
+        return DeviceFacts("cuda", "a GPU", free_gib * gib, 80 * gib)
+
+    r18, r50 = 29_212.0, 125_166.0  # ResNet-18 / ResNet-50 at 224 px (imgcls summary)
+    assert (
+        default_batch_size(224, 100_000, gpu(70), r18) == 256 and default_batch_size(224, 100_000, gpu(70), r50) == 256
+    )
+    assert default_batch_size(224, 100_000, gpu(8), r18) == 128  # 256 x 29.9 MB > half of 8 GiB; 128 fits
+    assert default_batch_size(224, 100_000, gpu(40), r50) == 128 and default_batch_size(224, 100_000, gpu(1), r50) == 16
+    assert default_batch_size(28, 100_000, gpu(70), 1_138.0) == 512  # small images
+    assert default_batch_size(224, 3_200, gpu(70), r18) == 64  # still 32 steps an epoch at least
+    assert default_batch_size(224, 100_000, gpu(70)) == 64  # activation memory unknown: the CPU's size
+    assert default_batch_size(224, 100_000, DeviceFacts("cpu", "a CPU", 70 * gib, 80 * gib), r18) == 64
+    big = resolve_model(make_run_config(data="x", arch="resnet18"), table())
+    for optimizer, lr in (("sgd", 0.1), ("adamw", 1e-3 * 2)):  # 0.1 per 256; AdamW sqrt(256 / 64) x 1e-3
+        plan = resolve(make_run_config(data="x", optimizer=optimizer), big, IMAGENET, train_images=100_000,
+                       device=gpu(70), activation_kb=r18)  # fmt: skip
+        assert plan.batch_size == 256 and plan.lr == pytest.approx(lr)
+    given = resolve(make_run_config(data="x", batch_size=32), big, IMAGENET, train_images=100_000, device=gpu(70),
+                    activation_kb=r18)  # fmt: skip
+    assert given.batch_size == 32
+
+
+def test_the_trainer_measures_the_activation_memory_only_for_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgcls.engine import trainer
+    from imgcls.models.summary import summarize_arch
+
+    monkeypatch.setattr(trainer, "resolve_device", lambda device: device)
+    monkeypatch.setattr(trainer, "device_facts", lambda device: DeviceFacts(device, device, 1 << 33, 1 << 34))
+    mp = resolve_model(make_run_config(data="x", arch="resnet18"), table())
+    expected = summarize_arch("resnet18", input_size=(3, 160, 160), num_classes=3).activation_kb
+    on_gpu = trainer.batch_device(make_run_config(data="x", device="cuda"), mp, IMAGENET.with_size(160))
+    assert on_gpu["device"].type == "cuda" and on_gpu["activation_kb"] == pytest.approx(expected)
+    assert set(trainer.batch_device(make_run_config(data="x", device="cpu"), mp, IMAGENET)) == {"device"}
+    assert trainer.batch_device(make_run_config(data="x", device="cuda", batch_size=8), mp, IMAGENET) == {}

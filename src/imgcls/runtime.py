@@ -132,6 +132,46 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the batch plan and the store's placement need to know of a device: its kind, its
+    name and its memory (for a CPU, the machine's RAM as ``/proc/meminfo`` says)."""
+
+    type: str  # cpu | cuda
+    name: str
+    free_bytes: int
+    total_bytes: int
+
+
+def device_facts(device: torch.device | str) -> DeviceFacts:
+    """The facts of ``device`` now: a CUDA device's free and total memory
+    (``torch.cuda.mem_get_info``), or the machine's available and total RAM."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info(dev)
+        return DeviceFacts("cuda", torch.cuda.get_device_name(dev), int(free), int(total))
+    info: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            key, value = line.split(":", 1)
+            info[key] = int(value.split()[0]) * 1024
+    total = info.get("MemTotal", 0)
+    return DeviceFacts(dev.type, cpu_name() or dev.type, info.get("MemAvailable", total), total)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; from the CPU to a GPU through pinned memory without waiting: a
+    blocking copy would wait for every step already queued on the GPU, leaving it idle while
+    the next batch is prepared (the copy is ordered before later work on the stream anyway)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @dataclass
 class Runtime:
     device: torch.device

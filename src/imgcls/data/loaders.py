@@ -23,10 +23,12 @@ import numpy as np
 import torch
 
 from imgcls.config import PreprocessConfig
+from imgcls.data.device import HostStore, Placed, place
 from imgcls.data.image import MAX_PIXELS, ImageError
 from imgcls.data.store import Store, decode_square
 from imgcls.data.table import DataTable
 from imgcls.data.transforms import BatchAugment, Normalize, center_batch, to_nchw
+from imgcls.runtime import to_device
 
 
 def batch_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -114,7 +116,8 @@ def _collate(
 
 @dataclass
 class PixelSource:
-    """Where uint8 squares come from: a store, or files decoded by worker processes."""
+    """Where uint8 squares come from: a store (placed where the model is: :func:`place`), or
+    files decoded by worker processes."""
 
     table: DataTable
     store: Store | None
@@ -124,13 +127,25 @@ class PixelSource:
     max_pixels: int | None = MAX_PIXELS
     #: rows found unusable while streaming (cache='none'), with their reason
     found_bad: dict[int, str] = field(default_factory=dict)
+    #: the device batches come out on (:meth:`place`), and the store placed for it
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    placed: Placed | None = None
+
+    def place(self, device: torch.device | str, *, override: str | None = None) -> str:
+        """Batches from now on come out on ``device``; returns where the store went
+        (:mod:`imgcls.data.device`: ``device``, ``pinned`` or ``host``; ``decoded`` without one:
+        each batch is copied there as it is decoded)."""
+        self.device = torch.device(device)
+        if self.store is None:
+            return "decoded"
+        self.placed = place(self.store, self.device, override=override)
+        return self.placed.where
 
     def batches(self, plan: list[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """(rows, uint8 (B, C, S, S)) for each planned batch; unusable rows are dropped."""
+        """(rows, uint8 (B, C, S, S) on :attr:`device`) for each planned batch; unusable rows
+        are dropped."""
         if self.store is not None:
-            for rows in plan:
-                rows = rows[self.store.ok[rows]]
-                yield rows, self.store.gather(rows)
+            yield from (self.placed or HostStore(self.store, self.device)).batches(plan)
             return
         dataset = _DecodeDataset(self.table, self.cfg, self.size, self.max_pixels)
         loader: Any = torch.utils.data.DataLoader(
@@ -143,7 +158,7 @@ class PixelSource:
         for rows, pixels, bad in loader:
             for i, reason in bad:
                 self.found_bad[i] = reason
-            yield rows, to_nchw(pixels)
+            yield rows, to_device(to_nchw(pixels), self.device)
 
 
 def _prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -226,7 +241,8 @@ class TrainBatches:
             for step, (rows, pixels) in enumerate(self.source.batches(plan), start=start_step):
                 g = batch_generator(self.seed, epoch, step)
                 size = self.size_at(epoch * spe + step) if self.size_at is not None else None
-                yield self.augment(pixels, g, size), self.targets[torch.from_numpy(rows)], rows
+                y = to_device(self.targets[torch.from_numpy(rows)], pixels.device)
+                yield self.augment(pixels, g, size), y, rows
 
         yield from _prefetch(produce())
 
@@ -250,10 +266,7 @@ class EvalBatches:
 
         def produce() -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
             for r, pixels in self.source.batches(plan):
-                yield (
-                    normalize(center_batch(pixels, self.cfg)),
-                    self.targets[torch.from_numpy(r)],
-                    r,
-                )
+                y = to_device(self.targets[torch.from_numpy(r)], pixels.device)
+                yield normalize(center_batch(pixels, self.cfg)), y, r
 
         yield from _prefetch(produce())

@@ -24,6 +24,7 @@ from PIL import Image
 
 from imgcls.config import AUGMENT_PRESETS, PreprocessConfig
 from imgcls.data.preprocess import eval_array, prepare_square, square_size
+from imgcls.runtime import to_device
 
 __all__ = [
     "PRESETS",
@@ -47,12 +48,15 @@ class Normalize:
     def __init__(self, cfg: PreprocessConfig) -> None:
         self.mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        if x.device not in self._on:  # copied once per device: a copy per batch would wait for the GPU
+            self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._on[x.device]
         return (x - mean) / std
 
 
@@ -182,7 +186,7 @@ class BatchAugment:
             return self.normalize(out)
         if self.spec.trivial_augment:
             x = self._trivial(x, g)
-        theta = self._thetas(x.shape[0], g).to(x.device)
+        theta = to_device(self._thetas(x.shape[0], g), x.device)  # drawn on the CPU: the same on any device
         grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
         mode = "bicubic" if self.cfg.interpolation == "bicubic" else "bilinear"
         pad = "zeros" if self.spec.translate > 0 else "reflection"

@@ -12,7 +12,8 @@ training. The decisions come in the order they depend on each other:
    images: the input size and preprocessing, augmentation, test-time augmentation, batch size,
    learning rate, weight decay, the fine-tuning schedule (head-only epochs, backbone rate), the
    training sizes (``--progressive-resize``; with ``auto`` a time budget decides it:
-   :mod:`imgcls.engine.candidates`).
+   :mod:`imgcls.engine.candidates`). The batch size considers the device (a GPU's free memory
+   and the model's activation memory) and the learning rate is scaled to the batch.
 
 :meth:`Plan.config` writes the decisions into a copy of the configuration (``config.yaml``).
 """
@@ -31,12 +32,21 @@ from imgcls.config import PreprocessConfig, RunConfig
 from imgcls.data.table import DataTable
 from imgcls.engine.resolution import SizeSchedule, parse_progressive
 from imgcls.errors import UserError
+from imgcls.runtime import DeviceFacts
 
 DEFAULT_EPOCHS = 10
 SMALL_IMAGE = 64  # images at most this size get the small-image architecture and augmentation
 SMALL_ARCH = "smallnet"
 MIN_STEPS_PER_EPOCH = 32
 NO_WEIGHTS = (None, "", "none", "None", "false")
+#: the default batch on a GPU, for large images (False) and small ones (True)
+GPU_BATCH = {False: 256, True: 512}
+#: the share of a GPU's free memory (before the model is on it) a training batch may take
+GPU_BATCH_MEMORY_SHARE = 0.5
+#: a training step's memory per image over the model's float32 activation memory per image: under
+#: bf16 autocast the activations kept for the backward pass take about half of it, the rest covers
+#: the gradients flowing back and the convolutions' workspaces
+ACTIVATION_FACTOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -180,11 +190,22 @@ def resolve_preprocess(cfg: RunConfig, model_pre: PreprocessConfig, side: int | 
     return pre
 
 
-def default_batch_size(image_size: int, train_images: int) -> int:
-    """256 for small images, 64 otherwise; smaller (a power of two, at least 16) when the
-    training set would give fewer than 32 steps an epoch, since a thousand images in four
-    steps of 256 learn little in a few epochs."""
-    base = 256 if image_size <= SMALL_IMAGE else 64
+def default_batch_size(
+    image_size: int, train_images: int, device: DeviceFacts | None = None, activation_kb: float = 0.0
+) -> int:
+    """On a CPU 256 for small images, 64 otherwise; on a GPU (``device``) 512 and 256, as many
+    as fit in :data:`GPU_BATCH_MEMORY_SHARE` of its free memory at ``activation_kb`` (the model's
+    activation memory per image, float32 KB, as :mod:`imgcls.models.summary` counts it; unknown:
+    the CPU's size), halved until they do: a GPU computes a larger batch in about the time of a
+    small one. Smaller (a power of two, at least 16) when the training set would give fewer than
+    32 steps an epoch, since a thousand images in four steps of 256 learn little in a few epochs."""
+    small = image_size <= SMALL_IMAGE
+    base = 256 if small else 64
+    if device is not None and device.type == "cuda" and activation_kb > 0:
+        base = GPU_BATCH[small]
+        per_image = activation_kb * 1024 * ACTIVATION_FACTOR
+        while base > 16 and base * per_image > GPU_BATCH_MEMORY_SHARE * device.free_bytes:
+            base //= 2
     fit = 16
     while fit * 2 <= min(base, train_images // MIN_STEPS_PER_EPOCH):
         fit *= 2
@@ -210,16 +231,24 @@ def resolve_tta(tta: str, pre: PreprocessConfig, augment: str) -> str:
 
 
 def resolve(
-    cfg: RunConfig, model: ModelPlan, model_pre: PreprocessConfig, *, train_images: int, world: int = 1
+    cfg: RunConfig,
+    model: ModelPlan,
+    model_pre: PreprocessConfig,
+    *,
+    train_images: int,
+    world: int = 1,
+    device: DeviceFacts | None = None,
+    activation_kb: float = 0.0,
 ) -> Plan:
     """Every remaining default (see the module docstring), from the model's own preprocessing
-    (its ``pretrained_cfg``, after its weights are loaded) and the training images per process."""
+    (its ``pretrained_cfg``, after its weights are loaded), the training images per process and
+    the device that trains (its memory, the model's ``activation_kb`` per image: the batch)."""
     from imgcls.engine.optim import DEFAULT_WD, default_lr
 
     t, o = cfg.train, cfg.optim
     pre = resolve_preprocess(cfg, model_pre, model.image_side)
     augment = resolve_augment(cfg.data.augment, pre)
-    batch = t.batch_size or default_batch_size(pre.image_size, train_images // world)
+    batch = t.batch_size or default_batch_size(pre.image_size, train_images // world, device, activation_kb)
     fine_tuning = model.pretrained is not None
     head_epochs = cfg.model.head_epochs
     if head_epochs is None:

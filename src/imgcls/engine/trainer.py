@@ -28,8 +28,12 @@ from imgcls.engine.optim import Schedule, build_optimizer, param_groups
 from imgcls.engine.plan import DEFAULT_EPOCHS, ModelPlan, Plan, resolve, resolve_preprocess
 from imgcls.errors import UserError
 from imgcls.models.factory import build_model, classifier_name, preprocess_config
-from imgcls.runtime import make_runtime, physical_cores
+from imgcls.runtime import DeviceFacts, device_facts, make_runtime, physical_cores, resolve_device
 from imgcls.tasks import Task, infer_task
+
+#: where the decoded images are, as a GPU run's start says (:mod:`imgcls.data.device`)
+PLACES = {"device": "on the device", "pinned": "in host memory, copied ahead of each step",
+          "decoded": "decoded each epoch, copied ahead of each step"}  # fmt: skip
 
 
 def make_task(cfg: RunConfig, table: DataTable, rows: np.ndarray) -> Task:
@@ -140,8 +144,10 @@ def build_trainer(
     if report is not None and dist.main:
         info(f"pretrained: {report.describe()}")
     model_pre = preprocess_config(model)
-    data = load_training_data(cfg, resolve_preprocess(cfg, model_pre, mp.image_side), table, dist)
-    plan = resolve(cfg, mp, model_pre, train_images=len(data.splits.train), world=dist.world)
+    pre = resolve_preprocess(cfg, model_pre, mp.image_side)
+    data = load_training_data(cfg, pre, table, dist)
+    plan = resolve(cfg, mp, model_pre, train_images=len(data.splits.train), world=dist.world,
+                   **batch_device(cfg, mp, pre))  # fmt: skip
     timing = Timing(clock() if started is None else started, clock, budget_closing(cfg, clock))
     n_train, n_val = len(data.splits.train) // dist.world, len(data.splits.val)
     model, mp, plan, choice = (model, mp, plan, "") if resuming else fit_to_budget(  # a resumed run keeps its choice
@@ -154,7 +160,7 @@ def build_trainer(
     classifier = classifier_name(raw)
     groups = param_groups(raw, classifier=classifier, weight_decay=plan.weight_decay,
                           backbone_lr_mult=plan.backbone_lr_mult)  # fmt: skip
-    train_batches, val_batches = make_batches(cfg, plan, data, task, dist)
+    train_batches, val_batches = make_batches(cfg, plan, data, task, dist, runtime.device)
     if t.compile:
         raw.compile()  # in place, so the DDP wrapper (per training stage) wraps compiled code
     ema = None
@@ -180,6 +186,26 @@ def build_trainer(
     return tr, plan
 
 
+def batch_device(cfg: RunConfig, mp: ModelPlan, pre: PreprocessConfig) -> dict[str, Any]:
+    """:func:`~imgcls.engine.plan.resolve`'s ``device`` the default batch is planned for and,
+    on a GPU, ``activation_kb``: the model's activation memory per image at the input size
+    (float32 KB, counted on the meta device: no memory, no arithmetic). Nothing when
+    ``--batch-size`` is given."""
+    if cfg.train.batch_size:
+        return {}
+    facts: DeviceFacts = device_facts(resolve_device(cfg.train.device))
+    if facts.type != "cuda":
+        return {"device": facts}
+    from imgcls.models.summary import summarize_arch
+
+    size = (3, pre.image_size, pre.image_size)
+    try:
+        summary = summarize_arch(mp.arch, input_size=size, num_classes=mp.num_outputs, norm=mp.norm, attn=mp.attn)
+    except Exception:  # a model the meta device cannot run: the batch falls back to the CPU's size
+        return {"device": facts}
+    return {"device": facts, "activation_kb": summary.activation_kb}
+
+
 def budget_closing(cfg: RunConfig, clock: Clock) -> float:
     """With a time budget, the seconds its closing work is priced at, its imports spent now
     (:func:`~imgcls.engine.budget.prepay_closing`); 0 without one."""
@@ -189,9 +215,14 @@ def budget_closing(cfg: RunConfig, clock: Clock) -> float:
 
 
 def make_batches(
-    cfg: RunConfig, plan: Plan, data: TrainingData, task: Task, dist: Dist
+    cfg: RunConfig, plan: Plan, data: TrainingData, task: Task, dist: Dist, device: torch.device | None = None
 ) -> tuple[TrainBatches, EvalBatches | None]:
-    """The training batches (augmented, sampled as ``--balance`` says) and the validation ones."""
+    """The training batches (augmented, sampled as ``--balance`` says) and the validation ones,
+    made on ``device`` (the decoded store placed there: :mod:`imgcls.data.device`)."""
+    if device is not None:
+        where = data.source.place(device)
+        if device.type != "cpu" and dist.main:
+            info(f"batches made on {device.type}: decoded images {PLACES.get(where, where)}")
     targets = task.targets(data.table.targets)
     train = TrainBatches(
         source=data.source,
