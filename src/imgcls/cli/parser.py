@@ -21,6 +21,7 @@ from imgcls.cli.commands import (
     _cmd_summary,
     _cmd_train,
 )
+from imgcls.cli.compare import add_compare
 from imgcls.cli.options import _add, _add_config_options, _device_options, _Formatter, _inference_options, _parser_error
 from imgcls.cli.quality import add_audit, add_explain, add_review
 from imgcls.models.options import ATTNS, NORMS
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain(sub)
     add_audit(sub)
     add_review(sub)
+    add_compare(sub)
     add_cache(sub)
     add_demo(sub)
     return parser
