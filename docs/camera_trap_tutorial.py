@@ -209,7 +209,7 @@ def main() -> None:
         f"\nopen {out / 'report' / 'report.html'}; load {out / 'md_classified.json'} in Timelapse; "
         f"publish {out / 'camtrapdp'} (add coordinates with --deployments); review the audit's suspects "
         f"and the least confident crops: imgcls review --audit {out / 'audit'} "
-        f"--predictions {out / 'predictions.csv'} --out {out / 'corrections.csv'}"
+        f"--predictions {out / 'md_classified.json'} --out {out / 'corrections.csv'}"
     )
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 from imgcls.data.corrections import read_corrections
 from imgcls.errors import UserError
 from imgcls.review import open_session
-from imgcls.review.queue import from_predictions
+from imgcls.review.queue import from_predictions, read_predictions
 from imgfactory import class_image, idx_dataset
 
 
@@ -221,11 +221,13 @@ def test_the_hint_repeats_the_audits_data_options_and_keeps_its_corrections(audi
     earlier = write_csv(tmp_path / "earlier.csv", ["path", "label", "action"], [["/elsewhere/x.jpg", "", "reject"]])
     summary = json.loads((audit_folder / "summary.json").read_text())
     summary.update(data_args=["--data", "/d/frames", "--detections", "/d/md out.json", "--det-categories",
-                              "animal,person"], corrections=str(earlier))  # fmt: skip
+                              "animal,person"], corrections=str(earlier), config="/runs/a/config.yaml")  # fmt: skip
     (audit_folder / "summary.json").write_text(json.dumps(summary))
+    (audit_folder.parent / "retrained").mkdir()  # a run folder of that name exists: the next name
     s = open_session(audit=audit_folder)
-    assert s.hint == ("imgcls train --data /d/frames --detections '/d/md out.json' --det-categories animal,person "
-                      f"--corrections {audit_folder / 'corrections.csv'}")  # fmt: skip
+    assert s.hint == ("imgcls train --config /runs/a/config.yaml --data /d/frames --detections '/d/md out.json' "
+                      f"--det-categories animal,person --corrections {audit_folder / 'corrections.csv'} "
+                      f"--out {audit_folder.parent / 'retrained-2'}")  # fmt: skip
     assert read_corrections(s.out) == {("/elsewhere/x.jpg", ""): ("reject", [])}  # the audit's corrections carry over
 
 
@@ -239,7 +241,10 @@ def test_the_classes_offered_are_the_models_not_the_pipelines_blank(tmp_path: Pa
     preds.write_text("".join(json.dumps(r) + "\n" for r in camera))
     s = open_session(predictions=preds)
     assert s.classes == ["deer", "fox"] and len(s.items) == 2
-    assert s.hint.startswith(f"imgcls train --data {tmp_path / 'corrections.csv'} (the reviewed images)")
+    assert s.items[0].candidates == []  # the pipeline's blank is not offered as a label
+    assert s.hint.startswith(
+        f"imgcls train --data {tmp_path / 'corrections.csv'} --out {tmp_path.parent / 'retrained'} (the reviewed"
+    )
 
 
 def test_a_crop_is_shown_beside_its_frame_with_the_box_drawn(tmp_path: Path) -> None:
@@ -686,3 +691,24 @@ def test_typing_ahead_decides_the_next_image_not_the_same_one_again(
         thread.join(timeout=10)
     decided = {Path(p).name: d for (p, _), d in read_corrections(s.out).items()}
     assert decided == {"im0.png": ("relabel", ["cat"]), "im1.png": ("accept", ["fox"])}
+
+
+def test_imgcls_megadetector_output_gives_its_classified_crops_and_below_keeps_the_doubtful(tmp_path: Path) -> None:
+    """``predict --format megadetector`` carries the boxes a CSV cannot (it was refused: 'not a
+    predictions file imgcls wrote'); ``below`` keeps only what the model doubts."""
+    md = {"info": {"format_version": "1.4"}, "detection_categories": {"1": "animal"},
+          "classification_categories": {"0": "cat", "1": "horse", "2": "empty"},
+          "images": [{"file": "images/a.jpg", "detections": [
+                         {"category": "1", "conf": 0.9, "bbox": [0.1, 0.1, 0.3, 0.3],
+                          "classifications": [["0", 0.55], ["1", 0.45]]},
+                         {"category": "1", "conf": 0.8, "bbox": [0.5, 0.5, 0.2, 0.2],
+                          "classifications": [["1", 0.97], ["0", 0.03]]},
+                         {"category": "1", "conf": 0.1, "bbox": [0.7, 0.7, 0.1, 0.1]}]},  # not classified
+                     {"file": "images/b.jpg", "failure": "unreadable"}]}  # fmt: skip
+    out = tmp_path / "md_classified.json"
+    out.write_text(json.dumps(md))
+    items, classes = read_predictions(out, limit=10, below=1.0)
+    assert [(it.box, it.label, it.candidates) for it in items] == [
+        ("0.1000 0.1000 0.3000 0.3000", "cat", ["cat", "horse"]), ("0.5000 0.5000 0.2000 0.2000", "horse", ["horse", "cat"])]  # fmt: skip
+    assert items[0].path == str(tmp_path / "images" / "a.jpg") and classes == ["cat", "horse"]
+    assert [it.label for it in read_predictions(out, limit=10, below=0.9)[0]] == ["cat"]

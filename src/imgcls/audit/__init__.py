@@ -44,6 +44,7 @@ class AuditResult:
     trust: Trust | None = None  # their top-1 against the labels, and a warning
     data_args: list[str] = field(default_factory=list)  # the data options read (see data_args)
     corrections: str | None = None  # the corrections file applied, absolute
+    config: str | None = None  # the --config the audit's training settings came from, absolute
 
     @property
     def leaks(self) -> int:
@@ -61,10 +62,12 @@ def audit(
     labels: bool = True,
     duplicates: bool = True,
     show: Any = print,
+    config_file: str | Path | None = None,
 ) -> AuditResult:
     """Audit the data ``cfg.data`` names (see the module docstring); the folds are trained with
     ``cfg``'s settings, or ``model``'s probabilities of ``split`` (default: its validation split)
-    are used. Returns the findings, also written to ``out``."""
+    are used. Returns the findings, also written to ``out``. ``config_file``: the YAML ``cfg``
+    came from, recorded so that a review's retraining command trains with the same recipe."""
     from imgcls.data.dataset import load_table
     from imgcls.data.sources.detections import detection_crops
     from imgcls.io import check_writable
@@ -81,7 +84,8 @@ def audit(
     unread: set[int] = set()  # rows that could not be read (the table's own skips are no rows)
     result = AuditResult(folder, len(table), unusable=[s for s in table.skipped if not left_out_on_purpose(s[1])],
                          left_out=[s for s in table.skipped if left_out_on_purpose(s[1])],
-                         data_args=read, corrections=corrections)  # fmt: skip
+                         data_args=read, corrections=corrections,
+                         config=str(Path(config_file).resolve()) if config_file else None)  # fmt: skip
     if labels:
         if model is not None and split in ("train", "all"):
             show(f"warning: --split {split}: the model trained on these images, so their probabilities are not out "
@@ -204,7 +208,7 @@ def write(result: AuditResult, table: DataTable, *, spec: str = "") -> None:
                "trust": result.trust.as_dict() if result.trust else None,
                "classes": list(table.class_names), "multilabel": table.multilabel, "data": str(table.root),
                "spec": spec, "crop_margin": table.crop_margin, "data_args": result.data_args,
-               "corrections": result.corrections}  # fmt: skip
+               "corrections": result.corrections, "config": result.config}  # fmt: skip
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_page(result, table, folder / "audit.html")
 

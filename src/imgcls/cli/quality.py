@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
+from pathlib import Path
 from typing import Any
 
 from imgcls.cli.commands import _allow_train_pixels
@@ -68,6 +70,8 @@ def add_review(sub: Any) -> None:
     p.add_argument("--audit", help="an imgcls audit folder: review its likely label errors and leaks")
     p.add_argument("--predictions", help="an imgcls predict output (.csv, .jsonl, .json): review its least confident")
     p.add_argument("--limit", type=int, default=200, help="predictions reviewed, least confident first (default 200)")
+    p.add_argument("--below", type=float, default=0.9,
+                   help="review only predictions whose probability is below this (default 0.9)")  # fmt: skip
     p.add_argument("--out", help="the corrections file (default: corrections.csv in the audit or predictions folder)")
     p.add_argument("--classes", help="labels offered for relabelling, comma-separated (added to the data's)")
     p.add_argument("--model", help="offer this model's labels for relabelling")
@@ -129,7 +133,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         sys.stderr.write(line + "\n")
 
     r = audit(cfg, out=args.out, model=args.model, split=args.split, folds=args.folds, max_distance=args.max_distance,
-              labels=args.labels, duplicates=args.duplicates, show=say)  # fmt: skip
+              labels=args.labels, duplicates=args.duplicates, show=say, config_file=args.config)  # fmt: skip
     print(f"audited {r.images} images")
     if r.how:
         kind = "probabilities, not out of sample," if args.split in ("train", "all") else "out-of-sample probabilities"
@@ -153,17 +157,23 @@ def _cmd_review(args: argparse.Namespace) -> int:
 
     if args.limit < 1:
         raise UserError("--limit must be at least 1")
+    if not 0 < args.below <= 1:
+        raise UserError("--below must be a probability above 0, at most 1")
     classes = [c.strip() for c in (args.classes or "").split(",") if c.strip()]
     session = open_session(audit=args.audit, predictions=args.predictions, out=args.out, limit=args.limit,
-                           classes=classes, model=args.model)  # fmt: skip
+                           classes=classes, model=args.model, below=args.below)  # fmt: skip
     if not session.items:
-        print("nothing to review: no likely label errors, leaks or usable predictions")
+        print("nothing to review: no likely label errors, leaks or predictions below --below")
         return 0
     c = session.counts()
     hint = session.hint
-    resumed = f", {c['decided']} already decided" if c["decided"] else ""
-    print(f"review {c['total']} images{resumed} at http://{args.host}:{args.port}/ (Ctrl-C to stop; every decision")
-    print(f"  is saved at once to {session.out}). Then: {hint}")
+    resumed = f" ({c['decided']} decided already)" if c["decided"] else ""
+    print(f"review {c['total']} images{resumed}: open http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    print(f"  every decision is saved at once to {session.out}")
+    print(f"  then retrain: {hint}")
+    if args.predictions and Path(args.predictions).suffix.lower() == ".csv" and _per_image_csv(args.predictions):
+        print("  note: a CSV output keeps one row per image: for the detection crops, review predict's .jsonl or "
+              "--format megadetector output")  # fmt: skip
     if session.adopted:
         print(f"  {session.adopted} decisions found in {session.out} or the audit's corrections file are kept")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -172,4 +182,13 @@ def _cmd_review(args: argparse.Namespace) -> int:
     c = session.counts()
     print(f"{c['decided']} of {c['total']} decided ({c['accept']} accepted, {c['relabel']} relabelled, "
           f"{c['reject']} rejected, {c['skip']} skipped), in {session.out}")  # fmt: skip
+    if c["decided"]:
+        print(f"retrain: {hint}")
     return 0
+
+
+def _per_image_csv(path: str) -> bool:
+    """Whether a predictions CSV is a camera-trap output (its rows are frames: the crops are not in it)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    return "sequence" in header or "detections" in header

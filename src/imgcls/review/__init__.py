@@ -27,8 +27,10 @@ def open_session(
     limit: int = 200,
     classes: list[str] | None = None,
     model: str | Path | None = None,
+    below: float = 0.9,
 ) -> Session:
-    """The review of an audit folder and/or a predictions file, resumed from ``out``'s progress."""
+    """The review of an audit folder and/or a predictions file (its ``limit`` least confident rows
+    or crops below probability ``below``), resumed from ``out``'s progress."""
     if audit is None and predictions is None:
         raise UserError("nothing to review: give --audit AUDIT_FOLDER and/or --predictions FILE")
     items: list[Item] = []
@@ -38,7 +40,7 @@ def open_session(
         items, summary = from_audit(audit)
         names += summary.get("classes", [])
     if predictions is not None:
-        found, seen = read_predictions(predictions, limit)
+        found, seen = read_predictions(predictions, limit, below)
         items += found
         names += seen if model is None else []
     if model is not None:
@@ -60,17 +62,32 @@ def open_session(
 
 
 def retrain_hint(summary: dict[str, Any], corrections: Path) -> str:
-    """The command that trains on the reviewed data: every data option the audit read
-    (``--detections`` and the rest), and the corrections file."""
+    """The command that trains on the reviewed data, ready to run: the recipe the audit trained
+    with (its ``--config``), every data option it read (``--detections`` and the rest), the
+    corrections file, and a new run folder beside the review's folder."""
     import shlex
 
     args = list(summary.get("data_args") or [])
     if not args and summary.get("spec"):  # an audit written before it recorded its options
         args = ["--data", str(summary["spec"])]
+    if summary.get("config"):
+        args = ["--config", str(summary["config"]), *args]
+    out = ["--out", str(fresh_folder(corrections.parent.parent / "retrained"))]
     if args:
-        return shlex.join(["imgcls", "train", *args, "--corrections", str(corrections)])
-    return (f"imgcls train --data {shlex.quote(str(corrections))} (the reviewed images), "
-            f"or --data DATA --corrections {shlex.quote(str(corrections))}")  # fmt: skip
+        return shlex.join(["imgcls", "train", *args, "--corrections", str(corrections), *out])
+    alone = shlex.join(["imgcls", "train", "--data", str(corrections), *out])
+    with_data = shlex.join(["imgcls", "train", "--data", "DATA", "--corrections", str(corrections), *out])
+    return f"{alone} (the reviewed images), or {with_data}"
+
+
+def fresh_folder(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3`` ... : the first that does not exist yet."""
+    k = 1
+    candidate = path
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.name}-{k}")
+    return candidate
 
 
 def serve_review(session: Session, *, host: str = "127.0.0.1", port: int = 8765, hint: str = "",

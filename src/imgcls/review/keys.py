@@ -28,8 +28,8 @@ KEYS = (
     Key("A", ("a", "A"), "accept", "accept",
         "the label shown is right: for an audit's suspect the data's label (the one the audit doubts), for a "
         "prediction the model's guess"),
-    Key("1–9", tuple("123456789"), "relabel", "relabel", "the image takes the numbered label (1 is the audit's "
-        "suggestion)"),
+    Key("1–9", tuple("123456789"), "relabel", "relabel", "the image takes the numbered label (first the audit's "
+        "suggestion, or a prediction's next guesses)"),
     Key("L", ("l", "L"), "type", "relabel", "type a label, Enter; one that is not a class yet needs a second Enter"),
     Key("X / Delete", ("x", "X", "Delete"), "reject", "reject", "leave the image out of training"),
     Key("S / → / Space", ("s", "S", "ArrowRight", " "), "skip", "", "no decision now; the image stays in the queue"),

@@ -68,10 +68,9 @@ def from_audit(folder: str | Path) -> tuple[list[Item], dict[str, Any]]:
         raise UserError(f"{root}: not an audit folder (no summary.json; run imgcls audit --out {root})")
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
     items = []
+    who = "the model says" if "fold" not in str(summary.get("probabilities_from", "fold")) else "the models say"
     for r in _csv_rows(root / "label_issues.csv"):
-        why = (
-            f"label quality {float(r['quality']):.3f}: the models say {r['suggested']} ({float(r['p_suggested']):.2f})"
-        )
+        why = f"label quality {float(r['quality']):.3f}: {who} {r['suggested']} ({float(r['p_suggested']):.2f})"
         items.append(Item(path=r["path"], kind="label", label=r["given"], why=why, box=parse_box(r.get("box", "")),
                           suggested=r["suggested"], candidates=[r["suggested"], r["given"]]))  # fmt: skip
     for r in _csv_rows(root / "duplicates.csv"):
@@ -97,10 +96,12 @@ def from_predictions(path: str | Path, limit: int) -> list[Item]:
     return read_predictions(path, limit)[0]
 
 
-def read_predictions(path: str | Path, limit: int) -> tuple[list[Item], list[str]]:
-    """The ``limit`` least confident rows (or detection crops) of a ``predict`` output, and the
-    classes its model gave (the labels of every row's top classes; a camera-trap frame without a
-    detection says ``blank`` by the pipeline's rule, not the model's, and adds no class)."""
+def read_predictions(path: str | Path, limit: int, below: float = 1.0) -> tuple[list[Item], list[str]]:
+    """The ``limit`` least confident rows (or detection crops) of a ``predict`` output whose
+    probability is below ``below``, and the classes its model gave (the labels of every row's top
+    classes; a camera-trap frame without a detection says ``blank`` by the pipeline's rule, not
+    the model's, and adds no class, nor is it offered as a label). Detection crops come from the
+    JSON outputs and imgcls's MegaDetector file; a CSV keeps one row per image."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"predictions file not found: {path}")
@@ -120,8 +121,10 @@ def read_predictions(path: str | Path, limit: int) -> tuple[list[Item], list[str
                 (float(d["score"]), _resolve(str(r["path"]), p.parent), box, str(d.get("label", "")), list(top))
             )
     found.sort(key=lambda f: f[0])
+    found = [f for f in found if f[0] < below][:limit]
     items = [Item(path=path_, kind="prediction", label=label, why=f"predicted {label} with probability {score:.2f}",
-                  box=box, candidates=top or [label]) for score, path_, box, label, top in found[:limit]]  # fmt: skip
+                  box=box, candidates=[c for c in top or [label] if not classes or c in classes])
+             for score, path_, box, label, top in found]  # fmt: skip
     return items, list(classes)
 
 
@@ -137,7 +140,28 @@ def _prediction_rows(p: Path) -> list[dict[str, Any]]:
         raise UserError(f"{p}: not a predictions file imgcls wrote ({e})") from None
     if isinstance(doc, dict) and isinstance(doc.get("predictions"), list):
         return list(doc["predictions"])
-    raise UserError(f"{p}: not a predictions file imgcls wrote (CSV, JSON lines or JSON with 'predictions')")
+    if isinstance(doc, dict) and isinstance(doc.get("images"), list) and "classification_categories" in doc:
+        return _megadetector_rows(doc)
+    raise UserError(f"{p}: not a predictions file imgcls wrote (CSV, JSON lines, JSON with 'predictions', or "
+                    "MegaDetector JSON with classifications)")  # fmt: skip
+
+
+def _megadetector_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A MegaDetector batch-output file with classifications (``predict --format megadetector``)
+    as predict's rows: each classified detection a crop with its classes' probabilities."""
+    names = {str(k): str(v) for k, v in doc["classification_categories"].items()}
+    rows = []
+    for image in doc["images"]:
+        dets = []
+        for d in image.get("detections") or []:
+            ranked = sorted(((names.get(str(c), str(c)), float(q)) for c, q in d.get("classifications") or []),
+                            key=lambda t: -t[1])  # fmt: skip
+            if ranked and d.get("bbox"):
+                dets.append({"bbox": d["bbox"], "label": ranked[0][0], "score": ranked[0][1], "top_k": dict(ranked)})
+        error = image.get("failure")
+        rows.append({"path": image.get("file", ""), "error": error, "detections": dets,
+                     "score": 1.0 if dets and not error else None})  # fmt: skip
+    return rows
 
 
 def _resolve(path: str, base: Path) -> str:
