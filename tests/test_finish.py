@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import imgcls
-from imgcls.engine.finish import calibration_lines, tta_line
+from imgcls.engine.finish import calibration_lines, chance_line, near_chance, tta_line
 from imgcls.engine.fit import describe_best
 from imgcls.tasks import TemperatureFit
 from imgfactory import image_folder
@@ -66,6 +67,34 @@ def test_an_untrusted_temperature_is_said() -> None:
     ]
 
 
+def test_a_model_no_better_than_always_guessing_the_commonest_class_is_at_chance() -> None:
+    """The new-user walk-through's budget runs b and c: val_top1 0.1033 and 0.1292 on the
+    digits' 271 validation images (29 of the commonest class) ended on an ordinary 'best:' line."""
+    names = [str(k) for k in range(10)]
+    digits = np.array([0] * 29 + [k for k in range(1, 10) for _ in range(27)][:-1])  # 271 images
+    for top1 in (0.1033, 0.1292, 0.19):
+        c = near_chance(top1, digits, names)
+        assert c is not None and c.chance == pytest.approx(29 / 271) and c.commonest == "0" and c.images == 271
+    assert near_chance(0.2, digits, names) is None and near_chance(0.9668, digits, names) is None
+    # the margin: a tenth of the guess's mistakes, or two standard errors of its top-1 on few images
+    c = near_chance(0.1292, digits, names)
+    assert c is not None and c.margin == pytest.approx(0.1 * (1 - 29 / 271))
+    few = np.array([0, 1] * 10)  # 20 images, balanced: 0.5 +- 2 x 0.112
+    assert near_chance(0.7, few, ["a", "b"]) is not None and near_chance(0.75, few, ["a", "b"]) is None
+    skewed = np.array([0] * 950 + [1] * 50)  # the commonest class alone gives 0.95
+    assert near_chance(0.95, skewed, ["a", "b"]) is not None and near_chance(0.97, skewed, ["a", "b"]) is None
+    budgeted = chance_line(c, budget="30s", epochs=1.0, lr=7.07e-4)
+    assert budgeted == (
+        "warning: val_top1 0.1292 is at chance: always guessing '0' scores 0.1070 on these 271 validation "
+        "images, a model that learned something 0.1963 or more; the 30s budget trained 1 epoch on this "
+        "machine, too few: give it a longer --time-budget"
+    )
+    assert "the 30s budget trained 0.4 epochs on" in chance_line(c, budget="30s", epochs=0.36, lr=7.07e-4)
+    assert chance_line(c, budget=None, epochs=2.0, lr=1e-7).endswith(
+        "; 2 epochs at lr 1.00e-07 taught it too little: train more epochs (--epochs) or check the learning rate (--lr)"
+    )
+
+
 def test_a_near_chance_run_warns_and_records_its_calibration(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -79,3 +108,7 @@ def test_a_near_chance_run_warns_and_records_its_calibration(
     record = saved["calibration"]
     assert record["images"] == 30 and record["trusted"] is False and record["range"] == [0.1, 10.0]
     assert 0.1 <= saved.get("temperature", 1.0) <= 10.0
+    warned = [x for x in err.splitlines() if x.startswith("warning: val_top1 ")]
+    assert len(warned) == 1 and "is at chance" in warned[0] and "1 epoch at lr 1.00e-07" in warned[0], err
+    chance = saved["provenance"]["near_chance"]  # the model directory records it
+    assert chance["warning"] == warned[0] and chance["images"] == 30 and chance["chance"] == pytest.approx(1 / 3, 0.2)

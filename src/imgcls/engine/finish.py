@@ -13,12 +13,18 @@ where test-time augmentation is on or to be decided):
   or with a wide interval is said not to be trusted (the model directory records why);
 - thresholds are tuned (multi-label; binary with ``--binary-threshold f1|balanced``);
 - the model is saved again with the validation metrics of exactly that procedure, which is what
-  ``imgcls evaluate`` on the same split computes.
+  ``imgcls evaluate`` on the same split computes;
+- a model whose validation top-1 is no better than always guessing the commonest class
+  (:func:`near_chance`) is said to be at chance, with the likely cause, and its model directory
+  records it (``provenance.near_chance``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -41,6 +47,8 @@ if TYPE_CHECKING:
     from imgcls.engine.loop import Trainer
 
 MIN_CALIBRATION_IMAGES = 20
+#: a model at least this share of the way from the commonest class's guess to no mistake has learned something
+CHANCE_GAIN = 0.1
 
 
 class FinishPlan(NamedTuple):
@@ -212,3 +220,78 @@ def calibration_lines(fit: TemperatureFit, before: float, after: float) -> list[
         lines.append(f"calibration: warning: not to be trusted: {'; '.join(fit.doubts)}")
     lines += [f"calibration: note: {note}" for note in fit.notes]
     return lines
+
+
+@dataclass(frozen=True)
+class Chance:
+    """A top-1 no better than always guessing the commonest class (:func:`near_chance`)."""
+
+    top1: float
+    chance: float  # the top-1 of always guessing the commonest class, on these images
+    margin: float  # what a model must beat it by to count as having learned something
+    commonest: str
+    images: int
+
+
+def near_chance(top1: float, targets: np.ndarray, names: list[str]) -> Chance | None:
+    """A :class:`Chance` when ``top1`` (on the images whose class indices are ``targets``) is no
+    better than the best constant guess, always the commonest class, plus a margin; else None.
+
+    The guess scores that class's share p (1/K on balanced data), so chance is p, not 1/K, on
+    skewed data. The margin is the larger of :data:`CHANCE_GAIN` of the guess's mistakes,
+    0.1 x (1 - p) (a model that removes less than a tenth of them is of no use: 0.19 for ten
+    balanced classes, 0.55 for two, 0.955 where one class holds 95%), and two standard errors
+    of the guess's top-1 on these n images, 2 sqrt(p (1 - p) / n) (on few images a top-1 that
+    close cannot be told from the guess's)."""
+    n = len(targets)
+    if n == 0 or not math.isfinite(top1):
+        return None
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(names))
+    k = int(counts.argmax())
+    p = float(counts[k]) / n
+    margin = max(CHANCE_GAIN * (1 - p), 2 * math.sqrt(p * (1 - p) / n))
+    if top1 > p + margin:
+        return None
+    return Chance(top1, p, margin, names[k] if k < len(names) else str(k), n)
+
+
+def chance_line(c: Chance, *, budget: str | None, epochs: float, lr: float | None) -> str:
+    """The warning: the figure, the chance level and the likely cause (the epochs a time budget
+    trained on this machine; else the epochs and the learning rate)."""
+    count = f"{epochs:.0f}" if float(epochs).is_integer() else f"{epochs:.1f}"
+    trained = f"{count} epoch{'' if count == '1' else 's'}"
+    if budget:
+        cause = f"the {budget} budget trained {trained} on this machine, too few: give it a longer --time-budget"
+    else:
+        at = f" at lr {lr:.2e}" if lr else ""
+        cause = (f"{trained}{at} taught it too little: train more epochs (--epochs) or check the "
+                 "learning rate (--lr)")  # fmt: skip
+    return (f"warning: val_top1 {c.top1:.4f} is at chance: always guessing {c.commonest!r} scores {c.chance:.4f} on "
+            f"these {c.images} validation images, a model that learned something {c.chance + c.margin:.4f} or more; "
+            f"{cause}")  # fmt: skip
+
+
+def say_chance(tr: Trainer, final: dict[str, Any]) -> None:
+    """After training (rank 0): warn when the saved model's validation top-1 (its procedure's,
+    else the best epoch's) is at chance, and record it in the model directory's provenance."""
+    best = tr.pos.best or {}
+    epoch = best.get("epoch")
+    top1 = final.get("val_top1")
+    if top1 is None and isinstance(epoch, int) and 0 < epoch <= len(tr.pos.history):
+        top1 = tr.pos.history[epoch - 1].get("val_top1")
+    if tr.task.name == "multilabel" or not isinstance(top1, (int, float)):
+        return
+    c = near_chance(float(top1), tr.data.table.targets[tr.data.splits.val], tr.task.class_names)
+    if c is None:
+        return
+    line = chance_line(c, budget=tr.cfg.train.time_budget, epochs=tr.steps_done / max(1, tr.steps_per_epoch),
+                       lr=tr.cfg.optim.lr)  # fmt: skip
+    info(line)
+    path = tr.run_dir / "model" / "config.json"
+    if path.is_file():
+        from imgcls.io import atomic_write_text
+
+        config = json.loads(path.read_text(encoding="utf-8"))
+        record = {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(c).items()}
+        config.setdefault("provenance", {})["near_chance"] = {**record, "warning": line}
+        atomic_write_text(path, json.dumps(config, indent=2) + "\n")

@@ -27,7 +27,7 @@ from imgcls.data.transforms import describe_augment
 from imgcls.engine.budget import Clock
 from imgcls.engine.checkpoint import CheckpointWriter, load_checkpoint
 from imgcls.engine.distributed import Dist, init_distributed, shutdown
-from imgcls.engine.finish import finish
+from imgcls.engine.finish import finish, say_chance
 from imgcls.engine.loop import Trainer, maybe_replan, price_validation, train_one_epoch, validate
 from imgcls.engine.plan import DEFAULT_EPOCHS, resolve_model
 from imgcls.engine.state import checkpoint_state, improved, restore, save_best
@@ -256,6 +256,7 @@ def _fit(
         writer.wait()
     if dist.main and tr.pos.best:
         info(f"best: {describe_best(tr, final)}")
+        say_chance(tr, final)
     dist.barrier()
     return run
 
