@@ -67,6 +67,23 @@ def test_an_untrusted_temperature_is_said() -> None:
     ]
 
 
+def test_a_wide_interval_rests_on_few_mistakes_only_where_they_are_few() -> None:
+    """The new-user's budget run c: 'with 236 of 271 validation images wrong: the fit rests on few
+    mistakes'."""
+    (few,) = TemperatureFit(0.408, 271, 1, (0.244, 0.682), False).notes
+    assert few == (
+        "its 95% interval is 0.244 to 0.682 (all of it below 1: the network is too timid), with 1 of 271 "
+        "validation images wrong: the fit rests on few mistakes, so its size is uncertain"
+    )
+    (many,) = TemperatureFit(2.5, 271, 236, (1.25, 8.0), False).notes
+    assert many == (
+        "its 95% interval is 1.25 to 8 (all of it above 1: the network is too sure), with 236 of 271 validation "
+        "images wrong: the validation images fix its size only loosely"
+    )
+    assert "few mistakes" in TemperatureFit(1.5, 300, 30, (1.0, 2.5), False).notes[0]  # a tenth: still few
+    assert "few mistakes" not in TemperatureFit(1.5, 300, 31, (1.0, 2.5), False).notes[0]
+
+
 def test_a_model_no_better_than_always_guessing_the_commonest_class_is_at_chance() -> None:
     """The new-user walk-through's budget runs b and c: val_top1 0.1033 and 0.1292 on the
     digits' 271 validation images (29 of the commonest class) ended on an ordinary 'best:' line."""

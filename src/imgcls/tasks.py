@@ -188,6 +188,8 @@ TEMPERATURE_RANGE = (0.1, 10.0)
 CALIBRATION_IMAGES = 100
 #: nor when the 95% interval of T spans more than this factor (a fit resting on a few mistakes)
 CALIBRATION_SPREAD = 2.0
+#: mistakes on at most this share of the validation images are few (see :attr:`TemperatureFit.notes`)
+FEW_MISTAKES = 0.1
 
 
 def fit_temperature(task: str, logits: np.ndarray, targets: np.ndarray, positive: int = 1) -> float | None:
@@ -289,16 +291,22 @@ class TemperatureFit:
 
     @property
     def notes(self) -> list[str]:
-        """What else to know: a wide interval (the fit rests on few mistakes). Not a reason to
-        distrust it where the fit itself is sound: the interval says how far its size may be off,
-        and one that lies wholly on one side of 1 still says which way the network errs."""
+        """What else to know: a wide interval. Not a reason to distrust it where the fit itself
+        is sound: the interval says how far its size may be off, and one that lies wholly on one
+        side of 1 still says which way the network errs. Its cause is named only where it is
+        known: few mistakes (at most :data:`FEW_MISTAKES` of the images: a confident mistake is
+        what bounds T from below, and a few of them bound it loosely); with more (a network near
+        chance got 236 of 271 wrong) the logits themselves say little, and the note says only
+        that the images fix T's size loosely."""
         low, high = self.interval
         if self.at_bound or self.doubts or high <= CALIBRATION_SPREAD * low:
             return []
         side = (" (all of it below 1: the network is too timid)" if high < 1 else
                 " (all of it above 1: the network is too sure)" if low > 1 else "")  # fmt: skip
+        why = ("the fit rests on few mistakes, so its size is uncertain" if self.errors <= FEW_MISTAKES * self.images
+               else "the validation images fix its size only loosely")  # fmt: skip
         return [f"its 95% interval is {low:.3g} to {high:.3g}{side}, with {self.errors} of {self.images} validation "
-                "images wrong: the fit rests on few mistakes, so its size is uncertain"]  # fmt: skip
+                f"images wrong: {why}"]  # fmt: skip
 
     @property
     def trusted(self) -> bool:
