@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from imgcls.compare.grid import configurations, parse_list
-from imgcls.compare.landscape import filter_normalised_direction, loss_surface, mean_loss, plan
+from imgcls.compare.landscape import filter_normalised_direction, loss_surface, mean_loss, plan, refined_surface
 from imgcls.compare.pick import pareto_front, parse_rule, pick
 from imgcls.errors import UserError
 
@@ -141,7 +141,7 @@ def _tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
         nn.functional.cross_entropy(model(x), y).backward()
         with torch.no_grad():
             for p in model.parameters():
-                p -= 0.1 * p.grad  # type: ignore[operator]
+                p.sub_(0.1 * p.grad)  # type: ignore[operator]
     return model, x, y
 
 
@@ -171,13 +171,28 @@ def test_directions_are_filter_normalised() -> None:
             assert torch.allclose(v.reshape(len(v), -1).norm(dim=1), p.detach().reshape(len(p), -1).norm(dim=1))
 
 
-def test_landscape_size_fits_the_training_time() -> None:
-    assert plan(100.0, 1e-3, 1e-5, 50_000) == (21, 1024)  # cheap: the largest grid, the image cap
-    steps, images = plan(10.0, 1e-3, 1e-4, 50_000)
-    assert images * (1e-3 + steps * steps * 1e-4) <= 10.0 and images >= 128
-    steps, images = plan(0.05, 1e-3, 1e-4, 50_000)  # dear: the smallest grid on what fits
-    assert steps == 5 and images * (1e-3 + 25 * 1e-4) <= 0.05
-    assert plan(100.0, 1e-3, 1e-5, 30) == (21, 30)
+def test_landscape_refined_while_it_fits_the_training_time() -> None:
+    """The subset is sized for a 9x9 grid in half the time; the grid is refined (5, 9, 17, 33
+    points a side, nested) while the next level, at the measured price per point, fits."""
+    assert plan(100.0, 1e-3, 1e-5, 50_000) == 1024  # cheap: the image cap
+    images = plan(10.0, 1e-3, 1e-4, 50_000)
+    assert images * (1e-3 + 81 * 1e-4) <= 5.0 and images >= 128
+    assert plan(0.5, 1e-3, 1e-4, 50_000) == int(0.5 / (1e-3 + 81e-4))  # dear: what fits, fewer than 128
+    assert plan(0.01, 1e-3, 1e-4, 50_000) == 8  # (and never fewer than 8)
+    assert plan(100.0, 1e-3, 1e-5, 30) == 30
+    model, x, y = _tiny()
+    loss, points = nn.functional.cross_entropy, []
+
+    def counted(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        points.append(1)  # one batch: one call per point
+        return loss(logits, target)
+
+    s = refined_surface(model, [(x, y)], counted, budget=81 + 10, seed=1, clock=lambda: float(len(points)))
+    assert s.losses.shape == (9, 9)  # a simulated second a point: 25 + 56 fit in 91 s, 17x17's 208 more do not
+    assert len(points) == 81  # each point once: the 5x5 ones reused
+    coarse = loss_surface(model, [(x, y)], loss, steps=5, seed=1)
+    assert np.array_equal(s.losses[::2, ::2], coarse.losses)
+    assert refined_surface(model, [(x, y)], loss, budget=0, seed=1).losses.shape == (5, 5)  # at least 5x5
 
 
 # --------------------------------------------------------------- a compare, killed and continued
@@ -193,7 +208,7 @@ def test_compare_killed_then_continued(
     from imgcls.compare import landscape
     from imgfactory import image_folder
 
-    monkeypatch.setattr(landscape, "GRIDS", (5,))  # the smallest slice: the test is about the compare
+    monkeypatch.setattr(landscape, "LEVELS", (5,))  # the smallest slice: the test is about the compare
     data = image_folder(tmp_path / "data", ("cat", "dog", "fox"), 10, size=(40, 36))
     out, configs = tmp_path / "cmp", tmp_path / "configs.yaml"
     argv = ["compare", "--data", str(data), "--configs", str(configs), "--epochs", "3", "--batch-size", "8",

@@ -10,9 +10,12 @@ The loss is the training objective without its regularisers (cross-entropy, no l
 smoothing) on a subset of the training images, in evaluation mode (the running statistics the
 model predicts with).
 
-The grid and the subset are sized from measured prices so that the whole slice (decoding the
-subset, n² passes over it) costs at most the configuration's training time: 21x21 points where
-that fits, down to 5x5 and fewer images where it does not.
+The slice costs at most the configuration's training time, by construction rather than by
+forecast (a machine shared with other work runs a forecast late): the subset of images is sized
+from measured prices so that decoding it and a 9x9 grid over it take half the time, then the grid
+is refined level by level, 5x5, 9x9, 17x17, 33x33 (each level's points include the last's), while
+the next level's points, priced at the measured cost of the points already computed, fit in the
+time left.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import torch
 from torch import nn
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
-GRIDS = (21, 15, 11, 9, 7, 5)  # points per side, preferred first
+LEVELS = (5, 9, 17, 33)  # points per side, each grid refining the last (2^k + 1: the points nest)
+PLANNED = 9  # the subset is sized for this grid in half the time
+BATCH = 64  # images per pass, as the probe that prices them
 MAX_IMAGES = 1024
-MIN_IMAGES = 128  # below this a larger grid is given up first
+MIN_IMAGES = 128  # fewer only where not even these fit
 
 
 @dataclass
@@ -71,6 +76,50 @@ def mean_loss(model: nn.Module, batches: Batches, loss: Callable[[torch.Tensor, 
     return total / max(1, n)
 
 
+class _Slice:
+    """The loss at points ``(a, b)`` of the plane θ* + a·δ + b·η, each computed once; the model's
+    weights are put back by :meth:`close`."""
+
+    def __init__(self, model: nn.Module, batches: Batches, loss: Callable[..., torch.Tensor], seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.model, self.batches, self.loss = model, batches, loss
+        self.params = list(model.parameters())
+        self.theta = [p.detach().clone() for p in self.params]
+        self.delta = filter_normalised_direction(model, generator)
+        self.eta = filter_normalised_direction(model, generator)
+        self.known: dict[tuple[float, float], float] = {}
+        self.was = model.training
+        model.eval()
+
+    def grid(self, steps: int, span: float) -> Surface:
+        """The ``steps`` x ``steps`` grid over [-span, span]²; the points an earlier grid computed
+        are reused (the levels' coordinates nest exactly: k·(s/h) = 2k·(s/2h) in floating point)."""
+        if steps < 3 or steps % 2 == 0:
+            raise ValueError(f"steps must be odd and at least 3 (the centre is a grid point), not {steps}")
+        half = steps // 2
+        coords = np.arange(-half, half + 1, dtype=np.float64) * (span / half)
+        losses = np.zeros((steps, steps))
+        for i, b in enumerate(coords):
+            for j, a in enumerate(coords):
+                key = (float(a), float(b))
+                if key not in self.known:
+                    self.known[key] = self._at(a, b)
+                losses[i, j] = self.known[key]
+        return Surface(coords.copy(), coords.copy(), losses)
+
+    def _at(self, a: float, b: float) -> float:
+        with torch.no_grad():
+            for p, t, d, e in zip(self.params, self.theta, self.delta, self.eta, strict=True):
+                p.copy_(t + float(a) * d + float(b) * e)
+        return mean_loss(self.model, self.batches, self.loss)
+
+    def close(self) -> None:
+        with torch.no_grad():
+            for p, t in zip(self.params, self.theta, strict=True):
+                p.copy_(t)
+        self.model.train(self.was)
+
+
 def loss_surface(
     model: nn.Module,
     batches: Batches,
@@ -82,44 +131,50 @@ def loss_surface(
 ) -> Surface:
     """The loss on a ``steps`` x ``steps`` grid over [-span, span]² of two filter-normalised
     directions; the centre is the trained weights exactly. The model is left as it came."""
-    if steps < 3 or steps % 2 == 0:
-        raise ValueError(f"steps must be odd and at least 3 (the centre is a grid point), not {steps}")
-    generator = torch.Generator().manual_seed(seed)
-    params = list(model.parameters())
-    theta = [p.detach().clone() for p in params]
-    delta = filter_normalised_direction(model, generator)
-    eta = filter_normalised_direction(model, generator)
-    half = steps // 2
-    coords = np.arange(-half, half + 1, dtype=np.float64) * (span / half)
-    losses = np.zeros((steps, steps))
-    was = model.training
-    model.eval()
+    plane = _Slice(model, batches, loss, seed)
     try:
-        for i, b in enumerate(coords):
-            for j, a in enumerate(coords):
-                with torch.no_grad():
-                    for p, t, d, e in zip(params, theta, delta, eta, strict=True):
-                        p.copy_(t + float(a) * d + float(b) * e)
-                losses[i, j] = mean_loss(model, batches, loss)
+        return plane.grid(steps, span)
     finally:
-        with torch.no_grad():
-            for p, t in zip(params, theta, strict=True):
-                p.copy_(t)
-        model.train(was)
-    return Surface(coords.copy(), coords.copy(), losses)
+        plane.close()
 
 
-def plan(budget: float, decode_per_image: float, forward_per_image: float, available: int) -> tuple[int, int]:
-    """(points per side, images) for a slice that costs at most ``budget`` seconds: decoding the
-    images once plus ``n²`` passes over them. The largest grid of :data:`GRIDS` with at least
-    :data:`MIN_IMAGES` images (up to :data:`MAX_IMAGES`), else 5x5 on as many images as fit."""
+def refined_surface(
+    model: nn.Module,
+    batches: Batches,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    budget: float,
+    span: float = 1.0,
+    seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Surface:
+    """The finest grid of :data:`LEVELS` that fits ``budget`` seconds: 5x5 first, then each level
+    while its new points, at the measured price of those computed so far, fit in the time left."""
+    plane = _Slice(model, batches, loss, seed)
+    started = clock()
+    try:
+        surface = plane.grid(LEVELS[0], span)
+        for steps in LEVELS[1:]:
+            spent = clock() - started
+            price = spent / len(plane.known)
+            if price * (steps * steps - len(plane.known)) > budget - spent:
+                break
+            surface = plane.grid(steps, span)
+        return surface
+    finally:
+        plane.close()
+
+
+def plan(budget: float, decode_per_image: float, forward_per_image: float, available: int) -> int:
+    """The images of the subset: decoding them and a :data:`PLANNED` grid over them in half of
+    ``budget``; at least :data:`MIN_IMAGES` where those fit the whole budget, at most
+    :data:`MAX_IMAGES`."""
     most = min(available, MAX_IMAGES)
-    for n in GRIDS:
-        images = int(budget / max(1e-9, decode_per_image + n * n * forward_per_image))
-        if images >= min(MIN_IMAGES, most):
-            return n, min(images, most)
-    n = GRIDS[-1]
-    return n, max(min(8, most), min(most, int(budget / max(1e-9, decode_per_image + n * n * forward_per_image))))
+    each = max(1e-9, decode_per_image + PLANNED * PLANNED * forward_per_image)
+    images = int(0.5 * budget / each)
+    if images < min(MIN_IMAGES, most):
+        images = min(int(budget / each), MIN_IMAGES)
+    return max(min(8, most), min(most, images))
 
 
 def landscape(
@@ -142,30 +197,30 @@ def landscape(
     task = info.make_task()
     clf = Classifier.load(model_dir, backend="torch")  # the model's own preprocessing and decoding
     order = np.random.default_rng(seed).permutation(rows)
-    probe = order[: min(64, len(order))]
+    probe = order[: min(BATCH, len(order))]
     t0 = time.perf_counter()
     first = _decoded(clf, table, probe, workers)
     if not len(first[0]):
         return {"error": "none of the training images it was given could be read"}
     decode_each = (time.perf_counter() - t0) / max(1, len(probe))
     x = torch.from_numpy(normalize_np(first[0], info.preprocess))
-    mean_loss(model, [(x[:8], first[1][:8])], _loss(task))  # warm-up
+    mean_loss(model, [(x, first[1])], _loss(task))  # warm-up: the first pass of a shape picks its kernels
     t0 = time.perf_counter()
     mean_loss(model, [(x, first[1])], _loss(task))
     forward_each = (time.perf_counter() - t0) / max(1, len(x))
-    spent = time.perf_counter() - started
-    steps, images = plan(max(0.0, budget - spent), decode_each, forward_each, len(order))
+    images = plan(max(0.0, budget - (time.perf_counter() - started)), decode_each, forward_each, len(order))
     chosen = order[:images]
     pixels, targets = (
         _decoded(clf, table, chosen, workers) if images > len(probe) else (first[0][:images], first[1][:images])
     )
     batches = [
-        (torch.from_numpy(normalize_np(pixels[k : k + 256], info.preprocess)), targets[k : k + 256])
-        for k in range(0, len(pixels), 256)
+        (torch.from_numpy(normalize_np(pixels[k : k + BATCH], info.preprocess)), targets[k : k + BATCH])
+        for k in range(0, len(pixels), BATCH)
     ]  # fmt: skip
-    s = loss_surface(model, batches, _loss(task), steps=steps, seed=seed)
+    left = budget - (time.perf_counter() - started)
+    s = refined_surface(model, batches, _loss(task), budget=left, seed=seed)
     return {"alphas": s.alphas.tolist(), "betas": s.betas.tolist(), "losses": s.losses.round(6).tolist(),
-            "centre": round(s.centre, 6), "images": len(pixels), "steps": steps,
+            "centre": round(s.centre, 6), "images": len(pixels), "steps": len(s.alphas),
             "seconds": round(time.perf_counter() - started, 2), "budget": round(budget, 2)}  # fmt: skip
 
 
