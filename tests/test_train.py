@@ -394,6 +394,27 @@ def test_run_directory_is_protected_and_resume_needs_a_checkpoint(
     assert "warning: no training image of class fox (only in validation)" in capsys.readouterr().err
 
 
+def test_a_class_too_thin_to_learn_or_to_measure_is_warned_about() -> None:
+    """A review's new class: 'unclear' with one training image and none in validation was cut off
+    the start line's class list ('7 (133) ...') and nothing said so."""
+    from imgcls.engine.fit import thin_classes
+
+    trained = {**{str(k): 108 for k in range(10)}, "unclear": 1}
+    validated = {str(k): 27 for k in range(10)}
+    assert thin_classes(trained, validated, validating=True) == [
+        "warning: fewer than 5 training images of class unclear (1): too few for the network to learn it "
+        "(add images of it, or merge it into another class)",
+        "warning: no validation image of class unclear (1 in training): the validation figures (top-1, the best "
+        "epoch, the temperature) leave it out",
+    ]
+    assert thin_classes({"a": 40, "b": 3}, {"a": 10, "b": 2}, validating=True) == [
+        "warning: fewer than 5 training images of class b (3): too few for the network to learn it "
+        "(add images of it, or merge it into another class)"
+    ]
+    assert thin_classes({"a": 40, "b": 30}, {}, validating=False) == []  # no validation split: nothing to miss
+    assert thin_classes({"a": 40, "b": 0}, {"a": 5, "b": 2}, validating=True) == []  # (said: only in validation)
+
+
 @pytest.mark.parametrize(
     "opts",
     [

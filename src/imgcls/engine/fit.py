@@ -329,6 +329,33 @@ def describe_best(tr: Trainer, final: dict[str, Any] | None = None) -> str:
     return f"epoch {best.get('epoch')} of {n}{shown}" + (f" ({', '.join(how)})" if how else "")
 
 
+#: a class with fewer training images than this is too few to learn (the start line warns)
+FEW_TRAINING_IMAGES = 5
+
+
+def thin_classes(trained: dict[str, int], validated: dict[str, int], *, validating: bool) -> list[str]:
+    """The start line's warnings about classes a run can hardly learn or cannot measure: fewer
+    than :data:`FEW_TRAINING_IMAGES` training images, and (where the run validates) training
+    images but no validation image, so top-1, the best epoch and the temperature never see it. A
+    class a review creates starts with one image, and the class list on the data line may cut it
+    off; a class only in validation has its own warning."""
+
+    def named(classes: list[str], how: Callable[[str], str]) -> str:
+        return ", ".join(f"{k} ({how(k)})" for k in classes[:5]) + (" ..." if len(classes) > 5 else "")
+
+    few = [k for k, v in trained.items() if 0 < v < FEW_TRAINING_IMAGES]
+    unmeasured = [k for k, v in trained.items() if v and validating and not validated.get(k)]
+    lines = []
+    if few:
+        lines.append(f"warning: fewer than {FEW_TRAINING_IMAGES} training images of class "
+                     f"{named(few, lambda k: str(trained[k]))}: too few for the network to learn it "
+                     "(add images of it, or merge it into another class)")  # fmt: skip
+    if unmeasured:
+        lines.append(f"warning: no validation image of class {named(unmeasured, lambda k: f'{trained[k]} in training')}"
+                     ": the validation figures (top-1, the best epoch, the temperature) leave it out")  # fmt: skip
+    return lines
+
+
 def describe_start(tr: Trainer) -> None:
     d, t = tr.data, tr.cfg.train
     used = d.table.subset(np.concatenate([d.splits.train, d.splits.val]))
@@ -340,6 +367,9 @@ def describe_start(tr: Trainer) -> None:
     if unseen:
         info(f"warning: no training image of class {', '.join(unseen[:5])}{' ...' if len(unseen) > 5 else ''} "
              "(only in validation): the network cannot learn it")  # fmt: skip
+    validated = d.table.subset(d.splits.val).class_counts()
+    for line in thin_classes(trained, validated, validating=len(d.splits.val) > 0):
+        info(line)
     mixed = mixed_framing(d.table, np.concatenate([d.splits.train, d.splits.val]))
     if mixed:
         info(f"warning: whole frames and detection crops in one class: {mixed}: the network can learn the framing "
