@@ -240,3 +240,33 @@ def test_the_class_balance_leaves_out_rows_not_paths(tmp_path: Path) -> None:
                                                               ("b.png", "not an image, or an image format Pillow "
                                                                "cannot read")]  # fmt: skip
     assert {row["class"]: row["train"] for row in r.balance} == {"cat": 1, "dog": 1}
+
+
+def test_the_labels_the_models_get_wrong_unflagged_are_said_and_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The new-user's 4-fold audit: 4 flagged, 29 more labels the models contradicted unflagged
+    (under the warning's threshold): summary.json alone held the 29."""
+    import imgcls.audit
+    from imgcls.audit import AuditResult
+    from imgcls.audit.labels import Trust
+    from imgcls.audit.page import write_page
+    from imgcls.data.table import DataTable
+
+    trust = Trust(0.9816, [0.98, 0.9777, 0.9844, 0.9844], 0.1018, 29)
+    result = AuditResult(tmp_path / "audit", 1797, how="4-fold cross-validation", checked=1797, trust=trust)
+    monkeypatch.setattr(imgcls.audit, "audit", lambda cfg, **kw: result)
+    assert main(["audit", "--data", str(tmp_path), "--out", str(tmp_path / "audit")]) == 0
+    said = capsys.readouterr().out
+    assert "  models disagree      29 more labels, not flagged (see trust in summary.json)\n" in said, said
+    table = DataTable("folder", tmp_path, paths=[], targets=np.zeros(0, dtype=np.int64), class_names=["a", "b"])
+    write_page(result, table, tmp_path / "audit.html")
+    page = (tmp_path / "audit.html").read_text()
+    assert "<b>29</b><span>more labels the models get wrong, not flagged</span>" in page
+    assert "The models' top class is another label for 29 more images that the audit does not flag" in page
+    result.trust = Trust(0.989, [], 0.1, 2)  # --model: one model
+    assert main(["audit", "--data", str(tmp_path), "--out", str(tmp_path / "audit")]) == 0
+    assert "  model disagrees      2 more labels, not flagged" in capsys.readouterr().out
+    result.trust = Trust(0.99, [], 0.1, 0)
+    assert main(["audit", "--data", str(tmp_path), "--out", str(tmp_path / "audit")]) == 0
+    assert "disagree" not in capsys.readouterr().out

@@ -62,6 +62,9 @@ def write_page(result: Any, table: DataTable, path: Path) -> None:
     cards = [(result.images, "images"), (result.checked, "labels checked"), (len(result.issues), "likely label errors"),
              (len(result.duplicates), "duplicate pairs"), (result.leaks, "leaks across splits"),
              (len(result.unusable), "unusable files"), (len(result.left_out), "left out on purpose")]  # fmt: skip
+    misses = result.trust.unflagged_misses if result.trust else 0
+    if misses:
+        cards.insert(3, (misses, f"more labels the {_models(result)} get wrong, not flagged"))
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>imgcls audit</title><style>{CSS}</style>",
         "</head><body><h1>Audit</h1>",
@@ -71,6 +74,7 @@ def write_page(result: Any, table: DataTable, path: Path) -> None:
         "<h2>Likely label errors</h2><p class=note>Most likely wrong first: the probability the models gave the "
         "given label (quality) is low, and they agree on another. Review them with <code>imgcls review</code>.</p>",
         _issues(result.issues[:LIMIT], thumb),
+        _unflagged(result, misses),
         "<h2>Duplicates and leaks</h2><p class=note>Pairs of images whose perceptual hashes differ in a few bits "
         "(0: the same picture). A pair on two sides of a split is a leak: the held-out score flatters the model.</p>",
         _duplicates(result.duplicates[:LIMIT], thumb),
@@ -93,6 +97,23 @@ def _top1(result: Any) -> str:
         return ""
     folds = f" (folds {', '.join(f'{v:.3f}' for v in t.fold_top1)})" if t.fold_top1 else ""
     return f" · out-of-sample top-1 {t.top1:.3f}{folds} of {result.checked} labels checked"
+
+
+def _models(result: Any) -> str:
+    """'models' for the folds of a cross-validation, 'model' for one model's held-out split."""
+    return "models" if result.trust and result.trust.fold_top1 else "model"
+
+
+def _unflagged(result: Any, misses: int) -> str:
+    """The labels the probabilities contradict that the audit does not flag: by its account the
+    models' own mistakes, or wrong labels cleanlab is not sure enough of (the warning comes when
+    they are many: :func:`imgcls.audit.labels.trust`)."""
+    if not misses:
+        return ""
+    who = "models'" if _models(result) == "models" else "model's"
+    return (f"<p class=note>The {who} top class is another label for {misses} more images that the audit does "
+            f"not flag (<code>trust.unflagged_misses</code> in summary.json): by the audit's account the {who} own "
+            "mistakes, or wrong labels it is not sure enough of to flag.</p>")  # fmt: skip
 
 
 def _issues(rows: list[dict[str, Any]], thumb: Thumbnails) -> str:

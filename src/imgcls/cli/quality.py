@@ -143,6 +143,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         name = "top-1, trained on    " if args.split in ("train", "all") else "out-of-sample top-1  "
         print(f"  {name}{r.trust.top1:.3f}{folds}" + ("  <- see the warning" if r.trust.warning else ""))
     print(f"  likely label errors  {len(r.issues)}")
+    if r.trust is not None and r.trust.unflagged_misses:  # the models' own mistakes, or wrong labels left unflagged
+        who = "models disagree " if r.trust.fold_top1 else "model disagrees "
+        print(f"  {who}     {r.trust.unflagged_misses} more labels, not flagged (see trust in summary.json)")
     print(f"  duplicate pairs      {len(r.duplicates)} ({r.leaks} across splits: leaks)")
     print(f"  unusable files       {len(r.unusable)}")
     if r.left_out:
