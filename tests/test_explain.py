@@ -252,3 +252,40 @@ def test_a_reused_out_holds_only_this_runs_pictures_and_never_loses_the_users_fi
     assert "explanations.csv that 'imgcls explain' did not write" in err and len(err.strip().splitlines()) == 1
     assert (other / "x.png").read_bytes() == b"keep" and sorted(p.name for p in other.iterdir()) == [
         "explanations.csv", "x.png"]  # fmt: skip
+
+
+def test_a_coarse_map_says_so_in_the_csv_the_picture_and_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's ResNet-18 at 64 px is explained at layer4's 2 x 2 map: four blocks, the hot
+    spot of a '3' in a corner of background, and nothing said so."""
+    import csv
+
+    from imgcls.artifacts import save_model
+    from imgcls.config import PreprocessConfig
+    from imgcls.explain import coarse_note, feature_map
+
+    note = coarse_note((2, 2), (3, 64, 64))
+    assert note == (
+        "the map is 2 x 2 at this input size (64 px): coarse, a cell per 32 px; "
+        "a model trained at --image-size 224 or more gives 7 x 7"
+    )
+    assert coarse_note((7, 7), (3, 224, 224)) == coarse_note((4, 4), (3, 28, 28)) == ""
+    with torch.device("meta"):
+        resnet = create_model("resnet18", num_classes=3).eval()
+    assert feature_map(resnet, (3, 64, 64)).grid == (2, 2) and feature_map(resnet, (3, 224, 224)).grid == (7, 7)
+    torch.manual_seed(0)
+    lenet = create_model("lenet", num_classes=2)  # at 20 px its pool2 map is 2 x 2 too
+    model = save_model(
+        lenet, tmp_path / "model", label_names=["a", "b"], preprocess=PreprocessConfig(input_size=(3, 20, 20))
+    )
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(tmp_path / "a.png")
+    assert main(["explain", "--model", str(model), str(tmp_path / "a.png"), "--out", str(tmp_path / "why")]) == 0
+    said = capsys.readouterr().out
+    assert "note: the map is 2 x 2 at this input size (20 px): coarse" in said, said
+    with open(tmp_path / "why" / "explanations.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["layer"] == "pool2" and row["note"].startswith("the map is 2 x 2 at this input size (20 px)")
+    e = Explanation("a.png", np.zeros((20, 20, 3), np.uint8), ["a"], [0.6], np.zeros((1, 20, 20)), "pool2", (2, 2))
+    fine = Explanation("a.png", np.zeros((20, 20, 3), np.uint8), ["a"], [0.6], np.zeros((1, 20, 20)), "pool2", (7, 7))
+    assert (np.asarray(strip(e))[:18] != np.asarray(strip(fine))[:18]).any()  # the caption above says so

@@ -18,7 +18,9 @@ adaptive pools, which only resize that map to the classifier's fixed grid (AlexN
 pass gives: a map laid out channels-last (Swin's NHWC stages) is weighed channels-first, and
 tokens (a vision transformer's (batch, tokens, channels), or tokens after a patch embedding) are
 refused in one line, as is an exported ``.onnx`` file (no gradients). The layer is named under
-each overlay and in ``explanations.csv``.
+each overlay and in ``explanations.csv``; a map of fewer than :data:`FINE_CELLS` cells a side (a
+ResNet's 2 x 2 at 64 px) is said to be coarse there, above the picture and on the command's line
+(:func:`coarse_note`), since its few blocks cannot show where in the image the evidence lies.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from imgcls.errors import UserError
 
 PANEL = 192  # pixels per side of each picture in an explanation
 CSV_NAME = "explanations.csv"  # the list of an explain's pictures, and the mark of its own files
+FINE_CELLS = 4  # a map with fewer cells a side is coarse: its blocks are a third of the image or more
+ADVISED_CELLS = 7  # the map a model at its usual input size gives (a ResNet's 7 x 7 at 224 px)
 
 
 @dataclass
@@ -48,12 +52,42 @@ class Explanation:
     probabilities: list[float]
     maps: np.ndarray  # float (k, S, S) in [0, 1]
     layer: str = ""  # the module whose map is weighed (see feature_layer)
+    grid: tuple[int, int] | None = None  # that map's height and width, in cells
+
+
+@dataclass
+class FeatureMap:
+    """The map Grad-CAM weighs (:func:`feature_map`)."""
+
+    name: str
+    module: Any  # channels-first (a view of a channels-last map)
+    grid: tuple[int, int]  # its height and width at the model's input size
+
+
+def coarse_note(grid: tuple[int, int] | None, input_size: tuple[int, ...]) -> str:
+    """'the map is 2 x 2 at this input size (64 px): coarse, ...' for a map of fewer than
+    :data:`FINE_CELLS` cells a side, with the input size that would give :data:`ADVISED_CELLS`
+    (its cells stay as many pixels); empty for a finer map."""
+    if grid is None or min(grid) >= FINE_CELLS:
+        return ""
+    size = int(input_size[-1])
+    cell = -(-size // max(1, grid[1]))
+    n = ADVISED_CELLS
+    return (f"the map is {grid[0]} x {grid[1]} at this input size ({size} px): coarse, a cell per {cell} px; "
+            f"a model trained at --image-size {n * cell} or more gives {n} x {n}")  # fmt: skip
 
 
 def feature_layer(model: Any, input_size: tuple[int, ...], *, arch: str | None = None) -> tuple[str, Any]:
-    """(name, module) of the map Grad-CAM weighs (see the module docstring). For a channels-last
-    map the module is a channels-first view of it (:func:`_channels_first`), since captum takes
-    dimension 1 as the channels. A model without a map raises UserError naming ``arch``."""
+    """(name, module) of the map Grad-CAM weighs: :func:`feature_map`'s."""
+    found = feature_map(model, input_size, arch=arch)
+    return found.name, found.module
+
+
+def feature_map(model: Any, input_size: tuple[int, ...], *, arch: str | None = None) -> FeatureMap:
+    """The map Grad-CAM weighs (see the module docstring), and its size in cells. For a
+    channels-last map the module is a channels-first view of it (:func:`_channels_first`), since
+    captum takes dimension 1 as the channels. A model without a map raises UserError naming
+    ``arch``."""
     who = arch or type(model).__name__
     described = [(str(f["module"]), int(f["num_chs"])) for f in getattr(model, "feature_info", None) or []]
     seen = _output_shapes(model, input_size)
@@ -65,7 +99,9 @@ def feature_layer(model: Any, input_size: tuple[int, ...], *, arch: str | None =
         )
     name, channels_last = found
     module = model.get_submodule(name)
-    return name, (_channels_first(module) if channels_last else module)
+    shape = next(shape for n, _, shape in reversed(seen) if n == name and shape is not None and len(shape) == 4)
+    grid = (shape[1], shape[2]) if channels_last else (shape[2], shape[3])
+    return FeatureMap(name, _channels_first(module) if channels_last else module, (int(grid[0]), int(grid[1])))
 
 
 def _output_shapes(model: Any, input_size: tuple[int, ...]) -> list[tuple[str, Any, tuple[int, ...] | None]]:
@@ -164,8 +200,10 @@ class Explainer:
         self.clf = clf
         self.model = clf.backend.model.float().eval()
         self.device = next(self.model.parameters()).device
-        self.layer_name, layer = feature_layer(self.model, clf.preprocess.input_size, arch=clf.info.arch)
-        self.cam = LayerGradCam(self._scores, layer)
+        found = feature_map(self.model, clf.preprocess.input_size, arch=clf.info.arch)
+        self.layer_name, self.grid = found.name, found.grid
+        self.note = coarse_note(found.grid, clf.preprocess.input_size)
+        self.cam = LayerGradCam(self._scores, found.module)
         self.torch = torch
 
     def _scores(self, x: Any) -> Any:
@@ -196,7 +234,13 @@ class Explainer:
         names = self.clf.label_names
         return [
             Explanation(
-                path, pixels[i], [names[k] for k in ks], [float(probs[i, k]) for k in ks], maps[i], self.layer_name
+                path,
+                pixels[i],
+                [names[k] for k in ks],
+                [float(probs[i, k]) for k in ks],
+                maps[i],
+                self.layer_name,
+                self.grid,
             )
             for i, ((path, _), ks) in enumerate(zip(items, order, strict=True))
         ]
@@ -239,9 +283,11 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, *, layer: str = "", alpha: flo
 
 def strip(e: Explanation) -> Image.Image:
     """The image as the model saw it, then its explained classes side by side, captioned (the
-    class and its probability above each map, the layer below)."""
+    class and its probability above each map, the layer below; above the input, a coarse map's
+    size)."""
     panels = [Image.fromarray(e.pixels).resize((PANEL, PANEL), Image.Resampling.BILINEAR)]
-    captions = ["input"]
+    coarse = coarse_note(e.grid, e.pixels.shape[:2])
+    captions = [f"input; the map {e.grid[0]}x{e.grid[1]}: coarse" if coarse and e.grid else "input"]
     for label, p, heat in zip(e.labels, e.probabilities, e.maps, strict=True):
         panels.append(overlay(e.pixels, heat, layer=e.layer))
         captions.append(f"{label}: {'<0.1' if p < 0.001 else f'{100 * p:.1f}'}%")
@@ -263,8 +309,8 @@ def explain_files(
     model: str | Path, inputs: list[str], out: str | Path, *, top: int = 3, device: str = "auto", batch_size: int = 16
 ) -> list[dict[str, Any]]:
     """``imgcls explain``: a PNG per input image in ``out`` (the input, then a Grad-CAM overlay
-    per top class) and ``explanations.csv`` (with the layer explained); unreadable files get a row
-    with their error."""
+    per top class) and ``explanations.csv`` (with the layer explained, and a note where its map is
+    coarse); unreadable files get a row with their error."""
     from imgcls.io import atomic_write_with, check_writable
     from imgcls.predict import Classifier, check_inputs, decode_for_model, iter_inputs
 
@@ -287,7 +333,7 @@ def explain_files(
         for path, px, error in batch:
             if px is None:
                 rows.append({"path": path, "explanation": "", "labels": "", "probabilities": "", "layer": "",
-                             "error": error})  # fmt: skip
+                             "note": "", "error": error})  # fmt: skip
                 continue
             e = next(done)
             name = _unique(Path(e.path).stem + ".png", names)
@@ -295,7 +341,7 @@ def explain_files(
             atomic_write_with(folder / name, lambda tmp: picture.save(tmp, format="PNG"))  # noqa: B023
             rows.append({"path": e.path, "explanation": name, "labels": ";".join(e.labels),
                          "probabilities": ";".join(f"{p:.6f}" for p in e.probabilities), "layer": e.layer,
-                         "error": ""})  # fmt: skip
+                         "note": explainer.note, "error": ""})  # fmt: skip
         batch.clear()
         _write_rows(folder / CSV_NAME, rows)  # the list always names the pictures there are
 
@@ -358,4 +404,4 @@ def _unique(name: str, taken: set[str]) -> str:
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     from imgcls.io import atomic_write_csv
 
-    atomic_write_csv(path, ["path", "explanation", "labels", "probabilities", "layer", "error"], rows)
+    atomic_write_csv(path, ["path", "explanation", "labels", "probabilities", "layer", "note", "error"], rows)

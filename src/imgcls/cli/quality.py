@@ -94,6 +94,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     print(
         f"explained {done} image{'s' if done != 1 else ''}{unreadable} -> {args.out} (one PNG each, explanations.csv)"
     )
+    note = next((r["note"] for r in rows if r.get("note")), "")
+    if note:  # one model, one map: the same for every image
+        print(f"note: {note}")
     return 0
 
 
