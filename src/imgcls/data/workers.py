@@ -29,10 +29,14 @@ def can_fork() -> bool:
     return "fork" in mp.get_all_start_methods()
 
 
-def die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int, deathsig: bool = True) -> None:
     """Worker-process initializer: end when the parent ends, ``kill -9`` included (a forked
     worker holds the pipes' other ends itself, so it would otherwise wait for work for ever):
-    Linux's parent-death signal, and a watchdog thread elsewhere. Ctrl-C is the parent's to
+    Linux's parent-death signal where ``deathsig``, and a watchdog thread polling the parent's
+    pid. The signal fires when the *thread* that forked the worker ends, not its process, so it is
+    armed only for workers forked by the main thread (a worker forked by a helper thread was killed
+    with that thread, perhaps holding the pool's queue lock: the other workers then waited for it
+    for ever); the others have the watchdog (a second's delay). Ctrl-C is the parent's to
     answer: ignored here (it was blocked while this process was started, see :func:`no_ctrl_c`),
     else each worker printed its own KeyboardInterrupt traceback."""
     import sys
@@ -41,7 +45,7 @@ def die_with_parent(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    if sys.platform.startswith("linux"):
+    if deathsig and sys.platform.startswith("linux"):
         import ctypes
 
         with contextlib.suppress(OSError, AttributeError):
@@ -81,10 +85,12 @@ def stopped() -> bool:
     return STOP is not None and STOP.is_set()
 
 
-def _start(parent: int, stop: Any, setup: Callable[..., None] | None, args: tuple[Any, ...]) -> None:
+def _start(
+    parent: int, deathsig: bool, stop: Any, setup: Callable[..., None] | None, args: tuple[Any, ...]
+) -> None:  # fmt: skip
     global STOP
     STOP = stop
-    die_with_parent(parent)
+    die_with_parent(parent, deathsig)
     if setup is not None:
         setup(*args)
 
@@ -103,14 +109,23 @@ def process_pool(
 ) -> tuple[Executor, Any]:
     """``workers`` forked worker processes (spawned where fork is missing) and their stop flag;
     ``setup(*args)`` runs in each as it starts (with fork the arguments are inherited, never
-    pickled: a table of a million paths or a shared array costs nothing to hand over)."""
-    import multiprocessing as mp
+    pickled: a table of a million paths or a shared array costs nothing to hand over).
 
-    ctx = mp.get_context("fork" if can_fork() else "spawn")
+    With fork the workers are started here, by the calling thread, not by whichever thread submits
+    first (prediction's device-decoding thread submits what the device refuses, and ends before
+    the pool): see :func:`die_with_parent`."""
+    import multiprocessing as mp
+    import threading
+
+    fork = can_fork()
+    ctx = mp.get_context("fork" if fork else "spawn")
     stop = ctx.Event()
+    main = threading.current_thread() is threading.main_thread()
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_start, initargs=(os.getpid(), stop, setup, args)
+        max_workers=workers, mp_context=ctx, initializer=_start, initargs=(os.getpid(), main, stop, setup, args)
     )
+    if fork:  # the first submit forks every worker (Python forks them all at once)
+        submit(pool, os.getpid).result()
     return pool, stop
 
 
