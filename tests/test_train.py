@@ -295,8 +295,8 @@ def test_pickle_that_would_run_code_is_refused_from_the_cli(
 def _train_cmd(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
     return [
         str(BIN / "imgcls"), "train", "--data", str(data), "--out", str(out), "--cache-dir", str(cache),
-        "--arch", "resnet18", "--pretrained", "none", "--epochs", "3", "--batch-size", "2",
-        "--image-size", "32", "--seed", "5", "--deterministic", *extra,
+        "--arch", "resnet20", "--pretrained", "none", "--epochs", "3", "--batch-size", "2",
+        "--image-size", "32", "--seed", "5", "--deterministic", "--no-export-onnx", "--tta", "none", *extra,
     ]  # fmt: skip
 
 

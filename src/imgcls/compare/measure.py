@@ -1,6 +1,6 @@
 """What a trained configuration is worth here: its accuracy on the held-out split and its cost on
 this machine, with the engine ``imgcls predict`` would use (:func:`imgcls.predict.choose.engine`:
-float32 on the faster of PyTorch and ONNX Runtime, measured once and remembered).
+float32 on ONNX Runtime where the model directory holds a current ``model.onnx``, else PyTorch).
 
 - **held out**: the data's test split where it has one; else the validation split, which also
   chose each run's best epoch (and temperature), so its figures are *optimistic* and said so;
