@@ -80,7 +80,8 @@ def predict_shard(
 
 def merge_if_complete(final: Path, world: int, writer: Writer, settings: dict[str, Any]) -> str:
     """Merge the ``world`` parts into ``final`` if every one is marked finished and no other task
-    is merging; what happened, in a line."""
+    is merging; what happened, in a line. What was seen before the lock is seen again under it:
+    a task finishing with another may find the lock free only because the other has merged."""
     from imgcls.io import atomic_write_text
     from imgcls.outputs import resume_record
     from imgcls.predict.runner import part_path
@@ -98,11 +99,85 @@ def merge_if_complete(final: Path, world: int, writer: Writer, settings: dict[st
         os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
         os.close(fd)
         parts = [part_path(final, r, world) for r in range(world)]
-        writer.merge(parts)
+        gone = [r for r, p in enumerate(parts) if not (_mark(final, r, world).exists() and _has_rows(writer, p))]
+        if gone:
+            return _gone_line(final, world, gone)
+        _merge(writer, parts, final)
         atomic_write_text(resume_record(final), json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n")
         for r, p in enumerate(parts):
+            for f in _part_files(writer, p):
+                f.unlink(missing_ok=True)
             resume_record(p).unlink(missing_ok=True)
             _mark(final, r, world).unlink(missing_ok=True)
     finally:
         lock.unlink(missing_ok=True)
     return f"merged the {world} shards into {final}"
+
+
+def _part_files(writer: Writer, part: Path) -> list[Path]:
+    """The files a part keeps its rows in (a JSON document's part has its JSON-lines file)."""
+    return type(writer)(part, options=writer.options).files()
+
+
+def _has_rows(writer: Writer, part: Path) -> bool:
+    return any(f.exists() for f in _part_files(writer, part))
+
+
+def _gone_line(final: Path, world: int, gone: list[int]) -> str:
+    """Under the lock, some part or mark is no longer there: merged by another task (which
+    removes them all), or lost; either way, nothing to merge."""
+    if len(gone) == world and final.exists():
+        return f"the {world} shards of {final} were merged by another task: nothing to merge"
+    return (f"nothing to merge into {final}: shard(s) {_ranges(gone)} of {world} lack their part or its mark "
+            "(run them again with --overwrite)")  # fmt: skip
+
+
+def _merge(writer: Writer, parts: list[Path], final: Path) -> None:
+    """Interleave the parts (part r holds inputs r, r + N, ...) into a sibling of ``final``,
+    synced, then renamed over it: ``final`` is never half-written, so a merge cut short (a full
+    disk, a kill) leaves the output as it was and the parts to merge again."""
+    import itertools
+
+    into = type(writer)(final.with_name(f".{final.name}.merge-tmp{final.suffix}"), options=writer.options)
+    streams = [writer.records(p) for p in parts]
+    try:
+        into.open(resume=False)
+        try:
+            for records in itertools.zip_longest(*streams):
+                into.write_records([r for r in records if r is not None])
+            into.flush()  # synced
+        finally:
+            into.close()
+        if hasattr(into, "finalize"):
+            into.finalize()
+        os.replace(into.files()[0], final)
+    except BaseException:
+        for f in into.files():
+            f.unlink(missing_ok=True)
+        raise
+    _sync_folder(final.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """The rename lives in the folder's entry: sync it too (where the system allows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 3, 4, 5, 7] -> '0-1, 3-5, 7' (a thousand-task array's missing shards in a line)."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
