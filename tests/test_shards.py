@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import imgcls.predict.shards as shards
+from imgcls.cli import main
 from imgcls.outputs import CsvWriter, resume_record, writer_for
 from imgcls.predict.runner import part_path
 
@@ -74,3 +76,37 @@ def test_a_merge_cut_short_keeps_the_previous_output_and_the_parts(
     assert shards.merge_if_complete(final, 2, writer_for(final, None, {}), {"model": "x"}).startswith("merged")
     assert final.read_text() == HEADER + "img0.jpg,cat,0.9,,\nimg1.jpg,cat,0.9,,\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".p.csv.settings.json", "p.csv"]
+
+
+def test_a_merged_output_made_with_other_settings_is_refused_not_complete(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--shard met a finished --out from other settings: refused as plain predict refuses it
+    (it said "complete" and predicted nothing); with the same settings it counts the inputs that
+    --out lacks."""
+    images = tmp_path / "imgs"
+    shutil.copytree(trained["data"] / "cat", images)
+    out = tmp_path / "p.csv"
+    base = ["predict", "--model", str(trained["model"]), str(images), "--out", str(out), "--workers", "0"]
+    assert main(base) == 0
+    before = out.read_text()
+    capsys.readouterr()
+    assert main([*base, "--top-k", "2"]) == 2  # plain predict refuses it ...
+    assert "holds predictions made with other settings" in capsys.readouterr().err
+    assert main([*base, "--top-k", "2", "--shard", "0/1"]) == 2  # ... and so does a shard
+    err = capsys.readouterr().err
+    assert "holds predictions made with other settings (top_k was 5, now 2)" in err and "complete" not in err
+    other = tmp_path / "other"  # the same model with one weight changed
+    shutil.copytree(trained["model"], other)
+    weights = bytearray((other / "model.safetensors").read_bytes())
+    weights[-1] ^= 1
+    (other / "model.safetensors").write_bytes(bytes(weights))
+    assert main([*base[:2], str(other), *base[3:], "--shard", "0/1"]) == 2
+    assert "holds predictions made with other settings (another model)" in capsys.readouterr().err
+    assert main([*base, "--shard", "0/1"]) == 0
+    assert "is complete (merged from its shards): nothing to do" in capsys.readouterr().err
+    shutil.copy(images / sorted(os.listdir(images))[0], images / "new.png")
+    assert main([*base, "--shard", "0/1"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of shard 0/1's 11 inputs are not in" in err and "predicted 0 images" in err
+    assert out.read_text() == before

@@ -9,9 +9,12 @@ Each part is an output of its own: resumable (a task that is killed and run agai
 part), guarded by its own settings record (``--overwrite`` starts only this task's part afresh).
 A finished part is marked (``.OUT.part-K-of-N.done``); the task that finds every mark present
 merges, under a lock file created exclusively (``.OUT.merging``), so two tasks finishing together
-do not both write ``--out``; a merge that was killed leaves the lock and the parts, and says so
-when the next task finds it. Once merged, a task run again finds ``--out`` complete and does
-nothing (``--overwrite`` predicts its shard again).
+do not both write ``--out`` (the one holding the lock looks at the marks again: the other may have
+merged just before). The merge writes a synced sibling renamed over ``--out``, and removes the
+parts after: a merge that was killed leaves ``--out`` as it was, the lock and the parts, and says
+so when the next task finds it. Once merged, a task run again with the same settings finds
+``--out`` complete and predicts nothing (it counts its inputs that ``--out`` lacks; ``--overwrite``
+predicts its shard again); with other settings it is refused, as plain predict refuses.
 """
 
 from __future__ import annotations
@@ -65,8 +68,9 @@ def predict_shard(
     source = Files(kwargs.pop("top_k", 5), kwargs.pop("threshold", None))
     part = part_path(final, k, n)
     started = part.exists() or _mark(final, k, n).exists() or resume_record(part).exists()
-    if resume and final.exists() and not started:
-        info(f"{final} is complete (merged from its shards): nothing to do (--overwrite predicts shard {k}/{n} again)")
+    if resume and final.exists() and not started:  # merged: only if by the same settings, as plain predict
+        guard_resume(final, settings, resume, write=False, writer=writer)
+        info(_complete_line(final, writer.name, inputs, k, n))
         return PredictSummary(0, 0, 0, 0, 0.0, final)
     part_writer = writer_for(part, writer.name, options)
     if not resume:
@@ -76,6 +80,43 @@ def predict_shard(
     atomic_write_text(_mark(final, k, n), json.dumps({"rows": summary.written + summary.skipped_done}) + "\n")
     info(merge_if_complete(final, n, writer, settings))
     return summary
+
+
+def _complete_line(final: Path, fmt: str, inputs: Any, k: int, n: int) -> str:
+    """What a task finds in a merged ``final``: complete, or lacking some of its inputs (files
+    added to a folder since the merge), counted and not predicted: a shard alone cannot add rows
+    to a merged output, plain predict continuing it can."""
+    from imgcls.predict.inputs import iter_inputs
+
+    held = _paths_in(final, fmt)
+    if held is None:
+        return (f"{final} is complete (merged from its shards): nothing to do (its inputs are not checked again; "
+                f"--overwrite predicts shard {k}/{n} again)")  # fmt: skip
+    mine = [p for i, p in enumerate(iter_inputs(inputs)) if i % n == k]
+    missing = sum(1 for p in mine if p not in held)
+    if not missing:
+        return f"{final} is complete (merged from its shards): nothing to do (--overwrite predicts shard {k}/{n} again)"
+    return (f"{final} was merged from its shards, but {missing} of shard {k}/{n}'s {len(mine)} inputs are not in it "
+            "(added since?): predicted none; the same command without --shard adds them to it, or run every shard "
+            "again with --overwrite")  # fmt: skip
+
+
+def _paths_in(final: Path, fmt: str) -> set[str] | None:
+    """The inputs a merged output has rows for (None: a format or a file this cannot read)."""
+    import csv
+
+    try:
+        if fmt == "csv":
+            with open(final, newline="", encoding="utf-8") as f:
+                return {row[0] for i, row in enumerate(csv.reader(f)) if i and row}
+        text = final.read_text(encoding="utf-8")
+        if fmt == "jsonl":
+            return {json.loads(line)["path"] for line in text.splitlines() if line.strip()}
+        if fmt == "json":
+            return {row["path"] for row in json.loads(text)["predictions"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return None
 
 
 def merge_if_complete(final: Path, world: int, writer: Writer, settings: dict[str, Any]) -> str:
