@@ -114,6 +114,11 @@ def test_pick_the_most_accurate_or_the_most_accurate_within_a_budget() -> None:
     assert none.row is None and none.reason == (
         "none of the 4 configurations has latency<=1ms (the closest: small, 2.50 ms)"
     )
+    # the closest on each constraint missed, not on the first one given (which every configuration met)
+    both = pick(ROWS, "size<=100MB,latency<=1ms")
+    assert both.row is None and both.reason.endswith("(the closest: small, 2.50 ms)")
+    two = pick(ROWS, "accuracy>=0.96,latency<=1ms")
+    assert two.reason.endswith("(the closest: on accuracy big, 0.9500; on latency small, 2.50 ms)")
     tie = pick([ROWS[2], ROWS[3]], "accuracy")
     assert tie.row["name"] == "small" and "tied with worse; the faster" in tie.reason  # type: ignore[index]
 
@@ -265,7 +270,8 @@ def test_compare_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    base = ["compare", "--data", str(tmp_path), "--arch", "lenet"]
+    (tmp_path / "d").mkdir()
+    base = ["compare", "--data", str(tmp_path / "d"), "--arch", "lenet"]
     for extra, said in (([], "--epochs N or --time-budget"), (["--epochs", "1", "--pick", "fast"], "write 'accuracy'"),
                         (["--epochs", "1", "--out", str(tmp_path / "other")], "not a compare's folder")):  # fmt: skip
         out = [] if "--out" in extra else ["--out", str(tmp_path / "new")]
@@ -273,3 +279,98 @@ def test_compare_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    from imgfactory import image_folder
+
+    data = image_folder(tmp_path / "imgs", ("cat", "dog"), 3)
+    assert main(["compare", "--data", str(data), "--arch", "lenet", "--epochs", "1", "--out", str(data / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert "is inside the data folder" in err and len(err.strip().splitlines()) == 1  # failed before: a run each
+    assert not (data / "cmp").exists()
+    (tmp_path / "c.yaml").write_text("- {name: fast, arch: lenet, optim: {lr: fast}}\n")
+    assert main(["compare", "--data", str(data), "--configs", str(tmp_path / "c.yaml"), "--epochs", "1", "--out",
+                 str(tmp_path / "new2")]) == 2  # fmt: skip
+    assert "configuration 'fast': " in capsys.readouterr().err
+
+
+def test_a_landscape_with_overflowed_losses_is_drawn(tmp_path: Path) -> None:
+    from imgcls.compare.report import plot_surface
+
+    losses = np.full((5, 5), 2.0)
+    losses[2, 2], losses[0, 0], losses[4, 4] = 0.3, np.inf, np.nan  # far from the minimum the loss overflowed
+    s = {"losses": losses.tolist(), "alphas": np.linspace(-1, 1, 5).tolist(), "betas": np.linspace(-1, 1, 5).tolist(),
+         "centre": 0.3, "steps": 5, "images": 8}  # fmt: skip
+    assert plot_surface("x", s, tmp_path / "x.png").stat().st_size > 1000  # failed before: ValueError from contourf
+
+
+def test_every_model_is_timed_again_in_turns_and_its_best_round_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgcls.compare import measure
+    from imgcls.predict import Classifier, choose
+
+    monkeypatch.setattr(choose, "engine", lambda model, **kw: ("torch", "fp32"))
+    monkeypatch.setattr(Classifier, "load", classmethod(lambda cls, model, **kw: str(model)))
+    order: list[str] = []
+    slow = {("a", 0): 100.0}  # a's first round meets a busy machine
+
+    def timed(clf: str, seconds: float) -> tuple[float, float]:
+        k = sum(1 for o in order if o == clf)
+        order.append(clf)
+        factor = slow.get((clf, k), 1.0)
+        return 0.002 * factor, 500.0 / factor
+
+    monkeypatch.setattr(measure, "speed", timed)
+    got = measure.retime({"a": Path("a"), "b": Path("b")}, rounds=3)
+    assert order == ["a", "b"] * 3  # in turns
+    assert got == {"a": (2.0, 500.0), "b": (2.0, 500.0)}  # the busy round is not the figure
+
+
+def test_a_failed_configuration_or_landscape_loses_no_finished_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configuration that fails with any error (torch's RuntimeError too) is recorded and the
+    others go on; a landscape that fails leaves its configuration trained and measured, and the
+    next compare does not train it again; a continued compare may not change what the runs
+    are measured with; a separate validation set is said to be optimistic."""
+    import imgcls.compare as cmp_module
+    from imgcls.cli import main
+    from imgcls.compare import runs
+    from imgfactory import image_folder
+
+    data = image_folder(tmp_path / "data", ("cat", "dog"), 8, size=(36, 36))
+    val = image_folder(tmp_path / "val", ("cat", "dog"), 3, size=(36, 36))
+    out = tmp_path / "cmp"
+    argv = ["compare", "--data", str(data), "--val-data", str(val), "--arch", "lenet,smallnet_050", "--epochs", "1",
+            "--batch-size", "8", "--image-size", "32", "--no-export-onnx", "--cache-dir", str(tmp_path / "cache"),
+            "--workers", "0", "--out", str(out)]  # fmt: skip
+    real = runs.train_run
+
+    def flaky(cfg: object, *a: object, **kw: object) -> float:
+        if str(cfg.train.out).endswith("smallnet_050"):  # type: ignore[attr-defined]
+            raise RuntimeError("Given input size: (8x1x1). Output size is too small")
+        return real(cfg, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runs, "train_run", flaky)
+    assert main(argv) == 1
+    said = capsys.readouterr()
+    assert "failed: smallnet_050: RuntimeError: Given input size" in said.out  # failed before: a traceback
+    assert json.loads((out / "results" / "lenet.json").read_text())["result"]["measured"]["optimistic"]
+    document = json.loads((out / "compare.json").read_text())
+    assert document["configurations"][0]["split"] == "val" and "Optimistic" in (out / "compare.html").read_text()
+    monkeypatch.setattr(runs, "train_run", real)
+    kept = {p: p.stat().st_mtime_ns for p in (out / "runs" / "lenet").rglob("*") if p.is_file()}
+
+    def broken(*a: object, **kw: object) -> dict:
+        raise RuntimeError("no memory for the slice")
+
+    monkeypatch.setattr(cmp_module, "_landscape", broken)
+    assert main([*argv, "--landscape"]) == 0  # the failed configuration trains now; the landscapes fail apart
+    said = capsys.readouterr()
+    assert "lenet: trained and measured earlier" in said.err and "lenet: no loss landscape (RuntimeError" in said.err
+    monkeypatch.undo()
+    assert main(argv) == 0
+    said = capsys.readouterr()
+    assert (
+        "lenet: trained and measured earlier" in said.err and "smallnet_050: trained and measured earlier" in said.err
+    )
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # failed before: the finished run deleted and trained again
+    assert main([*argv[:-2], "--export-onnx", "--out", str(out)]) == 2  # what the runs are measured with may not change
+    assert "other common settings" in capsys.readouterr().err

@@ -30,8 +30,9 @@ from imgcls.errors import UserError
 __all__ = ["CompareResult", "Configuration", "compare", "configurations"]
 
 Say = Callable[[str], Any]
-#: what a configuration's failure is (said, recorded, the others go on); anything else is a bug
-FAILURES = (UserError, FloatingPointError, MemoryError)
+#: a configuration's failure is said, recorded and the others go on, whatever it is (torch's
+#: RuntimeErrors included: an input too small for an architecture, memory); Ctrl-C still stops it all
+FAILURES = (Exception,)
 
 
 @dataclass
@@ -67,6 +68,7 @@ def compare(
     folder = Path(out).expanduser()
     common = _absolute({k: v for k, v in options.items() if v is not None})
     base, runs = _checked(configs, config, common)
+    _outside_data(folder, base.data.data)
     claim(folder)
     _same_settings(folder, base)
     earlier = {c.name: _read_result(folder, c) for c in configs}  # (another configuration of the name: refused)
@@ -77,11 +79,22 @@ def compare(
         try:
             results.append(_configuration(folder, c, runs[c.name], earlier[c.name], (table, listing), landscape, say))
         except FAILURES as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            reason = first if isinstance(e, UserError) else f"{type(e).__name__}: {first}".rstrip(": ")
             say(f"compare: {c.name} failed: {reason}")
             failed.append({"name": c.name, "error": reason})
             _write_result(folder, c, {"error": reason})
     return _conclude(folder, base, results, failed, listing, pick, say)
+
+
+def _outside_data(folder: Path, data: str | None) -> None:
+    """An --out inside a class-folder tree is refused before anything is written: its runs would
+    become a class of the data (each run refused it apart, after loading the data)."""
+    from imgcls.engine.fit import inside_class_folders
+
+    if inside_class_folders(folder / "runs", data):
+        raise UserError(f"--out {folder} is inside the data folder {data}: the runs' files would become a class "
+                        "of the data; choose an --out outside it")  # fmt: skip
 
 
 def _absolute(options: dict[str, Any]) -> dict[str, Any]:
@@ -113,11 +126,20 @@ def _checked(
     runs = {}
     for c in configs:
         given = {**common, **c.options}
-        cfg = make_run_config(config, **given)
-        absolute_paths(cfg)
-        check_config(cfg)
+        try:
+            cfg = make_run_config(config, **given)
+            absolute_paths(cfg)
+            check_config(cfg)
+        except UserError as e:  # which configuration: a --configs file may list many
+            raise UserError(f"configuration {c.name!r}: {e}") from None
         runs[c.name] = (cfg, given_options(config, given))
     return base, runs
+
+
+#: the common settings a continued compare may change: where and how a run is carried out. The
+#: others (early stopping, the exports, threads: what trains, and the engine and threads its
+#: latency and throughput are measured with) would mix two settings in one table
+FREE = frozenset({"workers", "cache_dir", "cache_max_gb", "checkpoint_minutes"})
 
 
 def _same_settings(folder: Path, base: Any) -> None:
@@ -125,7 +147,6 @@ def _same_settings(folder: Path, base: Any) -> None:
     compare into the folder; one continuing it must give the same, or its runs would differ. Until
     a run has started, a compare that stopped early (a mistyped option, bad data) is replaced."""
     from imgcls.config import to_dict
-    from imgcls.engine.resume import RESUMABLE
     from imgcls.io import atomic_write_text
 
     now = json.loads(json.dumps(to_dict(base)))
@@ -136,7 +157,7 @@ def _same_settings(folder: Path, base: Any) -> None:
             stale.unlink(missing_ok=True)
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
-        free = set(RESUMABLE) - {"epochs", "time_budget"}  # how a run is carried out, not what it trains
+        free = FREE  # how a run is carried out; not what it trains, nor what its measurements run on
         changed = [f"{k} {before[s].get(k)!r}, given {v!r}" for s in now for k, v in now[s].items()
                    if s in before and k not in free and before[s].get(k) != v]  # fmt: skip
         if changed:
@@ -161,14 +182,18 @@ def _configuration(
     if done is not None and "error" not in done:
         say(f"compare: {c.name}: trained and measured earlier ({done['measured']['split']} "
             f"{_headline(done)}): not trained again")  # fmt: skip
-    else:
-        seconds = train_run(cfg, requested, split_hook(listing), say, fresh=done is not None)
+    else:  # new, or failed before: continued where its run stands (a complete run is not trained again)
+        seconds = train_run(cfg, requested, split_hook(listing), say)
         model = Path(cfg.train.out) / "model"
         measured = measure(model, evaluation=_evaluation(cfg, listing), say=say)
         done = {"train_seconds": round(seconds, 2), "measured": measured.as_dict()}
         _write_result(folder, c, done)
-    if landscape and "landscape" not in done:
-        done["landscape"] = _landscape(cfg, c, table, listing, float(done["train_seconds"]), say)
+    if landscape and ("landscape" not in done or "error" in done["landscape"]):
+        try:  # the landscape's failure is its own: the configuration stays trained and measured
+            done["landscape"] = _landscape(cfg, c, table, listing, float(done["train_seconds"]), say)
+        except FAILURES as e:
+            done["landscape"] = {"error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
+            say(f"compare: {c.name}: no loss landscape ({done['landscape']['error']})")
         _write_result(folder, c, done)
     return {"configuration": c, **done}
 
@@ -185,8 +210,8 @@ def _evaluation(cfg: Any, listing: Any) -> dict[str, Any]:
     d = cfg.data
     test = any(split == "test" for _, _, split in listing)
     where: dict[str, Any] = {"split": "test" if test else "val"}
-    if not test and d.val_data:
-        where = {"data": d.val_data, "split": "all"}
+    if not test and d.val_data:  # the validation data, whole: it chose each run's best epoch too
+        where = {"data": d.val_data, "split": "all", "optimistic": True}
     if d.detections:
         where.update(detections=d.detections, det_threshold=d.det_threshold, det_categories=d.det_categories,
                      crop_margin=d.crop_margin)  # fmt: skip
@@ -245,6 +270,7 @@ def _conclude(
     from imgcls.compare.report import write_report
 
     rows = [_row(folder, r) for r in results]
+    busy = _retime(folder, rows, say)
     front = pareto_front(rows)
     for r in rows:
         r["pareto"] = r["name"] in front
@@ -253,12 +279,29 @@ def _conclude(
     histories = {r["name"]: read_history(folder / r["run"]) for r in rows}
     document = {
         "settings": _settings(base), "machine": _machine(), "split": _split_counts(listing),
-        "configurations": rows, "failed": failed,
+        "configurations": rows, "failed": failed, "timing_note": busy,
         "pick": {"rule": rule, "name": chosen.row["name"] if chosen.row else None, "reason": chosen.reason,
                  "model": str(best) if best else None},
     }  # fmt: skip
     page = write_report(folder, document, histories)
     return CompareResult(folder, rows, failed, chosen, best, page)
+
+
+def _retime(folder: Path, rows: list[dict[str, Any]], say: Say) -> str | None:
+    """Latency and throughput of every configuration timed again together, in interleaved rounds
+    (:func:`~imgcls.compare.measure.retime`), so that the table compares figures of one moment."""
+    from imgcls.compare.measure import busy_note, retime
+
+    if len(rows) < 2:
+        return None
+    say(f"compare: timing the {len(rows)} models again, in turns")
+    timed = retime({r["name"]: folder / r["model"] for r in rows})
+    for r in rows:
+        r["latency_ms"], r["throughput"] = timed[r["name"]]
+    note = busy_note()
+    if note:
+        say(f"compare: note: {note}")
+    return note
 
 
 def _row(folder: Path, r: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,8 @@ def measure(model_dir: Path, *, evaluation: dict[str, Any], say: Callable[[str],
     from imgcls.predict import Classifier
     from imgcls.predict.choose import engine
 
+    evaluation = dict(evaluation)
+    optimistic = bool(evaluation.pop("optimistic", False))  # a separate validation set, evaluated whole
     backend, precision = engine(model_dir, images=None, say=say)  # measured now, or remembered
     clf = Classifier.load(model_dir, backend=backend, precision=precision)
     latency, rate = speed(clf)
@@ -62,7 +64,8 @@ def measure(model_dir: Path, *, evaluation: dict[str, Any], say: Callable[[str],
     params, macs = network_cost(model_dir)
     metrics = {k: float(result.metrics[k]) for k in KEPT if isinstance(result.metrics.get(k), (int, float))}
     return Measured(
-        split=result.split, optimistic=bool(result.selection_split), metrics=metrics, engine=clf.engine,
+        split="val" if optimistic else result.split, optimistic=optimistic or bool(result.selection_split),
+        metrics=metrics, engine=clf.engine,
         tta=clf.info.tta, latency_ms=round(latency * 1e3, 4), throughput=round(rate, 1), batch=BATCH, params=params,
         macs=macs, size_bytes=engine_file(model_dir, clf.engine).stat().st_size,
         input_size=list(clf.preprocess.input_size),
@@ -90,6 +93,46 @@ def speed(clf: Any, *, seconds: float = 0.5) -> tuple[float, float]:
         clf.probabilities(pixels)
         n += 1
     return float(np.median(times)), n * BATCH / (time.perf_counter() - start)
+
+
+def retime(models: dict[str, Path], *, rounds: int = 3, seconds: float = 0.3) -> dict[str, tuple[float, float]]:
+    """Every configuration's (latency in ms, images per second) timed again, together: ``rounds``
+    rounds, each timing every model in turn, the best round of each kept (the lowest latency, the
+    highest throughput). Timed once each right after its own training, the figures came from
+    different moments, and on a machine with other work one configuration was timed 100 times
+    slower than another of the same network; interleaved rounds share the machine's moods."""
+    from imgcls.predict import Classifier
+    from imgcls.predict.choose import engine
+
+    loaded = {}
+    for name, model_dir in models.items():
+        backend, precision = engine(model_dir, images=None)
+        loaded[name] = Classifier.load(model_dir, backend=backend, precision=precision)
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(rounds):
+        for name, clf in loaded.items():
+            latency, rate = speed(clf, seconds=seconds)
+            was = best.get(name, (float("inf"), 0.0))
+            best[name] = (min(was[0], latency * 1e3), max(was[1], rate))
+    return {name: (round(lat, 4), round(rate, 1)) for name, (lat, rate) in best.items()}
+
+
+def busy_note() -> str | None:
+    """A note when the machine is running other work (the one-minute load above its cores)."""
+    import os
+
+    from imgcls.runtime import physical_cores
+
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    cores = physical_cores()
+    if load <= cores + 0.5:
+        return None
+    return (f"the machine was busy while the speeds were timed (load {load:.1f} on {cores} cores): latency and "
+            "throughput are lower than on a quiet machine; run the same command again on a quiet one to time them "
+            "again (nothing is trained again)")  # fmt: skip
 
 
 def network_cost(model_dir: Path) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from imgcls.errors import UserError
@@ -97,11 +98,14 @@ def pick(rows: Sequence[dict[str, Any]], rule: str = "accuracy") -> Pick:
         return Pick(None, "no configuration has an accuracy to compare")
     metric = str(order[0].get("metric", "accuracy"))
     meeting = [r for r in order if all(c.holds(r) for c in constraints)]
-    if not meeting:
-        c = constraints[0]
-        closest = min(order, key=lambda r: _distance(c, r))
-        return Pick(None, f"none of the {len(order)} configurations has {rule} (the closest: {closest['name']}, "
-                          f"{c.shown(closest)})")  # fmt: skip
+    if not meeting:  # the closest on each constraint some configuration misses
+        missed = [c for c in constraints if not all(c.holds(r) for r in order)]
+        closest = [(c, min(order, key=partial(_distance, c))) for c in missed]
+        if len(closest) == 1:
+            said = f"{closest[0][1]['name']}, {closest[0][0].shown(closest[0][1])}"
+        else:
+            said = "; ".join(f"on {c.metric} {r['name']}, {c.shown(r)}" for c, r in closest)
+        return Pick(None, f"none of the {len(order)} configurations has {rule} (the closest: {said})")
     best = meeting[0]
     said = f"{best['name']}: the highest {metric} ({best['accuracy']:.4f})"
     if constraints:

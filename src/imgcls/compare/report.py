@@ -152,7 +152,11 @@ def plot_surface(name: str, s: dict[str, Any], path: Path) -> Path:
     from matplotlib.colors import LogNorm
 
     plt = _pyplot()
-    losses = np.maximum(np.asarray(s["losses"], dtype=np.float64), 1e-6)
+    raw = np.asarray(s["losses"], dtype=np.float64)
+    finite = raw[np.isfinite(raw)]
+    top = float(finite.max()) if finite.size else 1.0
+    # a loss that overflowed far from the minimum (inf, nan) is drawn as the largest finite one
+    losses = np.maximum(np.where(np.isfinite(raw), raw, top), 1e-6)
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
     low, high = float(losses.min()), float(losses.max())
     levels = np.geomspace(low, max(high, 1.001 * low), 16)
@@ -247,12 +251,15 @@ def _notes(document: dict[str, Any]) -> list[str]:
         "<p class=note>★ recommended · ◆ on the Pareto front of accuracy against throughput. Accuracy, balanced "
         f"accuracy, NLL and ECE on the {html.escape(split)} split; latency: one image through the model "
         "(normalisation, forward pass, the test-time flip where the model has one), the median of repeated calls; "
-        "throughput at batch 32, decoding excluded; size: the file the engine loads. Each configuration's run folder "
+        "throughput at batch 32, decoding excluded (every model timed again at the end, in turns, the best of 3 "
+        "rounds kept); size: the file the engine loads. Each configuration's run folder "
         "is under runs/ (evaluate one in detail: imgcls evaluate --model runs/NAME/model).</p>"
     ]
+    if document.get("timing_note"):
+        notes.append(f"<p class=note><b>Timing:</b> {html.escape(str(document['timing_note']))}.</p>")
     if any(r.get("optimistic") for r in rows):
         notes.append(
-            "<p class=note><b>Optimistic:</b> the data has no test split, so the figures are on the validation split, "
+            "<p class=note><b>Optimistic:</b> the data has no test split, so the figures are on the validation images, "
             "which also chose each run's best epoch and temperature; for unbiased figures, give the data a test split "
             "(a test/ folder or a split column).</p>"
         )

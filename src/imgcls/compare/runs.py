@@ -107,11 +107,11 @@ def run_state(run: Path) -> str:
 
 def train_run(
     cfg: RunConfig, requested: dict[str, Any], hook: Callable[[RunConfig, DataTable], DataTable],
-    say: Callable[[str], Any], *, fresh: bool = False,
+    say: Callable[[str], Any],
 ) -> float:  # fmt: skip
     """Train (or continue) the run of ``cfg`` (``cfg.train.out``) as ``imgcls train`` would, with
     its exports and curves; the seconds it took: this session's wall time, plus the recorded
-    epochs of the sessions before a resume. ``fresh``: start it again whatever is there."""
+    epochs of the sessions before a resume (a complete run is not trained again)."""
     from imgcls.api import export_quietly, quantize_quietly, run_config
     from imgcls.artifacts import read_history
     from imgcls.engine.fit import fit
@@ -119,7 +119,7 @@ def train_run(
     from imgcls.report.plots import plot_curves
 
     run = Path(str(cfg.train.out))
-    state = "restart" if fresh and run.is_dir() else run_state(run)
+    state = run_state(run)
     earlier = 0.0
     if state == "resume":
         earlier = sum(float(h.get("seconds", 0.0)) for h in read_history(run))

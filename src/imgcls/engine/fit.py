@@ -60,7 +60,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] 
         return run, state
     if launch_rank() != 0:
         return run, None
-    if _inside_class_folders(run, cfg.data.data):
+    if inside_class_folders(run, cfg.data.data):
         raise UserError(f"--out {run} is inside the data folder {cfg.data.data}: the run's files would become a "
                         "class of the next run on it; choose an --out outside it")  # fmt: skip
     if run.is_dir() and any(run.iterdir()):
@@ -73,7 +73,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] 
     return run, None
 
 
-def _inside_class_folders(run: Path, data: str | None) -> bool:
+def inside_class_folders(run: Path, data: str | None) -> bool:
     """``run`` lies inside a class-folder tree given as ``--data``."""
     from imgcls.data.sources import is_class_folders
 
