@@ -588,6 +588,10 @@ def test_the_decoder_is_chosen_by_a_measurement_made_once_and_remembered(
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert plan(say=said.append, measure=False).share == 0.55 and measured == [2.0] and len(said) == 1  # remembered
     monkeypatch.delenv("WORLD_SIZE")
+    # a call of a few inputs decodes without workers: the same plan, so a file keeps its decoder
+    # (failed before: the plan was remembered per worker count, and 0 workers measured anew)
+    few = decoders.plan("auto", cfg, gpu="cuda", workers=0, sample=str(big), say=said.append)
+    assert few is not None and few.share == 0.55 and measured == [2.0]
     assert "2MP" in next(iter(json.loads((tmp_path / "cache" / "imgcls" / "decoders.json").read_text())))
     rates.update({"cpu": 900.0, "cpu+cuda": 800.0})  # a machine where the CPU alone is fastest
     Image.new("RGB", (4000, 3000)).save(big)  # 12 MP: another size, measured anew

@@ -7,7 +7,8 @@
 - ``auto`` (the default): the CPU, unless the model runs on a CUDA device (its inputs go there
   anyway); then whichever is fastest here of the CPU alone, the device alone, and both at once with
   the files shared in proportion to their rates (by a hash of the path: a file always gets the same
-  decoder). Measured once per machine (CPU, cores, workers, GPU, torchvision) and image size
+  decoder). Measured once per machine (CPU, cores, GPU, torchvision; with a worker per core, whatever the
+  call's workers) and image size
   (megapixels, by powers of two) on generated JPEGs of that size, a second each, and remembered
   in ``$XDG_CACHE_HOME/imgcls/decoders.json``. The first ``predict`` or ``evaluate`` of a size not
   yet measured pays for it whatever its number of inputs, so every call on the machine, from the
@@ -115,12 +116,16 @@ def plan(
     mp = size_class(sample)
     if mp is None:
         return None
-    key = _key(where, workers, mp)
+    # measured and remembered with the machine's own worker count, whatever this call's (a call of a
+    # few inputs decodes without workers): one plan for every call, so a file gets one decoder
+    from imgcls.runtime import physical_cores
+
+    key = _key(where, physical_cores(), mp)
     rates = _remembered(key)
     if rates is None:
         if not measure or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             return None
-        rates = measure_rates(cfg, where, workers, mp, max_pixels)
+        rates = measure_rates(cfg, where, physical_cores(), mp, max_pixels)
         _remember(key, rates)
         if say is not None:
             say(describe(rates, mp))
