@@ -15,6 +15,7 @@ import pytest
 
 import imgcls.predict.shards as shards
 from imgcls.cli import main
+from imgcls.errors import UserError
 from imgcls.outputs import CsvWriter, resume_record, writer_for
 from imgcls.predict.runner import part_path
 
@@ -76,6 +77,19 @@ def test_a_merge_cut_short_keeps_the_previous_output_and_the_parts(
     assert shards.merge_if_complete(final, 2, writer_for(final, None, {}), {"model": "x"}).startswith("merged")
     assert final.read_text() == HEADER + "img0.jpg,cat,0.9,,\nimg1.jpg,cat,0.9,,\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".p.csv.settings.json", "p.csv"]
+
+
+def test_parts_made_with_different_engines_are_not_merged(tmp_path: Path) -> None:
+    final = tmp_path / "p.csv"
+    settings = [{"model": "x", "engine": "onnxruntime fp32"}, {"model": "x", "engine": "torch bf16 (cuda)"}]
+    _parts(final, 2, settings)
+    with pytest.raises(UserError) as e:
+        shards.merge_if_complete(final, 2, writer_for(final, None, {}), settings[1])
+    message = str(e.value)
+    assert "\n" not in message and "onnxruntime fp32" in message and "torch bf16 (cuda)" in message
+    assert "--overwrite" in message and "not merged" in message
+    assert not final.exists() and not (tmp_path / ".p.csv.merging").exists()
+    assert all(part_path(final, r, 2).exists() and shards._mark(final, r, 2).exists() for r in range(2))
 
 
 def test_a_merged_output_made_with_other_settings_is_refused_not_complete(

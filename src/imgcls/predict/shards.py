@@ -10,11 +10,13 @@ part), guarded by its own settings record (``--overwrite`` starts only this task
 A finished part is marked (``.OUT.part-K-of-N.done``); the task that finds every mark present
 merges, under a lock file created exclusively (``.OUT.merging``), so two tasks finishing together
 do not both write ``--out`` (the one holding the lock looks at the marks again: the other may have
-merged just before). The merge writes a synced sibling renamed over ``--out``, and removes the
-parts after: a merge that was killed leaves ``--out`` as it was, the lock and the parts, and says
-so when the next task finds it. Once merged, a task run again with the same settings finds
-``--out`` complete and predicts nothing (it counts its inputs that ``--out`` lacks; ``--overwrite``
-predicts its shard again); with other settings it is refused, as plain predict refuses.
+merged just before), and refuses parts whose settings records differ (tasks on different kinds
+of machine choosing different engines), keeping them. The merge writes a synced sibling renamed
+over ``--out``, and removes the parts after: a merge that was killed leaves ``--out`` as it was,
+the lock and the parts, and says so when the next task finds it. Once merged, a task run again
+with the same settings finds ``--out`` complete and predicts nothing (it counts its inputs that
+``--out`` lacks; ``--overwrite`` predicts its shard again); with other settings it is refused, as
+plain predict refuses.
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ def merge_if_complete(final: Path, world: int, writer: Writer, settings: dict[st
         gone = [r for r, p in enumerate(parts) if not (_mark(final, r, world).exists() and _has_rows(writer, p))]
         if gone:
             return _gone_line(final, world, gone)
+        _check_alike(final, parts)
         _merge(writer, parts, final)
         atomic_write_text(resume_record(final), json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n")
         for r, p in enumerate(parts):
@@ -153,6 +156,36 @@ def merge_if_complete(final: Path, world: int, writer: Writer, settings: dict[st
     finally:
         lock.unlink(missing_ok=True)
     return f"merged the {world} shards into {final}"
+
+
+def _check_alike(final: Path, parts: list[Path]) -> None:
+    """Refuse parts whose settings records differ (tasks on different kinds of machine choose
+    different engines; a model changed between tasks): their rows would not be one prediction.
+    The parts stay, so one shard run again with the others' options can complete the merge."""
+    from imgcls.outputs import resume_record
+
+    records = []
+    for p in parts:
+        try:
+            record = json.loads(resume_record(p).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+        records.append(record if isinstance(record, dict) else {})
+    differ = []
+    for key in sorted({k for r in records for k in r}):
+        shards: dict[str, list[int]] = {}
+        for r, record in enumerate(records):
+            value = record.get(key)
+            shown = "not recorded" if value is None else value if isinstance(value, str) else json.dumps(value)
+            shards.setdefault(f"{key} {shown}" if key in ("engine", "model") else f"{key}={shown}", []).append(r)
+        if len(shards) > 1:
+            differ.append(" vs ".join(f"{v} (shard{'s' * (len(rs) > 1)} {_ranges(rs)})" for v, rs in shards.items()))
+    if differ:
+        raise UserError(
+            f"{final}: not merged: its {len(parts)} parts were made with different settings ({'; '.join(differ)}); "
+            "run the shards that differ again with the others' options (--backend, --precision), or with "
+            "--overwrite; the parts are kept"
+        )
 
 
 def _part_files(writer: Writer, part: Path) -> list[Path]:
