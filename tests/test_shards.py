@@ -92,6 +92,25 @@ def test_parts_made_with_different_engines_are_not_merged(tmp_path: Path) -> Non
     assert all(part_path(final, r, 2).exists() and shards._mark(final, r, 2).exists() for r in range(2))
 
 
+def test_the_waiting_line_names_the_shards_not_done(tmp_path: Path) -> None:
+    """An array counted from 1 runs shards 1-15 of 16: each says it waits for shard 0."""
+    final = tmp_path / "p.csv"
+    for r in range(1, 16):
+        shards._mark(final, r, 16).write_text("{}\n")
+    line = shards.merge_if_complete(final, 16, writer_for(final, None, {}), {})
+    assert line.startswith("15 of 16 shards of") and "waiting for shard 0 of 16" in line
+    for r in range(16):
+        shards._mark(final, r, 16).unlink(missing_ok=True)
+    for r in (2, 5):
+        shards._mark(final, r, 8).write_text("{}\n")
+    line = shards.merge_if_complete(final, 8, writer_for(final, None, {}), {})
+    assert "waiting for shards 0-1, 3-4, 6-7 of 8" in line
+    with pytest.raises(
+        UserError, match=r"K must be 0 to 15; an array counted from 1 never runs shard 0: run --shard 0/16"
+    ):
+        shards.parse_shard("16/16")  # the array's task 16
+
+
 def test_a_merged_output_made_with_other_settings_is_refused_not_complete(
     trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -40,6 +40,10 @@ def parse_shard(text: str) -> tuple[int, int]:
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
         raise UserError(f"--shard {text!r}: expected K/N, e.g. 0/8 (this is shard K of N, counted from 0)") from None
+    if n >= 1 and k == n:  # the last task of an array counted from 1; its others ran as shards 1 to N-1
+        raise UserError(f"--shard {text}: K must be 0 to {n - 1}; an array counted from 1 never runs shard 0: "
+                        f"run --shard 0/{n} once to finish it (then --array=0-{n - 1}, or "
+                        f"--shard $((SLURM_ARRAY_TASK_ID - 1))/{n})")  # fmt: skip
     if n < 1 or not 0 <= k < n:
         raise UserError(f"--shard {text}: K must be 0 to {max(n, 1) - 1} (a SLURM array counted from 1: "
                         "--array=0-N-1, or --shard $((SLURM_ARRAY_TASK_ID - 1))/N)")  # fmt: skip
@@ -129,9 +133,10 @@ def merge_if_complete(final: Path, world: int, writer: Writer, settings: dict[st
     from imgcls.outputs import resume_record
     from imgcls.predict.runner import part_path
 
-    done = [r for r in range(world) if _mark(final, r, world).exists()]
-    if len(done) < world:
-        return f"{len(done)} of {world} shards of {final} done; the last to finish merges them"
+    waiting = [r for r in range(world) if not _mark(final, r, world).exists()]
+    if waiting:  # named: an array counted from 1 never runs shard 0, and its tasks say they wait for it
+        shards = f"shard{'s' * (len(waiting) > 1)} {_ranges(waiting)} of {world}"
+        return f"{world - len(waiting)} of {world} shards of {final} done; waiting for {shards} (the last merges them)"
     lock = final.with_name(f".{final.name}.merging")
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
