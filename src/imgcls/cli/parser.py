@@ -24,6 +24,7 @@ from imgcls.cli.commands import (
 from imgcls.cli.compare import add_compare
 from imgcls.cli.options import _add, _add_config_options, _device_options, _Formatter, _inference_options, _parser_error
 from imgcls.cli.quality import add_audit, add_explain, add_review
+from imgcls.cli.suggest import add_suggest
 from imgcls.models.options import ATTNS, NORMS
 
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit(sub)
     add_review(sub)
     add_compare(sub)
+    add_suggest(sub)
     add_cache(sub)
     add_demo(sub)
     return parser

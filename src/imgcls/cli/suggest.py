@@ -1,0 +1,60 @@
+"""``imgcls suggest``: its grammar and its handler."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from imgcls.cli.options import _add
+
+
+def add_suggest(sub: Any) -> None:
+    """``imgcls suggest``."""
+    p = _add(
+        sub,
+        "suggest",
+        "Which unlabelled images to label next: uncertain, diverse, rare-class ones first; resumable.",
+        "  imgcls suggest --model runs/a/model unlabelled/ --n 500 --out next.csv\n"
+        "  imgcls suggest --model M new-sites/ 'more/*.JPG' list.txt --n 200 --labelled done.csv --out next.csv\n"
+        "  imgcls suggest --model M pool/ --n 500 --strategy random --seed 1 --out baseline.csv\n"
+        "  imgcls suggest --model M pool/ --n 500 --out next.csv   # again: re-ranks from the scores kept",
+        _cmd_suggest,
+    )
+    p.add_argument("--model", required=True, help="model directory (the embedding is read from its PyTorch model)")
+    p.add_argument(
+        "inputs", nargs="+", metavar="POOL", help="unlabelled images: files, folders, globs, .txt/.csv lists"
+    )
+    p.add_argument("--n", type=int, required=True, help="how many images to suggest")
+    p.add_argument("--out", required=True, help="the suggestions CSV, in labelling order; the scores are kept beside "
+                   "it (.NAME.scores/) so a cut run continues and a finished one re-ranks without scoring")  # fmt: skip
+    p.add_argument("--strategy", default="auto", help="auto (uncertain and diverse, near-duplicates collapsed, rare "
+                   "predicted classes favoured; default), margin or entropy (uncertainty alone), random (the "
+                   "baseline, seeded)")  # fmt: skip
+    p.add_argument("--uncertainty", default="margin", help="margin: 1 - (p1 - p2) (default), or entropy")
+    p.add_argument("--dedup", type=float, default=0.98,
+                   help="cosine similarity of embeddings from which images count as near-duplicates "
+                   "(default 0.98)")  # fmt: skip
+    p.add_argument("--labelled", nargs="+", default=[], metavar="FILE",
+                   help="images already labelled, left out: CSVs with a path column, lists, folders")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of --strategy random (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
+
+
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    from imgcls.suggest import beside, suggest
+
+    r = suggest(
+        args.model, args.inputs, n=args.n, out=args.out, strategy=args.strategy, uncertainty_measure=args.uncertainty,
+        dedup=args.dedup, labelled=args.labelled, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
+    )  # fmt: skip
+    cached = r.pool - len(r.skipped) - r.scored_now if r.scored_now else r.pool - len(r.skipped)
+    print(f"pool: {r.pool} images; scored {r.scored_now} now, {max(0, cached)} from the scores kept")
+    print(f"left out: {r.in_training} in the model's training data, {r.labelled} already labelled")
+    if r.skipped:
+        print(f"skipped: {len(r.skipped)} images that could not be read (listed in {beside(r.out, 'skipped')})")
+    dups = sum(int(row["duplicates"]) for row in r.rows)
+    print(f"suggested: {len(r.rows)} of {r.eligible} ({args.strategy}); {dups} near-duplicates collapsed "
+          f"(listed in {beside(r.out, 'duplicates')})")  # fmt: skip
+    print(f"wrote {r.out}")
+    return 0

@@ -1,0 +1,172 @@
+"""``imgcls suggest``: which unlabelled images to label next (active learning).
+
+One streaming, resumable pass scores the pool (:mod:`~imgcls.suggest.score`: predict's inputs and
+decoding, the model's calibrated probabilities and its embedding); the images the model trained or
+validated on (its run's ``splits.csv``) and those already labelled (``--labelled``) are left out;
+:mod:`~imgcls.suggest.rank` picks ``n`` in labelling order. The CSV lists them with the model's two
+likeliest classes and why each was chosen; files that did not decode are listed in
+``NAME.skipped.csv`` beside it, and the near-duplicates each pick stands for in
+``NAME.duplicates.csv``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcls.errors import UserError
+from imgcls.suggest.rank import STRATEGIES, UNCERTAINTIES, Pick, select, uncertainty
+from imgcls.suggest.score import Scorer, cache_dir, score_pool
+
+__all__ = ["COLUMNS", "SuggestResult", "suggest"]
+
+COLUMNS = ["rank", "path", "guess", "p_guess", "guess2", "p_guess2", "uncertainty", "reason", "duplicates"]
+
+
+@dataclass
+class SuggestResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    pool: int  # images named by the inputs
+    eligible: int  # of them: decoded, not trained on, not labelled
+    in_training: int
+    labelled: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    scored_now: int = 0
+
+
+def check_options(n: int, strategy: str, measure: str, dedup: float) -> None:
+    if n < 1:
+        raise UserError(f"--n must be at least 1 (got {n})")
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown --strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    if measure not in UNCERTAINTIES:
+        raise UserError(f"unknown --uncertainty {measure!r} (choose from {', '.join(UNCERTAINTIES)})")
+    if not 0 < dedup <= 1:
+        raise UserError(f"--dedup is a cosine similarity in (0, 1] (got {dedup})")
+
+
+def _load(model: str | Path) -> Any:
+    from imgcls.predict import Classifier
+
+    if Path(str(model)).suffix.lower() == ".onnx":
+        raise UserError("suggest needs a model directory (its embedding is read from the PyTorch model), not .onnx")
+    if not Path(str(model)).is_dir():
+        raise UserError(f"model not found: {model}")
+    clf = Classifier.load(model, backend="torch")
+    if clf.task == "multilabel":
+        raise UserError("suggest ranks multi-class and binary models; a multi-label model is not supported yet")
+    return clf
+
+
+def _resolved(paths: Any) -> set[str]:
+    return {str(Path(p).resolve()) for p in paths}
+
+
+def training_paths(clf: Any) -> set[str]:
+    """Every file the model's run trained or validated on (its ``splits.csv``), resolved."""
+    from imgcls.artifacts import run_folder
+    from imgcls.data.splits import read_splits_csv
+
+    run = run_folder(clf.info.path, clf.info)
+    if run is None:
+        return set()
+    return _resolved(p for p, _, _ in read_splits_csv(run / "splits.csv"))
+
+
+def labelled_paths(labelled: list[str]) -> set[str]:
+    """The files ``--labelled`` names: CSVs with a path column, lists, folders (as predict reads them)."""
+    from imgcls.predict.inputs import iter_inputs
+
+    for f in labelled:
+        if not Path(f).exists():
+            raise UserError(f"--labelled: {f} not found")
+    return _resolved(iter_inputs(labelled))
+
+
+def suggest(
+    model: str | Path,
+    inputs: list[str],
+    *,
+    n: int,
+    out: str | Path,
+    strategy: str = "auto",
+    uncertainty_measure: str = "margin",
+    dedup: float = 0.98,
+    labelled: list[str] | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    workers: int | None = None,
+    scorer: Scorer | None = None,
+    chunk: int = 512,
+    show_progress: bool = True,
+) -> SuggestResult:
+    """Rank the pool ``inputs`` and write the ``n`` images to label first to ``out`` (see the
+    module docstring). ``scorer`` replaces the model's (probabilities, embeddings) of a batch."""
+    from imgcls.io import check_writable
+    from imgcls.predict.inputs import iter_inputs
+
+    check_options(n, strategy, uncertainty_measure, dedup)
+    out_path = check_writable(out)
+    clf = _load(model)
+    if next(iter_inputs(inputs), None) is None:
+        raise UserError("the pool is empty: no image in " + " ".join(inputs))
+    known = labelled_paths(labelled or [])
+    scores = score_pool(clf, inputs, cache_dir(out_path), scorer=scorer, batch_size=batch_size, workers=workers,
+                        chunk=chunk, show_progress=show_progress)  # fmt: skip
+    resolved = [str(Path(p).resolve()) for p in scores.paths]
+    trained = training_paths(clf)
+    in_training = [r in trained for r in resolved]
+    is_labelled = [r in known and not t for r, t in zip(resolved, in_training, strict=True)]
+    keep = np.array([not (t or lab) for t, lab in zip(in_training, is_labelled, strict=True)], dtype=bool)
+    rows_at = np.nonzero(keep)[0]
+    probs, emb = scores.probs[rows_at], scores.emb[rows_at]
+    names = list(clf.label_names)
+    picks = select(probs, emb, names, n, strategy=strategy, measure=uncertainty_measure, dedup=dedup, seed=seed)
+    paths = [scores.paths[i] for i in rows_at]
+    rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure)
+    _write(out_path, rows, picks, paths, emb, scores.errors)
+    return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors), len(rows_at), sum(in_training),
+                         sum(is_labelled), scores.errors, scores.scored_now)  # fmt: skip
+
+
+def _rows(picks: list[Pick], paths: list[str], probs: np.ndarray, names: list[str], measure: str) -> list[dict]:
+    u = uncertainty(probs, measure) if len(probs) else np.zeros(0)
+    rows = []
+    for rank, pick in enumerate(picks, 1):
+        p = probs[pick.index]
+        order = np.argsort(-p, kind="stable")
+        second = order[1] if len(order) > 1 else order[0]
+        rows.append({
+            "rank": rank, "path": paths[pick.index],
+            "guess": names[order[0]], "p_guess": f"{p[order[0]]:.4f}",
+            "guess2": names[second], "p_guess2": f"{p[second]:.4f}",
+            "uncertainty": f"{u[pick.index]:.4f}", "reason": pick.reason, "duplicates": len(pick.duplicates),
+        })  # fmt: skip
+    return rows
+
+
+def beside(out: Path, what: str) -> Path:
+    """``next.csv`` -> ``next.skipped.csv`` (``what`` = skipped), in the same folder."""
+    return out.with_name(f"{out.stem}.{what}{out.suffix or '.csv'}")
+
+
+def _write(
+    out: Path, rows: list[dict], picks: list[Pick], paths: list[str], emb: np.ndarray, errors: list[tuple[str, str]]
+) -> None:
+    """The suggestions, and beside them the skipped files and the duplicates (each written
+    atomically, and always: an empty list says there were none, never an older run's)."""
+    from imgcls.io import atomic_write_csv
+
+    atomic_write_csv(out, COLUMNS, rows)
+    dups = [
+        (paths[d], paths[p.index], f"{float(emb[d].astype(np.float32) @ emb[p.index].astype(np.float32)):.4f}")
+        for p in picks
+        for d in p.duplicates
+    ]
+    for what, header, listed in (("skipped", ["path", "reason"], errors),
+                                 ("duplicates", ["path", "same_as", "similarity"], dups)):  # fmt: skip
+        atomic_write_csv(beside(out, what), header, listed)

@@ -1,0 +1,198 @@
+"""``imgcls suggest``: the ranking (uncertain and diverse first, duplicates collapsed, rare classes
+favoured, random seeded), what is left out (training data, labelled), the resumable scoring pass,
+skipped files and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgcls.cli import main
+from imgcls.suggest import suggest
+from imgcls.suggest.rank import select, uncertainty
+from imgcls.suggest.score import cache_dir, load_cache
+from imgfactory import class_image, image_folder
+
+NAMES = ["cat", "dog", "fox"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny real run (LeNet, one epoch at 16 px, no ONNX export): its model and splits.csv."""
+    import imgcls
+
+    root = tmp_path_factory.mktemp("suggest")
+    data = image_folder(root / "data", ("cat", "dog", "fox"), 10, size=(24, 24))
+    run = imgcls.train(data, out=root / "run", arch="lenet", epochs=1, batch_size=8, image_size=16,
+                       pretrained="none", cache_dir=root / "cache", seed=0, export_onnx=False)  # fmt: skip
+    return {"data": data, "model": run / "model"}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _probs(margins: list[float]) -> np.ndarray:
+    """Rows whose two best classes (cat, dog) are ``margin`` apart."""
+    return np.array([[(1 + m) / 2 * 0.98, (1 - m) / 2 * 0.98, 0.02] for m in margins])
+
+
+# ---------------------------------------------------------------------------------- ranking
+def test_the_most_uncertain_images_come_first() -> None:
+    probs = _probs([0.9, 0.02, 0.5, 0.1, 0.7])
+    emb = np.eye(5, dtype=np.float16)  # all equally far apart: uncertainty decides
+    for strategy in ("auto", "margin"):
+        picks = select(probs, emb, NAMES, 3, strategy=strategy)
+        assert [p.index for p in picks] == [1, 3, 2], strategy
+    assert picks[0].reason == "uncertain (margin 0.02) between cat and dog"
+    assert np.allclose(uncertainty(probs)[[1, 3]], [0.98 * 0.98 + 0.02, 0.9 * 0.98 + 0.02], atol=1e-9)
+    assert [p.index for p in select(probs, emb, NAMES, 2, strategy="entropy")] == [1, 3]
+
+
+def test_copies_of_one_uncertain_image_are_one_pick_standing_for_the_others() -> None:
+    rng = np.random.default_rng(0)
+    distinct = rng.normal(size=(5, 8))
+    copy = rng.normal(size=8)
+    emb = np.vstack([np.tile(copy, (10, 1)), distinct])
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
+    probs = _probs([0.01] * 10 + [0.3, 0.4, 0.5, 0.6, 0.7])
+    picks = select(probs, emb, NAMES, 10, strategy="auto")  # 10 asked: 6 are not near-duplicates
+    copies = [p for p in picks if p.index < 10]
+    assert len(copies) == 1 and len(picks) == 6
+    assert picks[0].index == 0 and sorted(picks[0].duplicates) == list(range(1, 10))
+    assert "distance" in picks[1].reason and "picked before" in picks[1].reason
+    # uncertainty alone picks the copies again and again: what auto is for
+    assert [p.index for p in select(probs, emb, NAMES, 6, strategy="margin")][:6] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_rare_predicted_class_is_favoured_and_said() -> None:
+    probs = np.vstack([_probs([0.30] * 40), [[0.02, 0.34, 0.64]]])  # one fox among 40 cats
+    emb = np.eye(41, dtype=np.float16)
+    picks = select(probs, emb, NAMES, 1, strategy="auto")
+    assert picks[0].index == 40  # less uncertain (margin 0.30 as well), but of a rare class
+    assert "rare predicted class: fox (2.4% of the pool)" in picks[0].reason
+
+
+def test_random_is_seeded_and_differs_by_seed() -> None:
+    probs = _probs(list(np.linspace(0, 1, 50)))
+    emb = np.eye(50, dtype=np.float16)
+    a = [p.index for p in select(probs, emb, NAMES, 10, strategy="random", seed=1)]
+    assert a == [p.index for p in select(probs, emb, NAMES, 10, strategy="random", seed=1)]
+    assert a != [p.index for p in select(probs, emb, NAMES, 10, strategy="random", seed=2)]
+    assert a != [p.index for p in select(probs, emb, NAMES, 10, strategy="margin")]
+
+
+# ------------------------------------------------------------------------------- end to end
+def _pool(root: Path, n: int = 6) -> Path:
+    pool = root / "pool"
+    pool.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        class_image(i % 3, rng, (40, 40)).save(pool / f"new_{i}.jpg", quality=92)
+    return pool
+
+
+def test_training_data_and_labelled_images_are_left_out(trained: dict, tmp_path: Path) -> None:
+    pool = _pool(tmp_path)
+    (tmp_path / "done.csv").write_text("path,label\npool/new_0.jpg,cat\npool/new_1.jpg,dog\n")
+    r = suggest(trained["model"], [str(trained["data"]), str(pool)], n=20, out=tmp_path / "next.csv",
+                labelled=[str(tmp_path / "done.csv")], strategy="margin", show_progress=False)  # fmt: skip
+    assert (r.pool, r.in_training, r.labelled, r.eligible) == (36, 30, 2, 4)
+    rows = _rows(tmp_path / "next.csv")
+    assert sorted(Path(row["path"]).name for row in rows) == [f"new_{i}.jpg" for i in range(2, 6)]
+    assert list(rows[0]) == ["rank", "path", "guess", "p_guess", "guess2", "p_guess2", "uncertainty", "reason",
+                             "duplicates"]  # fmt: skip
+    assert [row["rank"] for row in rows] == ["1", "2", "3", "4"]
+    cached = load_cache(cache_dir(tmp_path / "next.csv"))  # the model's own embeddings: L2-normalised
+    assert cached.emb.shape[0] == 36 and cached.emb.shape[1] > 3
+    assert np.allclose(np.linalg.norm(cached.emb.astype(np.float32), axis=1), 1, atol=1e-2)
+
+
+def test_copies_of_a_file_collapse_with_the_real_model(trained: dict, tmp_path: Path) -> None:
+    pool = _pool(tmp_path)
+    for i in range(9):
+        shutil.copy(pool / "new_0.jpg", pool / f"copy_{i}.jpg")
+    r = suggest(trained["model"], [str(pool)], n=15, out=tmp_path / "next.csv", show_progress=False)
+    copies = {"new_0.jpg", *(f"copy_{i}.jpg" for i in range(9))}
+    assert sum(Path(row["path"]).name in copies for row in r.rows) <= 1  # never two of them
+    # every copy not picked stands behind one and the same pick (a copy, or an image this small
+    # model cannot tell from them): ten files, one label to give
+    same_as = {d["same_as"] for d in _rows(tmp_path / "next.duplicates.csv") if Path(d["path"]).name in copies}
+    picked = {row["path"] for row in r.rows}
+    assert len(same_as) == 1 and same_as <= picked
+    stands_for = next(row for row in r.rows if row["path"] in same_as)
+    assert stands_for["duplicates"] >= 9
+
+
+class _Counting:
+    """A scorer with fixed answers (red share -> cat), counting the images it scored; it can
+    stop after some batches, as a killed run does."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.scored, self.calls, self.stop_after = 0, 0, stop_after
+
+    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.calls += 1
+        if self.stop_after is not None and self.calls > self.stop_after:
+            raise KeyboardInterrupt
+        self.scored += len(pixels)
+        red = pixels[..., 0].mean(axis=(1, 2)) / 255
+        probs = np.stack([red, 1 - red, np.zeros_like(red)], axis=1) * 0.99 + 0.0033
+        emb = pixels.reshape(len(pixels), -1)[:, :16].astype(np.float32) + 1
+        return probs, (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
+
+
+def test_a_killed_scoring_pass_continues_and_a_finished_one_rescores_nothing(trained: dict, tmp_path: Path) -> None:
+    pool = _pool(tmp_path, 12)
+    out = tmp_path / "next.csv"
+    kw = {"n": 5, "out": out, "batch_size": 4, "chunk": 4, "strategy": "margin", "show_progress": False}
+    first = _Counting(stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        suggest(trained["model"], [str(pool)], scorer=first, **kw)
+    assert first.scored == 4 and not out.exists()  # one chunk kept
+    second = _Counting()
+    r = suggest(trained["model"], [str(pool)], scorer=second, **kw)
+    assert second.scored == 8 and r.scored_now == 8 and len(r.rows) == 5
+    third = _Counting()
+    again = suggest(trained["model"], [str(pool)], scorer=third, **{**kw, "n": 3})
+    assert third.calls == 0 and again.scored_now == 0
+    assert [row["path"] for row in again.rows] == [row["path"] for row in r.rows][:3]
+
+
+def test_an_unreadable_file_is_a_recorded_skip(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pool = _pool(tmp_path, 3)
+    (pool / "broken.jpg").write_bytes(b"this is not an image at all\n" * 10)
+    out = tmp_path / "next.csv"
+    assert main(["suggest", "--model", str(trained["model"]), str(pool), "--n", "10", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped: 1 images that could not be read" in printed
+    assert [Path(r["path"]).name for r in _rows(tmp_path / "next.skipped.csv")] == ["broken.jpg"]
+    assert len(_rows(out)) == 3
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"--n": "0"}, "--n must be at least 1"),
+        ({"--strategy": "greedy"}, "unknown --strategy 'greedy'"),
+        ({"--model": "nowhere"}, "model not found: nowhere"),
+        ({"pool": "EMPTY"}, "the pool is empty"),
+    ],
+)
+def test_bad_input_is_one_line(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture, change: dict, words: str
+) -> None:
+    pool = _pool(tmp_path, 2)
+    (tmp_path / "empty").mkdir()
+    opts = {"--model": str(trained["model"]), "--n": "3", "--out": str(tmp_path / "next.csv"), "--strategy": "auto"}
+    opts.update({k: v for k, v in change.items() if k.startswith("--")})
+    target = str(tmp_path / "empty") if change.get("pool") == "EMPTY" else str(pool)
+    argv = ["suggest", target, *(x for kv in opts.items() for x in kv)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
