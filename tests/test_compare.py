@@ -52,7 +52,7 @@ def test_a_crossed_grid_trains_each_difference_once() -> None:
     auto`` without published weights is ``none``: one configuration, and a note says why."""
     c, notes = configurations({"arch": ["lenet", "convnext_tiny"], "norm": ["batch", "group"]})
     assert [x.name for x in c] == ["lenet-norm_batch", "lenet-norm_group", "convnext_tiny"]
-    assert notes == ["convnext_tiny has no norm option: it is trained once, with its own"]
+    assert notes == ["convnext_tiny has no norm option: it is trained once, with its own norm layers"]
     c, notes = configurations({"arch": ["resnet20", "resnet18"], "pretrained": ["none", "auto"]})
     assert [x.name for x in c] == ["resnet20-pretrained_none", "resnet18-pretrained_none", "resnet18-pretrained_auto"]
     assert "resnet20 has no published weights" in notes[0]
@@ -126,6 +126,8 @@ def test_pick_the_most_accurate_or_the_most_accurate_within_a_budget() -> None:
 def test_pick_rules_are_checked() -> None:
     assert parse_rule("accuracy") == []
     assert parse_rule("size<=10MB")[0].value == 10e6
+    assert parse_rule("top1>=0.9")[0].metric == "accuracy"  # failed before: a digit in the name was refused
+    assert parse_rule("throughput>=1k")[0].value == 1000.0
     for bad, said in (("fastest", "write 'accuracy'"), ("speed<=3", "unknown measure 'speed'"),
                       ("latency<=3kg", "latency in 'kg'")):  # fmt: skip
         with pytest.raises(UserError, match=said):
@@ -355,6 +357,7 @@ def test_a_failed_configuration_or_landscape_loses_no_finished_work(
     assert json.loads((out / "results" / "lenet.json").read_text())["result"]["measured"]["optimistic"]
     document = json.loads((out / "compare.json").read_text())
     assert document["configurations"][0]["split"] == "val" and "Optimistic" in (out / "compare.html").read_text()
+    assert "top-1 (val, optimistic)" in said.out and document["configurations"][0]["input"] == "32x32"
     monkeypatch.setattr(runs, "train_run", real)
     kept = {p: p.stat().st_mtime_ns for p in (out / "runs" / "lenet").rglob("*") if p.is_file()}
 
@@ -373,4 +376,5 @@ def test_a_failed_configuration_or_landscape_loses_no_finished_work(
     )
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # failed before: the finished run deleted and trained again
     assert main([*argv[:-2], "--export-onnx", "--out", str(out)]) == 2  # what the runs are measured with may not change
-    assert "other common settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other common settings (export_onnx False, given True)" in err, err

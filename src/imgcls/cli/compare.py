@@ -42,10 +42,11 @@ def add_compare(sub: Any) -> None:
                    "instead of crossing them (4)")  # fmt: skip
     p.add_argument("--pick", default="accuracy",
                    help="the rule that picks DIR/best: accuracy (default), or constraints such as 'latency<=20ms', "
-                   "'size<=10MB', 'params<=1M', 'throughput>=500' (the most accurate that meets them)")  # fmt: skip
+                   "'size<=10MB', 'params<=1M', 'macs<=500M', 'throughput>=500', 'train_time<=10m', 'accuracy>=0.9', "
+                   "several joined by commas (the most accurate that meets them all)")  # fmt: skip
     p.add_argument("--landscape", action="store_true",
                    help="also the loss landscape of each configuration (Li et al. 2018: a filter-normalised 2-D "
-                   "slice around the trained weights; costs at most its training time)")  # fmt: skip
+                   "slice around the trained weights; sized to cost about its training time)")  # fmt: skip
     _add_config_options(p)
     for action in p._actions:
         if action.dest in LISTS:  # lists of values: the configurations
@@ -81,7 +82,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         return "no configuration finished"
     metric = str(rows[0].get("metric", "top1"))
     split = str(rows[0].get("split", ""))
-    head = ("configuration", f"{metric} ({split})", "img/s", "latency", "params", "MACs", "size", "train")
+    split += ", optimistic" if rows[0].get("optimistic") else ""
+    head = ("configuration", f"{metric} ({split})", "img/s", "latency", "params", "MACs", "size", "input", "train")
     lines = [
         (
             str(r["name"]) + (" *" if r.get("pareto") else ""),
@@ -91,6 +93,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
             _num(r.get("params"), "{:.2f}M", 1e-6),
             _num(r.get("macs"), "{:.1f}M", 1e-6),
             _num(r.get("size_bytes"), "{:.2f} MB", 1e-6),
+            str(r.get("input") or "-"),
             _num(r.get("train_seconds"), "{:.1f} s" if (r.get("train_seconds") or 0) < 10 else "{:,.0f} s"),
         )
         for r in rows

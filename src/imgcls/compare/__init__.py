@@ -142,6 +142,11 @@ def _checked(
 FREE = frozenset({"workers", "cache_dir", "cache_max_gb", "checkpoint_minutes"})
 
 
+def _said(value: Any) -> str:
+    """A setting as a person writes it (None: the default)."""
+    return "the default" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
 def _same_settings(folder: Path, base: Any) -> None:
     """The settings every configuration shares (``DIR/settings.json``): written by the first
     compare into the folder; one continuing it must give the same, or its runs would differ. Until
@@ -158,7 +163,7 @@ def _same_settings(folder: Path, base: Any) -> None:
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
         free = FREE  # how a run is carried out; not what it trains, nor what its measurements run on
-        changed = [f"{k} {before[s].get(k)!r}, given {v!r}" for s in now for k, v in now[s].items()
+        changed = [f"{k} {_said(before[s].get(k))}, given {_said(v)}" for s in now for k, v in now[s].items()
                    if s in before and k not in free and before[s].get(k) != v]  # fmt: skip
         if changed:
             raise UserError(f"{folder} holds a compare with other common settings ({'; '.join(changed[:3])}): run it "
@@ -316,6 +321,8 @@ def _row(folder: Path, r: dict[str, Any]) -> dict[str, Any]:
            **m["metrics"]}  # fmt: skip
     row.update({k: m[k] for k in ("throughput", "latency_ms", "params", "macs", "size_bytes", "engine", "tta",
                                   "split", "optimistic", "batch")})  # fmt: skip
+    size = m.get("input_size") or []
+    row["input"] = f"{size[1]}x{size[2]}" if len(size) == 3 else None  # throughput and MACs are at this size
     row.update(
         train_seconds=r["train_seconds"], epochs=len(history), run=f"runs/{c.name}", model=f"runs/{c.name}/model"
     )

@@ -112,7 +112,7 @@ def applicable(options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     for key in ("norm", "attn"):
         if out.get(key) is not None and key not in entry.options:
             out.pop(key)
-            notes.append(f"{arch} has no {key} option: it is trained once, with its own")
+            notes.append(f"{arch} has no {key} option: it is trained once, with its own {key} layers")
     if out.get("pretrained") == "auto" and resolve_pretrained("auto", str(arch)) is None:
         out["pretrained"] = "none"
         notes.append(f"{arch} has no published weights: --pretrained auto trains it from scratch, as none does (once)")

@@ -10,8 +10,10 @@ The loss is the training objective without its regularisers (cross-entropy, no l
 smoothing) on a subset of the training images, in evaluation mode (the running statistics the
 model predicts with).
 
-The slice costs at most the configuration's training time, by construction rather than by
-forecast (a machine shared with other work runs a forecast late): the subset of images is sized
+The slice is sized to cost about the configuration's training time, level by level rather than
+by one forecast (a machine shared with other work runs a forecast late; a machine that gets
+busier while a level runs still makes that level late, and the first 5x5 level is always
+computed): the subset of images is sized
 from measured prices so that decoding it and a 9x9 grid over it take half the time, then the grid
 is refined level by level, 5x5, 9x9, 17x17, 33x33 (each level's points include the last's), while
 the next level's points, priced at the measured cost of the points already computed, fit in the

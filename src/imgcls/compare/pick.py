@@ -27,7 +27,7 @@ METRICS: dict[str, tuple[str, Callable[[float], str], dict[str, float]]] = {
              {"": 1e6, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}),
     "params": ("params", lambda v: f"{v / 1e6:.3g}M params", {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}),
     "macs": ("macs", lambda v: f"{v / 1e6:.4g}M MACs", {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}),
-    "throughput": ("throughput", lambda v: f"{v:.0f} img/s", {"": 1.0, "img/s": 1.0}),
+    "throughput": ("throughput", lambda v: f"{v:.0f} img/s", {"": 1.0, "img/s": 1.0, "k": 1e3}),
     "train_time": ("train_seconds", lambda v: f"{v:.0f} s of training",
                    {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}),
     "accuracy": ("accuracy", lambda v: f"{v:.4f}", {"": 1.0, "%": 0.01}),
@@ -60,7 +60,7 @@ def parse_rule(text: str) -> list[Constraint]:
     out = []
     for part in rule.split(","):
         found = re.fullmatch(
-            r"\s*([A-Za-z_]+)\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([A-Za-zµ/%]*)\s*", part
+            r"\s*([A-Za-z_][A-Za-z_0-9]*)\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([A-Za-zµ/%]*)\s*", part
         )
         if not found:
             raise UserError(f"--pick {text!r}: write 'accuracy' or constraints like latency<=20ms, size<=10MB, "

@@ -29,10 +29,12 @@ COLUMNS: list[tuple[str, str, Any]] = [
     ("params", "params", lambda v: f"{v / 1e6:.3f}M"),
     ("macs", "MACs", lambda v: f"{v / 1e6:,.1f}M"),
     ("size_bytes", "size", lambda v: f"{v / 1e6:.2f} MB"),
+    ("input", "input (px)", str),
     ("train_seconds", "train time", lambda v: f"{v:.1f} s" if v < 10 else f"{v:,.0f} s"),
 ]
 CSS_MORE = (
-    "td{white-space:nowrap}tr.best td{background:#eef7ee;font-weight:600}.grid{display:flex;flex-wrap:wrap;gap:.5rem}"
+    ".wide{overflow-x:auto;max-width:100%}td{white-space:nowrap}tr.best td{background:#eef7ee;font-weight:600}"
+    ".grid{display:flex;flex-wrap:wrap;gap:.5rem}"
     ".grid img{max-width:340px}.pick{font-size:1.05rem;border-left:4px solid #3a3;padding:.3rem .8rem}"
 )
 
@@ -237,11 +239,12 @@ def _table(rows: Sequence[dict[str, Any]], best: str | None) -> str:
         mark = " ★" if r["name"] == best else ""
         mark += " ◆" if r.get("pareto") else ""
         cells = [f"<td>{html.escape(str(r['name']))}{mark}</td>"]
-        cells += [f"<td>{show(r[k]) if isinstance(r.get(k), (int, float)) else '–'}</td>" for k, _, show in COLUMNS]
+        cells += [f"<td>{html.escape(show(r[k])) if isinstance(r.get(k), (int, float, str)) else '–'}</td>"
+                  for k, _, show in COLUMNS]  # fmt: skip
         tta = " + flip" if r.get("tta") == "flip" else ""
         cells += [f"<td>{_fmt(r.get('epochs', ''))}</td>", f"<td>{html.escape(str(r.get('engine', '')))}{tta}</td>"]
         body.append(f"<tr{' class=best' if r['name'] == best else ''}>{''.join(cells)}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<div class=wide><table><tr>{head}</tr>{''.join(body)}</table></div>"
 
 
 def _notes(document: dict[str, Any]) -> list[str]:
