@@ -13,7 +13,7 @@ import pytest
 
 from imgcls.cli import main
 from imgcls.suggest import suggest
-from imgcls.suggest.rank import select, uncertainty
+from imgcls.suggest.rank import centred, select, uncertainty
 from imgcls.suggest.score import cache_dir, load_cache
 from imgfactory import class_image, image_folder
 
@@ -70,6 +70,21 @@ def test_copies_of_one_uncertain_image_are_one_pick_standing_for_the_others() ->
     assert [p.index for p in select(probs, emb, NAMES, 6, strategy="margin")][:6] == [0, 1, 2, 3, 4, 5]
 
 
+def test_distinct_images_with_similar_relu_features_are_no_duplicates() -> None:
+    """Non-negative features (after a ReLU) all have raw cosines near 1; centred on the pool's
+    mean, only identical images stay near-duplicates."""
+    rng = np.random.default_rng(0)
+    raw = 5 + rng.random((20, 16))  # every raw cosine above 0.98
+    raw[1] = raw[0]
+    raw = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    assert (raw @ raw.T).min() > 0.98
+    e = centred(raw).astype(np.float32)
+    sim = e @ e.T
+    assert sim[0, 1] > 0.99 and np.sort(sim, axis=1)[:, -2][2:].max() < 0.9
+    picks = select(_probs([0.5] * 20), centred(raw), NAMES, 20)
+    assert len(picks) == 19 and sum(len(p.duplicates) for p in picks) == 1
+
+
 def test_a_rare_predicted_class_is_favoured_and_said() -> None:
     probs = np.vstack([_probs([0.30] * 40), [[0.02, 0.34, 0.64]]])  # one fox among 40 cats
     emb = np.eye(41, dtype=np.float16)
@@ -111,6 +126,18 @@ def test_training_data_and_labelled_images_are_left_out(trained: dict, tmp_path:
     cached = load_cache(cache_dir(tmp_path / "next.csv"))  # the model's own embeddings: L2-normalised
     assert cached.emb.shape[0] == 36 and cached.emb.shape[1] > 3
     assert np.allclose(np.linalg.norm(cached.emb.astype(np.float32), axis=1), 1, atol=1e-2)
+
+
+def test_a_suggestions_csv_is_the_next_rounds_labelled_list(
+    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pool(tmp_path)
+    monkeypatch.chdir(tmp_path)  # a relative pool, the CSV in another folder: paths still match
+    first = suggest(trained["model"], ["pool"], n=3, out="round1/next.csv", strategy="margin", show_progress=False)
+    second = suggest(trained["model"], ["pool"], n=10, out="round2/next.csv", labelled=["round1/next.csv"],
+                     strategy="margin", show_progress=False)  # fmt: skip
+    assert second.labelled == 3 and len(second.rows) == 3
+    assert {r["path"] for r in first.rows}.isdisjoint(r["path"] for r in second.rows)
 
 
 def test_copies_of_a_file_collapse_with_the_real_model(trained: dict, tmp_path: Path) -> None:

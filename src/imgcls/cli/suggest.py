@@ -54,7 +54,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     if r.skipped:
         print(f"skipped: {len(r.skipped)} images that could not be read (listed in {beside(r.out, 'skipped')})")
     dups = sum(int(row["duplicates"]) for row in r.rows)
-    print(f"suggested: {len(r.rows)} of {r.eligible} ({args.strategy}); {dups} near-duplicates collapsed "
-          f"(listed in {beside(r.out, 'duplicates')})")  # fmt: skip
+    how = "collapsed into the picks" if args.strategy == "auto" else "of the picks (--strategy auto collapses them)"
+    print(f"suggested: {len(r.rows)} of {r.eligible} ({args.strategy}); {dups} near-duplicates {how}, "
+          f"listed in {beside(r.out, 'duplicates')}")  # fmt: skip
     print(f"wrote {r.out}")
     return 0

@@ -11,6 +11,7 @@ likeliest classes and why each was chosen; files that did not decode are listed 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.errors import UserError
-from imgcls.suggest.rank import STRATEGIES, UNCERTAINTIES, Pick, select, uncertainty
+from imgcls.suggest.rank import STRATEGIES, UNCERTAINTIES, Pick, centred, select, uncertainty
 from imgcls.suggest.score import Scorer, cache_dir, score_pool
 
 __all__ = ["COLUMNS", "SuggestResult", "suggest"]
@@ -123,10 +124,10 @@ def suggest(
     is_labelled = [r in known and not t for r, t in zip(resolved, in_training, strict=True)]
     keep = np.array([not (t or lab) for t, lab in zip(in_training, is_labelled, strict=True)], dtype=bool)
     rows_at = np.nonzero(keep)[0]
-    probs, emb = scores.probs[rows_at], scores.emb[rows_at]
+    probs, emb = scores.probs[rows_at], centred(scores.emb[rows_at])
     names = list(clf.label_names)
     picks = select(probs, emb, names, n, strategy=strategy, measure=uncertainty_measure, dedup=dedup, seed=seed)
-    paths = [scores.paths[i] for i in rows_at]
+    paths = [os.path.abspath(scores.paths[i]) for i in rows_at]  # the CSV is a list wherever it is read
     rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure)
     _write(out_path, rows, picks, paths, emb, scores.errors)
     return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors), len(rows_at), sum(in_training),
