@@ -66,6 +66,9 @@ def test_copies_of_one_uncertain_image_are_one_pick_standing_for_the_others() ->
     assert len(copies) == 1 and len(picks) == 6
     assert picks[0].index == 0 and sorted(picks[0].duplicates) == list(range(1, 10))
     assert "distance" in picks[1].reason and "picked before" in picks[1].reason
+    hair = probs.copy()
+    hair[5] += [-1e-9, 1e-9, 0]  # a later copy a hair more uncertain (another batch's rounding)
+    assert select(hair, emb, NAMES, 1, strategy="auto")[0].index == 0  # the first copy is kept
     # uncertainty alone picks the copies again and again: what auto is for
     assert [p.index for p in select(probs, emb, NAMES, 6, strategy="margin")][:6] == [0, 1, 2, 3, 4, 5]
 
@@ -197,7 +200,8 @@ def test_an_unreadable_file_is_a_recorded_skip(trained: dict, tmp_path: Path, ca
     out = tmp_path / "next.csv"
     assert main(["suggest", "--model", str(trained["model"]), str(pool), "--n", "10", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "skipped: 1 images that could not be read" in printed
+    assert "skipped: 1 image that could not be read" in printed
+    assert "scored 4 now, 0 from the scores kept" in printed
     assert [Path(r["path"]).name for r in _rows(tmp_path / "next.skipped.csv")] == ["broken.jpg"]
     assert len(_rows(out)) == 3
 

@@ -48,11 +48,13 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         args.model, args.inputs, n=args.n, out=args.out, strategy=args.strategy, uncertainty_measure=args.uncertainty,
         dedup=args.dedup, labelled=args.labelled, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
     )  # fmt: skip
-    cached = r.pool - len(r.skipped) - r.scored_now if r.scored_now else r.pool - len(r.skipped)
-    print(f"pool: {r.pool} images; scored {r.scored_now} now, {max(0, cached)} from the scores kept")
+    print(f"pool: {r.pool} images; scored {r.scored_now} now, {r.pool - r.scored_now} from the scores kept")
     print(f"left out: {r.in_training} in the model's training data, {r.labelled} already labelled")
     if r.skipped:
-        print(f"skipped: {len(r.skipped)} images that could not be read (listed in {beside(r.out, 'skipped')})")
+        k = len(r.skipped)
+        print(
+            f"skipped: {k} image{'s' if k != 1 else ''} that could not be read (listed in {beside(r.out, 'skipped')})"
+        )
     dups = sum(int(row["duplicates"]) for row in r.rows)
     how = "collapsed into the picks" if args.strategy == "auto" else "of the picks (--strategy auto collapses them)"
     print(f"suggested: {len(r.rows)} of {r.eligible} ({args.strategy}); {dups} near-duplicates {how}, "

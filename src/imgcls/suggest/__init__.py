@@ -168,6 +168,7 @@ def _write(
         for p in picks
         for d in p.duplicates
     ]
-    for what, header, listed in (("skipped", ["path", "reason"], errors),
+    skipped = [(os.path.abspath(p), reason) for p, reason in errors]
+    for what, header, listed in (("skipped", ["path", "reason"], skipped),
                                  ("duplicates", ["path", "same_as", "similarity"], dups)):  # fmt: skip
         atomic_write_csv(beside(out, what), header, listed)

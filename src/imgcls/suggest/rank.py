@@ -130,7 +130,9 @@ def select(
 
 def _diverse(probs: np.ndarray, emb: np.ndarray, names: list[str], n: int, measure: str, dedup: float) -> list[Pick]:
     """Weighted farthest-first over the most uncertain candidates (``auto``)."""
-    weight = uncertainty(probs, measure) * rarity(probs) + 1e-9  # a sure pool still yields picks
+    # rounded: copies scored in different batches differ in the last bits, and the first of them
+    # in input order should be the one kept; + 1e-9: a sure pool still yields picks
+    weight = np.round(uncertainty(probs, measure) * rarity(probs), 6) + 1e-9
     cand = np.argsort(-weight, kind="stable")[: max(n * CANDIDATES, n)]
     e = emb[cand].astype(np.float32)
     w = weight[cand]
