@@ -131,6 +131,18 @@ def test_training_data_and_labelled_images_are_left_out(trained: dict, tmp_path:
     assert np.allclose(np.linalg.norm(cached.emb.astype(np.float32), axis=1), 1, atol=1e-2)
 
 
+def test_a_copy_of_a_training_image_is_left_out_by_auto(trained: dict, tmp_path: Path) -> None:
+    pool = _pool(tmp_path)
+    shutil.copy(trained["data"] / "dog" / "dog_003.jpg", pool / "same_dog.jpg")
+    kw = {"n": 20, "show_progress": False}
+    r = suggest(trained["model"], [str(trained["data"]), str(pool)], out=tmp_path / "a.csv", **kw)
+    assert r.near_known >= 1 and "same_dog.jpg" not in {Path(row["path"]).name for row in r.rows}
+    plain = suggest(
+        trained["model"], [str(trained["data"]), str(pool)], out=tmp_path / "m.csv", strategy="margin", **kw
+    )
+    assert plain.near_known == 0 and "same_dog.jpg" in {Path(row["path"]).name for row in plain.rows}
+
+
 def test_a_suggestions_csv_is_the_next_rounds_labelled_list(
     trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

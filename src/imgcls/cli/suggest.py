@@ -49,7 +49,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         dedup=args.dedup, labelled=args.labelled, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
     )  # fmt: skip
     print(f"pool: {r.pool} images; scored {r.scored_now} now, {r.pool - r.scored_now} from the scores kept")
-    print(f"left out: {r.in_training} in the model's training data, {r.labelled} already labelled")
+    near = f", {r.near_known} near-duplicates of those" if r.near_known else ""
+    print(f"left out: {r.in_training} in the model's training data, {r.labelled} already labelled{near}")
     if r.skipped:
         k = len(r.skipped)
         print(

@@ -2,7 +2,9 @@
 
 One streaming, resumable pass scores the pool (:mod:`~imgcls.suggest.score`: predict's inputs and
 decoding, the model's calibrated probabilities and its embedding); the images the model trained or
-validated on (its run's ``splits.csv``) and those already labelled (``--labelled``) are left out;
+validated on (its run's ``splits.csv``) and those already labelled (``--labelled``) are left out,
+and under ``auto`` so are the pool's near-duplicates of those (the ones in the pool, whose
+embeddings the pass has: a fourth copy of a labelled frame teaches nothing);
 :mod:`~imgcls.suggest.rank` picks ``n`` in labelling order. The CSV lists them with the model's two
 likeliest classes and why each was chosen; files that did not decode are listed in
 ``NAME.skipped.csv`` beside it, and the near-duplicates each pick stands for in
@@ -32,11 +34,12 @@ class SuggestResult:
     out: Path
     rows: list[dict[str, Any]]
     pool: int  # images named by the inputs
-    eligible: int  # of them: decoded, not trained on, not labelled
+    eligible: int  # of them: decoded, not trained on, not labelled (nor, under auto, a near-duplicate of one)
     in_training: int
     labelled: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     scored_now: int = 0
+    near_known: int = 0  # left out as near-duplicates of images trained on or labelled (auto)
 
 
 def check_options(n: int, strategy: str, measure: str, dedup: float) -> None:
@@ -118,20 +121,35 @@ def suggest(
     known = labelled_paths(labelled or [])
     scores = score_pool(clf, inputs, cache_dir(out_path), scorer=scorer, batch_size=batch_size, workers=workers,
                         chunk=chunk, show_progress=show_progress)  # fmt: skip
-    resolved = [str(Path(p).resolve()) for p in scores.paths]
-    trained = training_paths(clf)
-    in_training = [r in trained for r in resolved]
-    is_labelled = [r in known and not t for r, t in zip(resolved, in_training, strict=True)]
-    keep = np.array([not (t or lab) for t, lab in zip(in_training, is_labelled, strict=True)], dtype=bool)
+    keep, in_training, is_labelled, near = _eligible(clf, scores, known, dedup if strategy == "auto" else None)
     rows_at = np.nonzero(keep)[0]
-    probs, emb = scores.probs[rows_at], centred(scores.emb[rows_at])
+    probs, emb = scores.probs[rows_at], centred(scores.emb)[rows_at]
     names = list(clf.label_names)
     picks = select(probs, emb, names, n, strategy=strategy, measure=uncertainty_measure, dedup=dedup, seed=seed)
     paths = [os.path.abspath(scores.paths[i]) for i in rows_at]  # the CSV is a list wherever it is read
     rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure)
     _write(out_path, rows, picks, paths, emb, scores.errors)
-    return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors), len(rows_at), sum(in_training),
-                         sum(is_labelled), scores.errors, scores.scored_now)  # fmt: skip
+    return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors), len(rows_at), in_training,
+                         is_labelled, scores.errors, scores.scored_now, near)  # fmt: skip
+
+
+def _eligible(clf: Any, scores: Any, known: set[str], dedup: float | None) -> tuple[np.ndarray, int, int, int]:
+    """Which scored rows may be suggested: not trained on, not labelled and (``dedup`` given: auto)
+    no near-duplicate of a pool image that was; with the counts of each kind left out."""
+    from imgcls.suggest.rank import near_any
+
+    resolved = [str(Path(p).resolve()) for p in scores.paths]
+    trained = training_paths(clf)
+    in_training = np.array([r in trained for r in resolved], dtype=bool)
+    is_labelled = np.array([r in known for r in resolved], dtype=bool) & ~in_training
+    keep = ~(in_training | is_labelled)
+    near = 0
+    if dedup is not None and keep.any() and not keep.all():
+        cent = centred(scores.emb)
+        copies = near_any(cent[keep], cent[~keep], dedup)
+        near = int(copies.sum())
+        keep[np.nonzero(keep)[0][copies]] = False
+    return keep, int(in_training.sum()), int(is_labelled.sum()), near
 
 
 def _rows(picks: list[Pick], paths: list[str], probs: np.ndarray, names: list[str], measure: str) -> list[dict]:

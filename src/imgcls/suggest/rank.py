@@ -156,6 +156,18 @@ def _diverse(probs: np.ndarray, emb: np.ndarray, names: list[str], n: int, measu
     return picks
 
 
+def near_any(rows: np.ndarray, others: np.ndarray, dedup: float) -> np.ndarray:
+    """Per row of ``rows``: whether some row of ``others`` has cosine similarity ``dedup`` or more."""
+    found = np.zeros(len(rows), dtype=bool)
+    for start in range(0, len(rows), _BLOCK):
+        block = rows[start : start + _BLOCK].astype(np.float32)
+        for at in range(0, len(others), _BLOCK):
+            found[start : start + _BLOCK] |= (block @ others[at : at + _BLOCK].astype(np.float32).T >= dedup).any(
+                axis=1
+            )
+    return found
+
+
 def _count_duplicates(picks: list[Pick], emb: np.ndarray, dedup: float) -> None:
     """Every other row whose most similar pick has cosine similarity ``dedup`` or more is that
     pick's duplicate (rows picked themselves are nobody's)."""
