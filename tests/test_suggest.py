@@ -218,6 +218,22 @@ def test_an_unreadable_file_is_a_recorded_skip(trained: dict, tmp_path: Path, ca
     assert len(_rows(out)) == 3
 
 
+def test_a_pool_of_only_unreadable_or_known_images_suggests_nothing(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"x")
+    out = tmp_path / "next.csv"
+    assert (
+        main(["suggest", "--model", str(trained["model"]), str(tmp_path / "bad"), "--n", "5", "--out", str(out)]) == 0
+    )
+    assert "nothing to suggest" in capsys.readouterr().out and _rows(out) == []
+    for strategy in ("auto", "margin", "random"):  # every image trained on: nothing eligible
+        r = suggest(trained["model"], [str(trained["data"])], n=5, out=tmp_path / "t.csv", strategy=strategy,
+                    show_progress=False)  # fmt: skip
+        assert r.rows == [] and r.in_training == 30
+
+
 @pytest.mark.parametrize(
     "change, words",
     [

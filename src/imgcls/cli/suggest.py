@@ -48,17 +48,22 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         args.model, args.inputs, n=args.n, out=args.out, strategy=args.strategy, uncertainty_measure=args.uncertainty,
         dedup=args.dedup, labelled=args.labelled, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
     )  # fmt: skip
-    print(f"pool: {r.pool} images; scored {r.scored_now} now, {r.pool - r.scored_now} from the scores kept")
+    print(f"pool: {_count(r.pool, 'image')}; scored {r.scored_now} now, {r.pool - r.scored_now} from the scores kept")
     near = f", {r.near_known} near-duplicates of those" if r.near_known else ""
     print(f"left out: {r.in_training} in the model's training data, {r.labelled} already labelled{near}")
     if r.skipped:
-        k = len(r.skipped)
-        print(
-            f"skipped: {k} image{'s' if k != 1 else ''} that could not be read (listed in {beside(r.out, 'skipped')})"
-        )
+        listed = beside(r.out, "skipped")
+        print(f"skipped: {_count(len(r.skipped), 'image')} that could not be read (listed in {listed})")
+    if not r.rows:
+        print(f"nothing to suggest: no image of the pool is readable and new to the model; wrote {r.out} (empty)")
+        return 0
     dups = sum(int(row["duplicates"]) for row in r.rows)
     how = "collapsed into the picks" if args.strategy == "auto" else "of the picks (--strategy auto collapses them)"
     print(f"suggested: {len(r.rows)} of {r.eligible} ({args.strategy}); {dups} near-duplicates {how}, "
           f"listed in {beside(r.out, 'duplicates')}")  # fmt: skip
     print(f"wrote {r.out}")
     return 0
+
+
+def _count(k: int, word: str) -> str:
+    return f"{k} {word}{'' if k == 1 else 's'}"

@@ -115,6 +115,8 @@ def select(
 ) -> list[Pick]:
     """The ``n`` rows to label first (fewer when the pool is smaller), in labelling order, each
     with its reason and the rows it stands for (see the module docstring)."""
+    if len(probs) == 0:  # every image unreadable, trained on or labelled
+        return []
     if strategy == "random":
         order = np.random.default_rng(seed).permutation(len(probs))[:n]
         picks = [Pick(int(i), f"random (seed {seed})", []) for i in order]
