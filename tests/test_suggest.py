@@ -206,6 +206,20 @@ def test_a_killed_scoring_pass_continues_and_a_finished_one_rescores_nothing(tra
     assert [row["path"] for row in again.rows] == [row["path"] for row in r.rows][:3]
 
 
+def test_an_interrupted_suggest_says_how_to_continue(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imgcls.suggest
+
+    def stop(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imgcls.suggest, "score_pool", stop)
+    argv = ["suggest", "--model", str(trained["model"]), str(_pool(tmp_path, 2)), "--n", "1", "--out", "n.csv"]
+    assert main(argv) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+
+
 def test_an_unreadable_file_is_a_recorded_skip(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pool = _pool(tmp_path, 3)
     (pool / "broken.jpg").write_bytes(b"this is not an image at all\n" * 10)

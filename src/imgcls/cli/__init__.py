@@ -59,6 +59,8 @@ def _how_to_continue(args: argparse.Namespace) -> str:
         return f"; run the same command again to continue where it stopped ({shlex.quote(args.out)} keeps every row)"
     if args.command == "compare":
         return "; run the same command again to continue where it stopped (finished configurations are kept)"
+    if args.command == "suggest":
+        return "; run the same command again to continue where it stopped (the images scored are kept beside --out)"
     if args.command == "train" and args.out:
         from pathlib import Path
 
