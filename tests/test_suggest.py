@@ -5,6 +5,7 @@ skipped files and one-line errors."""
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -204,6 +205,14 @@ def test_a_killed_scoring_pass_continues_and_a_finished_one_rescores_nothing(tra
     again = suggest(trained["model"], [str(pool)], scorer=third, **{**kw, "n": 3})
     assert third.calls == 0 and again.scored_now == 0
     assert [row["path"] for row in again.rows] == [row["path"] for row in r.rows][:3]
+    changed = pool / "new_0.jpg"  # a file replaced since it was scored is scored again, alone
+    class_image(1, np.random.default_rng(99), (40, 40)).save(changed, quality=92)
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**10))
+    fourth = _Counting()
+    assert suggest(trained["model"], [str(pool)], scorer=fourth, **kw).scored_now == 1 and fourth.scored == 1
+    (cache_dir(out) / "chunk-999999.npz").write_bytes(b"PK\x03\x04 damaged")  # a damaged chunk is passed over
+    cached = load_cache(cache_dir(out))  # its newest scores count: now green, no longer red (cat)
+    assert len(cached.paths) == 12 and cached.probs[cached.paths.index(str(changed))][0] < 0.5
 
 
 def test_an_interrupted_suggest_says_how_to_continue(

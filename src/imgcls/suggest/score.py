@@ -12,7 +12,8 @@ model (a fingerprint of its files) and numbered ``.npz`` chunks of ``chunk`` ima
 float32 probabilities, float16 L2-normalised embeddings, and the files that failed to decode with
 their errors), each written atomically. A killed pass loses at most the chunk in progress; run
 again, it scores only what no chunk holds, and a finished pass scores nothing: the ranking is
-redone from the cache alone. A cache written for another model is scored afresh.
+redone from the cache alone. A file whose size or modification time changed since it was scored
+is scored again (its newest scores count); a cache written for another model is scored afresh.
 
 Memory: the chunks read back are the whole pool's probabilities (4 bytes x classes) and
 embeddings (2 bytes x width: 100,000 images of 512 features are 100 MB) plus the paths; decoding
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ class Scores:
     emb: np.ndarray  # (N, D) float16, L2-normalised
     errors: list[tuple[str, str]] = field(default_factory=list)
     scored_now: int = 0  # images scored by this call (the rest came from the cache)
+    stamps: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns) when scored
 
 
 def cache_dir(out: Path) -> Path:
@@ -114,13 +118,29 @@ def _open_cache(folder: Path, fingerprint: str) -> None:
     atomic_write_text(settings, json.dumps({"model": fingerprint}) + "\n")
 
 
+_KEYS = ("paths", "stamps", "probs", "emb", "error_paths", "error_reasons", "error_stamps")
+
+
+def stamp(path: str) -> tuple[int, int]:
+    """(size, modification time in ns) of a file, (-1, -1) when it cannot be read: a file changed
+    since it was scored is scored again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (int(st.st_size), int(st.st_mtime_ns))
+
+
 def _read_chunks(folder: Path) -> Iterator[dict[str, np.ndarray]]:
-    for f in sorted(folder.glob("chunk-*.npz")):
+    """The chunks, newest first (a file scored again after it changed: its newest scores count)."""
+    for f in sorted(folder.glob("chunk-*.npz"), reverse=True):
         try:
             with np.load(f, allow_pickle=False) as z:
-                yield {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError):  # a chunk cut in half: its images are scored again
+                chunk = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: its images are scored again
             continue
+        if set(_KEYS) <= set(chunk):  # else another version's chunk: its images are scored again
+            yield chunk
 
 
 def _write_chunk(folder: Path, number: int, rows: list[tuple[str, Any, Any]], errors: list[tuple[str, str]]) -> None:
@@ -130,6 +150,8 @@ def _write_chunk(folder: Path, number: int, rows: list[tuple[str, Any, Any]], er
     np.savez(
         buf,
         paths=np.array([p for p, _, _ in rows], dtype=str),
+        stamps=np.array([stamp(p) for p, _, _ in rows], dtype=np.int64).reshape(-1, 2),
+        error_stamps=np.array([stamp(p) for p, _ in errors], dtype=np.int64).reshape(-1, 2),
         probs=np.stack([p for _, p, _ in rows]).astype(np.float32) if rows else np.zeros((0, 0), np.float32),
         emb=np.stack([e for _, _, e in rows]).astype(np.float16) if rows else np.zeros((0, 0), np.float16),
         error_paths=np.array([p for p, _ in errors], dtype=str),
@@ -139,28 +161,32 @@ def _write_chunk(folder: Path, number: int, rows: list[tuple[str, Any, Any]], er
 
 
 def load_cache(folder: Path) -> Scores:
-    """Every chunk's rows (a path scored twice counts once: the first)."""
+    """Every chunk's rows (a path scored twice counts once: its newest scores)."""
     paths: list[str] = []
     probs: list[np.ndarray] = []
     emb: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
     seen: set[str] = set()
+    stamps: dict[str, tuple[int, int]] = {}
     for z in _read_chunks(folder):
         keep = [i for i, p in enumerate(z["paths"].tolist()) if p not in seen]
         seen.update(str(z["paths"][i]) for i in keep)
+        stamps.update((str(z["paths"][i]), (int(z["stamps"][i][0]), int(z["stamps"][i][1]))) for i in keep)
         if keep:
             paths.extend(str(z["paths"][i]) for i in keep)
             probs.append(z["probs"][keep])
             emb.append(z["emb"][keep])
-        for p, r in zip(z["error_paths"].tolist(), z["error_reasons"].tolist(), strict=True):
+        for p, r, st in zip(z["error_paths"].tolist(), z["error_reasons"].tolist(), z["error_stamps"], strict=True):
             if p not in seen:
                 seen.add(p)
                 errors.append((str(p), str(r)))
+                stamps[str(p)] = (int(st[0]), int(st[1]))
     return Scores(
         paths,
         np.concatenate(probs) if probs else np.zeros((0, 0), np.float32),
         np.concatenate(emb) if emb else np.zeros((0, 0), np.float16),
         errors,
+        stamps=stamps,
     )
 
 
@@ -183,7 +209,7 @@ def score_pool(
 
     _open_cache(folder, model_fingerprint(clf.info.path))
     cached = load_cache(folder)
-    done = set(cached.paths) | {p for p, _ in cached.errors}
+    done = {p for p, st in cached.stamps.items() if stamp(p) == st}  # unchanged since scored
     todo = [p for p in iter_inputs(inputs) if p not in done]
     number = 1 + max((int(f.stem.split("-")[1]) for f in folder.glob("chunk-*.npz")), default=-1)
     if todo:
