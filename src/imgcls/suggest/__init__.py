@@ -121,9 +121,10 @@ def suggest(
     known = labelled_paths(labelled or [])
     scores = score_pool(clf, inputs, cache_dir(out_path), scorer=scorer, batch_size=batch_size, workers=workers,
                         chunk=chunk, show_progress=show_progress)  # fmt: skip
-    keep, in_training, is_labelled, near = _eligible(clf, scores, known, dedup if strategy == "auto" else None)
+    cent = centred(scores.emb)
+    keep, in_training, is_labelled, near = _eligible(clf, scores, cent, known, dedup if strategy == "auto" else None)
     rows_at = np.nonzero(keep)[0]
-    probs, emb = scores.probs[rows_at], centred(scores.emb)[rows_at]
+    probs, emb = scores.probs[rows_at], cent[rows_at]
     names = list(clf.label_names)
     picks = select(probs, emb, names, n, strategy=strategy, measure=uncertainty_measure, dedup=dedup, seed=seed)
     paths = [os.path.abspath(scores.paths[i]) for i in rows_at]  # the CSV is a list wherever it is read
@@ -133,9 +134,12 @@ def suggest(
                          is_labelled, scores.errors, scores.scored_now, near)  # fmt: skip
 
 
-def _eligible(clf: Any, scores: Any, known: set[str], dedup: float | None) -> tuple[np.ndarray, int, int, int]:
+def _eligible(
+    clf: Any, scores: Any, cent: np.ndarray, known: set[str], dedup: float | None
+) -> tuple[np.ndarray, int, int, int]:
     """Which scored rows may be suggested: not trained on, not labelled and (``dedup`` given: auto)
-    no near-duplicate of a pool image that was; with the counts of each kind left out."""
+    no near-duplicate of a pool image that was (by the centred embeddings ``cent``); with the
+    counts of each kind left out."""
     from imgcls.suggest.rank import near_any
 
     resolved = [str(Path(p).resolve()) for p in scores.paths]
@@ -145,7 +149,6 @@ def _eligible(clf: Any, scores: Any, known: set[str], dedup: float | None) -> tu
     keep = ~(in_training | is_labelled)
     near = 0
     if dedup is not None and keep.any() and not keep.all():
-        cent = centred(scores.emb)
         copies = near_any(cent[keep], cent[~keep], dedup)
         near = int(copies.sum())
         keep[np.nonzero(keep)[0][copies]] = False

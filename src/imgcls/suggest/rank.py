@@ -79,11 +79,14 @@ def rarity(probs: np.ndarray) -> np.ndarray:
 
 def centred(emb: np.ndarray) -> np.ndarray:
     """The embeddings minus their mean, L2-normalised again (float16; see the module docstring)."""
-    x = np.asarray(emb, dtype=np.float32)
-    if len(x) < 2:
+    if len(emb) < 2:
         return np.asarray(emb, dtype=np.float16)
-    x = x - x.mean(axis=0)
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float16)
+    mean = np.asarray(emb).mean(axis=0, dtype=np.float32)
+    out = np.empty(np.shape(emb), dtype=np.float16)
+    for start in range(0, len(emb), _BLOCK):  # float32 a block at a time: memory stays float16's
+        x = np.asarray(emb[start : start + _BLOCK], dtype=np.float32) - mean
+        out[start : start + _BLOCK] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return out
 
 
 def _describe(probs: np.ndarray, i: int, names: list[str], measure: str) -> str:

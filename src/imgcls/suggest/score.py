@@ -16,7 +16,8 @@ redone from the cache alone. A file whose size or modification time changed sinc
 is scored again (its newest scores count); a cache written for another model is scored afresh.
 
 Memory: the chunks read back are the whole pool's probabilities (4 bytes x classes) and
-embeddings (2 bytes x width: 100,000 images of 512 features are 100 MB) plus the paths; decoding
+embeddings (2 bytes x width: 100,000 images of 512 features are 100 MB) plus the paths; the
+ranking adds a centred float16 copy of the embeddings and float32 blocks of 4096 rows; decoding
 runs a bounded number of chunks ahead (:func:`imgcls.predict.decode.decode_stream`).
 """
 
