@@ -278,3 +278,43 @@ def test_bad_input_is_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
+
+
+def test_a_long_burst_of_copies_does_not_stop_the_picks_short() -> None:
+    """600 copies of one uncertain frame fill every candidate the first window holds; the walk
+    goes on to the next candidates instead of returning one pick (reviewed: 1 of 50)."""
+    rng = np.random.default_rng(1)
+    copy, distinct = rng.normal(size=16), rng.normal(size=(400, 16))
+    emb = np.vstack([np.tile(copy, (600, 1)), distinct])
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
+    probs = _probs([0.01] * 600 + list(np.linspace(0.1, 0.9, 400)))
+    picks = select(probs, emb, NAMES, 50, strategy="auto")
+    assert len(picks) == 50 and sum(p.index < 600 for p in picks) == 1
+    assert len(picks[0].duplicates) == 599
+
+
+def test_the_pool_and_the_labels_are_never_written_over_and_a_typo_is_said(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pool = _pool(tmp_path, 3)
+    listing = tmp_path / "pool.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted(pool.iterdir())))
+    labels = tmp_path / "done.csv"
+    labels.write_text("path\n")
+    before = listing.read_text()
+    for argv, said in (([str(listing), "--out", str(listing)], "is also an input"),
+                       ([str(pool), "--labelled", str(labels), "--out", str(labels)], "is also an input"),
+                       ([str(tmp_path / "poool"), "--out", str(tmp_path / "n.csv")], "no such file or folder")):  # fmt: skip
+        assert main(["suggest", "--model", str(trained["model"]), "--n", "2", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0], err  # failed before: exit 0, the list replaced by the picks
+    assert listing.read_text() == before and labels.read_text() == "path\n"
+
+
+def test_a_file_named_twice_is_one_image(trained: dict, tmp_path: Path) -> None:
+    pool = _pool(tmp_path, 4)
+    again = str(pool) + "/./" + sorted(p.name for p in pool.iterdir())[0]
+    r = suggest(trained["model"], [str(pool), again], n=10, out=tmp_path / "next.csv", strategy="random",
+                show_progress=False)  # fmt: skip
+    paths = [row["path"] for row in _rows(tmp_path / "next.csv")]
+    assert len(paths) == len(set(paths)) == len(list(pool.iterdir())) and r.pool == len(paths)

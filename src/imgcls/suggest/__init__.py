@@ -111,9 +111,11 @@ def suggest(
     """Rank the pool ``inputs`` and write the ``n`` images to label first to ``out`` (see the
     module docstring). ``scorer`` replaces the model's (probabilities, embeddings) of a batch."""
     from imgcls.io import check_writable
-    from imgcls.predict.inputs import iter_inputs
+    from imgcls.predict.inputs import check_inputs, check_output_apart, iter_inputs
 
     check_options(n, strategy, uncertainty_measure, dedup)
+    check_inputs(inputs)  # a mistyped pool is a mistake to say, not an unreadable image
+    check_output_apart([*inputs, *(labelled or [])], out)  # never write over the pool's list or the labels
     out_path = check_writable(out)
     clf = _load(model)
     if next(iter_inputs(inputs), None) is None:

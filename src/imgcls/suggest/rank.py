@@ -138,26 +138,38 @@ def _diverse(probs: np.ndarray, emb: np.ndarray, names: list[str], n: int, measu
     # rounded: copies scored in different batches differ in the last bits, and the first of them
     # in input order should be the one kept; + 1e-9: a sure pool still yields picks
     weight = np.round(uncertainty(probs, measure) * rarity(probs), 6) + 1e-9
-    cand = np.argsort(-weight, kind="stable")[: max(n * CANDIDATES, n)]
-    e = emb[cand].astype(np.float32)
-    w = weight[cand]
-    distance = np.full(len(cand), 2.0)  # to the nearest pick (cosine distance, at most 2): none yet
-    alive = np.ones(len(cand), dtype=bool)
+    order = np.argsort(-weight, kind="stable")
+    size = max(n * CANDIDATES, n)
     shares = class_shares(probs)
     picks: list[Pick] = []
-    while len(picks) < n and alive.any():
-        j = int(np.argmax(np.where(alive, w * distance, -np.inf)))
-        i = int(cand[j])
-        spread = (
-            "the first pick" if not picks
-            else f"distance {distance[j]:.2f} from the nearest of the {len(picks)} picked before"
-        )  # fmt: skip
-        note = _rare_note(probs, i, names, shares)
-        picks.append(Pick(i, f"{_describe(probs, i, names, measure)}; {spread}{note}", []))
-        sim = e @ e[j]
-        distance = np.minimum(distance, np.clip(1.0 - sim, 0.0, None))
-        alive &= sim < dedup
-        alive[j] = False
+    chosen: list[np.ndarray] = []  # the picks' embeddings
+    # the candidates a window at a time, most uncertain first: when a window's live candidates run
+    # out (near-duplicates of the picks: a long burst of one frame), the walk goes on in the next
+    for start in range(0, len(order), size):
+        if len(picks) >= n:
+            break
+        cand = order[start : start + size]
+        e = emb[cand].astype(np.float32)
+        w = weight[cand]
+        distance = np.full(len(cand), 2.0)  # to the nearest pick (cosine distance, at most 2): none yet
+        alive = np.ones(len(cand), dtype=bool)
+        if chosen:
+            nearest = (e @ np.stack(chosen).T).max(axis=1)
+            distance, alive = np.clip(1.0 - nearest, 0.0, None), nearest < dedup
+        while len(picks) < n and alive.any():
+            j = int(np.argmax(np.where(alive, w * distance, -np.inf)))
+            i = int(cand[j])
+            spread = (
+                "the first pick" if not picks
+                else f"distance {distance[j]:.2f} from the nearest of the {len(picks)} picked before"
+            )  # fmt: skip
+            note = _rare_note(probs, i, names, shares)
+            picks.append(Pick(i, f"{_describe(probs, i, names, measure)}; {spread}{note}", []))
+            chosen.append(e[j])
+            sim = e @ e[j]
+            distance = np.minimum(distance, np.clip(1.0 - sim, 0.0, None))
+            alive &= sim < dedup
+            alive[j] = False
     return picks
 
 

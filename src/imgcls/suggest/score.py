@@ -27,7 +27,7 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,17 +211,31 @@ def score_pool(
     _open_cache(folder, model_fingerprint(clf.info.path))
     cached = load_cache(folder)
     done = {p for p, st in cached.stamps.items() if stamp(p) == st}  # unchanged since scored
-    todo = [p for p in iter_inputs(inputs) if p not in done]
+    todo = list(_once(p for p in iter_inputs(inputs) if p not in done))  # a file named twice is scored once
     number = 1 + max((int(f.stem.split("-")[1]) for f in folder.glob("chunk-*.npz")), default=-1)
     if todo:
         _run(clf, todo, folder, number, scorer, batch_size, workers, chunk, show_progress)
     scores = load_cache(folder)
     wanted = set(iter_inputs(inputs))
-    keep = [i for i, p in enumerate(scores.paths) if p in wanted]
+    seen: set[str] = set()
+    keep = []  # each file once, however many times the pool names it (a folder and a file in it)
+    for i, p in enumerate(scores.paths):
+        if p in wanted and os.path.abspath(p) not in seen:
+            seen.add(os.path.abspath(p))
+            keep.append(i)
     return Scores(
         [scores.paths[i] for i in keep], scores.probs[keep], scores.emb[keep],
         [e for e in scores.errors if e[0] in wanted], scored_now=len(todo),
     )  # fmt: skip
+
+
+def _once(paths: Iterable[str]) -> Iterator[str]:
+    """``paths`` with each file once (by absolute path), the first naming kept."""
+    seen: set[str] = set()
+    for p in paths:
+        if os.path.abspath(p) not in seen:
+            seen.add(os.path.abspath(p))
+            yield p
 
 
 def _run(
