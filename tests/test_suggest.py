@@ -318,3 +318,21 @@ def test_a_file_named_twice_is_one_image(trained: dict, tmp_path: Path) -> None:
                 show_progress=False)  # fmt: skip
     paths = [row["path"] for row in _rows(tmp_path / "next.csv")]
     assert len(paths) == len(set(paths)) == len(list(pool.iterdir())) and r.pool == len(paths)
+
+
+def test_the_pick_does_not_depend_on_which_chunks_hold_the_scores(trained: dict, tmp_path: Path) -> None:
+    """Rows come back in the pool's order (reviewed: newest chunk first, so a seeded random pick
+    changed with the chunk size); a file that failed is tried again on the next run."""
+    pool = _pool(tmp_path, 10)
+    (pool / "zz_broken.jpg").write_bytes(b"not yet an image")
+    picks = []
+    for chunk in (4, 512):
+        out = tmp_path / f"next{chunk}.csv"
+        suggest(trained["model"], [str(pool)], n=5, out=out, strategy="random", seed=3, chunk=chunk, batch_size=4,
+                show_progress=False)  # fmt: skip
+        picks.append([row["path"] for row in _rows(out)])
+    assert picks[0] == picks[1]
+    shutil.copy(pool / "new_0.jpg", pool / "zz_broken.jpg")  # the copy has finished: readable now
+    again = suggest(trained["model"], [str(pool)], n=20, out=tmp_path / "next4.csv", strategy="random",
+                    chunk=4, show_progress=False)  # fmt: skip
+    assert again.scored_now == 1 and not again.skipped and len(again.rows) == 11

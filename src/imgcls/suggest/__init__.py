@@ -73,10 +73,13 @@ def _resolved(paths: Any) -> set[str]:
 def training_paths(clf: Any) -> set[str]:
     """Every file the model's run trained or validated on (its ``splits.csv``), resolved."""
     from imgcls.artifacts import run_folder
+    from imgcls.console import info
     from imgcls.data.splits import read_splits_csv
 
     run = run_folder(clf.info.path, clf.info)
-    if run is None:
+    if run is None or not (run / "splits.csv").is_file():
+        info("note: the model's run (its splits.csv) was not found beside it: the images it trained on are not "
+             "left out (name them with --labelled)")  # fmt: skip
         return set()
     return _resolved(p for p, _, _ in read_splits_csv(run / "splits.csv"))
 

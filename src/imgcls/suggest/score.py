@@ -16,9 +16,11 @@ redone from the cache alone. A file whose size or modification time changed sinc
 is scored again (its newest scores count); a cache written for another model is scored afresh.
 
 Memory: the chunks read back are the whole pool's probabilities (4 bytes x classes) and
-embeddings (2 bytes x width: 100,000 images of 512 features are 100 MB) plus the paths; the
-ranking adds a centred float16 copy of the embeddings and float32 blocks of 4096 rows; decoding
-runs a bounded number of chunks ahead (:func:`imgcls.predict.decode.decode_stream`).
+embeddings (2 bytes x width: 100,000 images of 512 features are 100 MB) plus the paths; with the
+copies the pass and the ranking make (the pool's rows, a centred copy, the eligible rows) the
+peak is about 4x the embeddings (a reviewer measured 202 MB for 50,000 x 512), and float32
+blocks of 4096 rows; decoding runs a bounded number of chunks ahead
+(:func:`imgcls.predict.decode.decode_stream`).
 """
 
 from __future__ import annotations
@@ -210,19 +212,24 @@ def score_pool(
 
     _open_cache(folder, model_fingerprint(clf.info.path))
     cached = load_cache(folder)
-    done = {p for p, st in cached.stamps.items() if stamp(p) == st}  # unchanged since scored
+    failed = {p for p, _ in cached.errors}  # tried again each run (few; the cause may be gone: permissions, a copy)
+    done = {p for p, st in cached.stamps.items() if p not in failed and stamp(p) == st}  # unchanged since scored
     todo = list(_once(p for p in iter_inputs(inputs) if p not in done))  # a file named twice is scored once
     number = 1 + max((int(f.stem.split("-")[1]) for f in folder.glob("chunk-*.npz")), default=-1)
     if todo:
         _run(clf, todo, folder, number, scorer, batch_size, workers, chunk, show_progress)
     scores = load_cache(folder)
     wanted = set(iter_inputs(inputs))
+    position = {os.path.abspath(p): k for k, p in reversed(list(enumerate(iter_inputs(inputs))))}
     seen: set[str] = set()
     keep = []  # each file once, however many times the pool names it (a folder and a file in it)
     for i, p in enumerate(scores.paths):
         if p in wanted and os.path.abspath(p) not in seen:
             seen.add(os.path.abspath(p))
             keep.append(i)
+    # in the pool's order, whatever chunks the cache holds them in: a seeded random pick and a tie
+    # between copies (the first named is kept) do not depend on which run scored what
+    keep.sort(key=lambda i: position[os.path.abspath(scores.paths[i])])
     return Scores(
         [scores.paths[i] for i in keep], scores.probs[keep], scores.emb[keep],
         [e for e in scores.errors if e[0] in wanted], scored_now=len(todo),
