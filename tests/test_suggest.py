@@ -336,3 +336,22 @@ def test_the_pick_does_not_depend_on_which_chunks_hold_the_scores(trained: dict,
     again = suggest(trained["model"], [str(pool)], n=20, out=tmp_path / "next4.csv", strategy="random",
                     chunk=4, show_progress=False)  # fmt: skip
     assert again.scored_now == 1 and not again.skipped and len(again.rows) == 11
+
+
+def test_a_binary_models_guess_and_margin_are_at_its_own_threshold() -> None:
+    """A binary model deciding at 0.75: p = 0.74 is the image nearest its boundary, and its guess
+    is the negative class, as predict says (reviewed: ranked and guessed around 0.5)."""
+    from types import SimpleNamespace
+
+    from imgcls.suggest import _rows, at_threshold
+
+    clf = SimpleNamespace(task="binary", info=SimpleNamespace(thresholds=[0.75], positive_index=1))
+    shown = np.array([[0.5, 0.5], [0.26, 0.74], [0.05, 0.95], [0.9, 0.1]])
+    probs = at_threshold(clf, shown)
+    assert np.allclose(probs.sum(axis=1), 1) and probs[1, 1] < 0.5 < probs[2, 1]
+    picks = select(probs, np.eye(4, dtype=np.float16), ["empty", "animal"], 2, strategy="margin")
+    assert [p.index for p in picks] == [1, 0]  # failed before: 0.5 first
+    rows = _rows(picks, ["a", "b", "c", "d"], probs, ["empty", "animal"], "margin", shown)
+    assert rows[0]["path"] == "b" and rows[0]["guess"] == "empty" and rows[0]["p_guess"] == "0.2600"
+    multi = SimpleNamespace(task="multiclass", info=SimpleNamespace(thresholds=[], positive_index=1))
+    assert at_threshold(multi, shown) is shown

@@ -129,11 +129,12 @@ def suggest(
     cent = centred(scores.emb)
     keep, in_training, is_labelled, near = _eligible(clf, scores, cent, known, dedup if strategy == "auto" else None)
     rows_at = np.nonzero(keep)[0]
-    probs, emb = scores.probs[rows_at], cent[rows_at]
+    shown, emb = scores.probs[rows_at], cent[rows_at]
+    probs = at_threshold(clf, shown)  # what the ranking reads: a binary model's own decision boundary at 0.5
     names = list(clf.label_names)
     picks = select(probs, emb, names, n, strategy=strategy, measure=uncertainty_measure, dedup=dedup, seed=seed)
     paths = [os.path.abspath(scores.paths[i]) for i in rows_at]  # the CSV is a list wherever it is read
-    rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure)
+    rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure, shown)
     _write(out_path, rows, picks, paths, emb, scores.errors)
     return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors), len(rows_at), in_training,
                          is_labelled, scores.errors, scores.scored_now, near)  # fmt: skip
@@ -160,12 +161,34 @@ def _eligible(
     return keep, int(in_training.sum()), int(is_labelled.sum()), near
 
 
-def _rows(picks: list[Pick], paths: list[str], probs: np.ndarray, names: list[str], measure: str) -> list[dict]:
+def at_threshold(clf: Any, probs: np.ndarray) -> np.ndarray:
+    """A binary model's probabilities as the ranking reads them: the positive class's stretched
+    piecewise linearly so that the model's decision threshold t sits at 0.5 (0 and 1 stay), so
+    the guess is predict's label and the margin is measured from the boundary the model uses
+    (1 - |p - t| / t below it, / (1 - t) above). Multi-class probabilities are returned as they are."""
+    thresholds = list(getattr(clf.info, "thresholds", None) or [])
+    if clf.task != "binary" or probs.shape[1] != 2 or not thresholds or thresholds[0] == 0.5:
+        return probs
+    t, pos = float(thresholds[0]), int(clf.info.positive_index)
+    p = probs[:, pos].astype(np.float64)
+    q = np.where(p < t, 0.5 * p / t, 0.5 + 0.5 * (p - t) / max(1.0 - t, 1e-12))
+    out = np.empty_like(probs, dtype=np.float64)
+    out[:, pos], out[:, 1 - pos] = q, 1.0 - q
+    return out
+
+
+def _rows(
+    picks: list[Pick], paths: list[str], probs: np.ndarray, names: list[str], measure: str,
+    shown: np.ndarray | None = None,
+) -> list[dict]:  # fmt: skip
+    """The CSV's rows: the guesses in the ranking's order (``probs``), the probabilities the model
+    gave (``shown``: a binary model's own, not stretched to its threshold)."""
     u = uncertainty(probs, measure) if len(probs) else np.zeros(0)
+    shown = probs if shown is None else shown
     rows = []
     for rank, pick in enumerate(picks, 1):
-        p = probs[pick.index]
-        order = np.argsort(-p, kind="stable")
+        order = np.argsort(-probs[pick.index], kind="stable")
+        p = shown[pick.index]
         second = order[1] if len(order) > 1 else order[0]
         rows.append({
             "rank": rank, "path": paths[pick.index],
