@@ -20,8 +20,8 @@ from typing import IO, Any
 from imgcls.errors import UserError
 
 
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself lives in the directory entry: sync it too (POSIX only).
+def fsync_dir(folder: Path) -> None:
+    """The rename itself lives in the directory entry: sync it too (POSIX only)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -51,7 +51,7 @@ def _publish(tmp: str | Path, target: Path) -> None:
         mode = 0o666 & ~current_umask()
     os.chmod(tmp, mode)
     os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 @contextlib.contextmanager
@@ -223,7 +223,7 @@ def atomic_dir(path: str | Path, *, replaces: tuple[str, ...] = ()) -> Iterator[
             for old in target.iterdir():
                 if old.name not in replaces and not (tmp / old.name).exists():
                     _carry(old, tmp / old.name)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if not _exchange(tmp, target):  # elsewhere: two renames, a moment without the folder
                 aside = target.with_name(f".{target.name}.old-{os.getpid()}")
                 os.replace(target, aside)
@@ -231,7 +231,7 @@ def atomic_dir(path: str | Path, *, replaces: tuple[str, ...] = ()) -> Iterator[
                 tmp = aside
         else:
             os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

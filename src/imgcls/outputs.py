@@ -77,22 +77,33 @@ class Writer:
 
     def merge(self, parts: list[Path]) -> None:
         """Interleave per-process part files (process r holds inputs r, r + W, ...) into this
-        writer's output in input order, then delete the parts."""
+        writer's output in input order: written to a synced sibling renamed over the output, so it
+        is never half-written (a merge cut short, by a full disk or a kill, leaves the output as it
+        was and the parts to merge again). The caller removes the parts."""
+        import itertools
+
+        from imgcls.io import fsync_dir
+
+        final = getattr(self, "final", None) or self.path
+        assert final is not None
+        into = type(self)(final.with_name(f".{final.name}.merge-tmp{final.suffix}"), options=self.options)
         streams = [self.records(p) for p in parts]
-        self.open(resume=False)
         try:
-            pending = True
-            while pending:
-                pending = False
-                for s in streams:
-                    rec = next(s, None)
-                    if rec is not None:
-                        pending = True
-                        self.write_records([rec])
-        finally:
-            self.close()
-        if hasattr(self, "finalize"):
-            self.finalize()
+            into.open(resume=False)
+            try:
+                for records in itertools.zip_longest(*streams):
+                    into.write_records([r for r in records if r is not None])
+                into.flush()  # synced
+            finally:
+                into.close()
+            if hasattr(into, "finalize"):
+                into.finalize()
+            os.replace(into.files()[0], final)
+        except BaseException:
+            for f in into.files():
+                f.unlink(missing_ok=True)
+            raise
+        fsync_dir(final.parent)
         for p in parts:
             p.unlink(missing_ok=True)
 

@@ -151,7 +151,7 @@ def merge_if_complete(final: Path, world: int, writer: Writer, settings: dict[st
         if gone:
             return _gone_line(final, world, gone)
         _check_alike(final, parts)
-        _merge(writer, parts, final)
+        writer.merge(parts)
         atomic_write_text(resume_record(final), json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n")
         for r, p in enumerate(parts):
             for f in _part_files(writer, p):
@@ -209,46 +209,6 @@ def _gone_line(final: Path, world: int, gone: list[int]) -> str:
         return f"the {world} shards of {final} were merged by another task: nothing to merge"
     return (f"nothing to merge into {final}: shard(s) {_ranges(gone)} of {world} lack their part or its mark "
             "(run them again with --overwrite)")  # fmt: skip
-
-
-def _merge(writer: Writer, parts: list[Path], final: Path) -> None:
-    """Interleave the parts (part r holds inputs r, r + N, ...) into a sibling of ``final``,
-    synced, then renamed over it: ``final`` is never half-written, so a merge cut short (a full
-    disk, a kill) leaves the output as it was and the parts to merge again."""
-    import itertools
-
-    into = type(writer)(final.with_name(f".{final.name}.merge-tmp{final.suffix}"), options=writer.options)
-    streams = [writer.records(p) for p in parts]
-    try:
-        into.open(resume=False)
-        try:
-            for records in itertools.zip_longest(*streams):
-                into.write_records([r for r in records if r is not None])
-            into.flush()  # synced
-        finally:
-            into.close()
-        if hasattr(into, "finalize"):
-            into.finalize()
-        os.replace(into.files()[0], final)
-    except BaseException:
-        for f in into.files():
-            f.unlink(missing_ok=True)
-        raise
-    _sync_folder(final.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """The rename lives in the folder's entry: sync it too (where the system allows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _ranges(numbers: list[int]) -> str:
