@@ -52,13 +52,10 @@ def measure(model_dir: Path, *, evaluation: dict[str, Any], say: Callable[[str],
     """Evaluate ``model_dir`` (``evaluation``: :func:`imgcls.evaluate.evaluate`'s data, split
     and crop options) and measure it on the engine predict would choose here."""
     from imgcls.evaluate import evaluate
-    from imgcls.predict import Classifier
-    from imgcls.predict.choose import engine
 
     evaluation = dict(evaluation)
     optimistic = bool(evaluation.pop("optimistic", False))  # a separate validation set, evaluated whole
-    backend, precision = engine(model_dir, images=None, say=say)  # measured now, or remembered
-    clf = Classifier.load(model_dir, backend=backend, precision=precision)
+    clf = predict_engine(model_dir, say=say)
     latency, rate = speed(clf)
     result = evaluate(model_dir, backend="auto", **evaluation)  # predict's engine, as just measured
     params, macs = network_cost(model_dir)
@@ -95,19 +92,22 @@ def speed(clf: Any, *, seconds: float = 0.5) -> tuple[float, float]:
     return float(np.median(times)), n * BATCH / (time.perf_counter() - start)
 
 
+def predict_engine(model_dir: Path, say: Callable[[str], Any] | None = None) -> Any:
+    """``model_dir`` loaded on the engine ``imgcls predict`` would answer with here."""
+    from imgcls.predict import Classifier
+    from imgcls.predict.choose import engine
+
+    backend, precision = engine(model_dir, images=None, say=say)  # measured now, or remembered
+    return Classifier.load(model_dir, backend=backend, precision=precision)
+
+
 def retime(models: dict[str, Path], *, rounds: int = 3, seconds: float = 0.3) -> dict[str, tuple[float, float]]:
     """Every configuration's (latency in ms, images per second) timed again, together: ``rounds``
     rounds, each timing every model in turn, the best round of each kept (the lowest latency, the
     highest throughput). Timed once each right after its own training, the figures came from
     different moments, and on a machine with other work one configuration was timed 100 times
     slower than another of the same network; interleaved rounds share the machine's moods."""
-    from imgcls.predict import Classifier
-    from imgcls.predict.choose import engine
-
-    loaded = {}
-    for name, model_dir in models.items():
-        backend, precision = engine(model_dir, images=None)
-        loaded[name] = Classifier.load(model_dir, backend=backend, precision=precision)
+    loaded = {name: predict_engine(model_dir) for name, model_dir in models.items()}
     best: dict[str, tuple[float, float]] = {}
     for _ in range(rounds):
         for name, clf in loaded.items():
