@@ -214,25 +214,19 @@ def score_pool(
     cached = load_cache(folder)
     failed = {p for p, _ in cached.errors}  # tried again each run (few; the cause may be gone: permissions, a copy)
     done = {p for p, st in cached.stamps.items() if p not in failed and stamp(p) == st}  # unchanged since scored
-    todo = list(_once(p for p in iter_inputs(inputs) if p not in done))  # a file named twice is scored once
+    # the pool walked once: each file once however often it is named (a folder and a file in it)
+    position = {p: k for k, p in enumerate(_once(iter_inputs(inputs)))}
+    todo = [p for p in position if p not in done]
     number = 1 + max((int(f.stem.split("-")[1]) for f in folder.glob("chunk-*.npz")), default=-1)
     if todo:
         _run(clf, todo, folder, number, scorer, batch_size, workers, chunk, show_progress)
     scores = load_cache(folder)
-    wanted = set(iter_inputs(inputs))
-    position = {os.path.abspath(p): k for k, p in reversed(list(enumerate(iter_inputs(inputs))))}
-    seen: set[str] = set()
-    keep = []  # each file once, however many times the pool names it (a folder and a file in it)
-    for i, p in enumerate(scores.paths):
-        if p in wanted and os.path.abspath(p) not in seen:
-            seen.add(os.path.abspath(p))
-            keep.append(i)
     # in the pool's order, whatever chunks the cache holds them in: a seeded random pick and a tie
     # between copies (the first named is kept) do not depend on which run scored what
-    keep.sort(key=lambda i: position[os.path.abspath(scores.paths[i])])
+    keep = sorted((i for i, p in enumerate(scores.paths) if p in position), key=lambda i: position[scores.paths[i]])
     return Scores(
         [scores.paths[i] for i in keep], scores.probs[keep], scores.emb[keep],
-        [e for e in scores.errors if e[0] in wanted], scored_now=len(todo),
+        [e for e in scores.errors if e[0] in position], scored_now=len(todo),
     )  # fmt: skip
 
 
