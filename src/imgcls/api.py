@@ -43,11 +43,16 @@ def make_run_config(config: str | Path | dict[str, Any] | None = None, **options
     for key, value in options.items():
         if value is not None:
             sections[_owner(key)][key] = value
+    data = sections["data"].get("data")
+    if isinstance(data, (list, tuple)):  # several specs: the first is --data, the others more_data
+        if not data:
+            raise UserError("no training data given (--data SPEC)")
+        sections["data"]["data"], sections["data"]["more_data"] = str(data[0]), [str(s) for s in data[1:]]
     return RunConfig(**{s: from_dict(cls, sections[s], s) for s, cls in _SECTIONS.items()})
 
 
 def train(
-    data: str | Path | None = None,
+    data: str | Path | list[str | Path] | None = None,
     *,
     out: str | Path | None = None,
     config: str | Path | dict[str, Any] | None = None,
@@ -65,7 +70,7 @@ def train(
     from imgcls.report.plots import plot_curves
 
     if data is not None:
-        options["data"] = str(data)
+        options["data"] = [str(s) for s in data] if isinstance(data, (list, tuple)) else str(data)
     cfg = make_run_config(config, out=str(out) if out is not None else None, **options)
     if not cfg.data.data and not resume:
         raise UserError("no training data given (--data SPEC)")

@@ -100,6 +100,7 @@ class DataConfig:
     """Where the images are and how they become batches."""
 
     data: str = ""
+    more_data: list[str] = field(default_factory=list)  # further specs: train --data A --data B
     val_data: str | None = None
     image_root: str | None = None
     val_split: float = 0.2

@@ -66,6 +66,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import shlex
     import time
 
     from imgcls.api import train
@@ -82,22 +83,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     model = run / "model"
     d = run_config(run).data
-    data = options.get("data") or d.data  # as the user wrote it, else the run's
+    given = options.get("data") or [d.data, *d.more_data]  # as the user wrote it, else the run's
+    # several specs: evaluate reads them all from the model's record without --data
+    data_option = f" --data {shlex.quote(str(given[0]))}" if len(given) == 1 else ""
     from imgcls.data.splits import read_splits_csv
 
     # the test split, where the data has one, is the one to judge by
     has_test = any(split == "test" for _, _, split in read_splits_csv(run / "splits.csv"))
     print(f"model: {model}")
-    import shlex
 
     split = " --split test" if has_test else ""
     crops = ""
     if d.detections:  # a model of detection crops is judged on crops
         crops = f" --detections {shlex.quote(str(options.get('detections') or d.detections))}"
         crops += f" --det-categories {d.det_categories}"
-    print(
-        f"evaluate it: imgcls evaluate --model {shlex.quote(str(model))} --data {shlex.quote(str(data))}{crops}{split}"
-    )
+    print(f"evaluate it: imgcls evaluate --model {shlex.quote(str(model))}{data_option}{crops}{split}")
     return 0
 
 

@@ -40,7 +40,8 @@ def _add(sub: Any, name: str, help_text: str, examples: str, handler: Handler) -
 
 #: help for every training option; the options themselves come from imgcls.config's dataclasses
 TRAIN_HELP = {
-    "data": "training data: class folders, train/val/test folders, IDX folder, .csv, COCO .json, Camtrap DP",
+    "data": "training data: class folders, train/val/test folders, IDX folder, .csv, COCO .json, Camtrap DP; "
+    "give --data again to train on several at once (--data old/ --data labels.csv)",
     "val_data": "separate validation data (same kinds of SPEC)",
     "image_root": "base folder for relative paths in .csv / .json files",
     "val_split": "share of the training images held out for validation (default 0.2)",
@@ -140,12 +141,16 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         group = p.add_argument_group(f"{title} options")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if f.name == "more_data":  # the second and later --data
+                continue
             flag = "--" + f.name.replace("_", "-")
             tp = hints[f.name]
             args = [t for t in typing.get_args(tp) if t is not type(None)] or [tp]
             kind = args[0]
             help_text = TRAIN_HELP.get(f.name, "")
-            if kind is bool:
+            if f.name == "data":  # --data A --data B: several specs, one table
+                group.add_argument(flag, dest="data", action="append", default=None, metavar="SPEC", help=help_text)
+            elif kind is bool:
                 group.add_argument(
                     flag,
                     dest=f.name,

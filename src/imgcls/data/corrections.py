@@ -20,7 +20,6 @@ earlier one.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.data.sources.manifest import parse_labels, read_rows
-from imgcls.data.table import REVIEWED, DataTable, listed_path, make_targets
+from imgcls.data.table import REVIEWED, DataTable, format_box, listed_path, make_targets, parse_box
 from imgcls.errors import UserError
 
 ACTIONS = ("accept", "relabel", "reject")
@@ -46,28 +45,6 @@ class Applied:
     def describe(self) -> str:
         extra = f"; {len(self.unknown)} of its images are not in the data" if self.unknown else ""
         return f"{self.relabelled} relabelled, {self.rejected} left out, {self.accepted} confirmed{extra}"
-
-
-def format_box(box: object) -> str:
-    """``x y w h`` (4 decimals) of a crop box; "" for the whole image (None or NaN)."""
-    if box is None:
-        return ""
-    values = [float(v) for v in box]  # type: ignore[attr-defined]
-    if len(values) != 4 or any(math.isnan(v) for v in values):
-        return ""
-    return " ".join(f"{v:.4f}" for v in values)
-
-
-def parse_box(text: str) -> str:
-    """A box as written in a CSV file, normalised to :func:`format_box`'s form; "" for none."""
-    text = text.strip().strip("[]").replace(",", " ")
-    if not text:
-        return ""
-    try:
-        values = [float(v) for v in text.split()]
-    except ValueError:
-        return "?"
-    return format_box(values) if len(values) == 4 and all(math.isfinite(v) for v in values) else "?"
 
 
 def row_key(table: DataTable, i: int) -> tuple[str, str]:

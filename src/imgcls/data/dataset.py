@@ -18,7 +18,7 @@ from imgcls.config import PreprocessConfig, RunConfig
 from imgcls.console import info
 from imgcls.data.image import MAX_PIXELS
 from imgcls.data.loaders import PixelSource
-from imgcls.data.sources import load_source
+from imgcls.data.sources import load_source, load_sources
 from imgcls.data.splits import Splits, make_splits, splits_csv
 from imgcls.data.store import DEFAULT_MAX_BYTES, build_store
 from imgcls.data.table import DataTable, count_left_out, make_targets
@@ -36,11 +36,14 @@ def load_table(cfg: RunConfig, table_hook: TableHook | None = None) -> DataTable
     from imgcls.data.splits import resolve_split_by
 
     t, d = cfg.train, cfg.data
-    table = load_source(d.data, multilabel=True if t.task == "multilabel" else None, image_root=d.image_root)
+    table = load_sources([d.data, *d.more_data], multilabel=True if t.task == "multilabel" else None,
+                         image_root=d.image_root)  # fmt: skip
     if d.val_data:
         from imgcls.data.dataset import concat_val
 
-        table = concat_val(table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root))
+        table = concat_val(
+            table, load_source(d.val_data, multilabel=table.multilabel, image_root=d.image_root), d.val_data
+        )
     if table_hook is not None:  # e.g. detection crops (imgcls.cameratrap)
         table = table_hook(cfg, table)
     if d.corrections:  # after the crops: a decision may name one crop of an image
@@ -52,7 +55,7 @@ def load_table(cfg: RunConfig, table_hook: TableHook | None = None) -> DataTable
     return table
 
 
-def concat_val(train: DataTable, val: DataTable) -> DataTable:
+def concat_val(train: DataTable, val: DataTable, name: str = "") -> DataTable:
     """Append a separate validation source to a training source (classes matched by name)."""
     if train.pixels is not None or val.pixels is not None:
         raise UserError("--val-data cannot be combined with in-memory (IDX) data")
@@ -79,8 +82,13 @@ def concat_val(train: DataTable, val: DataTable) -> DataTable:
         tb = train.boxes if train.boxes is not None else np.full((len(train), 4), np.nan)
         vb = val.boxes[keep] if val.boxes is not None else np.full((len(keep), 4), np.nan)
         boxes = np.concatenate([tb, vb])
+    origin = None
+    if train.origin is not None:  # the validation rows are one spec more
+        origin = np.concatenate([train.origin, np.full(len(keep), len(train.origins), dtype=train.origin.dtype)])
     return replace(
         train,
+        origin=origin,
+        origins=[*train.origins, name or str(val.root)] if origin is not None else train.origins,
         paths=train.paths + [val.paths[i] for i in keep],
         targets=np.concatenate([train.targets, v_targets]),
         split=split,

@@ -3,6 +3,7 @@ million rows cost a few hundred MB of Python strings, not a million objects)."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +22,28 @@ def listed_path(base: Path, raw: str) -> str:
     if "\\" in raw and os.sep == "/" and not (base / raw).exists():
         raw = raw.replace("\\", "/")
     return str((base / raw).resolve())
+
+
+def format_box(box: object) -> str:
+    """``x y w h`` (4 decimals) of a crop box; "" for the whole image (None or NaN)."""
+    if box is None:
+        return ""
+    values = [float(v) for v in box]  # type: ignore[attr-defined]
+    if len(values) != 4 or any(math.isnan(v) for v in values):
+        return ""
+    return " ".join(f"{v:.4f}" for v in values)
+
+
+def parse_box(text: str) -> str:
+    """A box as written in a CSV file, normalised to :func:`format_box`'s form; "" for none."""
+    text = text.strip().strip("[]").replace(",", " ")
+    if not text:
+        return ""
+    try:
+        values = [float(v) for v in text.split()]
+    except ValueError:
+        return "?"
+    return format_box(values) if len(values) == 4 and all(math.isfinite(v) for v in values) else "?"
 
 
 #: the reason recorded for an image a review rejected (not counted as unusable)
@@ -79,7 +102,9 @@ class DataTable:
     none. ``columns`` carries optional per-image metadata (location, sequence, datetime...).
     ``boxes`` (N, 4) holds normalised x, y, w, h crop boxes for detection crops, NaN = whole image;
     crops are squares around the box, ``crop_margin`` of its longer side added on every side.
-    ``skipped`` lists (path, reason) for inputs the source itself could not use.
+    ``skipped`` lists (path, reason) for inputs the source itself could not use. Rows read from
+    several data specs (``train --data A --data B``) say which in ``origin`` (an index into
+    ``origins``, the specs as given); None for one spec.
     """
 
     kind: str
@@ -94,6 +119,8 @@ class DataTable:
     boxes: np.ndarray | None = None
     crop_margin: float = 0.1
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    origin: np.ndarray | None = None
+    origins: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -113,7 +140,16 @@ class DataTable:
             columns={k: [v[i] for i in idx] for k, v in self.columns.items()},
             pixels=self.pixels[idx] if self.pixels is not None else None,
             boxes=self.boxes[idx] if self.boxes is not None else None,
+            origin=self.origin[idx] if self.origin is not None else None,
         )
+
+    def origin_counts(self, rows: np.ndarray) -> list[tuple[str, int]]:
+        """(spec, how many of ``rows`` came from it) for every spec, in the order given; empty
+        for a table read from one spec."""
+        if self.origin is None:
+            return []
+        counts = np.bincount(self.origin[rows], minlength=len(self.origins))
+        return [(spec, int(c)) for spec, c in zip(self.origins, counts, strict=True)]
 
     def rows_in_split(self, name: str) -> np.ndarray:
         if self.split is None:

@@ -60,9 +60,10 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] 
         return run, state
     if launch_rank() != 0:
         return run, None
-    if inside_class_folders(run, cfg.data.data):
-        raise UserError(f"--out {run} is inside the data folder {cfg.data.data}: the run's files would become a "
-                        "class of the next run on it; choose an --out outside it")  # fmt: skip
+    for spec in (cfg.data.data, *cfg.data.more_data):
+        if inside_class_folders(run, spec):
+            raise UserError(f"--out {run} is inside the data folder {spec}: the run's files would become a "
+                            "class of the next run on it; choose an --out outside it")  # fmt: skip
     if run.is_dir() and any(run.iterdir()):
         hint = " (add --resume to continue it)" if (ckpt_dir / "state.pt").exists() else ""
         raise UserError(f"{run} already exists and is not empty{hint}; choose another --out")
@@ -290,6 +291,7 @@ def absolute_paths(cfg: RunConfig) -> None:
         value = getattr(d, name)
         if value:
             setattr(d, name, os.path.abspath(os.path.expanduser(value)))
+    d.more_data = [os.path.abspath(os.path.expanduser(s)) for s in d.more_data]
     if cfg.model.pretrained and os.path.exists(os.path.expanduser(cfg.model.pretrained)):
         cfg.model.pretrained = os.path.abspath(os.path.expanduser(cfg.model.pretrained))
 
@@ -362,6 +364,9 @@ def describe_start(tr: Trainer) -> None:
     counts = used.class_counts()
     classes = ", ".join(f"{k} ({v})" for k, v in list(counts.items())[:8]) + (" ..." if len(counts) > 8 else "")
     info(f"data: {len(d.splits.train)} train / {len(d.splits.val)} val images, {len(counts)} classes: {classes}")
+    if d.table.origin is not None:  # several specs: how many rows each gave
+        rows = np.concatenate([d.splits.train, d.splits.val])
+        info("from " + ", ".join(f"{spec}: {n}" for spec, n in d.table.origin_counts(rows)))
     trained = d.table.subset(d.splits.train).class_counts()
     unseen = [k for k, v in counts.items() if v and not trained.get(k)]
     if unseen:

@@ -65,6 +65,7 @@ def save_best(tr: Trainer, metrics: dict[str, Any]) -> None:
         task={**tr.task.to_dict(), "test_time_augmentation": tr.tta},
         provenance={
             "data": str(tr.cfg.data.data),
+            **({"more_data": list(tr.cfg.data.more_data)} if tr.cfg.data.more_data else {}),
             "run": str(tr.run_dir.resolve()),
             "epoch": metrics.get("epoch"),
             "pretrained": tr.cfg.model.pretrained,

@@ -309,12 +309,14 @@ def _select(
 ) -> _Selection:  # fmt: skip
     """The data (as given, else the model's own), its rows for ``split`` and the corrections."""
     from imgcls.artifacts import run_folder
-    from imgcls.data.sources import load_source
+    from imgcls.data.sources import load_sources
 
     run = run_folder(model, info)
     corrections = _corrections_of(run, data, corrections)
-    data = _data_of(info, data)
-    table = load_source(data, multilabel=True if info.task == "multilabel" else None, image_root=image_root)
+    specs = [data] if data else _data_of(info)
+    data = specs[0]
+    table = load_sources([str(s) for s in specs], multilabel=True if info.task == "multilabel" else None,
+                         image_root=image_root)  # fmt: skip
     rows, split_name = choose_rows(table, split, run)
     return _Selection(table, rows, split_name, data, run, corrections)
 
@@ -365,16 +367,17 @@ def _with_report(result: EvalResult, out: str | Path | None) -> EvalResult:
     return result
 
 
-def _data_of(info: Any, data: str | Path | None) -> str | Path:
-    """The data to evaluate on: as given, else the model's training data."""
-    if data:
-        return data
+def _data_of(info: Any) -> list[str]:
+    """The model's training data specs (one, or every ``--data`` it was trained with)."""
     data = info.provenance.get("data")
     if not data:
         raise UserError("--data is required: the model does not record its training data")
-    if not Path(str(data)).exists():
-        raise UserError(f"the model's training data {data} is no longer there: give the images to evaluate with --data")
-    return data
+    specs = [str(data), *[str(s) for s in info.provenance.get("more_data") or []]]
+    for spec in specs:
+        if not Path(spec).exists():
+            raise UserError(f"the model's training data {spec} is no longer there: give the images to evaluate with "
+                            "--data")  # fmt: skip
+    return specs
 
 
 def _groups(table: DataTable, ok: np.ndarray) -> dict[str, list[str]]:

@@ -133,7 +133,9 @@ def crop_table(
     margin: float = 0.1,
 ) -> DataTable:
     """One row per detection crop at or above ``threshold`` (the image's label carries over);
-    an image without one is skipped with the reason (blank by the detector, or not listed)."""
+    an image without one is skipped with the reason (blank by the detector, or not listed). A
+    row that already names its crop (a labels file written by ``imgcls review --label`` over
+    suggested crops) is that crop, kept as it is."""
     if table.pixels is not None:
         raise UserError("--detections needs image files, not IDX data")
     rows: list[int] = []
@@ -142,6 +144,12 @@ def crop_table(
     index: list[str] = []
     skipped = list(table.skipped)
     for i, path in enumerate(table.paths):
+        if table.boxes is not None and not np.isnan(table.boxes[i]).any():
+            rows.append(i)
+            boxes.append(tuple(float(v) for v in table.boxes[i]))  # type: ignore[arg-type]
+            confs.append("")
+            index.append("")
+            continue
         failure = detections.failures.get(os.path.realpath(path))
         if failure is not None:
             skipped.append((path, f"the detector failed on it ({failure})"))

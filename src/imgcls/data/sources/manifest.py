@@ -13,7 +13,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from imgcls.data.table import LISTED_AGAIN, REVIEWED, SPLIT_ALIASES, DataTable, listed_path, make_targets
+import numpy as np
+
+from imgcls.data.table import LISTED_AGAIN, REVIEWED, SPLIT_ALIASES, DataTable, listed_path, make_targets, parse_box
 from imgcls.errors import UserError
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "filepath")
@@ -69,16 +71,16 @@ def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
 
 def _once_each(
     keep: list[int], splits: list[str | None], paths: list[str], labels: list[list[str]], lines: list[int],
-    skipped: list[tuple[str, str]],
+    skipped: list[tuple[str, str]], boxes: list[str] | None = None,
 ) -> tuple[list[int], list[str | None]]:  # fmt: skip
-    """Each image once: a row repeating an earlier one's path and labels is skipped (it would
-    count twice, and could land in training and validation both); a path given different labels
-    on different rows is skipped on every row, since neither label can be trusted. Both go to
-    ``skipped`` with the line they clash with."""
-    first: dict[str, int] = {}  # path -> its first kept position
+    """Each image (each crop: path and ``boxes``) once: a row repeating an earlier one's path and
+    labels is skipped (it would count twice, and could land in training and validation both); a
+    path given different labels on different rows is skipped on every row, since neither label
+    can be trusted. Both go to ``skipped`` with the line they clash with."""
+    first: dict[tuple[str, str], int] = {}  # (path, box) -> its first kept position
     drop: set[int] = set()
     for k, p in enumerate(paths):
-        j = first.setdefault(p, k)
+        j = first.setdefault((p, boxes[k] if boxes is not None else ""), k)
         if j == k:
             continue
         drop.add(k)
@@ -106,6 +108,7 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
     extra = [h for h in header if h not in (path_col, label_col)]
     split_col = _pick(header, ("split",))
     action_col = _pick(header, ("action",))
+    box_col = _pick(header, ("box",))
     keep: list[int] = []
     skipped: list[tuple[str, str]] = []
     splits: list[str | None] = []
@@ -129,10 +132,15 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
                 skipped.append((listed_path(base, raw), f"unknown split {value!r}"))
                 continue
             split = SPLIT_ALIASES[value]
+        if box_col is not None and parse_box(row.get(box_col) or "") == "?":
+            skipped.append((listed_path(base, raw), f"box {row.get(box_col)!r} is not four numbers (x y w h)"))
+            continue
         keep.append(i)
         splits.append(split)
+    box_of = [parse_box(rows[i].get(box_col) or "") if box_col is not None else "" for i in range(len(rows))]
     keep, splits = _once_each(keep, splits, [listed_path(base, rows[i][path_col]) for i in keep],
-                              [labels[i] for i in keep], [line_of[i] for i in keep], skipped)  # fmt: skip
+                              [labels[i] for i in keep], [line_of[i] for i in keep], skipped,
+                              [box_of[i] for i in keep])  # fmt: skip
     if not keep:
         raise UserError(f"{path}: no usable rows")
     class_names = sorted({n for i in keep for n in labels[i]})
@@ -141,8 +149,11 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
     columns = {
         (h.strip().lower() if h.strip().lower() in KNOWN else h): [(rows[i].get(h) or "").strip() for i in keep]
         for h in extra
-        if h not in (split_col, action_col)
+        if h not in (split_col, action_col, box_col)
     }
+    boxes = None
+    if box_col is not None and any(box_of[i] for i in keep):  # a crop per row that names its box
+        boxes = np.array([[float(v) for v in box_of[i].split()] if box_of[i] else [np.nan] * 4 for i in keep])
     return DataTable(
         kind="csv",
         root=path.parent,
@@ -152,5 +163,6 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
         multilabel=multilabel,
         split=splits if any(s is not None for s in splits) else None,
         columns=columns,
+        boxes=boxes,
         skipped=skipped,
     )
