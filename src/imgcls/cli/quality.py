@@ -61,18 +61,30 @@ def add_review(sub: Any) -> None:
     p = _add(
         sub,
         "review",
-        "Decide, image by image in the browser, what an audit or a model doubts; writes corrections.csv.",
+        "Decide, image by image in the browser, what an audit or a model doubts (writes corrections.csv), or "
+        "label the images imgcls suggest chose (--label: writes a labels file to train on).",
         "  imgcls review --audit audit/                       # the likely label errors and leaks\n"
         "  imgcls review --predictions preds.csv --limit 100  # the 100 least confident predictions\n"
-        "  imgcls train --data photos/ --corrections audit/corrections.csv   # then retrain",
+        "  imgcls train --data photos/ --corrections audit/corrections.csv   # then retrain\n"
+        "  imgcls review --label next.csv                     # label what 'imgcls suggest' chose\n"
+        "  imgcls train --data photos/ --data next-labels.csv --out runs/b   # then train on both",
         _cmd_review,
     )
     p.add_argument("--audit", help="an imgcls audit folder: review its likely label errors and leaks")
+    p.add_argument(
+        "--label",
+        metavar="NEXT_CSV",
+        help="label the images of an 'imgcls suggest' output (the labels go to NEXT-labels.csv, or --out)",
+    )
     p.add_argument("--predictions", help="an imgcls predict output (.csv, .jsonl, .json): review its least confident")
     p.add_argument("--limit", type=int, default=200, help="predictions reviewed, least confident first (default 200)")
     p.add_argument("--below", type=float, default=0.9,
                    help="review only predictions whose probability is below this (default 0.9)")  # fmt: skip
-    p.add_argument("--out", help="the corrections file (default: corrections.csv in the audit or predictions folder)")
+    p.add_argument(
+        "--out",
+        help="the corrections file (default: corrections.csv in the audit or predictions folder); "
+        "with --label the labels file",
+    )
     p.add_argument("--classes", help="labels offered for relabelling, comma-separated (added to the data's)")
     p.add_argument("--model", help="offer this model's labels for relabelling")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
@@ -166,6 +178,10 @@ def _cmd_review(args: argparse.Namespace) -> int:
     if not 0 < args.below <= 1:
         raise UserError("--below must be a probability above 0, at most 1")
     classes = [c.strip() for c in (args.classes or "").split(",") if c.strip()]
+    if args.label:
+        if args.audit or args.predictions:
+            raise UserError("--label labels suggested images: give it alone, not with --audit or --predictions")
+        return _label(args, classes)
     session = open_session(audit=args.audit, predictions=args.predictions, out=args.out, limit=args.limit,
                            classes=classes, model=args.model, below=args.below)  # fmt: skip
     if not session.items:
@@ -190,6 +206,32 @@ def _cmd_review(args: argparse.Namespace) -> int:
           f"{c['reject']} rejected, {c['skip']} skipped), in {session.out}")  # fmt: skip
     if c["decided"]:
         print(f"retrain: {hint}")
+    return 0
+
+
+def _label(args: argparse.Namespace, classes: list[str]) -> int:
+    """``imgcls review --label next.csv``: label the suggested images in the page."""
+    from imgcls.review import open_label_session, serve_review
+
+    session = open_label_session(args.label, out=args.out, model=args.model, classes=classes)
+    if not session.items:
+        print(f"nothing to label: {args.label} lists no image")
+        return 0
+    c = session.counts()
+    resumed = f" ({c['decided']} labelled already)" if c["decided"] else ""
+    print(f"label {c['total']} images{resumed}: open http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    print(f"  every label is saved at once to {session.out}, a --data spec")
+    print(f"  then train: {session.hint}")
+    if session.adopted:
+        print(f"  {session.adopted} labels found in {session.out} are kept")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        sys.stderr.write(f"warning: anyone who can reach {args.host}:{args.port} can change the labels\n")
+    serve_review(session, host=args.host, port=args.port, hint=session.hint, allowed_hosts=args.allowed_host or [])
+    c = session.counts()
+    print(f"{c['decided']} of {c['total']} labelled ({c['accept']} as the model guessed, {c['relabel']} another class, "
+          f"{c['reject']} left out, {c['skip']} skipped), in {session.out}")  # fmt: skip
+    if c["decided"]:
+        print(f"train: {session.hint}")
     return 0
 
 

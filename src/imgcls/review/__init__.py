@@ -1,7 +1,9 @@
 """``imgcls review``: a person decides, image by image, what an audit or a model doubts.
 
 The queue (:mod:`~imgcls.review.queue`): an audit's likely label errors and leaks, and the least
-confident predictions of a ``predict`` output. The page (:mod:`~imgcls.review.app`, served on
+confident predictions of a ``predict`` output; or (``--label next.csv``) the unlabelled images
+``imgcls suggest`` chose, to label: the decisions then make a labels file, an ordinary ``--data``
+spec to train on beside the old data (:func:`train_hint`). The page (:mod:`~imgcls.review.app`, served on
 loopback) is driven by the keyboard: accept, relabel, reject, skip, undo. Every decision is on
 disk before the page moves on (:mod:`~imgcls.review.session`), in ``corrections.csv``, which
 ``imgcls train --corrections`` applies (and which is itself a manifest of the reviewed images).
@@ -13,10 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.errors import UserError
-from imgcls.review.queue import Item, from_audit, from_predictions, read_predictions
+from imgcls.review.queue import Item, from_audit, from_predictions, from_suggestions, read_predictions
 from imgcls.review.session import Session
 
-__all__ = ["Item", "Session", "from_predictions", "open_session", "retrain_hint", "serve_review"]
+__all__ = [
+    "Item",
+    "Session",
+    "from_predictions",
+    "open_label_session",
+    "open_session",
+    "retrain_hint",
+    "serve_review",
+    "train_hint",
+]
 
 
 def open_session(
@@ -59,6 +70,61 @@ def open_session(
                       inherit=Path(earlier) if earlier and Path(earlier).is_file() else None)  # fmt: skip
     session.hint = retrain_hint(summary, target.resolve())
     return session
+
+
+def open_label_session(
+    suggestions: str | Path, *, out: str | Path | None = None, model: str | Path | None = None,
+    classes: list[str] | None = None,
+) -> Session:  # fmt: skip
+    """Labelling the images of an ``imgcls suggest`` output (``next.csv``): the number keys offer
+    the model's classes, its guess first; every decision is saved at once to ``out`` (default
+    ``next-labels.csv`` beside it), a manifest (``path,label,action[,box]``; rejected rows are left
+    out when it is read) that ``imgcls train --data`` takes beside the old data."""
+    from imgcls.io import check_writable
+
+    items, about = from_suggestions(suggestions)
+    model = model or about.get("model") or None
+    names: list[str] = []
+    if model is not None:
+        from imgcls.artifacts import read_info
+
+        if not Path(str(model)).is_dir():
+            raise UserError(f"model not found: {model} (the model suggest ranked with; give another with --model)")
+        names += read_info(model).label_names
+    else:
+        names += [str(c) for c in about.get("classes") or []] + [c for it in items for c in it.candidates]
+    names += list(classes or [])
+    source = Path(suggestions)
+    target = Path(out) if out else source.with_name(f"{source.stem}-labels.csv")
+    if target.resolve() == source.resolve():
+        raise UserError(f"--out {target} is the suggestions file itself: choose another labels file")
+    check_writable(target)
+    session = Session(items, target, classes=list(dict.fromkeys(n for n in names if n)), mode="label")
+    session.hint = train_hint(model, target.resolve())
+    return session
+
+
+def train_hint(model: str | Path | None, labels: Path) -> str:
+    """The command that trains on the old data and the new labels, ready to run: the recipe of the
+    model's run (its ``config.yaml``), every data spec the model was trained on, then the labels
+    file, and a new run folder; one line more says how to start from the model's weights."""
+    import shlex
+
+    from imgcls.artifacts import read_info, run_folder
+
+    out = ["--out", str(fresh_folder(labels.parent / "trained"))]
+    alone = shlex.join(["imgcls", "train", "--data", str(labels), *out])
+    if model is None or not Path(str(model)).is_dir():
+        return f"{shlex.join(['imgcls', 'train', '--data', 'OLD_DATA', '--data', str(labels), *out])} (or {alone})"
+    info = read_info(model)
+    specs = [str(s) for s in [info.provenance.get("data"), *(info.provenance.get("more_data") or [])] if s]
+    specs = [s for s in specs if Path(s).resolve() != labels]  # a labels file grown round after round: once
+    run = run_folder(model, info)
+    recipe = ["--config", str(run / "config.yaml")] if run is not None and (run / "config.yaml").is_file() else []
+    data = [a for s in [*specs, str(labels)] for a in ("--data", s)]
+    return shlex.join(["imgcls", "train", *recipe, *data, *out]) + (
+        f"  (add --pretrained {shlex.quote(str(Path(model).resolve()))} to start from the model's weights)"
+    )
 
 
 def retrain_hint(summary: dict[str, Any], corrections: Path) -> str:

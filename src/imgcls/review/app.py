@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from imgcls.errors import UserError
-from imgcls.review.keys import public_keys
+from imgcls.review.keys import KEYS, LABEL_KEYS, public_keys
 from imgcls.review.session import Session
 from imgcls.serve.http import add_host_guard, one_line_errors
 
@@ -66,8 +66,8 @@ def create_review_app(session: Session, *, hint: str = "", host: str | None = No
         cwd = os.getcwd()
         return {"items": [it.public(i, cwd) for i, it in enumerate(session.items)], "classes": session.classes,
                 "decisions": session.decisions(), "position": session.position(), "counts": session.counts(),
-                "out": str(session.out), "multilabel": session.multilabel, "hint": hint,
-                "keys": public_keys()}  # fmt: skip
+                "out": str(session.out), "multilabel": session.multilabel, "hint": hint, "mode": session.mode,
+                "keys": public_keys(LABEL_KEYS if session.mode == "label" else KEYS)}  # fmt: skip
 
     @app.get("/api/image/{index}", responses={200: {"content": {"image/jpeg": {}}}, **problems})
     def image(index: int, which: str = Query("a", pattern="^(a|b|frame)$")) -> Response:

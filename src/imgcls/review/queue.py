@@ -91,6 +91,56 @@ def from_audit(folder: str | Path) -> tuple[list[Item], dict[str, Any]]:
     return items, summary
 
 
+def from_suggestions(path: str | Path) -> tuple[list[Item], dict[str, Any]]:
+    """The images of an ``imgcls suggest`` output, in its labelling order (each the model's guess
+    and runner-up on the first number keys), and what suggest recorded beside it (the model and
+    its classes: ``NAME.model.json``; empty when it is not there)."""
+    from imgcls.suggest import about_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"suggestions file not found: {path}")
+    from imgcls.data.sources.manifest import read_rows
+
+    header, rows, lines = read_rows(p)
+    if "path" not in header or "guess" not in header:
+        raise UserError(f"{p}: not an imgcls suggest output (needs 'path' and 'guess' columns; found "
+                        f"{', '.join(header) or 'nothing'})")  # fmt: skip
+    items = []
+    for r, line in zip(rows, lines, strict=True):
+        raw = (r.get("path") or "").strip()
+        if not raw:
+            raise UserError(f"{p}, line {line}: no path")
+        box = parse_box(r.get("box") or "")
+        if box == "?":
+            raise UserError(f"{p}, line {line}: box {r.get('box')!r} is not four numbers (x y w h)")
+        guess, second = (r.get("guess") or "").strip(), (r.get("guess2") or "").strip()
+        odds = ", ".join(f"{g} {float(str(q)):.2f}" for g, q in ((guess, r.get("p_guess")), (second, r.get("p_guess2")))
+                         if g and _number(q))  # fmt: skip
+        why = "; ".join(w for w in (f"the model: {odds}" if odds else "", (r.get("reason") or "").strip()) if w)
+        items.append(Item(path=_resolve(raw, p.parent), kind="unlabelled", label=guess, why=why, box=box,
+                          candidates=[c for c in (guess, second) if c]))  # fmt: skip
+    keys = [it.key for it in items]
+    if len(set(keys)) != len(keys):
+        again = next(k for k in keys if keys.count(k) > 1)
+        raise UserError(f"{p}: {again.split('|')[0]} is listed twice")
+    about: dict[str, Any] = {}
+    if about_file(p).is_file():
+        try:
+            about = json.loads(about_file(p).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            about = {}
+    return items, about if isinstance(about, dict) else {}
+
+
+def _number(text: object) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True
+
+
 def from_predictions(path: str | Path, limit: int) -> list[Item]:
     """The ``limit`` least confident rows (or detection crops) of a ``predict`` output."""
     return read_predictions(path, limit)[0]

@@ -55,8 +55,10 @@ class Entry:
 
 class Session:
     def __init__(self, items: list[Item], out: str | Path, *, classes: list[str], data_root: str = "",
-                 margin: float = 0.1, multilabel: bool = False, inherit: Path | None = None) -> None:  # fmt: skip
+                 margin: float = 0.1, multilabel: bool = False, inherit: Path | None = None,
+                 mode: str = "review") -> None:  # fmt: skip
         self.items = items
+        self.mode = mode  # review (corrections of an audit or predictions) | label (suggested images)
         self.out = Path(out)
         self.log = self.out.with_name(f"{self.out.stem}-progress.jsonl")
         self.classes = list(classes)  # the labels a relabel may take without making a new class
@@ -133,6 +135,10 @@ class Session:
         self.adopted += sum(1 for c in changes if c["action"] != UNSET)
 
     def _record(self, key: str, path: str, box: str, action: str, label: str, *, mine: bool = True) -> None:
+        """Add a decision; a label it gives that is not a class yet is one from now on (after a
+        restart too: the log replays it)."""
+        if action == "relabel":
+            self.classes += [n for n in label.split(";") if n and n not in self.classes]
         self._seq += 1
         self.history.setdefault(key, []).append(Entry(path, box, action, label, self._seq, mine))
         if mine:
@@ -197,8 +203,6 @@ class Session:
             self._record(item.key, item.path, item.box, action, label)
             if action != "skip":
                 self._write_corrections()
-            if action == "relabel":
-                self.classes += [n for n in label.split(";") if n and n not in self.classes]
         return self.state_after(index)
 
     def _check_label(self, label: str, new_class: bool) -> None:

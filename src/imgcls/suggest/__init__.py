@@ -13,6 +13,7 @@ likeliest classes and why each was chosen; files that did not decode are listed 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from imgcls.errors import UserError
 from imgcls.suggest.rank import STRATEGIES, UNCERTAINTIES, Pick, centred, select, uncertainty
 from imgcls.suggest.score import Scorer, cache_dir, score_pool
 
-__all__ = ["COLUMNS", "SuggestResult", "suggest"]
+__all__ = ["COLUMNS", "SuggestResult", "about_file", "suggest"]
 
 COLUMNS = ["rank", "path", "guess", "p_guess", "guess2", "p_guess2", "uncertainty", "reason", "duplicates"]
 
@@ -136,6 +137,10 @@ def suggest(
     paths = [os.path.abspath(scores.paths[i]) for i in rows_at]  # the CSV is a list wherever it is read
     rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure, shown)
     _write(out_path, rows, picks, paths, emb, scores.errors)
+    from imgcls.io import atomic_write_text
+
+    about = {"model": str(Path(model).resolve()), "classes": names, "strategy": strategy, "n": n}
+    atomic_write_text(about_file(out_path), json.dumps(about, indent=1) + "\n")
     return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors), len(rows_at), in_training,
                          is_labelled, scores.errors, scores.scored_now, near)  # fmt: skip
 
@@ -197,6 +202,12 @@ def _rows(
             "uncertainty": f"{u[pick.index]:.4f}", "reason": pick.reason, "duplicates": len(pick.duplicates),
         })  # fmt: skip
     return rows
+
+
+def about_file(out: Path) -> Path:
+    """``next.csv`` -> ``next.model.json``: the model that ranked the pool and its classes (what
+    ``imgcls review --label next.csv`` offers on the number keys and names in its training hint)."""
+    return out.with_name(f"{out.stem}.model.json")
 
 
 def beside(out: Path, what: str) -> Path:

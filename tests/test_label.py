@@ -1,0 +1,236 @@
+"""Label less, end to end: ``imgcls suggest`` -> ``imgcls review --label next.csv`` -> ``imgcls train
+--data old --data next-labels.csv``. The labelling queue, every decision kept across a kill and a
+restart, the labels file read back as a ``--data`` spec (the round trip), the training command
+the page prints run as printed, and the page driven by the keyboard in headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgcls.cli import main
+from imgcls.data.sources import load_source
+from imgcls.errors import UserError
+from imgcls.review import open_label_session
+from imgfactory import class_image, image_folder
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A model trained on cat/dog/fox, a pool of unlabelled images (one of them a kind the model
+    does not know), and suggest's picks of five of them."""
+    import imgcls
+    from imgcls.suggest import suggest
+
+    root = tmp_path_factory.mktemp("label")
+    old = image_folder(root / "old", ("cat", "dog", "fox"), 8, size=(24, 24))
+    run = imgcls.train(old, out=root / "run", arch="lenet", epochs=1, batch_size=8, image_size=16,
+                       pretrained="none", cache_dir=root / "cache", seed=0, export_onnx=False)  # fmt: skip
+    pool = root / "pool"
+    pool.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        class_image(i % 4, rng, (24, 24)).save(pool / f"p{i:02d}.png")  # class 3: none the model knows
+    suggest(run / "model", [str(pool)], n=5, out=root / "next.csv", show_progress=False)
+    return {"root": root, "old": old, "run": run, "model": run / "model", "next": root / "next.csv"}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _fresh(project: dict, tmp_path: Path) -> Path:
+    """A copy of suggest's output (and its model record) in ``tmp_path``: each test labels its own."""
+    for name in ("next.csv", "next.model.json"):
+        shutil.copy(project["root"] / name, tmp_path / name)
+    return tmp_path / "next.csv"
+
+
+def test_the_queue_is_the_suggestions_in_order_with_the_models_classes(project: dict, tmp_path: Path) -> None:
+    nxt = _fresh(project, tmp_path)
+    session = open_label_session(nxt)
+    listed = _rows(nxt)
+    assert [it.path for it in session.items] == [r["path"] for r in listed]
+    first = session.items[0]
+    assert first.kind == "unlabelled" and first.label == listed[0]["guess"]
+    assert first.candidates == [listed[0]["guess"], listed[0]["guess2"]]
+    assert first.why.startswith(f"the model: {listed[0]['guess']} ") and listed[0]["reason"] in first.why
+    assert session.classes == ["cat", "dog", "fox"]  # the model's (suggest recorded which one)
+    assert session.out == tmp_path / "next-labels.csv"
+
+
+def test_labels_survive_a_restart_and_read_back_as_a_data_spec(project: dict, tmp_path: Path) -> None:
+    """The round trip: each kind of decision, undo, a restart; the file is an ordinary manifest."""
+    nxt = _fresh(project, tmp_path)
+    s = open_label_session(nxt)
+    items = s.items
+    s.decide(0, "accept")  # the model's guess
+    other = next(c for c in s.classes if c != items[1].label)
+    s.decide(1, "relabel", other)
+    with pytest.raises(UserError, match="not one of the data's 3 classes"):
+        s.decide(2, "relabel", "badger")  # a new class needs the person's confirmation ...
+    s.decide(2, "relabel", "badger", new_class=True)  # ... "none of these"
+    s.decide(3, "reject")
+    s.decide(4, "relabel", "cat")
+    s.undo()  # the last one taken back
+    s.decide(4, "skip")
+    again = open_label_session(nxt)  # a restart (a kill loses nothing: the log is synced per decision)
+    assert again.counts() == {"accept": 1, "relabel": 2, "reject": 1, "skip": 1, "decided": 4, "total": 5}
+    assert again.position() == 4  # the skipped image is still to label
+    assert "badger" in again.classes
+    table = load_source(tmp_path / "next-labels.csv")
+    got = {Path(p).name: table.label_names(i)[0] for i, p in enumerate(table.paths)}
+    assert got == {Path(items[0].path).name: items[0].label, Path(items[1].path).name: other,
+                   Path(items[2].path).name: "badger"}  # fmt: skip
+    assert dict(table.skipped)[str(Path(items[3].path).resolve())].startswith("left out by the review")
+
+
+def test_the_printed_training_command_runs_on_the_old_data_and_the_new_labels(
+    project: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    nxt = _fresh(project, tmp_path)
+    s = open_label_session(nxt)
+    for k in range(len(s.items)):
+        s.decide(k, "relabel", "badger" if k == 0 else "dog", new_class=True)
+    words = shlex.split(s.hint.split("  (add --pretrained")[0])
+    assert words[:4] == ["imgcls", "train", "--config", str(project["run"].resolve() / "config.yaml")]
+    assert words[4:8] == ["--data", str(project["old"].resolve()), "--data", str(s.out.resolve())]
+    assert "--pretrained" in s.hint and str(project["model"].resolve()) in s.hint
+    assert main([*words[1:], "--epochs", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    said = capsys.readouterr()
+    counts = next(line for line in (said.out + said.err).splitlines() if line.startswith("from "))
+    assert f"{project['old'].resolve()}: 24" in counts and f"{s.out.resolve()}: 5" in counts
+    run = Path(words[words.index("--out") + 1])
+    listed = {Path(r["path"]).name for r in _rows(run / "splits.csv")}
+    assert {Path(it.path).name for it in s.items} <= listed
+    from imgcls.artifacts import read_info
+
+    assert read_info(run / "model").label_names == ["cat", "dog", "fox", "badger"]
+
+
+def test_one_line_errors(project: dict, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="suggestions file not found"):
+        open_label_session(tmp_path / "nope.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nx.png,cat\n")
+    with pytest.raises(UserError, match="not an imgcls suggest output"):
+        open_label_session(bad)
+    nxt = _fresh(project, tmp_path)
+    with pytest.raises(UserError, match="is the suggestions file itself"):
+        open_label_session(nxt, out=nxt)
+    assert main(["review", "--label", str(nxt), "--audit", str(tmp_path)]) == 2
+
+
+def test_the_label_keys_the_docs_show_are_the_pages() -> None:
+    from imgcls.review.keys import LABEL_KEYS, markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table(LABEL_KEYS, "the labels file") in readme
+    assert not any("Enter" in k.keys for k in LABEL_KEYS)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(nxt: Path, port: int) -> subprocess.Popen:
+    import httpx
+
+    cmd = [str(Path(sys.executable).parent / "imgcls"), "review", "--label", str(nxt), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("imgcls review --label did not start")
+
+
+def test_the_page_in_a_real_browser_and_a_kill(project: dict, tmp_path: Path) -> None:
+    """Number keys (the guess, the runner-up), N with a new class (taken on the second Enter),
+    X, S, U, a reload; then kill -9 and a restart: every label is there."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    playwright = pytest.importorskip("playwright.sync_api")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    nxt = _fresh(project, tmp_path)
+    listed = _rows(nxt)
+    port = _free_port()
+    proc = _start(nxt, port)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#kind:text('to label · 1 / 5')")
+            title = page.inner_text("#title")
+            legend = page.locator("#keys kbd").all_inner_texts()
+            first_choice = page.locator("#choices li span").first.inner_text()
+            page.keyboard.press("1")  # the model's guess
+            page.wait_for_selector("#kind:text('2 / 5')")
+            page.keyboard.press("2")  # its runner-up
+            page.wait_for_selector("#kind:text('3 / 5')")
+            page.keyboard.press("n")
+            page.keyboard.type("badger")
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#message:text(\"is not one of the model's 3 classes\")")
+            page.keyboard.press("Enter")  # a new class, confirmed
+            page.wait_for_selector("#kind:text('4 / 5')")
+            page.keyboard.press("x")  # no usable image
+            page.wait_for_selector("#kind:text('5 / 5')")
+            page.keyboard.press("s")
+            page.wait_for_selector("#done h2:text('1 skipped, the rest decided')")
+            hint = page.inner_text("#done code")
+            page.keyboard.press("u")  # takes the skip back
+            page.wait_for_selector("#kind:text('5 / 5')")
+            page.reload()  # a reload comes back to the first image without a label
+            page.wait_for_selector("#kind:text('5 / 5')")
+            page.keyboard.press("ArrowLeft")
+            page.wait_for_selector("#decided:text('decided: left out')")
+            page.keyboard.press("l")  # a second look: it is a fox after all
+            page.keyboard.type("fox")
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#kind:text('5 / 5')")
+            page.keyboard.press("s")
+            page.wait_for_selector("#done h2:text('1 skipped, the rest decided')")
+            progress = page.inner_text("#progress-text")
+            browser.close()
+    finally:
+        proc.kill()  # kill -9: nothing acknowledged may be lost
+        proc.wait()
+    from imgcls.review.keys import LABEL_KEYS
+
+    assert title == "imgcls label" and legend == [k.shown for k in LABEL_KEYS]
+    assert first_choice.startswith(listed[0]["guess"])
+    assert progress.startswith("4 of 5 labelled · 1 as the model guessed · 3 another class · 0 left out · 1 skipped")
+    assert "--data" in hint and "next-labels.csv" in hint
+    proc = _start(nxt, port)
+    try:
+        import httpx
+
+        state = httpx.get(f"http://127.0.0.1:{port}/api/state", timeout=10).json()
+    finally:
+        proc.kill()
+        proc.wait()
+    keys = [it["key"] for it in state["items"]]
+    assert [state["decisions"].get(k) for k in keys] == [
+        ["accept", listed[0]["guess"]], ["relabel", listed[1]["guess2"]], ["relabel", "badger"],
+        ["relabel", "fox"], ["skip", listed[4]["guess"]]]  # fmt: skip
+    rows = [(r["label"], r["action"]) for r in _rows(tmp_path / "next-labels.csv")]
+    assert rows == [(listed[0]["guess"], "accept"), (listed[1]["guess2"], "relabel"), ("badger", "relabel"),
+                    ("fox", "relabel")]  # fmt: skip
