@@ -188,7 +188,7 @@ def test_the_page_in_a_real_browser_and_a_kill(project: dict, tmp_path: Path) ->
             page.keyboard.press("n")
             page.keyboard.type("badger")
             page.keyboard.press("Enter")
-            page.wait_for_selector("#message:text(\"is not one of the model's 3 classes\")")
+            page.wait_for_selector('#message:text("is not one of the model\'s 3 classes")')
             page.keyboard.press("Enter")  # a new class, confirmed
             page.wait_for_selector("#kind:text('4 / 5')")
             page.keyboard.press("x")  # no usable image
