@@ -234,3 +234,43 @@ def test_the_page_in_a_real_browser_and_a_kill(project: dict, tmp_path: Path) ->
     rows = [(r["label"], r["action"]) for r in _rows(tmp_path / "next-labels.csv")]
     assert rows == [(listed[0]["guess"], "accept"), (listed[1]["guess2"], "relabel"), ("badger", "relabel"),
                     ("fox", "relabel")]  # fmt: skip
+
+
+# ------------------------------------------------------------------ camera-trap crops
+def test_suggest_ranks_detection_crops_and_their_labels_train_as_crops(project: dict, tmp_path: Path) -> None:
+    """``suggest --detections``: one item per crop (path and box), blank frames and frames the
+    detector did not list left out; a labelled crop (``--labelled`` with a box column) is left
+    out alone, its sibling crop stays; the labels file of crops reads back with its boxes."""
+    import json
+
+    from imgcls.suggest import suggest
+
+    pool = tmp_path / "frames"
+    pool.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(4):
+        class_image(i % 3, rng, (48, 48)).save(pool / f"f{i}.png")
+    boxes = {"f0.png": [[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.4, 0.4]], "f1.png": [[0.2, 0.2, 0.5, 0.5]], "f2.png": []}
+    md = {"detection_categories": {"1": "animal"}, "images": [
+        {"file": name, "detections": [{"category": "1", "conf": 0.9, "bbox": b} for b in bs]}
+        for name, bs in boxes.items()]}  # fmt: skip
+    (pool / "md.json").write_text(json.dumps(md))
+    labelled = tmp_path / "done.csv"
+    labelled.write_text(f"path,label,box\n{pool / 'f0.png'},cat,0.1000 0.1000 0.4000 0.4000\n")
+    r = suggest(project["model"], [str(pool)], n=5, out=tmp_path / "next.csv", detections=pool / "md.json",
+                labelled=[str(labelled)], show_progress=False)  # fmt: skip
+    assert r.crops and r.blank == 1 and r.labelled == 1
+    assert [Path(p).name for p, _ in r.skipped] == ["f3.png"] and "not in the detections file" in r.skipped[0][1]
+    rows = _rows(tmp_path / "next.csv")
+    assert sorted((Path(x["path"]).name, x["box"]) for x in rows) == [
+        ("f0.png", "0.5000 0.5000 0.4000 0.4000"), ("f1.png", "0.2000 0.2000 0.5000 0.5000")]  # fmt: skip
+    s = open_label_session(tmp_path / "next.csv")
+    assert all(it.box for it in s.items)
+    for k in range(len(s.items)):
+        s.decide(k, "relabel", "dog")
+    table = load_source(s.out)
+    assert table.boxes is not None and sorted(map(tuple, table.boxes.tolist())) == [
+        (0.2, 0.2, 0.5, 0.5), (0.5, 0.5, 0.4, 0.4)]  # fmt: skip
+    again = suggest(project["model"], [str(pool)], n=5, out=tmp_path / "next2.csv", detections=pool / "md.json",
+                    labelled=[str(labelled), str(s.out)], show_progress=False)  # fmt: skip
+    assert again.rows == [] and again.labelled == 3

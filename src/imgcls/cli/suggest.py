@@ -39,6 +39,15 @@ def add_suggest(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --strategy random (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
+    p.add_argument("--detections", help="MegaDetector results JSON: rank the detection crops, one item per crop")
+    p.add_argument(
+        "--det-threshold",
+        type=float,
+        help="detections at or above this confidence are crops (default: the model's, else 0.2)",
+    )
+    p.add_argument("--det-categories", help="detection categories to crop (default: the model's, else animal)")
+    p.add_argument("--crop-margin", type=float, help="share of the box's longer side added around a crop "
+                   "(default: the model's, else 0.1)")  # fmt: skip
 
 
 def _cmd_suggest(args: argparse.Namespace) -> int:
@@ -47,13 +56,19 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     r = suggest(
         args.model, args.inputs, n=args.n, out=args.out, strategy=args.strategy, uncertainty_measure=args.uncertainty,
         dedup=args.dedup, labelled=args.labelled, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
+        detections=args.detections, det_threshold=args.det_threshold, det_categories=args.det_categories,
+        crop_margin=args.crop_margin,
     )  # fmt: skip
-    print(f"pool: {_count(r.pool, 'image')}; scored {r.scored_now} now, {r.pool - r.scored_now} from the scores kept")
+    what = "item" if r.crops else "image"
+    blank = f" ({_count(r.blank, 'frame')} without a detection left out as blank)" if r.crops else ""
+    print(f"pool: {_count(r.pool, 'detection crop' if r.crops else 'image')}{blank}; scored {r.scored_now} now, "
+          f"{r.pool - r.scored_now} from the scores kept")  # fmt: skip
     near = f", {r.near_known} near-duplicates of those" if r.near_known else ""
     print(f"left out: {r.in_training} in the model's training data, {r.labelled} already labelled{near}")
     if r.skipped:
         listed = beside(r.out, "skipped")
-        print(f"skipped: {_count(len(r.skipped), 'image')} that could not be read (listed in {listed})")
+        why = "could not be used" if r.crops else "could not be read"
+        print(f"skipped: {_count(len(r.skipped), what)} that {why} (listed in {listed})")
     if not r.rows:
         print(f"nothing to suggest: no image of the pool is readable and new to the model; wrote {r.out} (empty)")
         return 0

@@ -41,6 +41,8 @@ class SuggestResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     scored_now: int = 0
     near_known: int = 0  # left out as near-duplicates of images trained on or labelled (auto)
+    blank: int = 0  # with detections: frames without a detection to crop, left out
+    crops: bool = False  # the items are detection crops
 
 
 def check_options(n: int, strategy: str, measure: str, dedup: float) -> None:
@@ -68,7 +70,49 @@ def _load(model: str | Path) -> Any:
 
 
 def _resolved(paths: Any) -> set[str]:
-    return {str(Path(p).resolve()) for p in paths}
+    """Each name resolved: a file's path, or a crop's (:func:`~imgcls.suggest.score.crop_key`)
+    image path resolved with its box kept."""
+    from imgcls.suggest.score import crop_key, split_key
+
+    return {crop_key(str(Path(path).resolve()), box) for path, box in map(split_key, paths)}
+
+
+def _resolved_one(name: str) -> str:
+    return next(iter(_resolved([name])))
+
+
+@dataclass
+class PoolCrops:
+    items: list[str]  # crop keys, in the pool's order
+    margin: float
+    skipped: list[tuple[str, str]]  # frames not in the detections file
+    blank: int  # frames without a detection at or above the threshold
+
+
+def pool_crops(clf: Any, inputs: list[str], detections: str | Path, threshold: float | None,
+               categories: str | None, margin: float | None) -> PoolCrops:  # fmt: skip
+    """The pool as detection crops (the model's crop settings unless given): one item per
+    detection at or above the threshold, frames without one counted as blank."""
+    from imgcls.data.sources.detections import crop_settings, parse_categories, read_detections
+    from imgcls.data.table import format_box
+    from imgcls.predict.inputs import iter_inputs
+    from imgcls.suggest.score import crop_key
+
+    trained = dict(clf.info.provenance.get("detection_crops") or {})
+    threshold, margin = crop_settings(clf.info.provenance, threshold, margin)
+    wanted = parse_categories(categories or str(trained.get("categories") or "animal"))
+    dets = read_detections(detections, None)
+    out = PoolCrops([], margin, [], 0)
+    for path in dict.fromkeys(os.path.abspath(p) for p in iter_inputs(inputs)):
+        kept = dets.above(path, threshold, wanted)
+        if kept is None:
+            out.skipped.append((path, f"not in the detections file {Path(detections).name}"))
+        elif not kept:
+            out.blank += 1
+        out.items += [crop_key(path, format_box(d.bbox)) for d in kept or []]
+    if not out.items:
+        raise UserError(f"no detection at or above {threshold:g} ({', '.join(wanted)}) in {detections} for the pool")
+    return out
 
 
 def training_paths(clf: Any) -> set[str]:
@@ -82,7 +126,9 @@ def training_paths(clf: Any) -> set[str]:
         info("note: the model's run (its splits.csv) was not found beside it: the images it trained on are not "
              "left out (name them with --labelled)")  # fmt: skip
         return set()
-    return _resolved(p for p, _, _ in read_splits_csv(run / "splits.csv"))
+    from imgcls.suggest.score import crop_key
+
+    return _resolved(crop_key(p, box) for p, box, _ in read_splits_csv(run / "splits.csv"))
 
 
 def labelled_paths(labelled: list[str]) -> set[str]:
@@ -92,7 +138,22 @@ def labelled_paths(labelled: list[str]) -> set[str]:
     for f in labelled:
         if not Path(f).exists():
             raise UserError(f"--labelled: {f} not found")
-    return _resolved(iter_inputs(labelled))
+    crops = {f: _crop_rows(Path(f)) for f in labelled if f.lower().endswith(".csv")}
+    named = {k for keys in crops.values() for k in keys}
+    return _resolved(iter_inputs([f for f in labelled if not crops.get(f)])) | named
+
+
+def _crop_rows(path: Path) -> set[str]:
+    """The crops a labels CSV with a ``box`` column names (``imgcls review --label`` over
+    suggested crops), as resolved crop keys; empty for a CSV without one."""
+    from imgcls.data.sources.manifest import read_rows
+    from imgcls.data.table import listed_path, parse_box
+    from imgcls.suggest.score import crop_key
+
+    header, rows, _ = read_rows(path)
+    if "box" not in header or "path" not in header:
+        return set()
+    return {crop_key(listed_path(path.parent, r["path"]), parse_box(r.get("box") or "")) for r in rows if r.get("path")}
 
 
 def suggest(
@@ -111,9 +172,16 @@ def suggest(
     scorer: Scorer | None = None,
     chunk: int = 512,
     show_progress: bool = True,
+    detections: str | Path | None = None,
+    det_threshold: float | None = None,
+    det_categories: str | None = None,
+    crop_margin: float | None = None,
 ) -> SuggestResult:
     """Rank the pool ``inputs`` and write the ``n`` images to label first to ``out`` (see the
-    module docstring). ``scorer`` replaces the model's (probabilities, embeddings) of a batch."""
+    module docstring). ``scorer`` replaces the model's (probabilities, embeddings) of a batch.
+    With ``detections`` (MegaDetector results) an item is a detection crop at or above
+    ``det_threshold`` of ``det_categories`` (default: the model's own crop settings), cut as
+    training cuts it; frames without one are blank, left out."""
     from imgcls.io import check_writable
     from imgcls.predict.inputs import check_inputs, check_output_apart, iter_inputs
 
@@ -125,8 +193,14 @@ def suggest(
     if next(iter_inputs(inputs), None) is None:
         raise UserError("the pool is empty: no image in " + " ".join(inputs))
     known = labelled_paths(labelled or [])
+    crops = None
+    if detections is not None:
+        crops = pool_crops(clf, inputs, detections, det_threshold, det_categories, crop_margin)
     scores = score_pool(clf, inputs, cache_dir(out_path), scorer=scorer, batch_size=batch_size, workers=workers,
-                        chunk=chunk, show_progress=show_progress)  # fmt: skip
+                        chunk=chunk, show_progress=show_progress, items=crops.items if crops else None,
+                        margin=crops.margin if crops else None)  # fmt: skip
+    if crops is not None:
+        scores.errors = crops.skipped + scores.errors
     cent = centred(scores.emb)
     keep, in_training, is_labelled, near = _eligible(clf, scores, cent, known, dedup if strategy == "auto" else None)
     rows_at = np.nonzero(keep)[0]
@@ -136,13 +210,21 @@ def suggest(
     picks = select(probs, emb, names, n, strategy=strategy, measure=uncertainty_measure, dedup=dedup, seed=seed)
     paths = [os.path.abspath(scores.paths[i]) for i in rows_at]  # the CSV is a list wherever it is read
     rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure, shown)
-    _write(out_path, rows, picks, paths, emb, scores.errors)
+    columns = COLUMNS
+    if crops is not None:  # a crop is its image's path and its box, as a labels file names it
+        from imgcls.suggest.score import split_key
+
+        for r in rows:
+            r["path"], r["box"] = split_key(r["path"])
+        columns = [*COLUMNS[:2], "box", *COLUMNS[2:]]
+    _write(out_path, rows, picks, paths, emb, scores.errors, columns)
     from imgcls.io import atomic_write_text
 
     about = {"model": str(Path(model).resolve()), "classes": names, "strategy": strategy, "n": n}
     atomic_write_text(about_file(out_path), json.dumps(about, indent=1) + "\n")
     return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors), len(rows_at), in_training,
-                         is_labelled, scores.errors, scores.scored_now, near)  # fmt: skip
+                         is_labelled, scores.errors, scores.scored_now, near,
+                         blank=crops.blank if crops else 0, crops=crops is not None)  # fmt: skip
 
 
 def _eligible(
@@ -152,11 +234,14 @@ def _eligible(
     no near-duplicate of a pool image that was (by the centred embeddings ``cent``); with the
     counts of each kind left out."""
     from imgcls.suggest.rank import near_any
+    from imgcls.suggest.score import split_key
 
-    resolved = [str(Path(p).resolve()) for p in scores.paths]
+    resolved = list(map(_resolved_one, scores.paths))
     trained = training_paths(clf)
-    in_training = np.array([r in trained for r in resolved], dtype=bool)
-    is_labelled = np.array([r in known for r in resolved], dtype=bool) & ~in_training
+    image = [split_key(r)[0] for r in resolved]  # a whole image trained on or labelled: each of its crops too
+    in_training = np.array([r in trained or i in trained for r, i in zip(resolved, image, strict=True)], dtype=bool)
+    is_labelled = np.array([r in known or i in known for r, i in zip(resolved, image, strict=True)],
+                           dtype=bool) & ~in_training  # fmt: skip
     keep = ~(in_training | is_labelled)
     near = 0
     if dedup is not None and keep.any() and not keep.all():
@@ -216,13 +301,14 @@ def beside(out: Path, what: str) -> Path:
 
 
 def _write(
-    out: Path, rows: list[dict], picks: list[Pick], paths: list[str], emb: np.ndarray, errors: list[tuple[str, str]]
-) -> None:
+    out: Path, rows: list[dict], picks: list[Pick], paths: list[str], emb: np.ndarray, errors: list[tuple[str, str]],
+    columns: list[str] = COLUMNS,
+) -> None:  # fmt: skip
     """The suggestions, and beside them the skipped files and the duplicates (each written
     atomically, and always: an empty list says there were none, never an older run's)."""
     from imgcls.io import atomic_write_csv
 
-    atomic_write_csv(out, COLUMNS, rows)
+    atomic_write_csv(out, columns, rows)
     dups = [
         (paths[d], paths[p.index], f"{float(emb[d].astype(np.float32) @ emb[p.index].astype(np.float32)):.4f}")
         for p in picks

@@ -124,11 +124,25 @@ def _open_cache(folder: Path, fingerprint: str) -> None:
 _KEYS = ("paths", "stamps", "probs", "emb", "error_paths", "error_reasons", "error_stamps")
 
 
+def crop_key(path: str, box: str) -> str:
+    """The name of a pool item: the image's path, and for a detection crop ``|`` and its box
+    (``x y w h``, as the review and a corrections file name a crop)."""
+    return f"{path}|{box}" if box else path
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(path, box) of a :func:`crop_key` ("" for a whole image)."""
+    from imgcls.data.table import parse_box
+
+    path, sep, box = key.rpartition("|")
+    return (path, parse_box(box)) if sep and parse_box(box) not in ("", "?") else (key, "")
+
+
 def stamp(path: str) -> tuple[int, int]:
-    """(size, modification time in ns) of a file, (-1, -1) when it cannot be read: a file changed
-    since it was scored is scored again."""
+    """(size, modification time in ns) of a file (a crop's: its image's), (-1, -1) when it cannot
+    be read: a file changed since it was scored is scored again."""
     try:
-        st = os.stat(path)
+        st = os.stat(split_key(path)[0])
     except OSError:
         return (-1, -1)
     return (int(st.st_size), int(st.st_mtime_ns))
@@ -204,22 +218,26 @@ def score_pool(
     workers: int | None = None,
     chunk: int = 512,
     show_progress: bool = True,
+    items: Sequence[str] | None = None,
+    margin: float | None = None,
 ) -> Scores:
     """Score every image ``inputs`` name that the cache in ``folder`` lacks (see the module
-    docstring), then return the cache's scores of exactly the images ``inputs`` name."""
+    docstring), then return the cache's scores of exactly the images ``inputs`` name; or, given
+    ``items`` (:func:`crop_key` names: detection crops), of those, cropped with ``margin``."""
     from imgcls.outputs import model_fingerprint
     from imgcls.predict.inputs import iter_inputs
 
-    _open_cache(folder, model_fingerprint(clf.info.path))
+    _open_cache(folder, model_fingerprint(clf.info.path) + (f" crops, margin {margin:g}" if margin is not None else ""))
     cached = load_cache(folder)
     failed = {p for p, _ in cached.errors}  # tried again each run (few; the cause may be gone: permissions, a copy)
     done = {p for p, st in cached.stamps.items() if p not in failed and stamp(p) == st}  # unchanged since scored
     # the pool walked once: each file once however often it is named (a folder and a file in it)
-    position = {p: k for k, p in enumerate(_once(iter_inputs(inputs)))}
+    named = dict.fromkeys(items) if items is not None else _once(iter_inputs(inputs))
+    position = {p: k for k, p in enumerate(named)}
     todo = [p for p in position if p not in done]
     number = 1 + max((int(f.stem.split("-")[1]) for f in folder.glob("chunk-*.npz")), default=-1)
     if todo:
-        _run(clf, todo, folder, number, scorer, batch_size, workers, chunk, show_progress)
+        _run(clf, todo, folder, number, scorer, batch_size, workers, chunk, show_progress, margin)
     scores = load_cache(folder)
     # in the pool's order, whatever chunks the cache holds them in: a seeded random pick and a tie
     # between copies (the first named is kept) do not depend on which run scored what
@@ -228,6 +246,14 @@ def score_pool(
         [scores.paths[i] for i in keep], scores.probs[keep], scores.emb[keep],
         [e for e in scores.errors if e[0] in position], scored_now=len(todo),
     )  # fmt: skip
+
+
+def decode_crop_item(item: tuple[str, float], cfg: Any, max_pixels: int | None = None) -> np.ndarray:
+    """(:func:`crop_key`, margin) -> a stack of one model input: the crop as training cut it."""
+    from imgcls.predict.decode import decode_crop
+
+    path, box = split_key(item[0])
+    return decode_crop((path, tuple(float(v) for v in box.split()), item[1]), cfg, max_pixels)[None]  # type: ignore[arg-type]
 
 
 def _once(paths: Iterable[str]) -> Iterator[str]:
@@ -241,9 +267,10 @@ def _once(paths: Iterable[str]) -> Iterator[str]:
 
 def _run(
     clf: Classifier, todo: list[str], folder: Path, number: int, scorer: Scorer | None,
-    batch_size: int, workers: int | None, chunk: int, show_progress: bool,
+    batch_size: int, workers: int | None, chunk: int, show_progress: bool, margin: float | None = None,
 ) -> None:  # fmt: skip
-    """Decode ``todo`` in worker processes, score it in batches, write a chunk every ``chunk`` images."""
+    """Decode ``todo`` in worker processes (``margin`` given: crops), score it in batches, write a
+    chunk every ``chunk`` images."""
     from imgcls.console import Progress
     from imgcls.predict.decode import decode_one, decode_stream
     from imgcls.runtime import physical_cores
@@ -262,7 +289,11 @@ def _run(
             batch.clear()
 
     with Progress(len(todo), "scoring", enabled=show_progress) as bar:
-        decoded = decode_stream(iter(todo), clf.preprocess, workers=workers, fn=decode_one)
+        if margin is None:
+            decoded = decode_stream(iter(todo), clf.preprocess, workers=workers, fn=decode_one)
+        else:
+            stream = decode_stream(((k, margin) for k in todo), clf.preprocess, workers=workers, fn=decode_crop_item)
+            decoded = ((item[0], arrays, error) for item, arrays, error in stream)
         for path, arrays, error in decoded:
             if arrays is None:
                 errors.append((path, error or "unreadable"))
