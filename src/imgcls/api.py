@@ -37,7 +37,12 @@ def make_run_config(config: str | Path | dict[str, Any] | None = None, **options
     base: dict[str, Any] = {}
     if config is not None:
         base = dict(load_yaml(config)) if not isinstance(config, dict) else dict(config)
+    if "data" in base and not isinstance(base["data"], dict):  # the flat key `data: x` (or a list), not the section
+        flat_data = base.pop("data")
+        base.setdefault("data_flat", flat_data)
     sections: dict[str, dict[str, Any]] = {s: dict(base.pop(s, {}) or {}) for s in _SECTIONS}
+    if "data_flat" in base:
+        sections["data"]["data"] = base.pop("data_flat")
     for key, value in base.items():  # flat keys in the YAML are allowed too
         sections[_owner(key)][key] = value
     for key, value in options.items():
@@ -48,6 +53,8 @@ def make_run_config(config: str | Path | dict[str, Any] | None = None, **options
         if not data:
             raise UserError("no training data given (--data SPEC)")
         sections["data"]["data"], sections["data"]["more_data"] = str(data[0]), [str(s) for s in data[1:]]
+    elif options.get("data") is not None and options.get("more_data") is None:
+        sections["data"]["more_data"] = []  # data given as an option replaces every spec of the file
     return RunConfig(**{s: from_dict(cls, sections[s], s) for s, cls in _SECTIONS.items()})
 
 
@@ -112,7 +119,12 @@ def given_options(config: str | Path | dict[str, Any] | None, options: dict[str,
             else:
                 base[key] = value
     base.update({k: v for k, v in options.items() if v is not None})
-    return {k: v for k, v in base.items() if isinstance(v, (str, int, float, bool))}
+    return {k: v for k, v in base.items() if isinstance(v, (str, int, float, bool)) or _texts(v)}
+
+
+def _texts(value: Any) -> bool:
+    """A list of text (``more_data``: the specs after the first ``--data``)."""
+    return isinstance(value, list) and all(isinstance(s, str) for s in value)
 
 
 def run_config(run: str | Path) -> RunConfig:

@@ -139,6 +139,8 @@ def data_args(data: DataConfig) -> list[str]:
         if name in PATH_OPTIONS and Path(text).expanduser().exists():
             text = str(Path(text).expanduser().resolve())
         out += ["--" + name.replace("_", "-"), text]
+        if name == "data":  # every spec the audit read, each its own --data
+            out += [a for s in data.more_data for a in ("--data", str(Path(s).expanduser().resolve()))]
     return out
 
 

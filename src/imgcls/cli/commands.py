@@ -72,9 +72,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from imgcls.api import train
 
     started = getattr(args, "_started", time.monotonic())
-    options = {
+    from imgcls.cli.options import data_specs
+
+    options = data_specs({
         k: v for k, v in vars(args).items() if k not in ("handler", "config", "resume", "command", "out", "_started")
-    }
+    })  # fmt: skip
     _allow_train_pixels(args, options)
     run = train(out=args.out, config=args.config, resume=args.resume, started=started, **options)
     if os.environ.get("RANK", "0") != "0":
@@ -83,7 +85,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     model = run / "model"
     d = run_config(run).data
-    given = options.get("data") or [d.data, *d.more_data]  # as the user wrote it, else the run's
+    # as the user wrote it, else (and on --resume: it trains on its own) the run's
+    given = [options["data"], *options.get("more_data", [])] if options.get("data") and not args.resume else [
+        d.data, *d.more_data]  # fmt: skip
     # several specs: evaluate reads them all from the model's record without --data
     data_option = f" --data {shlex.quote(str(given[0]))}" if len(given) == 1 else ""
     from imgcls.data.splits import read_splits_csv

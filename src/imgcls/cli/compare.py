@@ -64,7 +64,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     configs, notes = configurations(lists, crossed=not args.listed, configs_file=args.configs)
     for note in notes:
         sys.stderr.write(f"compare: {note}\n")
-    options = {k: v for k, v in vars(args).items() if k not in COMPARE_ONLY}
+    from imgcls.cli.options import data_specs
+
+    options = data_specs({k: v for k, v in vars(args).items() if k not in COMPARE_ONLY})
     _allow_train_pixels(args, options)
     r = compare(configs, args.out, config=args.config, pick=args.pick, landscape=args.landscape, **options)
     print(summary_table(r.rows))

@@ -4,9 +4,12 @@ training options generated from :mod:`imgcls.config`'s dataclasses, device and i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from imgcls.errors import UserError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -167,6 +170,22 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
                     metavar=f.name.upper(),
                     help=help_text,
                 )
+
+
+def data_specs(options: dict[str, Any]) -> dict[str, Any]:
+    """``--data A --data B`` (a list from argparse) as the config's fields: ``data`` the first
+    spec, ``more_data`` the others; a spec given twice is a one-line error. Options without
+    ``--data`` are returned as they are."""
+    specs = options.get("data")
+    if not isinstance(specs, list):
+        return options
+    seen: dict[str, str] = {}
+    for s in specs:
+        real = os.path.realpath(os.path.expanduser(str(s)))
+        if real in seen:
+            raise UserError(f"--data {s} is given twice (as {seen[real]}): give each data spec once")
+        seen[real] = str(s)
+    return {**options, "data": str(specs[0]), "more_data": [str(s) for s in specs[1:]]}
 
 
 def _device_options(p: argparse.ArgumentParser) -> None:

@@ -130,8 +130,9 @@ AUDIT_ONLY = (
 def _cmd_audit(args: argparse.Namespace) -> int:
     from imgcls.api import make_run_config
     from imgcls.audit import audit
+    from imgcls.cli.options import data_specs
 
-    options = {k: v for k, v in vars(args).items() if k not in AUDIT_ONLY}
+    options = data_specs({k: v for k, v in vars(args).items() if k not in AUDIT_ONLY})
     _allow_train_pixels(args, options)
     cfg = make_run_config(args.config, **options)
     if not cfg.data.data:

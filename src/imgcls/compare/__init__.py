@@ -68,7 +68,8 @@ def compare(
     folder = Path(out).expanduser()
     common = _absolute({k: v for k, v in options.items() if v is not None})
     base, runs = _checked(configs, config, common)
-    _outside_data(folder, base.data.data)
+    for spec in (base.data.data, *base.data.more_data):
+        _outside_data(folder, spec)
     claim(folder)
     _same_settings(folder, base)
     earlier = {c.name: _read_result(folder, c) for c in configs}  # (another configuration of the name: refused)
@@ -104,6 +105,8 @@ def _absolute(options: dict[str, Any]) -> dict[str, Any]:
     for key in ("data", "val_data", "image_root", "detections", "cache_dir", "corrections"):
         if out.get(key):
             out[key] = os.path.abspath(os.path.expanduser(str(out[key])))
+    if out.get("more_data"):
+        out["more_data"] = [os.path.abspath(os.path.expanduser(str(s))) for s in out["more_data"]]
     return out
 
 

@@ -140,7 +140,8 @@ def build_trainer(
     what the run's times are measured on (``started`` is on it)."""
     mp = model_plan
     model, report = build_model(mp.arch, num_classes=mp.num_outputs, pretrained=None if resuming else mp.pretrained,
-                                norm=mp.norm, attn=mp.attn, drop_rate=cfg.model.drop_rate)  # fmt: skip
+                                norm=mp.norm, attn=mp.attn, drop_rate=cfg.model.drop_rate,
+                                class_names=list(table.class_names))  # fmt: skip
     if report is not None and dist.main:
         info(f"pretrained: {report.describe()}")
     model_pre = preprocess_config(model)

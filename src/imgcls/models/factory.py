@@ -35,8 +35,10 @@ def build_model(
     attn: str | None = None,
     drop_rate: float = 0.0,
     partial: bool = False,
+    class_names: list[str] | None = None,
 ) -> tuple[nn.Module, LoadReport | None]:
-    """Like :func:`create_model`, also returning what the pretrained-weight load did."""
+    """Like :func:`create_model`, also returning what the pretrained-weight load did;
+    ``class_names``: the outputs' classes, matched by name against a model directory's."""
     if int(num_classes) < 1:
         raise UserError(f"num_classes must be at least 1, not {num_classes}")
     entry = get_entry(name)
@@ -52,7 +54,7 @@ def build_model(
     setattr(model, "imgcls_arch", arch)  # noqa: B010 (nn.Module's typed __setattr__)
     report = None
     if pretrained not in (None, False, "", "none", "None", "false", "no"):
-        report = load_pretrained(model, entry, pretrained, partial=partial)
+        report = load_pretrained(model, entry, pretrained, partial=partial, class_names=class_names)
     return model, report
 
 

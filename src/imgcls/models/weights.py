@@ -270,10 +270,18 @@ def resolve_source(entry: ModelEntry, pretrained: bool | str | Path) -> str:
 
 
 def load_pretrained(
-    model: nn.Module, entry: ModelEntry, pretrained: bool | str | Path, *, partial: bool = False
+    model: nn.Module,
+    entry: ModelEntry,
+    pretrained: bool | str | Path,
+    *,
+    partial: bool = False,
+    class_names: list[str] | None = None,
 ) -> LoadReport:
     """Load weights from ``pretrained`` (see :func:`resolve_source`) into a freshly built model
-    and update its preprocessing config to the one the weights were trained with."""
+    and update its preprocessing config to the one the weights were trained with. From a model
+    directory whose classes are known, with ``class_names`` (the new model's outputs), the
+    classifier's rows are matched by class name: a class the model had keeps its row wherever
+    it now sits, a new class starts fresh (continuing a model with new labels)."""
     src = resolve_source(entry, pretrained)
     cfg: dict[str, Any] = getattr(model, "pretrained_cfg", {})
     classifier = str(cfg.get("classifier", "fc"))
@@ -297,6 +305,33 @@ def load_pretrained(
         source = str(path)
         config_file = path / "config.json"
         if path.is_dir() and config_file.is_file():
-            saved = json.loads(config_file.read_text(encoding="utf-8")).get("pretrained_cfg", {})
+            whole = json.loads(config_file.read_text(encoding="utf-8"))
+            saved = whole.get("pretrained_cfg", {})
             cfg.update({k: saved[k] for k in ("mean", "std", "interpolation", "crop_pct") if k in saved})
+            if class_names is not None and whole.get("label_names"):
+                state, source = _head_by_name(model, state, classifier, list(whole["label_names"]), class_names, source)
     return load_state(model, state, classifier=classifier, source=source, partial=partial)
+
+
+def _head_by_name(
+    model: nn.Module, state: dict[str, torch.Tensor], classifier: str, old: list[str], new: list[str], source: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    """``state`` with the classifier's rows rearranged from the ``old`` classes' order to the
+    ``new`` one's (a new class keeps the fresh model's row); unchanged where the head is not one
+    row per class (a binary model's single output) or no class is shared."""
+    own = model.state_dict()
+    head = [k for k in state if k.startswith(classifier + ".") and k in own]
+    rows = [old.index(n) if n in old else -1 for n in new]
+    if old == new or not head or all(r < 0 for r in rows):
+        return state, source
+    if any(state[k].shape[0] != len(old) or own[k].shape[0] != len(new) for k in head):
+        return state, source
+    out = dict(state)
+    for k in head:
+        t = own[k].clone()
+        for i, r in enumerate(rows):
+            if r >= 0:
+                t[i] = state[k][r]
+        out[k] = t
+    kept = sum(r >= 0 for r in rows)
+    return out, f"{source} (classifier rows matched by class name: {kept} of {len(new)} classes kept)"

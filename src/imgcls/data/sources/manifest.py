@@ -96,6 +96,27 @@ def _once_each(
     return keep_out, splits_out
 
 
+def crop_box(text: str) -> bool:
+    """Whether ``text`` is empty (the whole image) or a detection crop's box as imgcls writes it:
+    x y w h, each a share of the image (0 to 1), inside it, not empty."""
+    box = parse_box(text)
+    if box in ("", "?"):
+        return box == ""
+    x, y, w, h = (float(v) for v in box.split())
+    eps = 1e-3
+    return x >= -eps and y >= -eps and w > 0 and h > 0 and x + w <= 1 + eps and y + h <= 1 + eps
+
+
+def _crop_column(header: list[str], rows: list[dict[str, str]], action_col: str | None) -> str | None:
+    """The ``box`` column when it names crops: in a labels or corrections file (an ``action``
+    column: a box that is not one skips its row), else only when every value is a crop box; a
+    ``box`` column of anything else (pixel boxes, ids) stays an ordinary column."""
+    col = _pick(header, ("box",))
+    if col is None or action_col is not None:
+        return col
+    return col if all(crop_box(r.get(col) or "") for r in rows) else None
+
+
 def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Path | None = None) -> DataTable:
     header, rows, line_of = read_rows(path)
     path_col, label_col = _pick(header, PATH_COLUMNS), _pick(header, LABEL_COLUMNS)
@@ -108,7 +129,7 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
     extra = [h for h in header if h not in (path_col, label_col)]
     split_col = _pick(header, ("split",))
     action_col = _pick(header, ("action",))
-    box_col = _pick(header, ("box",))
+    box_col = _crop_column(header, rows, action_col)
     keep: list[int] = []
     skipped: list[tuple[str, str]] = []
     splits: list[str | None] = []
@@ -132,8 +153,9 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
                 skipped.append((listed_path(base, raw), f"unknown split {value!r}"))
                 continue
             split = SPLIT_ALIASES[value]
-        if box_col is not None and parse_box(row.get(box_col) or "") == "?":
-            skipped.append((listed_path(base, raw), f"box {row.get(box_col)!r} is not four numbers (x y w h)"))
+        if box_col is not None and not crop_box(row.get(box_col) or ""):
+            skipped.append((listed_path(base, raw), f"box {row.get(box_col)!r} is not a crop box: x y w h, each "
+                                                    "a share of the image (0 to 1)"))  # fmt: skip
             continue
         keep.append(i)
         splits.append(split)
