@@ -102,10 +102,10 @@ def test_the_printed_training_command_runs_on_the_old_data_and_the_new_labels(
     s = open_label_session(nxt)
     for k in range(len(s.items)):
         s.decide(k, "relabel", "badger" if k == 0 else "dog", new_class=True)
-    words = shlex.split(s.hint.split("  (add --pretrained")[0])
+    words = shlex.split(s.hint)  # the command as printed, pasted
     assert words[:4] == ["imgcls", "train", "--config", str(project["run"].resolve() / "config.yaml")]
     assert words[4:8] == ["--data", str(project["old"].resolve()), "--data", str(s.out.resolve())]
-    assert "--pretrained" in s.hint and str(project["model"].resolve()) in s.hint
+    assert s.hint_note == f"add --pretrained {project['model'].resolve()} to start from the model's weights"
     assert main([*words[1:], "--epochs", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
     said = capsys.readouterr()
     counts = next(line for line in (said.out + said.err).splitlines() if line.startswith("from "))
@@ -183,6 +183,7 @@ def test_the_page_in_a_real_browser_and_a_kill(project: dict, tmp_path: Path) ->
             first_choice = page.locator("#choices li span").first.inner_text()
             page.keyboard.press("1")  # the model's guess
             page.wait_for_selector("#kind:text('2 / 5')")
+            last_said = page.inner_text("#last")
             page.keyboard.press("2")  # its runner-up
             page.wait_for_selector("#kind:text('3 / 5')")
             page.keyboard.press("n")
@@ -217,7 +218,8 @@ def test_the_page_in_a_real_browser_and_a_kill(project: dict, tmp_path: Path) ->
 
     assert title == "imgcls label" and legend == [k.shown for k in LABEL_KEYS]
     assert first_choice.startswith(listed[0]["guess"])
-    assert progress.startswith("4 of 5 labelled · 1 as the model guessed · 3 another class · 0 left out · 1 skipped")
+    assert progress.startswith("4 of 5 decided · 1 as the model guessed · 3 another class · 0 left out · 1 skipped")
+    assert last_said == f"saved: {Path(listed[0]['path']).name} → {listed[0]['guess']} (the model's guess)"
     assert "--data" in hint and "next-labels.csv" in hint
     proc = _start(nxt, port)
     try:
@@ -274,3 +276,62 @@ def test_suggest_ranks_detection_crops_and_their_labels_train_as_crops(project: 
     again = suggest(project["model"], [str(pool)], n=5, out=tmp_path / "next2.csv", detections=pool / "md.json",
                     labelled=[str(labelled), str(s.out)], show_progress=False)  # fmt: skip
     assert again.rows == [] and again.labelled == 3
+
+
+def test_digit_classes_are_chosen_by_their_own_key(tmp_path: Path) -> None:
+    """Classes named 0-9 (the digits): pressing 7 labels the image 7 whatever its place in the
+    list; the model suggest recorded is gone, so its recorded classes are offered (with a note)."""
+    import json
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    playwright = pytest.importorskip("playwright.sync_api")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        p = tmp_path / f"d{i}.png"
+        class_image(i, rng, (16, 16)).save(p)
+        rows.append(f"{i + 1},{p},3,0.4,8,0.3,0.9,uncertain,0")
+    nxt = tmp_path / "next.csv"
+    nxt.write_text("rank,path,guess,p_guess,guess2,p_guess2,uncertainty,reason,duplicates\n" + "\n".join(rows) + "\n")
+    (tmp_path / "next.model.json").write_text(
+        json.dumps({"model": str(tmp_path / "gone"), "classes": list("0123456789")})
+    )
+    port = _free_port()
+    proc = _start(nxt, port)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#kind:text('1 / 3')")
+            keys = page.locator("#choices kbd").all_inner_texts()
+            page.keyboard.press("7")
+            page.wait_for_selector("#kind:text('2 / 3')")
+            page.keyboard.press("3")  # the guess: an accept
+            page.wait_for_selector("#kind:text('3 / 3')")
+            page.keyboard.press("0")
+            page.wait_for_selector("#done")
+            browser.close()
+    finally:
+        proc.kill()
+        out, _ = proc.communicate()
+    assert keys == ["3", "8", "0", "1", "2", "4", "5", "6", "7", "9"]  # the guess first, each on its own digit
+    assert [(r["label"], r["action"]) for r in _rows(tmp_path / "next-labels.csv")] == [
+        ("7", "relabel"), ("3", "accept"), ("0", "relabel")]  # fmt: skip
+    assert "is gone: its classes as recorded are offered" in out
+
+
+def test_suggest_never_writes_over_a_labels_file(project: dict, tmp_path: Path) -> None:
+    from imgcls.suggest import suggest
+
+    labels = tmp_path / "next-labels.csv"
+    labels.write_text("path,label,action\n/x.png,cat,accept\n")
+    with pytest.raises(UserError, match="exists and is not a suggestions file"):
+        suggest(project["model"], [str(project["root"] / "pool")], n=2, out=labels, show_progress=False)
+    assert labels.read_text() == "path,label,action\n/x.png,cat,accept\n"
+    again = tmp_path / "next.csv"
+    for _ in range(2):  # an earlier suggestions file is replaced
+        suggest(project["model"], [str(project["root"] / "pool")], n=2, out=again, show_progress=False)
+    assert len(_rows(again)) == 2

@@ -223,6 +223,7 @@ def _label(args: argparse.Namespace, classes: list[str]) -> int:
     print(f"label {c['total']} images{resumed}: open http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     print(f"  every label is saved at once to {session.out}, a --data spec")
     print(f"  then train: {session.hint}")
+    print(f"  ({session.hint_note})")
     if session.adopted:
         print(f"  {session.adopted} labels found in {session.out} are kept")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -233,6 +234,7 @@ def _label(args: argparse.Namespace, classes: list[str]) -> int:
           f"{c['reject']} left out, {c['skip']} skipped), in {session.out}")  # fmt: skip
     if c["decided"]:
         print(f"train: {session.hint}")
+        print(f"  ({session.hint_note})")
     return 0
 
 

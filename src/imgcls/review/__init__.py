@@ -83,13 +83,18 @@ def open_label_session(
     from imgcls.io import check_writable
 
     items, about = from_suggestions(suggestions)
-    model = model or about.get("model") or None
+    if model is not None and not Path(str(model)).is_dir():
+        raise UserError(f"--model {model}: not a model directory")
+    recorded = about.get("model")
+    if model is None and recorded and not Path(str(recorded)).is_dir():
+        from imgcls.console import info
+
+        info(f"note: the model suggest ranked with ({recorded}) is gone: its classes as recorded are offered")
+    model = model or (recorded if recorded and Path(str(recorded)).is_dir() else None)
     names: list[str] = []
     if model is not None:
         from imgcls.artifacts import read_info
 
-        if not Path(str(model)).is_dir():
-            raise UserError(f"model not found: {model} (the model suggest ranked with; give another with --model)")
         names += read_info(model).label_names
     else:
         names += [str(c) for c in about.get("classes") or []] + [c for it in items for c in it.candidates]
@@ -100,31 +105,30 @@ def open_label_session(
         raise UserError(f"--out {target} is the suggestions file itself: choose another labels file")
     check_writable(target)
     session = Session(items, target, classes=list(dict.fromkeys(n for n in names if n)), mode="label")
-    session.hint = train_hint(model, target.resolve())
+    session.hint, session.hint_note = train_hint(model, target.resolve())
     return session
 
 
-def train_hint(model: str | Path | None, labels: Path) -> str:
-    """The command that trains on the old data and the new labels, ready to run: the recipe of the
-    model's run (its ``config.yaml``), every data spec the model was trained on, then the labels
-    file, and a new run folder; one line more says how to start from the model's weights."""
+def train_hint(model: str | Path | None, labels: Path) -> tuple[str, str]:
+    """The command that trains on the old data and the new labels, ready to run (the recipe of the
+    model's run, its ``config.yaml``; every data spec the model was trained on, then the labels
+    file; a new run folder), and a note on how to start from the model's weights instead."""
     import shlex
 
     from imgcls.artifacts import read_info, run_folder
 
     out = ["--out", str(fresh_folder(labels.parent / "trained"))]
-    alone = shlex.join(["imgcls", "train", "--data", str(labels), *out])
     if model is None or not Path(str(model)).is_dir():
-        return f"{shlex.join(['imgcls', 'train', '--data', 'OLD_DATA', '--data', str(labels), *out])} (or {alone})"
+        alone = shlex.join(["imgcls", "train", "--data", str(labels), *out])
+        return alone, "the model is not known: add --data OLD_DATA before the labels to train on the old data too"
     info = read_info(model)
     specs = [str(s) for s in [info.provenance.get("data"), *(info.provenance.get("more_data") or [])] if s]
     specs = [s for s in specs if Path(s).resolve() != labels]  # a labels file grown round after round: once
     run = run_folder(model, info)
     recipe = ["--config", str(run / "config.yaml")] if run is not None and (run / "config.yaml").is_file() else []
     data = [a for s in [*specs, str(labels)] for a in ("--data", s)]
-    return shlex.join(["imgcls", "train", *recipe, *data, *out]) + (
-        f"  (add --pretrained {shlex.quote(str(Path(model).resolve()))} to start from the model's weights)"
-    )
+    note = f"add --pretrained {shlex.quote(str(Path(model).resolve()))} to start from the model's weights"
+    return shlex.join(["imgcls", "train", *recipe, *data, *out]), note
 
 
 def retrain_hint(summary: dict[str, Any], corrections: Path) -> str:

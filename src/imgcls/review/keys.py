@@ -40,8 +40,8 @@ KEYS = (
 
 
 LABEL_KEYS = (
-    Key("1–9", tuple("123456789"), "relabel", "accept / relabel", "the image is the numbered class (the model's "
-        "likeliest first: 1 is its guess)"),
+    Key("1–9", tuple("0123456789"), "relabel", "accept / relabel", "the image is the numbered class (the model's "
+        "likeliest first: 1 is its guess); where the classes are the digits 0-9, a digit is its own class"),
     Key("A", ("a", "A"), "accept", "accept", "the model's guess is right (as 1)"),
     Key("L", ("l", "L"), "type", "relabel", "type any class, Enter"),
     Key("N", ("n", "N"), "type", "relabel", "none of these: type the class it is (a new one needs a second Enter)"),

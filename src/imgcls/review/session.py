@@ -66,6 +66,7 @@ class Session:
         self.margin = margin
         self.multilabel = multilabel
         self.hint = ""  # the command that retrains with the decisions
+        self.hint_note = ""  # a line more about it (labelling: how to start from the model's weights)
         self.lock = threading.Lock()
         self.history: dict[str, list[Entry]] = {}  # key -> its decisions, the last one standing
         self.undo_stack: list[str] = []  # keys of the person's decisions, for U
@@ -73,6 +74,10 @@ class Session:
         self._sources: set[str] = set()  # files whose decisions were all adopted (ADOPTED marks)
         self.adopted = 0  # decisions taken over from a corrections file at this start
         self._load(inherit)
+        # U takes back decisions about this queue's images only: a file kept round after round
+        # holds earlier rounds' decisions, which are not on any page now
+        queued = {it.key for it in items}
+        self.undo_stack = [k for k in self.undo_stack if k in queued]
 
     # ------------------------------------------------------------------ state
     def _load(self, inherit: Path | None) -> None:

@@ -56,6 +56,24 @@ def check_options(n: int, strategy: str, measure: str, dedup: float) -> None:
         raise UserError(f"--dedup is a cosine similarity in (0, 1] (got {dedup})")
 
 
+def not_over_other_work(out: Path) -> None:
+    """``--out`` may replace an earlier suggestions file, never another file (a labels file
+    typed by mistake: a person's labels are not written over)."""
+    if not out.exists():
+        return
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give the suggestions CSV to write")
+    try:
+        with open(out, encoding="utf-8-sig") as f:
+            header = f.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        header = ""
+    if not header.startswith("rank,path,"):
+        shown = header[:60] or "not a CSV"
+        raise UserError(f"--out {out} exists and is not a suggestions file ({shown}): choose another --out, so as not "
+                        "to write over it")  # fmt: skip
+
+
 def _load(model: str | Path) -> Any:
     from imgcls.predict import Classifier
 
@@ -189,6 +207,7 @@ def suggest(
     check_inputs(inputs)  # a mistyped pool is a mistake to say, not an unreadable image
     check_output_apart([*inputs, *(labelled or [])], out)  # never write over the pool's list or the labels
     out_path = check_writable(out)
+    not_over_other_work(out_path)
     clf = _load(model)
     if next(iter_inputs(inputs), None) is None:
         raise UserError("the pool is empty: no image in " + " ".join(inputs))
