@@ -139,11 +139,7 @@ def build_trainer(
     from the checkpoint, so the pretrained ones are neither fetched nor read again. ``clock``:
     what the run's times are measured on (``started`` is on it)."""
     mp = model_plan
-    model, report = build_model(mp.arch, num_classes=mp.num_outputs, pretrained=None if resuming else mp.pretrained,
-                                norm=mp.norm, attn=mp.attn, drop_rate=cfg.model.drop_rate,
-                                class_names=list(table.class_names))  # fmt: skip
-    if report is not None and dist.main:
-        info(f"pretrained: {report.describe()}")
+    model = _network(cfg, mp, table, dist, resuming)
     model_pre = preprocess_config(model)
     pre = resolve_preprocess(cfg, model_pre, mp.image_side)
     data = load_training_data(cfg, pre, table, dist)
@@ -185,6 +181,17 @@ def build_trainer(
         train_batches.size_at = lambda step: sizes.size(step, tr.pos.total_steps)
     plan_steps(tr, timing.closing)
     return tr, plan
+
+
+def _network(cfg: RunConfig, mp: ModelPlan, table: DataTable, dist: Dist, resuming: bool) -> Any:
+    """The network, its pretrained weights loaded (said on the main process), the classifier's
+    rows matched to the table's classes by name where the weights are a model directory's."""
+    model, report = build_model(mp.arch, num_classes=mp.num_outputs, pretrained=None if resuming else mp.pretrained,
+                                norm=mp.norm, attn=mp.attn, drop_rate=cfg.model.drop_rate,
+                                class_names=list(table.class_names))  # fmt: skip
+    if report is not None and dist.main:
+        info(f"pretrained: {report.describe()}")
+    return model
 
 
 def batch_device(cfg: RunConfig, mp: ModelPlan, pre: PreprocessConfig) -> dict[str, Any]:

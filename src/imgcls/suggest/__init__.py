@@ -210,16 +210,13 @@ def suggest(
     not_over_other_work(out_path)
     clf = _load(model)
     if next(iter_inputs(inputs), None) is None:
-        raise UserError("the pool is empty: no image in " + " ".join(inputs))
+        raise UserError("the pool is empty: no image in " + " ".join(inputs))  # fmt: skip
     known = labelled_paths(labelled or [])
-    crops = None
-    if detections is not None:
-        crops = pool_crops(clf, inputs, detections, det_threshold, det_categories, crop_margin)
+    crops = pool_crops(clf, inputs, detections, det_threshold, det_categories, crop_margin) if detections else None
     scores = score_pool(clf, inputs, cache_dir(out_path), scorer=scorer, batch_size=batch_size, workers=workers,
                         chunk=chunk, show_progress=show_progress, items=crops.items if crops else None,
                         margin=crops.margin if crops else None)  # fmt: skip
-    if crops is not None:
-        scores.errors = crops.skipped + scores.errors
+    scores.errors = (crops.skipped if crops else []) + scores.errors
     cent = centred(scores.emb)
     keep, in_training, is_labelled, near = _eligible(clf, scores, cent, known, dedup if strategy == "auto" else None)
     rows_at = np.nonzero(keep)[0]
@@ -229,14 +226,7 @@ def suggest(
     picks = select(probs, emb, names, n, strategy=strategy, measure=uncertainty_measure, dedup=dedup, seed=seed)
     paths = [os.path.abspath(scores.paths[i]) for i in rows_at]  # the CSV is a list wherever it is read
     rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure, shown)
-    columns = COLUMNS
-    if crops is not None:  # a crop is its image's path and its box, as a labels file names it
-        from imgcls.suggest.score import split_key
-
-        for r in rows:
-            r["path"], r["box"] = split_key(r["path"])
-        columns = [*COLUMNS[:2], "box", *COLUMNS[2:]]
-    _write(out_path, rows, picks, paths, emb, scores.errors, columns)
+    _write(out_path, rows, picks, paths, emb, scores.errors, _crop_columns(rows) if crops is not None else COLUMNS)
     from imgcls.io import atomic_write_text
 
     about = {"model": str(Path(model).resolve()), "classes": names, "strategy": strategy, "n": n}
@@ -244,6 +234,16 @@ def suggest(
     return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors), len(rows_at), in_training,
                          is_labelled, scores.errors, scores.scored_now, near,
                          blank=crops.blank if crops else 0, crops=crops is not None)  # fmt: skip
+
+
+def _crop_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The CSV's columns for crops, each row's crop key split into its image's path and its box
+    (as a labels file names a crop)."""
+    from imgcls.suggest.score import split_key
+
+    for r in rows:
+        r["path"], r["box"] = split_key(r["path"])
+    return [*COLUMNS[:2], "box", *COLUMNS[2:]]
 
 
 def _eligible(

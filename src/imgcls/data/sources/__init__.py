@@ -84,6 +84,39 @@ def load_sources(
     names: list[str] = []
     for t in tables:
         names += [n for n in t.class_names if n not in names]
+    kept, skipped = _once_across(tables, [str(s) for s in specs])
+    if not kept:
+        raise UserError(f"no usable rows in {', '.join(specs)}")
+    multi = tables[0].multilabel
+    labels = [tables[k].label_names(i) for k, i in kept]
+    names_of_columns = dict.fromkeys(c for t in tables for c in t.columns)
+    columns = {c: [tables[k].columns[c][i] if c in tables[k].columns else "" for k, i in kept]
+               for c in names_of_columns}  # fmt: skip
+    boxed = any(t.boxes is not None for t in tables)
+    split_given = any(t.split is not None for t in tables)
+    splits = [t.split if t.split is not None else [None] * len(t) for t in tables]
+    boxes = [t.boxes if t.boxes is not None else np.full((len(t), 4), np.nan) for t in tables]
+    return DataTable(
+        kind="several",
+        root=tables[0].root,
+        paths=[tables[k].paths[i] for k, i in kept],
+        targets=make_targets(labels, names, multi),
+        class_names=names,
+        multilabel=multi,
+        split=[splits[k][i] for k, i in kept] if split_given else None,
+        columns=columns,
+        boxes=np.array([boxes[k][i] for k, i in kept]) if boxed else None,
+        crop_margin=tables[0].crop_margin,
+        skipped=skipped,
+        origin=np.array([k for k, _ in kept], dtype=np.int16),
+        origins=[str(s) for s in specs],
+    )
+
+
+def _once_across(tables: list[DataTable], specs: list[str]) -> tuple[list[tuple[int, int]], list[tuple[str, str]]]:
+    """(table, row) of every row kept, and the skips: each table's own, and an image (with its
+    crop box) met again in a later spec: listed again with the same labels, else left out on
+    both sides with both labels named."""
     whole = np.full(4, np.nan)
     rows: list[tuple[int, int]] = []  # (table, row) kept
     first: dict[tuple[str, str], int] = {}  # (real path, box) -> position in rows
@@ -107,33 +140,4 @@ def load_sources(
             drop.add(j)
             skipped.append((path, f"labelled {'; '.join(was) or '(none)'} in {specs[jk]} and "
                                   f"{'; '.join(now) or '(none)'} in {specs[k]}"))  # fmt: skip
-    kept = [r for n, r in enumerate(rows) if n not in drop]
-    if not kept:
-        raise UserError(f"no usable rows in {', '.join(specs)}")
-    multi = tables[0].multilabel
-    labels = [tables[k].label_names(i) for k, i in kept]
-    columns: dict[str, list[str]] = {}
-    for t in tables:
-        for c in t.columns:
-            columns.setdefault(c, [])
-    for c in columns:
-        columns[c] = [tables[k].columns[c][i] if c in tables[k].columns else "" for k, i in kept]
-    boxed = any(t.boxes is not None for t in tables)
-    split_given = any(t.split is not None for t in tables)
-    splits = [t.split if t.split is not None else [None] * len(t) for t in tables]
-    boxes = [t.boxes if t.boxes is not None else np.full((len(t), 4), np.nan) for t in tables]
-    return DataTable(
-        kind="several",
-        root=tables[0].root,
-        paths=[tables[k].paths[i] for k, i in kept],
-        targets=make_targets(labels, names, multi),
-        class_names=names,
-        multilabel=multi,
-        split=[splits[k][i] for k, i in kept] if split_given else None,
-        columns=columns,
-        boxes=np.array([boxes[k][i] for k, i in kept]) if boxed else None,
-        crop_margin=tables[0].crop_margin,
-        skipped=skipped,
-        origin=np.array([k for k, _ in kept], dtype=np.int16),
-        origins=[str(s) for s in specs],
-    )
+    return [r for n, r in enumerate(rows) if n not in drop], skipped

@@ -117,6 +117,27 @@ def _crop_column(header: list[str], rows: list[dict[str, str]], action_col: str 
     return col if all(crop_box(r.get(col) or "") for r in rows) else None
 
 
+def _row_problem(
+    row: dict[str, str], labels: list[str], multilabel: bool, split_col: str | None, action_col: str | None,
+    box_col: str | None, name: str,
+) -> tuple[str, str | None]:  # fmt: skip
+    """Why a row with a path is not used ("" when it is), and its split."""
+    if action_col is not None and (row.get(action_col) or "").strip().lower() == "reject":
+        return f"{REVIEWED} ({name})", None
+    if not multilabel and len(labels) != 1:
+        why = "no label" if not labels else f"several labels ({'; '.join(labels)})"
+        return f"{why} in a single-label manifest", None
+    split = None
+    if split_col is not None and (row.get(split_col) or "").strip():
+        value = (row.get(split_col) or "").strip().lower()
+        if value not in SPLIT_ALIASES:
+            return f"unknown split {value!r}", None
+        split = SPLIT_ALIASES[value]
+    if box_col is not None and not crop_box(row.get(box_col) or ""):
+        return f"box {row.get(box_col)!r} is not a crop box: x y w h, each a share of the image (0 to 1)", None
+    return "", split
+
+
 def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Path | None = None) -> DataTable:
     header, rows, line_of = read_rows(path)
     path_col, label_col = _pick(header, PATH_COLUMNS), _pick(header, LABEL_COLUMNS)
@@ -134,28 +155,13 @@ def read_manifest(path: Path, *, multilabel: bool | None = None, image_root: Pat
     skipped: list[tuple[str, str]] = []
     splits: list[str | None] = []
     for i, row in enumerate(rows):
-        line = line_of[i]
         raw = (row.get(path_col) or "").strip()
         if not raw:
-            skipped.append((f"{path.name}:{line}", "empty path"))
+            skipped.append((f"{path.name}:{line_of[i]}", "empty path"))
             continue
-        if action_col is not None and (row.get(action_col) or "").strip().lower() == "reject":
-            skipped.append((listed_path(base, raw), f"{REVIEWED} ({path.name})"))
-            continue
-        if not multilabel and len(labels[i]) != 1:
-            why = "no label" if not labels[i] else f"several labels ({'; '.join(labels[i])})"
-            skipped.append((listed_path(base, raw), f"{why} in a single-label manifest"))
-            continue
-        split = None
-        if split_col is not None and (row.get(split_col) or "").strip():
-            value = (row.get(split_col) or "").strip().lower()
-            if value not in SPLIT_ALIASES:
-                skipped.append((listed_path(base, raw), f"unknown split {value!r}"))
-                continue
-            split = SPLIT_ALIASES[value]
-        if box_col is not None and not crop_box(row.get(box_col) or ""):
-            skipped.append((listed_path(base, raw), f"box {row.get(box_col)!r} is not a crop box: x y w h, each "
-                                                    "a share of the image (0 to 1)"))  # fmt: skip
+        why, split = _row_problem(row, labels[i], multilabel, split_col, action_col, box_col, path.name)
+        if why:
+            skipped.append((listed_path(base, raw), why))
             continue
         keep.append(i)
         splits.append(split)
