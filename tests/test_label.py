@@ -307,6 +307,7 @@ def test_digit_classes_are_chosen_by_their_own_key(tmp_path: Path) -> None:
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("#kind:text('1 / 3')")
             keys = page.locator("#choices kbd").all_inner_texts()
+            legend_first = page.locator("#keys kbd").first.inner_text()
             page.keyboard.press("7")
             page.wait_for_selector("#kind:text('2 / 3')")
             page.keyboard.press("3")  # the guess: an accept
@@ -318,6 +319,7 @@ def test_digit_classes_are_chosen_by_their_own_key(tmp_path: Path) -> None:
         proc.kill()
         out, _ = proc.communicate()
     assert keys == ["3", "8", "0", "1", "2", "4", "5", "6", "7", "9"]  # the guess first, each on its own digit
+    assert legend_first == "0–9"
     assert [(r["label"], r["action"]) for r in _rows(tmp_path / "next-labels.csv")] == [
         ("7", "relabel"), ("3", "accept"), ("0", "relabel")]  # fmt: skip
     assert "is gone: its classes as recorded are offered" in out

@@ -372,7 +372,10 @@ def test_folders_leave_out_sidecar_files_and_missing_inputs_are_errors(
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found |= {int(c) for c in (task / "children").read_text().split()}
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except FileNotFoundError:  # a thread that ended while the tasks were listed: it forked nobody now
+            continue
     return found
 
 

@@ -355,3 +355,56 @@ def test_a_binary_models_guess_and_margin_are_at_its_own_threshold() -> None:
     assert rows[0]["path"] == "b" and rows[0]["guess"] == "empty" and rows[0]["p_guess"] == "0.2600"
     multi = SimpleNamespace(task="multiclass", info=SimpleNamespace(thresholds=[], positive_index=1))
     assert at_threshold(multi, shown) is shown
+
+
+def test_by_event_whole_events_are_chosen_each_with_all_its_items(trained: dict, tmp_path: Path) -> None:
+    """--aggregate sequence: n counts events (the frames of one trigger: folder and EXIF times
+    within --gap), each chosen event lists every item, consecutively, under its event; the most
+    uncertain event (by its items' mean probabilities) comes first."""
+    from datetime import datetime, timedelta
+
+    from ctfactory import exif_bytes
+    from imgcls.suggest.events import pooled
+
+    cam = tmp_path / "cam1"
+    cam.mkdir()
+    start = datetime(2024, 5, 1, 10, 0, 0)
+    rng = np.random.default_rng(0)
+    sizes = {"a": 3, "b": 2, "c": 3}
+    for e, (name, frames) in enumerate(sizes.items()):
+        for f in range(frames):
+            img = class_image(e, rng, (24, 24))
+            img.save(cam / f"{name}{f}.jpg", exif=exif_bytes(start + timedelta(minutes=10 * e, seconds=2 * f)))
+    # the scorer: event b's frames the least sure (margin ~0), a's the surest
+    margin = {"a": 0.9, "b": 0.02, "c": 0.5}
+    order: list[str] = []
+
+    def scorer(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        names = order[: len(pixels)]
+        del order[: len(pixels)]
+        return _probs([margin[Path(n).name[0]] for n in names]), np.eye(len(pixels), 8, dtype=np.float32)
+
+    import imgcls.suggest.score as score_module
+
+    real_run = score_module._run
+
+    def run(clf, todo, *a, **k):  # the scorer is told which files it scores, in order
+        order.extend(todo)
+        return real_run(clf, todo, *a, **k)
+
+    score_module._run = run
+    try:
+        r = suggest(trained["model"], [str(cam)], n=2, out=tmp_path / "next.csv", aggregate="sequence", scorer=scorer,
+                    show_progress=False, workers=0)  # fmt: skip
+    finally:
+        score_module._run = real_run
+    rows = _rows(tmp_path / "next.csv")
+    # b (the least sure) first, then c (less sure than a, as far from b): every frame of each
+    assert [Path(x["path"]).name for x in rows] == ["b0.jpg", "b1.jpg", "c0.jpg", "c1.jpg", "c2.jpg"]
+    events = [x["sequence"] for x in rows]
+    assert len(set(events)) == 2 and events[:2] == [events[0]] * 2 and events[2:] == [events[2]] * 3
+    assert all("event" in x["reason"] for x in rows) and len(r.rows) == len(rows)
+    p, _, groups = pooled(
+        np.array([[0.2, 0.8], [0.4, 0.6], [1.0, 0.0]]), np.eye(3, 2, dtype=np.float16), ["x", "x", "y"]
+    )
+    assert np.allclose(p, [[0.3, 0.7], [1.0, 0.0]]) and groups == [[0, 1], [2]]

@@ -55,6 +55,12 @@ class ModelInfo:
     path: Path | None = None
 
     @property
+    def trained_on(self) -> list[str]:
+        """Every data spec the model was trained on (``train --data``, given once or more)."""
+        specs = [self.provenance.get("data"), *(self.provenance.get("more_data") or [])]
+        return [str(s) for s in specs if s]
+
+    @property
     def positive_index(self) -> int:
         """Binary: the positive class's index in ``label_names`` (the second by default)."""
         return self.label_names.index(self.positive_class) if self.positive_class in self.label_names else 1

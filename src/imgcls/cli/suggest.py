@@ -46,6 +46,10 @@ def add_suggest(sub: Any) -> None:
         help="detections at or above this confidence are crops (default: the model's, else 0.2)",
     )
     p.add_argument("--det-categories", help="detection categories to crop (default: the model's, else animal)")
+    p.add_argument("--aggregate", choices=["none", "sequence"], default="none",
+                   help="sequence: choose --n events (the frames one trigger took: the camera's folder and EXIF "
+                   "times), each listed with all its images or crops (default none: single items)")  # fmt: skip
+    p.add_argument("--gap", type=float, default=30.0, help="seconds between frames of one event (default 30)")
     p.add_argument("--crop-margin", type=float, help="share of the box's longer side added around a crop "
                    "(default: the model's, else 0.1)")  # fmt: skip
 
@@ -57,7 +61,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         args.model, args.inputs, n=args.n, out=args.out, strategy=args.strategy, uncertainty_measure=args.uncertainty,
         dedup=args.dedup, labelled=args.labelled, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
         detections=args.detections, det_threshold=args.det_threshold, det_categories=args.det_categories,
-        crop_margin=args.crop_margin,
+        crop_margin=args.crop_margin, aggregate=args.aggregate, gap=args.gap,
     )  # fmt: skip
     what = "item" if r.crops else "image"
     blank = f" ({_count(r.blank, 'frame')} without a detection left out as blank)" if r.crops else ""
@@ -74,7 +78,10 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         return 0
     dups = sum(int(row["duplicates"]) for row in r.rows)
     how = "collapsed into the picks" if args.strategy == "auto" else "of the picks (--strategy auto collapses them)"
-    print(f"suggested: {len(r.rows)} of {r.eligible} ({args.strategy}); {dups} near-duplicates {how}, "
+    chosen = str(len(r.rows))
+    if args.aggregate == "sequence":
+        chosen = f"{len({row['sequence'] for row in r.rows})} events ({len(r.rows)} {what}s)"
+    print(f"suggested: {chosen} of {r.eligible} ({args.strategy}); {dups} near-duplicates {how}, "
           f"listed in {beside(r.out, 'duplicates')}")  # fmt: skip
     print(f"wrote {r.out}")
     return 0

@@ -287,7 +287,7 @@ def evaluate(
         paths=[table.paths[int(i)] for i in ok], targets=targets, probs=probs,
         metrics={**all_metrics(info, table, probs, targets, ok, skipped), **extra}, skipped=skipped,
         groups=_groups(table, ok), split=sel.split, data=str(sel.data), model=str(model), run_dir=sel.run,
-        selection_split=sel.split == "val" and _same_data(sel.data, info.provenance.get("data")),
+        selection_split=sel.split == "val" and any(_same_data(sel.data, s) for s in info.trained_on),
         thresholds=tuple(info.thresholds), engine=clf.engine,
     )  # fmt: skip
     return _with_report(result, out)
@@ -369,10 +369,9 @@ def _with_report(result: EvalResult, out: str | Path | None) -> EvalResult:
 
 def _data_of(info: Any) -> list[str]:
     """The model's training data specs (one, or every ``--data`` it was trained with)."""
-    data = info.provenance.get("data")
-    if not data:
+    specs = info.trained_on
+    if not specs:
         raise UserError("--data is required: the model does not record its training data")
-    specs = [str(data), *[str(s) for s in info.provenance.get("more_data") or []]]
     for spec in specs:
         if not Path(spec).exists():
             raise UserError(f"the model's training data {spec} is no longer there: give the images to evaluate with "

@@ -122,8 +122,7 @@ def train_hint(model: str | Path | None, labels: Path) -> tuple[str, str]:
         alone = shlex.join(["imgcls", "train", "--data", str(labels), *out])
         return alone, "the model is not known: add --data OLD_DATA before the labels to train on the old data too"
     info = read_info(model)
-    specs = [str(s) for s in [info.provenance.get("data"), *(info.provenance.get("more_data") or [])] if s]
-    specs = [s for s in specs if Path(s).resolve() != labels]  # a labels file grown round after round: once
+    specs = [s for s in info.trained_on if Path(s).resolve() != labels]  # a labels file grown round after round: once
     run = run_folder(model, info)
     recipe = ["--config", str(run / "config.yaml")] if run is not None and (run / "config.yaml").is_file() else []
     data = [a for s in [*specs, str(labels)] for a in ("--data", s)]

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from imgcls.errors import UserError
-from imgcls.suggest.rank import STRATEGIES, UNCERTAINTIES, Pick, centred, select, uncertainty
+from imgcls.suggest.events import event_ids, select_by
+from imgcls.suggest.rank import STRATEGIES, UNCERTAINTIES, Pick, centred, uncertainty
 from imgcls.suggest.score import Scorer, cache_dir, score_pool
 
 __all__ = ["COLUMNS", "SuggestResult", "about_file", "suggest"]
@@ -194,16 +195,21 @@ def suggest(
     det_threshold: float | None = None,
     det_categories: str | None = None,
     crop_margin: float | None = None,
+    aggregate: str = "none",
+    gap: float = 30.0,
 ) -> SuggestResult:
     """Rank the pool ``inputs`` and write the ``n`` images to label first to ``out`` (see the
     module docstring). ``scorer`` replaces the model's (probabilities, embeddings) of a batch.
     With ``detections`` (MegaDetector results) an item is a detection crop at or above
     ``det_threshold`` of ``det_categories`` (default: the model's own crop settings), cut as
-    training cuts it; frames without one are blank, left out."""
+    training cuts it; frames without one are blank, left out. ``aggregate="sequence"``: ``n``
+    events are chosen (:mod:`~imgcls.suggest.events`), each listed with all its items."""
     from imgcls.io import check_writable
     from imgcls.predict.inputs import check_inputs, check_output_apart, iter_inputs
 
     check_options(n, strategy, uncertainty_measure, dedup)
+    if aggregate not in ("none", "sequence"):
+        raise UserError(f"unknown --aggregate {aggregate!r} (none or sequence)")
     check_inputs(inputs)  # a mistyped pool is a mistake to say, not an unreadable image
     check_output_apart([*inputs, *(labelled or [])], out)  # never write over the pool's list or the labels
     out_path = check_writable(out)
@@ -223,10 +229,12 @@ def suggest(
     shown, emb = scores.probs[rows_at], cent[rows_at]
     probs = at_threshold(clf, shown)  # what the ranking reads: a binary model's own decision boundary at 0.5
     names = list(clf.label_names)
-    picks = select(probs, emb, names, n, strategy=strategy, measure=uncertainty_measure, dedup=dedup, seed=seed)
+    events = event_ids([scores.paths[i] for i in rows_at], gap) if aggregate == "sequence" else None
+    picks = select_by(probs, emb, names, n, events, strategy=strategy, measure=uncertainty_measure, dedup=dedup,
+                      seed=seed)  # fmt: skip
     paths = [os.path.abspath(scores.paths[i]) for i in rows_at]  # the CSV is a list wherever it is read
     rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure, shown)
-    _write(out_path, rows, picks, paths, emb, scores.errors, _crop_columns(rows) if crops is not None else COLUMNS)
+    _write(out_path, rows, picks, paths, emb, scores.errors, _columns(rows, picks, crops is not None, events))
     from imgcls.io import atomic_write_text
 
     about = {"model": str(Path(model).resolve()), "classes": names, "strategy": strategy, "n": n}
@@ -236,14 +244,21 @@ def suggest(
                          blank=crops.blank if crops else 0, crops=crops is not None)  # fmt: skip
 
 
-def _crop_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The CSV's columns for crops, each row's crop key split into its image's path and its box
-    (as a labels file names a crop)."""
+def _columns(rows: list[dict[str, Any]], picks: list[Pick], crops: bool, events: list[str] | None) -> list[str]:
+    """The CSV's columns: for crops each row's crop key split into its image's path and its box
+    (as a labels file names a crop); by event, each row's event."""
     from imgcls.suggest.score import split_key
 
-    for r in rows:
-        r["path"], r["box"] = split_key(r["path"])
-    return [*COLUMNS[:2], "box", *COLUMNS[2:]]
+    columns = list(COLUMNS)
+    if events is not None:
+        for r, p in zip(rows, picks, strict=True):
+            r["sequence"] = events[p.index]
+        columns.insert(2, "sequence")
+    if crops:
+        for r in rows:
+            r["path"], r["box"] = split_key(r["path"])
+        columns.insert(2, "box")
+    return columns
 
 
 def _eligible(
