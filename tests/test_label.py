@@ -310,9 +310,12 @@ def test_digit_classes_are_chosen_by_their_own_key(tmp_path: Path) -> None:
             legend_first = page.locator("#keys kbd").first.inner_text()
             page.keyboard.press("7")
             page.wait_for_selector("#kind:text('2 / 3')")
-            page.keyboard.press("3")  # the guess: an accept
+            page.keyboard.press("n")  # none of these: a new class ...
+            page.keyboard.type("unknown")
+            page.keyboard.press("Enter")
+            page.keyboard.press("Enter")
             page.wait_for_selector("#kind:text('3 / 3')")
-            page.keyboard.press("0")
+            page.keyboard.press("0")  # ... and a digit still means its digit
             page.wait_for_selector("#done")
             browser.close()
     finally:
@@ -321,7 +324,7 @@ def test_digit_classes_are_chosen_by_their_own_key(tmp_path: Path) -> None:
     assert keys == ["3", "8", "0", "1", "2", "4", "5", "6", "7", "9"]  # the guess first, each on its own digit
     assert legend_first == "0–9"
     assert [(r["label"], r["action"]) for r in _rows(tmp_path / "next-labels.csv")] == [
-        ("7", "relabel"), ("3", "accept"), ("0", "relabel")]  # fmt: skip
+        ("7", "relabel"), ("unknown", "relabel"), ("0", "relabel")]  # fmt: skip
     assert "is gone: its classes as recorded are offered" in out
 
 

@@ -103,6 +103,11 @@ def test_a_labels_file_names_crops_and_training_keeps_them(tmp_path: Path) -> No
     other = _labels(tmp_path / "px.csv", [(str(frame), "cat", "2 3 10 12")], ("path", "label", "box"))
     plain = load_sources([str(other)])
     assert plain.boxes is None and plain.columns["box"] == ["2 3 10 12"]
+    # mostly crop boxes: a crop file, and the odd one out is skipped with the reason (not read as a whole image)
+    mixed = _labels(tmp_path / "mixed.csv", [(str(frame), "cat", "0.1 0.1 0.3 0.3"), (str(frame), "dog", "0.5 0.5 0.4 0.4"),
+                                             (str(frame), "dog", "2 3 10 12")], ("path", "label", "box"))  # fmt: skip
+    table = load_sources([str(mixed)])
+    assert table.boxes is not None and len(table) == 2 and "is not a crop box" in table.skipped[0][1]
     md = tmp_path / "md.json"
     md.write_text('{"images": [], "detection_categories": {"1": "animal"}}')
     cropped = crop_table(table, read_detections(md, None))  # the frame is not in md.json: its crops stay
@@ -211,3 +216,35 @@ def test_an_audits_retraining_hint_names_every_spec(tmp_path: Path) -> None:
     b.write_text("path,label\n")
     args = data_args(DataConfig(data=str(a), more_data=[str(b)]))
     assert args == ["--data", str(a.resolve()), "--data", str(b.resolve())]
+
+
+def test_a_binary_models_one_output_follows_its_positive_class(tmp_path: Path) -> None:
+    """A binary model's single logit is the positive class's log-odds: kept for the same positive
+    class, negated when the other class is positive now, fresh for other classes; a multi-class
+    model sharing no class with the new data gives no rows by position."""
+    import torch
+
+    from imgcls.artifacts import save_model
+    from imgcls.models.factory import build_model, preprocess_config
+
+    torch.manual_seed(0)
+    old, _ = build_model("lenet", num_classes=1)
+    save_model(old, tmp_path / "m", label_names=["cat", "dog"], preprocess=preprocess_config(old),
+               task={"name": "binary", "positive_class": "dog"}, provenance={})  # fmt: skip
+    was = old.state_dict()
+    head = [k for k in was if was[k].shape[:1] == (1,) and k.startswith(("fc", "classifier", "head"))] or [
+        k for k in was if was[k].shape[0] == 1]  # fmt: skip
+    same, _ = build_model("lenet", num_classes=1, pretrained=tmp_path / "m", class_names=["cat", "dog"])
+    flipped, said = build_model("lenet", num_classes=1, pretrained=tmp_path / "m", class_names=["cat", "dog"],
+                                positive="cat")  # fmt: skip
+    other, _ = build_model("lenet", num_classes=1, pretrained=tmp_path / "m", class_names=["fox", "owl"])
+    for k in head:
+        assert torch.equal(same.state_dict()[k], was[k])
+        assert torch.equal(flipped.state_dict()[k], -was[k])
+        assert not torch.equal(other.state_dict()[k], was[k])
+    assert "negated: cat is the positive class now" in said.describe()
+    multi, _ = build_model("lenet", num_classes=3)
+    save_model(multi, tmp_path / "k", label_names=["a", "b", "c"], preprocess=preprocess_config(multi),
+               task={"name": "multiclass"}, provenance={})  # fmt: skip
+    _, said = build_model("lenet", num_classes=3, pretrained=tmp_path / "k", class_names=["x", "y", "z"])
+    assert "no class in common" in said.describe()

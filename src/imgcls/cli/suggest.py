@@ -81,7 +81,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     chosen = str(len(r.rows))
     if args.aggregate == "sequence":
         chosen = f"{len({row['sequence'] for row in r.rows})} events ({len(r.rows)} {what}s)"
-    print(f"suggested: {chosen} of {r.eligible} ({args.strategy}); {dups} near-duplicates {how}, "
+    of = f"{r.eligible} {what}s" if args.aggregate == "sequence" else str(r.eligible)
+    print(f"suggested: {chosen} of {of} ({args.strategy}); {dups} near-duplicates {how}, "
           f"listed in {beside(r.out, 'duplicates')}")  # fmt: skip
     print(f"wrote {r.out}")
     return 0

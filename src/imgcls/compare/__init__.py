@@ -165,7 +165,8 @@ def _same_settings(folder: Path, base: Any) -> None:
             stale.unlink(missing_ok=True)
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
-        changed = [f"{k} {_said(before[s].get(k))}, given {_said(v)}" for s in now for k, v in now[s].items()
+        changed = [f"{'data after the first' if k == 'more_data' else k} {_said(before[s].get(k))}, given {_said(v)}"
+                   for s in now for k, v in now[s].items()
                    if s in before and k not in FREE and before[s].get(k) != v]  # fmt: skip
         if changed:
             raise UserError(f"{folder} holds a compare with other common settings ({'; '.join(changed[:3])}): run it "

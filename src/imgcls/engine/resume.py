@@ -76,7 +76,8 @@ def apply_resume_options(cfg: RunConfig, given: dict[str, Any], requested: dict[
             changes.append(f"{key.replace('_', '-')} {was} -> {now}")
         else:
             was, now = _shown(saved, wanted, quote=True)
-            refused.append(f"--{key.replace('_', '-')} (the run has {was}, given {now})")
+            flag = "--data after the first" if key == "more_data" else f"--{key.replace('_', '-')}"
+            refused.append(f"{flag} (the run has {was}, given {now})")
     if refused:
         allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
         raise UserError(

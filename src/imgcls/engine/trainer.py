@@ -188,7 +188,7 @@ def _network(cfg: RunConfig, mp: ModelPlan, table: DataTable, dist: Dist, resumi
     rows matched to the table's classes by name where the weights are a model directory's."""
     model, report = build_model(mp.arch, num_classes=mp.num_outputs, pretrained=None if resuming else mp.pretrained,
                                 norm=mp.norm, attn=mp.attn, drop_rate=cfg.model.drop_rate,
-                                class_names=list(table.class_names))  # fmt: skip
+                                class_names=list(table.class_names), positive=cfg.train.positive)  # fmt: skip
     if report is not None and dist.main:
         info(f"pretrained: {report.describe()}")
     return model

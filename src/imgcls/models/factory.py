@@ -36,6 +36,7 @@ def build_model(
     drop_rate: float = 0.0,
     partial: bool = False,
     class_names: list[str] | None = None,
+    positive: str | None = None,
 ) -> tuple[nn.Module, LoadReport | None]:
     """Like :func:`create_model`, also returning what the pretrained-weight load did;
     ``class_names``: the outputs' classes, matched by name against a model directory's."""
@@ -54,7 +55,7 @@ def build_model(
     setattr(model, "imgcls_arch", arch)  # noqa: B010 (nn.Module's typed __setattr__)
     report = None
     if pretrained not in (None, False, "", "none", "None", "false", "no"):
-        report = load_pretrained(model, entry, pretrained, partial=partial, class_names=class_names)
+        report = load_pretrained(model, entry, pretrained, partial=partial, class_names=class_names, positive=positive)
     return model, report
 
 

@@ -276,12 +276,14 @@ def load_pretrained(
     *,
     partial: bool = False,
     class_names: list[str] | None = None,
+    positive: str | None = None,
 ) -> LoadReport:
     """Load weights from ``pretrained`` (see :func:`resolve_source`) into a freshly built model
     and update its preprocessing config to the one the weights were trained with. From a model
     directory whose classes are known, with ``class_names`` (the new model's outputs), the
     classifier's rows are matched by class name: a class the model had keeps its row wherever
-    it now sits, a new class starts fresh (continuing a model with new labels)."""
+    it now sits, a new class starts fresh (continuing a model with new labels); a binary model's
+    one output is kept for the same ``positive`` class, negated for the other one, else fresh."""
     src = resolve_source(entry, pretrained)
     cfg: dict[str, Any] = getattr(model, "pretrained_cfg", {})
     classifier = str(cfg.get("classifier", "fc"))
@@ -309,23 +311,31 @@ def load_pretrained(
             saved = whole.get("pretrained_cfg", {})
             cfg.update({k: saved[k] for k in ("mean", "std", "interpolation", "crop_pct") if k in saved})
             if class_names is not None and whole.get("label_names"):
-                state, source = _head_by_name(model, state, classifier, list(whole["label_names"]), class_names, source)
+                old = list(whole["label_names"])
+                ends = (whole.get("positive_class") or old[-1], positive or class_names[-1])
+                state, source = _head_by_name(model, state, classifier, old, class_names, source, ends)
     return load_state(model, state, classifier=classifier, source=source, partial=partial)
 
 
 def _head_by_name(
-    model: nn.Module, state: dict[str, torch.Tensor], classifier: str, old: list[str], new: list[str], source: str
-) -> tuple[dict[str, torch.Tensor], str]:
+    model: nn.Module, state: dict[str, torch.Tensor], classifier: str, old: list[str], new: list[str], source: str,
+    positives: tuple[str, str],
+) -> tuple[dict[str, torch.Tensor], str]:  # fmt: skip
     """``state`` with the classifier's rows rearranged from the ``old`` classes' order to the
-    ``new`` one's (a new class keeps the fresh model's row); unchanged where the head is not one
-    row per class (a binary model's single output) or no class is shared."""
+    ``new`` one's (a new class keeps the fresh model's row); no class shared, the classifier starts
+    fresh. A single-output head (binary: the logit of ``positives`` = (old positive, new
+    positive)) is kept for the same positive class, negated for the other class of the same two."""
     own = model.state_dict()
     head = [k for k in state if k.startswith(classifier + ".") and k in own]
-    rows = [old.index(n) if n in old else -1 for n in new]
-    if old == new or not head or all(r < 0 for r in rows):
+    if not head or (old == new and positives[0] == positives[1]):
         return state, source
+    if all(state[k].shape[0] == 1 and own[k].shape[0] == 1 for k in head):
+        return _binary_head(state, head, old, new, positives, source)
+    rows = [old.index(n) if n in old else -1 for n in new]
     if any(state[k].shape[0] != len(old) or own[k].shape[0] != len(new) for k in head):
         return state, source
+    if all(r < 0 for r in rows):  # nothing in common: not copied by position
+        return {k: v for k, v in state.items() if k not in head}, f"{source} (no class in common: a new classifier)"
     out = dict(state)
     for k in head:
         t = own[k].clone()
@@ -335,3 +345,18 @@ def _head_by_name(
         out[k] = t
     kept = sum(r >= 0 for r in rows)
     return out, f"{source} (classifier rows matched by class name: {kept} of {len(new)} classes kept)"
+
+
+def _binary_head(
+    state: dict[str, torch.Tensor], head: list[str], old: list[str], new: list[str], positives: tuple[str, str],
+    source: str,
+) -> tuple[dict[str, torch.Tensor], str]:  # fmt: skip
+    """A binary model's one logit: kept for the same positive class, negated (it is the other
+    class's log-odds) when the positive is the old negative of the same two classes, else left
+    out (a new classifier)."""
+    if positives[0] == positives[1]:
+        return state, source
+    if sorted(old) == sorted(new) and len(old) == 2:
+        said = f"{source} (its one output negated: {positives[1]} is the positive class now)"
+        return {**state, **{k: -state[k] for k in head}}, said
+    return {k: v for k, v in state.items() if k not in head}, f"{source} (other classes: a new classifier)"

@@ -46,7 +46,11 @@ class SuggestResult:
     crops: bool = False  # the items are detection crops
 
 
-def check_options(n: int, strategy: str, measure: str, dedup: float) -> None:
+def check_options(n: int, strategy: str, measure: str, dedup: float, aggregate: str = "none", gap: float = 30) -> None:
+    if aggregate not in ("none", "sequence"):
+        raise UserError(f"unknown --aggregate {aggregate!r} (none or sequence)")
+    if gap <= 0:
+        raise UserError(f"--gap is the seconds between frames of one event: above 0 (got {gap:g})")
     if n < 1:
         raise UserError(f"--n must be at least 1 (got {n})")
     if strategy not in STRATEGIES:
@@ -55,6 +59,19 @@ def check_options(n: int, strategy: str, measure: str, dedup: float) -> None:
         raise UserError(f"unknown --uncertainty {measure!r} (choose from {', '.join(UNCERTAINTIES)})")
     if not 0 < dedup <= 1:
         raise UserError(f"--dedup is a cosine similarity in (0, 1] (got {dedup})")
+
+
+def _checked_out(inputs: list[str], labelled: list[str], out: str | Path) -> Path:
+    """``--out``, checked before any work: the pool named right (a mistyped pool is a mistake to
+    say, not an unreadable image), the file neither an input nor a list of labels."""
+    from imgcls.io import check_writable
+    from imgcls.predict.inputs import check_inputs, check_output_apart
+
+    check_inputs(inputs)
+    check_output_apart([*inputs, *labelled], out)  # never write over the pool's list or the labels
+    out_path = check_writable(out)
+    not_over_other_work(out_path)
+    return out_path
 
 
 def not_over_other_work(out: Path) -> None:
@@ -165,14 +182,15 @@ def labelled_paths(labelled: list[str]) -> set[str]:
 def _crop_rows(path: Path) -> set[str]:
     """The crops a labels CSV with a ``box`` column names (``imgcls review --label`` over
     suggested crops), as resolved crop keys; empty for a CSV without one."""
-    from imgcls.data.sources.manifest import read_rows
+    from imgcls.data.sources.manifest import PATH_COLUMNS, _pick, read_rows
     from imgcls.data.table import listed_path, parse_box
     from imgcls.suggest.score import crop_key
 
     header, rows, _ = read_rows(path)
-    if "box" not in header or "path" not in header:
+    col, box = _pick(header, PATH_COLUMNS), _pick(header, ("box",))
+    if col is None or box is None:
         return set()
-    return {crop_key(listed_path(path.parent, r["path"]), parse_box(r.get("box") or "")) for r in rows if r.get("path")}
+    return {crop_key(listed_path(path.parent, r[col]), parse_box(r.get(box) or "")) for r in rows if r.get(col)}
 
 
 def suggest(
@@ -204,16 +222,10 @@ def suggest(
     ``det_threshold`` of ``det_categories`` (default: the model's own crop settings), cut as
     training cuts it; frames without one are blank, left out. ``aggregate="sequence"``: ``n``
     events are chosen (:mod:`~imgcls.suggest.events`), each listed with all its items."""
-    from imgcls.io import check_writable
-    from imgcls.predict.inputs import check_inputs, check_output_apart, iter_inputs
+    from imgcls.predict.inputs import iter_inputs
 
-    check_options(n, strategy, uncertainty_measure, dedup)
-    if aggregate not in ("none", "sequence"):
-        raise UserError(f"unknown --aggregate {aggregate!r} (none or sequence)")
-    check_inputs(inputs)  # a mistyped pool is a mistake to say, not an unreadable image
-    check_output_apart([*inputs, *(labelled or [])], out)  # never write over the pool's list or the labels
-    out_path = check_writable(out)
-    not_over_other_work(out_path)
+    check_options(n, strategy, uncertainty_measure, dedup, aggregate, gap)
+    out_path = _checked_out(inputs, labelled or [], out)
     clf = _load(model)
     if next(iter_inputs(inputs), None) is None:
         raise UserError("the pool is empty: no image in " + " ".join(inputs))  # fmt: skip
@@ -229,16 +241,15 @@ def suggest(
     shown, emb = scores.probs[rows_at], cent[rows_at]
     probs = at_threshold(clf, shown)  # what the ranking reads: a binary model's own decision boundary at 0.5
     names = list(clf.label_names)
-    events = event_ids([scores.paths[i] for i in rows_at], gap) if aggregate == "sequence" else None
+    # events over every scored item: a labelled frame in the middle of a burst does not cut it in two
+    every = event_ids(scores.paths, gap) if aggregate == "sequence" else None
+    events = [every[i] for i in rows_at] if every is not None else None
     picks = select_by(probs, emb, names, n, events, strategy=strategy, measure=uncertainty_measure, dedup=dedup,
                       seed=seed)  # fmt: skip
     paths = [os.path.abspath(scores.paths[i]) for i in rows_at]  # the CSV is a list wherever it is read
     rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure, shown)
     _write(out_path, rows, picks, paths, emb, scores.errors, _columns(rows, picks, crops is not None, events))
-    from imgcls.io import atomic_write_text
-
-    about = {"model": str(Path(model).resolve()), "classes": names, "strategy": strategy, "n": n}
-    atomic_write_text(about_file(out_path), json.dumps(about, indent=1) + "\n")
+    _write_about(out_path, {"model": str(Path(model).resolve()), "classes": names, "strategy": strategy, "n": n})
     return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors), len(rows_at), in_training,
                          is_labelled, scores.errors, scores.scored_now, near,
                          blank=crops.blank if crops else 0, crops=crops is not None)  # fmt: skip
@@ -321,6 +332,12 @@ def _rows(
             "uncertainty": f"{u[pick.index]:.4f}", "reason": pick.reason, "duplicates": len(pick.duplicates),
         })  # fmt: skip
     return rows
+
+
+def _write_about(out: Path, about: dict[str, Any]) -> None:
+    from imgcls.io import atomic_write_text
+
+    atomic_write_text(about_file(out), json.dumps(about, indent=1) + "\n")
 
 
 def about_file(out: Path) -> Path:

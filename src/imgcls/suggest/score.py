@@ -114,7 +114,7 @@ def _open_cache(folder: Path, fingerprint: str) -> None:
     if known != fingerprint:
         old = sorted(folder.glob("chunk-*.npz"))
         if old:
-            info(f"suggest: {folder} holds another model's scores; scoring afresh")
+            info(f"suggest: {folder} holds scores of another model or other crop settings; scoring afresh")
         for f in old:
             f.unlink()
     folder.mkdir(parents=True, exist_ok=True)

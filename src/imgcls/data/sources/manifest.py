@@ -109,12 +109,15 @@ def crop_box(text: str) -> bool:
 
 def _crop_column(header: list[str], rows: list[dict[str, str]], action_col: str | None) -> str | None:
     """The ``box`` column when it names crops: in a labels or corrections file (an ``action``
-    column: a box that is not one skips its row), else only when every value is a crop box; a
-    ``box`` column of anything else (pixel boxes, ids) stays an ordinary column."""
+    column), else when most of its values are crop boxes (a row whose box is not one is then
+    skipped with the reason, never read as its whole image); a ``box`` column of anything else
+    (pixel boxes, ids) stays an ordinary column."""
     col = _pick(header, ("box",))
     if col is None or action_col is not None:
         return col
-    return col if all(crop_box(r.get(col) or "") for r in rows) else None
+    given = [(r.get(col) or "").strip() for r in rows]
+    crops = sum(1 for v in given if v and crop_box(v))
+    return col if crops > sum(1 for v in given if v) - crops else None
 
 
 def _row_problem(
