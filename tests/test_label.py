@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,6 +146,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _chromium() -> tuple[Any, str]:
+    """Playwright and the machine's chromium, or the test is skipped saying what is missing."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    return playwright, chromium
+
+
+def _open(p: Any, chromium: str, port: int) -> tuple[Any, Any]:
+    """A headless browser and its page on the labelling server at ``port``."""
+    browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{port}/")
+    return browser, page
+
+
 def _start(nxt: Path, port: int) -> subprocess.Popen:
     import httpx
 
@@ -164,19 +182,14 @@ def _start(nxt: Path, port: int) -> subprocess.Popen:
 def test_the_page_in_a_real_browser_and_a_kill(project: dict, tmp_path: Path) -> None:
     """Number keys (the guess, the runner-up), N with a new class (taken on the second Enter),
     X, S, U, a reload; then kill -9 and a restart: every label is there."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    playwright = pytest.importorskip("playwright.sync_api")
-    if chromium is None:
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    playwright, chromium = _chromium()
     nxt = _fresh(project, tmp_path)
     listed = _rows(nxt)
     port = _free_port()
     proc = _start(nxt, port)
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
+            browser, page = _open(p, chromium, port)
             page.wait_for_selector("#kind:text('to label · 1 / 5')")
             title = page.inner_text("#title")
             legend = page.locator("#keys kbd").all_inner_texts()
@@ -283,10 +296,7 @@ def test_digit_classes_are_chosen_by_their_own_key(tmp_path: Path) -> None:
     list; the model suggest recorded is gone, so its recorded classes are offered (with a note)."""
     import json
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    playwright = pytest.importorskip("playwright.sync_api")
-    if chromium is None:
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    playwright, chromium = _chromium()
     rng = np.random.default_rng(0)
     rows = []
     for i in range(3):
@@ -302,9 +312,7 @@ def test_digit_classes_are_chosen_by_their_own_key(tmp_path: Path) -> None:
     proc = _start(nxt, port)
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
+            browser, page = _open(p, chromium, port)
             page.wait_for_selector("#kind:text('1 / 3')")
             keys = page.locator("#choices kbd").all_inner_texts()
             legend_first = page.locator("#keys kbd").first.inner_text()
