@@ -10,6 +10,7 @@ uses (:mod:`imgcls.engine.finish`). It writes the run directory:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,39 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] 
     check_writable(run, folder=True)
     run.mkdir(parents=True, exist_ok=True)
     return run, None
+
+
+def _device_type(cfg: RunConfig) -> str:
+    return "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def _prepare_on_rank_0(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] | None]:
+    """:func:`prepare_run_dir`, and under ``torchrun`` rank 0's verdict on a new run folder for
+    the other ranks: when rank 0 refuses it, it joins the process group only to say why, so that
+    the others stop with its reason rather than wait for it in the group for ever (a torchrun
+    agent does not stop its node when another node's process fails). :func:`_hear_rank_0` is the
+    other side; rank 0 says nothing when it accepts (every rank then hears ``None``)."""
+    from imgcls.io import launch_rank
+
+    try:
+        return prepare_run_dir(cfg, resume)
+    except UserError as e:
+        if resume or launch_rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            raise  # with --resume every rank checks the checkpoint itself
+        dist = init_distributed(_device_type(cfg))
+        try:
+            dist.broadcast(str(e))
+        finally:
+            shutdown(dist)
+        raise
+
+
+def _hear_rank_0(dist: Dist) -> None:
+    """Rank 0's verdict on the new run folder (see :func:`_prepare_on_rank_0`)."""
+    if dist.enabled:
+        refused = dist.broadcast(None)
+        if refused is not None and not dist.main:
+            raise UserError(f"rank 0 refused the run: {refused}")
 
 
 def inside_class_folders(run: Path, data: str | None) -> bool:
@@ -191,7 +225,7 @@ def fit(
     absolute_paths(cfg)
     resolve_device(cfg.train.device)  # no GPU for --device cuda: say so before any work
     fresh = not Path(cfg.train.out).exists() if cfg.train.out else False
-    run, state = prepare_run_dir(cfg, resume)
+    run, state = _prepare_on_rank_0(cfg, resume)
     changes: list[str] = []
     if state is not None:
         from imgcls.engine.resume import apply_resume_options
@@ -206,8 +240,10 @@ def fit(
     set_threads(t.threads)
     set_deterministic(t.deterministic)
     torch.manual_seed(t.seed)
-    dist = init_distributed("cuda" if t.device != "cpu" and torch.cuda.is_available() else "cpu")
+    dist = init_distributed(_device_type(cfg))
     try:
+        if not resume:
+            _hear_rank_0(dist)
         return _fit(cfg, run, state, dist, (started, clock), on_epoch_end, table_hook, requested or {}, changes)
     except BaseException:
         if fresh and dist.main and run.is_dir() and not any(run.iterdir()):
