@@ -97,6 +97,44 @@ def test_a_rare_predicted_class_is_favoured_and_said() -> None:
     assert "rare predicted class: fox (2.4% of the pool)" in picks[0].reason
 
 
+def test_a_burst_of_near_frames_yields_few_picks_and_distance_beyond_near_earns_nothing() -> None:
+    """100 frames of one uncertain bush, each a little different (similarity 0.91 to 0.98: no
+    duplicates), and 50 distinct, less uncertain images: auto takes one or two frames of the
+    burst, margin takes only the burst. Among images that are all far from each other the most
+    uncertain come first: being farther (an outlier) is no reason to be picked."""
+    rng = np.random.default_rng(3)
+    bush = rng.normal(size=64)
+    frames = bush + rng.normal(scale=0.23, size=(100, 64))
+    emb = np.vstack([frames, rng.normal(size=(50, 64))])
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    sim = emb[:100] @ emb[:100].T
+    pairs = sim[np.triu_indices(100, 1)]
+    assert pairs.min() > 0.91 and pairs.max() < 0.98
+    probs = _probs([0.02] * 100 + list(np.linspace(0.3, 0.6, 50)))
+    picks = select(probs, emb.astype(np.float16), NAMES, 10, strategy="auto")
+    assert 1 <= sum(p.index < 100 for p in picks) <= 2 and len(picks) == 10
+    assert all(p.index < 100 for p in select(probs, emb.astype(np.float16), NAMES, 10, strategy="margin"))
+    assert [p.index for p in picks if p.index >= 100] == list(range(100, 100 + sum(p.index >= 100 for p in picks)))
+    far = np.eye(6, dtype=np.float16)
+    far[5] = -far[0]  # the least uncertain image is the farthest from the first pick
+    assert [p.index for p in select(_probs([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), far, NAMES, 3)] == [0, 1, 2]
+
+
+def test_a_balanced_spread_of_predictions_changes_no_rank() -> None:
+    """Classes predicted for 25 % to 45 % of a three-class pool (at least half their fair share)
+    weigh alike: uncertainty alone orders them; below half its fair share a class is favoured."""
+    rows = [[0.5 + m / 2, 0.5 - m / 2, 0.0] for m in (0.05, 0.06, 0.07)] * 5  # 15 predicted cat
+    rows += [[0.0, 0.5 + m / 2, 0.5 - m / 2] for m in (0.10, 0.11, 0.12)] * 5  # 15 dog
+    rows += [[0.5 - m / 2, 0.0, 0.5 + m / 2] for m in (0.2, 0.3, 0.4, 0.5)] * 2  # 8 fox: 21 %
+    probs = np.array(rows)
+    emb = np.eye(len(probs), dtype=np.float16)
+    assert [p.index for p in select(probs, emb, NAMES, 10)] == [
+        p.index for p in select(probs, emb, NAMES, 10, strategy="margin")
+    ]
+    few = np.vstack([probs[:30], probs[30:32]])  # 2 fox of 32: 6 %, under half of 33 %
+    assert select(few, np.eye(32, dtype=np.float16), NAMES, 1)[0].index in (30, 31)
+
+
 def test_random_is_seeded_and_differs_by_seed() -> None:
     probs = _probs(list(np.linspace(0, 1, 50)))
     emb = np.eye(50, dtype=np.float16)
