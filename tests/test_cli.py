@@ -88,6 +88,7 @@ def test_summary_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["predict", "--model", "m", "x.jpg", "--batch-size", "0"], "--batch-size: must be at least 1, not 0"),
         (["evaluate", "--model", "m", "--workers", "-1"], "--workers: must be at least 0, not -1"),
         (["predict", "--model", "m", "x.jpg", "--batch-size", "8.5"], "expected a whole number, not '8.5'"),
+        (["predict", "--model", "m", "x.jpg", "--sequence-gap", "60"], "it needs --aggregate sequence"),
     ],
 )
 def test_errors_are_one_line_and_non_zero(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:

@@ -302,6 +302,8 @@ def test_a_pool_of_only_unreadable_or_known_images_suggests_nothing(
         ({"--strategy": "greedy"}, "unknown --strategy 'greedy'"),
         ({"--model": "nowhere"}, "model not found: nowhere"),
         ({"pool": "EMPTY"}, "the pool is empty"),
+        ({"--gap": "5"}, "--sequence-gap groups frames into events: it needs --aggregate sequence"),
+        ({"--aggregate": "sequence", "--sequence-gap": "0"}, "above 0 (got 0)"),
     ],
 )
 def test_bad_input_is_one_line(

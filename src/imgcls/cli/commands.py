@@ -197,6 +197,7 @@ def _check_predict(args: argparse.Namespace) -> int:
     import itertools
     from pathlib import Path
 
+    from imgcls.cli.options import sequence_gap
     from imgcls.io import check_writable
     from imgcls.predict import check_inputs, iter_inputs
     from imgcls.predict.choose import FEW_IMAGES
@@ -206,6 +207,7 @@ def _check_predict(args: argparse.Namespace) -> int:
         raise UserError("--top-k must be at least 1")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UserError("--threshold must be between 0 and 1")
+    args.sequence_gap = sequence_gap(args)
     if not Path(args.model).exists():
         raise UserError(f"model not found: {args.model} (expected a model directory or an .onnx file)")
     check_inputs(args.inputs)

@@ -188,6 +188,20 @@ def data_specs(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "data": str(specs[0]), "more_data": [str(s) for s in specs[1:]]}
 
 
+def sequence_gap(args: argparse.Namespace) -> float:
+    """``--sequence-gap`` (30 s unless given), refused without ``--aggregate sequence``, where it
+    would be ignored."""
+    if args.sequence_gap is None:
+        return 30.0
+    if args.aggregate != "sequence":
+        raise UserError("--sequence-gap groups frames into events: it needs --aggregate sequence")
+    if args.sequence_gap <= 0:
+        raise UserError(
+            f"--sequence-gap is the seconds between frames of one event: above 0 (got {args.sequence_gap:g})"
+        )
+    return float(args.sequence_gap)
+
+
 def _device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument(

@@ -172,7 +172,8 @@ def add_predict(sub: Any) -> None:
     g.add_argument("--crop-margin", type=float, help="margin around a crop (default: the model's, else 0.1)")
     g.add_argument("--image-root", help="folder the detections' file names are relative to")
     g.add_argument("--aggregate", choices=["none", "sequence"], default="none", help="event-level labels")
-    g.add_argument("--sequence-gap", type=float, default=30.0, help="seconds between frames of one event")
+    g.add_argument("--sequence-gap", type=float, help="seconds between frames of one event (default 30; with "
+                   "--aggregate sequence)")  # fmt: skip
     g.add_argument("--metadata", help="COCO Camera Traps .json or .csv with sequence / location per image")
     g.add_argument("--utc-offset", default="+00:00", help="time zone of the cameras' clocks (Camtrap DP)")
     g.add_argument("--deployments", help="CSV with deploymentID and coordinates to merge (Camtrap DP)")

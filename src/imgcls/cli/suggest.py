@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from imgcls.cli.options import _add
+from imgcls.cli.options import _add, sequence_gap
 
 
 def add_suggest(sub: Any) -> None:
@@ -49,7 +49,8 @@ def add_suggest(sub: Any) -> None:
     p.add_argument("--aggregate", choices=["none", "sequence"], default="none",
                    help="sequence: choose --n events (the frames one trigger took: the camera's folder and EXIF "
                    "times), each listed with all its images or crops (default none: single items)")  # fmt: skip
-    p.add_argument("--gap", type=float, default=30.0, help="seconds between frames of one event (default 30)")
+    p.add_argument("--sequence-gap", "--gap", dest="sequence_gap", type=float,
+                   help="seconds between frames of one event (default 30; with --aggregate sequence)")  # fmt: skip
     p.add_argument("--crop-margin", type=float, help="share of the box's longer side added around a crop "
                    "(default: the model's, else 0.1)")  # fmt: skip
 
@@ -57,11 +58,12 @@ def add_suggest(sub: Any) -> None:
 def _cmd_suggest(args: argparse.Namespace) -> int:
     from imgcls.suggest import beside, suggest
 
+    gap = sequence_gap(args)
     r = suggest(
         args.model, args.inputs, n=args.n, out=args.out, strategy=args.strategy, uncertainty_measure=args.uncertainty,
         dedup=args.dedup, labelled=args.labelled, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
         detections=args.detections, det_threshold=args.det_threshold, det_categories=args.det_categories,
-        crop_margin=args.crop_margin, aggregate=args.aggregate, gap=args.gap,
+        crop_margin=args.crop_margin, aggregate=args.aggregate, gap=gap,
     )  # fmt: skip
     what = "item" if r.crops else "image"
     blank = f" ({_count(r.blank, 'frame')} without a detection left out as blank)" if r.crops else ""

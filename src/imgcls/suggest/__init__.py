@@ -50,7 +50,7 @@ def check_options(n: int, strategy: str, measure: str, dedup: float, aggregate: 
     if aggregate not in ("none", "sequence"):
         raise UserError(f"unknown --aggregate {aggregate!r} (none or sequence)")
     if gap <= 0:
-        raise UserError(f"--gap is the seconds between frames of one event: above 0 (got {gap:g})")
+        raise UserError(f"--sequence-gap is the seconds between frames of one event: above 0 (got {gap:g})")
     if n < 1:
         raise UserError(f"--n must be at least 1 (got {n})")
     if strategy not in STRATEGIES:
