@@ -47,6 +47,11 @@ def test_relabel_reject_accept_and_new_classes(tmp_path: Path) -> None:
     fixes = write(tmp_path / "d.csv", [["path", "label", "action"], [cat0, "fox", "relabel"]])
     fixed, _ = apply_corrections(table, fixes)
     assert fixed.class_names == ["cat", "dog", "fox"] and fixed.label_names(fixed.paths.index(cat0)) == ["fox"]
+    # a row added by hand with its label and no action is a relabel, as training reads it; any case
+    fixes = write(tmp_path / "e.csv", [["path", "label", "action"], [cat0, "fox", ""], [dog0, "", "Reject"]])
+    fixed, done = apply_corrections(table, fixes)
+    assert fixed.label_names(fixed.paths.index(cat0)) == ["fox"] and dog0 not in fixed.paths
+    assert (done.relabelled, done.rejected) == (1, 1)
 
 
 def test_crops_of_one_image_are_corrected_one_by_one(tmp_path: Path) -> None:
@@ -123,6 +128,7 @@ def test_images_inside_a_data_file_are_named_by_their_id(tmp_path: Path) -> None
         ([["path", "label"], ["a.jpg", "cat"]], "needs 'path', 'label' and 'action' columns"),
         ([["path", "label", "action"], ["a.jpg", "cat", "delete"]], "line 2: unknown action 'delete'"),
         ([["path", "label", "action"], ["a.jpg", "", "relabel"]], "line 2: relabel with no label"),
+        ([["path", "label", "action"], ["a.jpg", "", ""]], "line 2: unknown action ''"),
         ([["path", "label", "action", "box"], ["a.jpg", "", "reject", "1 2"]], "is not four numbers"),
         ([["path", "label", "action"], ["data/cat/cat_000.jpg", "cat;dog", "relabel"]], "several labels for one image"),
     ],

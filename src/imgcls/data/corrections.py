@@ -4,7 +4,8 @@ The file is a manifest (``path,label``) with an ``action`` column, as ``imgcls r
 it: ``relabel`` (the image takes the new label; ``cat;dog`` for multi-label data), ``reject``
 (the image is left out, listed in ``skipped.csv`` with the reason), ``accept`` (the row's label
 is confirmed: the label the page showed, the data's own or, for a prediction, the model's guess,
-which the image then takes). An optional ``box`` column (``x y w h``, normalised, as the audit
+which the image then takes). A row with a label and no action (added by hand) is a ``relabel``,
+as training reads it; actions are read in any case. An optional ``box`` column (``x y w h``, normalised, as the audit
 writes it) names one detection crop of the image; without it a decision holds for every crop of
 the image (an ``accept`` of a whole frame then confirms each crop's own label). Relative paths
 resolve against the file's folder, as in a manifest; images held inside a data file (IDX:
@@ -79,10 +80,12 @@ def read_corrections(path: str | Path) -> dict[tuple[str, str], tuple[str, list[
     out: dict[tuple[str, str], tuple[str, list[str]]] = {}
     for row, line in zip(rows, lines, strict=True):
         values = {k.lower(): (v or "").strip() for k, v in row.items()}
-        action = values.get("action", "")
+        labels = parse_labels(values.get("label", ""))
+        action = values.get("action", "").lower()
+        if not action and labels:
+            action = "relabel"  # a row added by hand with its label and no action: the label counts, as in training
         if action not in ACTIONS:
             raise UserError(f"{p}, line {line}: unknown action {action!r} (accept, relabel or reject)")
-        labels = parse_labels(values.get("label", ""))
         if action == "relabel" and not labels:
             raise UserError(f"{p}, line {line}: relabel with no label")
         box = parse_box(values.get("box", ""))
