@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from imgcls.data.sources import load_source
 from imgcls.errors import UserError
 from imgcls.review import open_label_session
 from imgfactory import class_image, image_folder
+from localnet import free_port
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +140,6 @@ def test_the_label_keys_the_docs_show_are_the_pages() -> None:
     assert not any("Enter" in k.keys for k in LABEL_KEYS)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _chromium() -> tuple[Any, str]:
     """Playwright and the machine's chromium, or the test is skipped saying what is missing."""
     playwright = pytest.importorskip("playwright.sync_api")
@@ -185,7 +179,7 @@ def test_the_page_in_a_real_browser_and_a_kill(project: dict, tmp_path: Path) ->
     playwright, chromium = _chromium()
     nxt = _fresh(project, tmp_path)
     listed = _rows(nxt)
-    port = _free_port()
+    port = free_port()
     proc = _start(nxt, port)
     try:
         with playwright.sync_playwright() as p:
@@ -308,7 +302,7 @@ def test_digit_classes_are_chosen_by_their_own_key(tmp_path: Path) -> None:
     (tmp_path / "next.model.json").write_text(
         json.dumps({"model": str(tmp_path / "gone"), "classes": list("0123456789")})
     )
-    port = _free_port()
+    port = free_port()
     proc = _start(nxt, port)
     try:
         with playwright.sync_playwright() as p:

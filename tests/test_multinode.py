@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from imgcls.cli import main
 from imgcls.predict import iter_inputs
 from imgfactory import image_folder
+from localnet import free_port
 
 BIN = Path(sys.executable).parent
 
@@ -26,17 +26,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _two_nodes(args: list[str]) -> list[tuple[int, str, str]]:
     """``imgcls ARGS`` under two torchrun agents, one process each, as two machines would start
     it; (exit code, stdout, stderr) of each agent."""
     cmd = [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
-           "--rdzv_endpoint", f"127.0.0.1:{_free_port()}", "--rdzv_id", "imgcls-test", "-m", "imgcls", *args]  # fmt: skip
+           "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", "imgcls-test", "-m", "imgcls", *args]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     agents = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in "ab"]
     try:

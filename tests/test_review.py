@@ -8,7 +8,6 @@ import contextlib
 import csv
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from imgcls.errors import UserError
 from imgcls.review import open_session
 from imgcls.review.queue import from_predictions, read_predictions
 from imgfactory import class_image, idx_dataset
+from localnet import free_port
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
@@ -335,12 +335,6 @@ def test_the_api(audit_folder: Path) -> None:
         assert "imgcls review" in c.get("/").text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_page_in_a_real_browser(audit_folder: Path) -> None:
     """Keyboard accept and relabel (a number key and a typed label), reject, skip, undo; a reload
     resumes where it stopped; the corrections file says what was decided."""
@@ -348,7 +342,7 @@ def test_the_page_in_a_real_browser(audit_folder: Path) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     if chromium is None:
         pytest.skip("no chromium on this machine (apt-get install chromium)")
-    port = _free_port()
+    port = free_port()
     cmd = [str(Path(sys.executable).parent / "imgcls"), "review", "--audit", str(audit_folder), "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/"
@@ -522,7 +516,7 @@ def test_a_killed_review_server_restarts_with_every_decision(audit_folder: Path)
     import httpx
 
     def start() -> tuple[subprocess.Popen, str]:
-        port = _free_port()
+        port = free_port()
         cmd = [str(Path(sys.executable).parent / "imgcls"), "review", "--audit", str(audit_folder), "--port", str(port)]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}/"
@@ -668,7 +662,7 @@ def test_typing_ahead_decides_the_next_image_not_the_same_one_again(
     slow = Session._write_corrections
     monkeypatch.setattr(Session, "_write_corrections", lambda self: (time.sleep(0.3), slow(self))[1])
     s = open_session(audit=audit_folder)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_review_app(s, host="127.0.0.1", port=port), port=port,
                                            log_level="warning"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from imgcls.predict import Classifier  # noqa: E402
 from imgcls.serve.app import ServeConfig, create_app  # noqa: E402
 from imgcls.serve.batcher import MicroBatcher  # noqa: E402
+from localnet import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -223,15 +223,9 @@ def test_micro_batcher_groups_requests_and_never_mixes_them_up() -> None:
     assert max(calls) > 1 and sum(calls) == sum(1 + i % 3 for i in range(30))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(trained: dict) -> str:
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(Path(sys.executable).parent / "imgcls"),
         "serve",
