@@ -302,6 +302,7 @@ def test_a_pool_of_only_unreadable_or_known_images_suggests_nothing(
         ({"--strategy": "greedy"}, "unknown --strategy 'greedy'"),
         ({"--model": "nowhere"}, "model not found: nowhere"),
         ({"pool": "EMPTY"}, "the pool is empty"),
+        ({"--labelled": "CONFIG"}, "is not a labels CSV, a .txt list, a folder or an image"),
         ({"--gap": "5"}, "--sequence-gap groups frames into events: it needs --aggregate sequence"),
         ({"--aggregate": "sequence", "--sequence-gap": "0"}, "above 0 (got 0)"),
     ],
@@ -313,6 +314,8 @@ def test_bad_input_is_one_line(
     (tmp_path / "empty").mkdir()
     opts = {"--model": str(trained["model"]), "--n": "3", "--out": str(tmp_path / "next.csv"), "--strategy": "auto"}
     opts.update({k: v for k, v in change.items() if k.startswith("--")})
+    if opts.get("--labelled") == "CONFIG":  # a run's config.yaml typed for its labels
+        opts["--labelled"] = str(trained["model"].parent / "config.yaml")
     target = str(tmp_path / "empty") if change.get("pool") == "EMPTY" else str(pool)
     argv = ["suggest", target, *(x for kv in opts.items() for x in kv)]
     assert main(argv) == 2

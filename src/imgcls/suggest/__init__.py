@@ -171,9 +171,13 @@ def labelled_paths(labelled: list[str]) -> set[str]:
     """The files ``--labelled`` names: CSVs with a path column, lists, folders (as predict reads them)."""
     from imgcls.predict.inputs import iter_inputs
 
+    from imgcls.predict.inputs import LIST_SUFFIXES, not_an_image_name
+
     for f in labelled:
         if not Path(f).exists():
             raise UserError(f"--labelled: {f} not found")
+        if Path(f).is_file() and Path(f).suffix.lower() not in LIST_SUFFIXES and not_an_image_name(f):
+            raise UserError(f"--labelled: {f} is not a labels CSV, a .txt list, a folder or an image")
     crops = {f: _crop_rows(Path(f)) for f in labelled if f.lower().endswith(".csv")}
     named = {k for keys in crops.values() for k in keys}
     return _resolved(iter_inputs([f for f in labelled if not crops.get(f)])) | named
