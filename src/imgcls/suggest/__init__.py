@@ -169,9 +169,7 @@ def training_paths(clf: Any) -> set[str]:
 
 def labelled_paths(labelled: list[str]) -> set[str]:
     """The files ``--labelled`` names: CSVs with a path column, lists, folders (as predict reads them)."""
-    from imgcls.predict.inputs import iter_inputs
-
-    from imgcls.predict.inputs import LIST_SUFFIXES, not_an_image_name
+    from imgcls.predict.inputs import LIST_SUFFIXES, iter_inputs, not_an_image_name
 
     for f in labelled:
         if not Path(f).exists():
