@@ -13,6 +13,7 @@ import pytest
 from imgcls.cli import main
 from imgcls.data.sources import load_sources
 from imgcls.data.splits import make_splits
+from imgcls.errors import UserError
 from imgfactory import class_image, image_folder
 
 
@@ -206,6 +207,11 @@ def test_data_options_given_twice_resume_and_the_api(tmp_path: Path) -> None:
     flat.write_text(yaml.safe_dump({"data": [str(old), str(labels)], "epochs": 1}))
     cfg = make_run_config(flat)
     assert cfg.data.data == str(old) and cfg.data.more_data == [str(labels)]
+    both = tmp_path / "both.yaml"  # a list and more_data in one file: refused, not one of them dropped
+    both.write_text(yaml.safe_dump({"data": [str(old)], "more_data": [str(labels)], "epochs": 1}))
+    with pytest.raises(UserError, match="gives data as a list and more_data too"):
+        make_run_config(both)
+    assert make_run_config(both, data=[str(labels)]).data.more_data == []  # the API's data replaces both
 
 
 def test_an_audits_retraining_hint_names_every_spec(tmp_path: Path) -> None:
