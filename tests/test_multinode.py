@@ -66,6 +66,11 @@ def test_two_nodes_train_one_run_and_predict_into_one_file(tmp_path: Path) -> No
     assert all(code != 0 for code, _, _ in done)
     errs = "".join(err for _, _, err in done)
     assert errs.count("already exists and is not empty") == 2 and errs.count("rank 0 refused the run: ") == 1
+    # predict, likewise: rank 0 alone checks --out's place (here a folder, not a file)
+    done = _two_nodes(["predict", "--model", str(run / "model"), str(data), "--out", str(tmp_path), "--workers", "0"])
+    errs = "".join(err for _, _, err in done)
+    assert all(code != 0 for code, _, _ in done) and errs.count("rank 0 refused the run: ") == 1
+    assert errs.count("is a folder; give a file name") == 2
 
 
 def test_shards_as_a_job_array_runs_them_merge_into_the_one_output(

@@ -271,8 +271,8 @@ def check_writable(path: str | Path, *, folder: bool = False, option: str = "--o
     then removing both, so nothing is left behind and the real write later meets no surprise.
 
     Under ``torchrun`` only rank 0 checks: the others, probing the same place at the same moment,
-    would meet its probe file or lose a folder its clean-up removes; when rank 0 refuses, it
-    exits and torchrun stops the others."""
+    would meet its probe file or lose a folder its clean-up removes; when rank 0 refuses, its
+    caller tells the others why (:func:`imgcls.ranks.tell_refusal`)."""
     p = Path(path).expanduser()
     if launch_rank() != 0:
         return p

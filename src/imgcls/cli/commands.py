@@ -202,6 +202,7 @@ def _check_predict(args: argparse.Namespace) -> int:
     from imgcls.predict import check_inputs, iter_inputs
     from imgcls.predict.choose import FEW_IMAGES
     from imgcls.predict.inputs import check_output_apart
+    from imgcls.ranks import tell_refusal
 
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
@@ -213,7 +214,11 @@ def _check_predict(args: argparse.Namespace) -> int:
     check_inputs(args.inputs)
     if args.out:
         check_output_apart(args.inputs, args.out)
-        check_writable(args.out, folder=args.format == "camtrapdp")
+        try:
+            check_writable(args.out, folder=args.format == "camtrapdp")  # rank 0 alone under torchrun
+        except UserError as e:
+            tell_refusal("cpu", str(e))  # predict's group is gloo's
+            raise
     _check_shard(args)
     n = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1))
     if n == 0:

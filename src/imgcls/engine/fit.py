@@ -10,7 +10,6 @@ uses (:mod:`imgcls.engine.finish`). It writes the run directory:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from imgcls.engine.state import checkpoint_state, improved, restore, save_best
 from imgcls.engine.trainer import build_trainer
 from imgcls.errors import UserError
 from imgcls.io import atomic_write_csv, atomic_write_text
+from imgcls.ranks import hear_refusal, tell_refusal
 from imgcls.runtime import resolve_device, set_deterministic, set_threads
 from imgcls.tasks import monitor_metric
 
@@ -45,67 +45,46 @@ EpochCallback = Callable[[Path, list[dict[str, Any]]], None]
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] | None]:
     """The run folder, and the checkpoint state when resuming (its config replaces ``cfg``).
 
-    Under ``torchrun`` only rank 0 checks and creates a new run folder: another rank, looking
-    while rank 0 probes it, would find it not empty and refuse (the others wait for rank 0 when
-    they join the process group, which comes after this)."""
+    Under ``torchrun`` only rank 0 checks and creates a new run folder (:func:`new_run_dir`):
+    another rank, looking while rank 0 probes it, would find it not empty and refuse (the others
+    wait for rank 0 when they join the process group, which comes after this, and hear its
+    verdict there: :mod:`imgcls.ranks`)."""
     from imgcls.io import launch_rank
 
     if not cfg.train.out:
         raise UserError("--out RUN_DIR is required")
     run = Path(cfg.train.out)
-    ckpt_dir = run / "checkpoint"
     if resume:
-        state = load_checkpoint(ckpt_dir)
+        state = load_checkpoint(run / "checkpoint")
         if state is None:
             raise UserError(f"--resume: {run} has no checkpoint to resume from")
         return run, state
-    if launch_rank() != 0:
-        return run, None
+    if launch_rank() == 0:
+        try:
+            new_run_dir(cfg, run)
+        except UserError as e:
+            tell_refusal(_device_type(cfg), str(e))
+            raise
+    return run, None
+
+
+def new_run_dir(cfg: RunConfig, run: Path) -> None:
+    """Refuse an ``--out`` inside a class folder of the data, or one that holds files; create it."""
     for spec in (cfg.data.data, *cfg.data.more_data):
         if inside_class_folders(run, spec):
             raise UserError(f"--out {run} is inside the data folder {spec}: the run's files would become a "
                             "class of the next run on it; choose an --out outside it")  # fmt: skip
     if run.is_dir() and any(run.iterdir()):
-        hint = " (add --resume to continue it)" if (ckpt_dir / "state.pt").exists() else ""
+        hint = " (add --resume to continue it)" if (run / "checkpoint" / "state.pt").exists() else ""
         raise UserError(f"{run} already exists and is not empty{hint}; choose another --out")
     from imgcls.io import check_writable
 
     check_writable(run, folder=True)
     run.mkdir(parents=True, exist_ok=True)
-    return run, None
 
 
 def _device_type(cfg: RunConfig) -> str:
     return "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
-
-
-def _prepare_on_rank_0(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] | None]:
-    """:func:`prepare_run_dir`, and under ``torchrun`` rank 0's verdict on a new run folder for
-    the other ranks: when rank 0 refuses it, it joins the process group only to say why, so that
-    the others stop with its reason rather than wait for it in the group for ever (a torchrun
-    agent does not stop its node when another node's process fails). :func:`_hear_rank_0` is the
-    other side; rank 0 says nothing when it accepts (every rank then hears ``None``)."""
-    from imgcls.io import launch_rank
-
-    try:
-        return prepare_run_dir(cfg, resume)
-    except UserError as e:
-        if resume or launch_rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            raise  # with --resume every rank checks the checkpoint itself
-        dist = init_distributed(_device_type(cfg))
-        try:
-            dist.broadcast(str(e))
-        finally:
-            shutdown(dist)
-        raise
-
-
-def _hear_rank_0(dist: Dist) -> None:
-    """Rank 0's verdict on the new run folder (see :func:`_prepare_on_rank_0`)."""
-    if dist.enabled:
-        refused = dist.broadcast(None)
-        if refused is not None and not dist.main:
-            raise UserError(f"rank 0 refused the run: {refused}")
 
 
 def inside_class_folders(run: Path, data: str | None) -> bool:
@@ -225,7 +204,7 @@ def fit(
     absolute_paths(cfg)
     resolve_device(cfg.train.device)  # no GPU for --device cuda: say so before any work
     fresh = not Path(cfg.train.out).exists() if cfg.train.out else False
-    run, state = _prepare_on_rank_0(cfg, resume)
+    run, state = prepare_run_dir(cfg, resume)
     changes: list[str] = []
     if state is not None:
         from imgcls.engine.resume import apply_resume_options
@@ -243,7 +222,7 @@ def fit(
     dist = init_distributed(_device_type(cfg))
     try:
         if not resume:
-            _hear_rank_0(dist)
+            hear_refusal()  # rank 0's verdict on the new run folder
         return _fit(cfg, run, state, dist, (started, clock), on_epoch_end, table_hook, requested or {}, changes)
     except BaseException:
         if fresh and dist.main and run.is_dir() and not any(run.iterdir()):

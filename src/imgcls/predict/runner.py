@@ -313,12 +313,14 @@ def _run_parts(
     import torch.distributed as dist
 
     from imgcls.outputs import writer_for
+    from imgcls.ranks import hear_refusal
 
     rank = int(os.environ["RANK"])
     part = writer_for(part_path(final, rank, world), writer.name, writer_options)
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
     try:
+        hear_refusal()  # rank 0 alone checked --out's place
         kwargs["show_progress"] = kwargs.get("show_progress", True) and rank == 0
         summary = stream(clf, inputs, part, source, resume=resume, rank=rank, world=world, **kwargs)
         dist.barrier()
