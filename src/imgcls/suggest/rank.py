@@ -10,8 +10,11 @@
   the factor being its cosine distance to the nearest image picked before divided by ``NEAR``
   and capped at 1. A candidate ``NEAR`` or farther from every pick keeps its whole weight, so
   the walk takes the most uncertain ones in turn; one closer (another frame of a burst, the
-  same bush a little later) counts in proportion, so that a hundred frames of one uncertain
-  bush yield one or two picks, not a hundred. Distance beyond ``NEAR`` earns nothing: an
+  same bush a little later) counts in proportion (half at similarity 0.95, a fifth just under
+  ``dedup``), so the frames of one uncertain bush give way to other uncertain images instead of
+  filling the picks (a burst far more uncertain than everything else can still give several:
+  ``benchmarks/bench_suggest_bursts.py`` counts them; for camera traps, ``--aggregate sequence``
+  chooses whole events). Distance beyond ``NEAR`` earns nothing: an
   unrewarded cap keeps the walk off the outliers a plain farthest-first (k-center) walk seeks,
   which on Fashion-MNIST cost accuracy against margin sampling (BENCHMARKS.md "Label less";
   this rule replaced that walk after that benchmark, and was checked on it again).
@@ -34,8 +37,10 @@ network's pooled features after a ReLU are all non-negative, so their raw cosine
 (on the demo digits 96 % of the images had a neighbour above 0.98); centred, they spread around 0,
 and identical images stay at 1. Cosine similarity of L2-normalised vectors is their dot product:
 NumPy's matrix products in blocks do it (scikit-learn's ``pairwise_distances`` would compute the
-same product, and it has no such walk to offer); the walk costs candidates x n x width
-multiply-adds, 5000 x 500 x 512 for 500 picks (0.1 s on the benchmark's 20,000-image pool).
+same product, and it has no such walk to offer); the walk costs held candidates x n x width
+multiply-adds: 5000 x 500 x 512 for 500 picks where the first 10 x n candidates suffice (0.1 s on
+the label-less benchmark's 20,000-image pool), at most 131,072 x 500 x 512 where near views crowd
+them (:class:`_Walk`).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ UNCERTAINTIES = ("margin", "entropy")
 CANDIDATES = 10  # auto walks the n x CANDIDATES most uncertain images (weighted)
 NEAR = 0.1  # cosine distance (similarity 0.9) below which a candidate is a near view of a pick
 MAX_RARITY = 10.0
+HELD_BYTES = 256 * 2**20  # the most candidate embeddings (float32) auto's walk holds at once
 _BLOCK = 4096
 
 
@@ -145,37 +151,47 @@ def select(
 
 
 class _Walk:
-    """The candidates ``auto`` walks: the most uncertain ``step`` first, then the next ``step``
-    whenever none of those held could still beat an unseen one (an unseen candidate's score is at
-    most its weight, and the weights come sorted). So a long burst of near frames that fills the
-    first candidates (their scores cut by the first pick) lets the more uncertain distinct images
-    behind it in; each grown set drops its dead candidates (near-duplicates of a pick)."""
+    """The candidates ``auto`` walks: the most uncertain ``step`` first, then more (twice as many
+    each time) whenever none of those held could still beat an unseen one (an unseen candidate's
+    score is at most its weight, and the weights come sorted). So a long burst of near frames
+    that fills the first candidates (their scores cut by the first pick) lets the less uncertain
+    distinct images behind it in; each grown set drops its dead candidates (near-duplicates of a
+    pick). At most ``HELD_BYTES`` of float32 embeddings are held (131,072 images of width 512):
+    where that many of the most uncertain images are near views of a few scenes, the walk goes
+    on among those held rather than hold the whole pool."""
 
     def __init__(self, emb: np.ndarray, weight: np.ndarray, step: int) -> None:
         self.emb, self.weight, self.step = emb, weight, step
+        self.cap = max(step, HELD_BYTES // (4 * max(1, emb.shape[1])))
         self.order = np.argsort(-weight, kind="stable")  # rounded weights: the first copy first
         self.end = 0
         self.cand = np.empty(0, dtype=np.int64)
         self.e = np.empty((0, emb.shape[1]), dtype=np.float32)
         self.distance = np.empty(0)  # to the nearest pick (cosine distance, at most 2)
         self.alive = np.empty(0, dtype=bool)
+        self.full = False  # held as many as it may once: no more growing (each grow copies what is held)
 
     def next_unseen(self) -> float:
-        return float(self.weight[self.order[self.end]]) if self.end < len(self.order) else -np.inf
+        """The most an unseen candidate could score (-inf: none left, or no room to hold one)."""
+        if self.end >= len(self.order) or self.full:
+            return -np.inf
+        return float(self.weight[self.order[self.end]])
 
     def grow(self, chosen: list[np.ndarray], dedup: float) -> None:
-        new = self.order[self.end : self.end + self.step]
+        keep = self.alive
+        new = self.order[self.end : self.end + min(self.step, self.cap - int(keep.sum()))]
         self.end += len(new)
+        self.step *= 2
         e = self.emb[new].astype(np.float32)
         distance, alive = np.full(len(new), 2.0), np.ones(len(new), dtype=bool)
         if chosen:
             nearest = (e @ np.stack(chosen).T).max(axis=1)
             distance, alive = np.clip(1.0 - nearest, 0.0, None), nearest < dedup
-        keep = self.alive
         self.cand = np.concatenate([self.cand[keep], new])
         self.e = np.concatenate([self.e[keep], e])
         self.distance = np.concatenate([self.distance[keep], distance])
         self.alive = np.concatenate([self.alive[keep], alive])
+        self.full = len(self.cand) >= self.cap
 
     def scores(self) -> np.ndarray:
         closeness = np.minimum(self.distance / NEAR, 1.0)
@@ -192,7 +208,7 @@ def _diverse(probs: np.ndarray, emb: np.ndarray, names: list[str], n: int, measu
     """The weighted walk over the most uncertain candidates (``auto``; module docstring)."""
     # rounded: copies scored in different batches differ in the last bits, and the first of them
     # in input order should be the one kept; + 1e-9: a sure pool still yields picks
-    weight = np.round(uncertainty(probs, measure) * rarity(probs), 6) + 1e-9
+    weight = np.round(np.nan_to_num(uncertainty(probs, measure) * rarity(probs)), 6) + 1e-9
     walk = _Walk(emb, weight, max(n * CANDIDATES, n))
     shares = class_shares(probs)
     picks: list[Pick] = []
@@ -212,7 +228,7 @@ def _diverse(probs: np.ndarray, emb: np.ndarray, names: list[str], n: int, measu
         )  # fmt: skip
         note = _rare_note(probs, i, names, shares)
         picks.append(Pick(i, f"{_describe(probs, i, names, measure)}; {spread}{note}", []))
-        chosen.append(walk.e[j])
+        chosen.append(walk.e[j].copy())  # a copy: a view would keep this generation of walk.e alive
         walk.take(j, dedup)
     return picks
 
