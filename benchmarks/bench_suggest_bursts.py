@@ -62,7 +62,7 @@ def write_bursts(pool: list[str], folder: Path, args: argparse.Namespace) -> dic
     return members
 
 
-def similarities(cache: Path, members: dict[str, int]) -> dict[str, float]:
+def similarities(cache: Path, members: dict[str, int], bursts: Path) -> dict[str, float]:
     """Each near copy's cosine similarity to its burst's first frame (centred embeddings)."""
     from imgcls.suggest.rank import centred
     from imgcls.suggest.score import load_cache
@@ -70,8 +70,9 @@ def similarities(cache: Path, members: dict[str, int]) -> dict[str, float]:
     scores = load_cache(cache)
     emb = centred(scores.emb).astype(np.float32)
     at = {p: i for i, p in enumerate(scores.paths)}
-    first = {k: at[p] for p, k in members.items() if "/pool/" in p}
-    sims = np.array([emb[at[p]] @ emb[first[k]] for p, k in members.items() if "/pool/" not in p])
+    copy = {p: p.startswith(str(bursts.resolve()) + "/") for p in members}  # else the pool image itself
+    first = {k: at[p] for p, k in members.items() if not copy[p]}
+    sims = np.array([emb[at[p]] @ emb[first[k]] for p, k in members.items() if copy[p]])
     return {"median": round(float(np.median(sims)), 4), "min": round(float(sims.min()), 4),
             "share_at_or_above_0.98": round(float((sims >= 0.98).mean()), 4)}  # fmt: skip
 
@@ -119,7 +120,7 @@ def main() -> None:
                           "bursts_picked_from": len(from_bursts),
                           "most_from_one_burst": max(from_bursts.values(), default=0),
                           "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
-    rows["burst_frame_similarity_to_first"] = similarities(out.parent / ".next.csv.scores", members)
+    rows["burst_frame_similarity_to_first"] = similarities(out.parent / ".next.csv.scores", members, bursts)
     report("suggest_bursts", rows, args.json)
 
 

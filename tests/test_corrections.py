@@ -128,7 +128,7 @@ def test_images_inside_a_data_file_are_named_by_their_id(tmp_path: Path) -> None
         ([["path", "label"], ["a.jpg", "cat"]], "needs 'path', 'label' and 'action' columns"),
         ([["path", "label", "action"], ["a.jpg", "cat", "delete"]], "line 2: unknown action 'delete'"),
         ([["path", "label", "action"], ["a.jpg", "", "relabel"]], "line 2: relabel with no label"),
-        ([["path", "label", "action"], ["a.jpg", "", ""]], "line 2: unknown action ''"),
+        ([["path", "label", "action"], ["a.jpg", "", ""]], "line 2: no label and no action"),
         ([["path", "label", "action", "box"], ["a.jpg", "", "reject", "1 2"]], "is not four numbers"),
         ([["path", "label", "action"], ["data/cat/cat_000.jpg", "cat;dog", "relabel"]], "several labels for one image"),
     ],

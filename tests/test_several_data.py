@@ -209,8 +209,10 @@ def test_data_options_given_twice_resume_and_the_api(tmp_path: Path) -> None:
     assert cfg.data.data == str(old) and cfg.data.more_data == [str(labels)]
     both = tmp_path / "both.yaml"  # a list and more_data in one file: refused, not one of them dropped
     both.write_text(yaml.safe_dump({"data": [str(old)], "more_data": [str(labels)], "epochs": 1}))
-    with pytest.raises(UserError, match="gives data as a list and more_data too"):
+    with pytest.raises(UserError, match="data is a list of specs and more_data is given too"):
         make_run_config(both)
+    with pytest.raises(UserError, match="data is a list of specs and more_data is given too"):
+        make_run_config(None, data=[str(old)], more_data=[str(labels)])
     assert make_run_config(both, data=[str(labels)]).data.more_data == []  # the API's data replaces both
 
 

@@ -52,8 +52,8 @@ def make_run_config(config: str | Path | dict[str, Any] | None = None, **options
     if isinstance(data, (list, tuple)):  # several specs: the first is --data, the others more_data
         if not data:
             raise UserError("no training data given (--data SPEC)")
-        if sections["data"].get("more_data") and options.get("data") is None:  # both from the config file
-            raise UserError("the configuration gives data as a list and more_data too: list every spec under data")
+        if sections["data"].get("more_data") and (options.get("data") is None or options.get("more_data") is not None):
+            raise UserError("data is a list of specs and more_data is given too: list every spec in data")
         sections["data"]["data"], sections["data"]["more_data"] = str(data[0]), [str(s) for s in data[1:]]
     elif options.get("data") is not None and options.get("more_data") is None:
         sections["data"]["more_data"] = []  # data given as an option replaces every spec of the file

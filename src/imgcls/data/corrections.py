@@ -84,6 +84,8 @@ def read_corrections(path: str | Path) -> dict[tuple[str, str], tuple[str, list[
         action = values.get("action", "").lower()
         if not action and labels:
             action = "relabel"  # a row added by hand with its label and no action: the label counts, as in training
+        if not action:
+            raise UserError(f"{p}, line {line}: no label and no action (accept, relabel or reject)")
         if action not in ACTIONS:
             raise UserError(f"{p}, line {line}: unknown action {action!r} (accept, relabel or reject)")
         if action == "relabel" and not labels:
