@@ -155,10 +155,12 @@ class _Walk:
     each time) whenever none of those held could still beat an unseen one (an unseen candidate's
     score is at most its weight, and the weights come sorted). So a long burst of near frames
     that fills the first candidates (their scores cut by the first pick) lets the less uncertain
-    distinct images behind it in; each grown set drops its dead candidates (near-duplicates of a
-    pick). At most ``HELD_BYTES`` of float32 embeddings are held (131,072 images of width 512):
-    where that many of the most uncertain images are near views of a few scenes, the walk goes
-    on among those held rather than hold the whole pool."""
+    distinct images behind it in. Dead candidates (near-duplicates of a pick) are never held: a
+    grown set drops them, and the new ones come in only alive. At most ``HELD_BYTES`` of float32
+    embeddings of live candidates are held (131,072 images of width 512; the first 10 x n if
+    that is more): where that many of the most uncertain images are near views of a few scenes,
+    the walk goes on among those held rather than hold the whole pool, and grows again only once
+    half of them have died (each grow copies what is held)."""
 
     def __init__(self, emb: np.ndarray, weight: np.ndarray, step: int) -> None:
         self.emb, self.weight, self.step = emb, weight, step
@@ -169,11 +171,11 @@ class _Walk:
         self.e = np.empty((0, emb.shape[1]), dtype=np.float32)
         self.distance = np.empty(0)  # to the nearest pick (cosine distance, at most 2)
         self.alive = np.empty(0, dtype=bool)
-        self.full = False  # held as many as it may once: no more growing (each grow copies what is held)
+        self.full = False  # held as many as it may: no growing until half of those have died
 
     def next_unseen(self) -> float:
         """The most an unseen candidate could score (-inf: none left, or no room to hold one)."""
-        if self.end >= len(self.order) or self.full:
+        if self.end >= len(self.order) or (self.full and 2 * int(self.alive.sum()) >= self.cap):
             return -np.inf
         return float(self.weight[self.order[self.end]])
 
@@ -183,14 +185,15 @@ class _Walk:
         self.end += len(new)
         self.step *= 2
         e = self.emb[new].astype(np.float32)
-        distance, alive = np.full(len(new), 2.0), np.ones(len(new), dtype=bool)
+        distance = np.full(len(new), 2.0)
         if chosen:
             nearest = (e @ np.stack(chosen).T).max(axis=1)
-            distance, alive = np.clip(1.0 - nearest, 0.0, None), nearest < dedup
+            distance, live = np.clip(1.0 - nearest, 0.0, None), nearest < dedup
+            new, e, distance = new[live], e[live], distance[live]  # near-duplicates of a pick: never held
         self.cand = np.concatenate([self.cand[keep], new])
         self.e = np.concatenate([self.e[keep], e])
         self.distance = np.concatenate([self.distance[keep], distance])
-        self.alive = np.concatenate([self.alive[keep], alive])
+        self.alive = np.ones(len(self.cand), dtype=bool)
         self.full = len(self.cand) >= self.cap
 
     def scores(self) -> np.ndarray:
