@@ -253,3 +253,15 @@ def test_evaluate_says_when_the_models_own_data_is_gone(capsys: pytest.CaptureFi
     shutil.rmtree(data)
     code, _, err = run(capsys, "evaluate", "--model", str(tmp_path / "run" / "model"))
     assert code == 2 and f"the model's training data {data} is no longer there" in err and "--data" in err
+
+
+def test_only_train_and_predict_run_under_torchrun(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torchrun every process would run the whole command and write the same files."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    for argv in (["audit", "--model", "m", "--out", "a"], ["summary", "lenet"],
+                 ["suggest", "--model", "m", "p", "--n", "1", "--out", "o.csv"]):  # fmt: skip
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and f"imgcls {argv[0]} runs in one process: under torchrun only train and predict" in err

@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in ("train", "predict"):
+            raise UserError(f"imgcls {args.command} runs in one process: under torchrun only train and predict "
+                            "share the work")  # fmt: skip
         return int(args.handler(args) or 0)
     except UserError as e:
         sys.stderr.write(f"imgcls: error: {e}\n")

@@ -164,7 +164,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
         show_progress=args.out is not None, resume=not args.overwrite, decoder=args.decoder,
     )  # fmt: skip
-    if args.detections or args.aggregate != "none" or args.format in ("megadetector", "camtrapdp"):
+    if _camera_trap_steps(args):
         summary = _predict_camera_traps(clf, args, common)
     else:
         tta = {"flip": True, "none": False}.get(args.tta)
@@ -190,6 +190,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _camera_trap_steps(args: argparse.Namespace) -> bool:
+    """Whether predict runs the camera-trap steps (crops, events, their formats)."""
+    return bool(args.detections) or args.aggregate != "none" or args.format in ("megadetector", "camtrapdp")
+
+
 def _check_predict(args: argparse.Namespace) -> int:
     """Every mistake that can be seen before the model loads (options, the model's and the
     inputs' existence, the output's location); the inputs counted up to FEW_IMAGES + 1 (enough
@@ -212,6 +217,11 @@ def _check_predict(args: argparse.Namespace) -> int:
     if not Path(args.model).exists():
         raise UserError(f"model not found: {args.model} (expected a model directory or an .onnx file)")
     check_inputs(args.inputs)
+    _check_shard(args)
+    if _camera_trap_steps(args):
+        from imgcls.cameratrap.pipeline import require_single_process
+
+        require_single_process()  # every rank refuses before rank 0 alone checks --out below
     if args.out:
         check_output_apart(args.inputs, args.out)
         try:
@@ -219,7 +229,6 @@ def _check_predict(args: argparse.Namespace) -> int:
         except UserError as e:
             tell_refusal("cpu", str(e))  # predict's group is gloo's
             raise
-    _check_shard(args)
     n = sum(1 for _ in itertools.islice(iter_inputs(args.inputs), FEW_IMAGES + 1))
     if n == 0:
         raise UserError(f"no files found in {' '.join(args.inputs)} (folders, globs and lists were all empty)")
@@ -237,7 +246,7 @@ def _check_shard(args: argparse.Namespace) -> None:
     args.shard = parse_shard(args.shard)
     if not args.out:
         raise UserError("--shard needs --out FILE: each shard writes a part beside it and the last merges them")
-    if args.detections or args.aggregate != "none" or args.format in ("megadetector", "camtrapdp"):
+    if _camera_trap_steps(args):
         raise UserError("--shard splits whole-file prediction; run the camera-trap steps in one job")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--shard is for separate jobs; under torchrun the processes share the inputs already")

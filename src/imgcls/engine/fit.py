@@ -62,7 +62,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, dict[str, Any] 
     if launch_rank() == 0:
         try:
             new_run_dir(cfg, run)
-        except UserError as e:
+        except Exception as e:  # a refusal, or a folder that cannot be read: the others stop too
             tell_refusal(_device_type(cfg), str(e))
             raise
     return run, None
