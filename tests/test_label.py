@@ -204,8 +204,10 @@ def test_the_page_in_a_real_browser_and_a_kill(project: dict, tmp_path: Path) ->
             page.keyboard.press("s")
             page.wait_for_selector("#done h2:text('1 skipped, the rest decided')")
             hint = page.inner_text("#done code")
+            skip_said = page.inner_text("#last")
             page.keyboard.press("u")  # takes the skip back
             page.wait_for_selector("#kind:text('5 / 5')")
+            undo_said = page.inner_text("#last")
             page.reload()  # a reload comes back to the first image without a label
             page.wait_for_selector("#kind:text('5 / 5')")
             page.keyboard.press("ArrowLeft")
@@ -227,6 +229,9 @@ def test_the_page_in_a_real_browser_and_a_kill(project: dict, tmp_path: Path) ->
     assert first_choice.startswith(listed[0]["guess"])
     assert progress.startswith("4 of 5 decided · 1 as the model guessed · 3 another class · 0 left out · 1 skipped")
     assert last_said == f"saved: {Path(listed[0]['path']).name} → {listed[0]['guess']} (the model's guess)"
+    fifth = Path(listed[4]["path"]).name  # a skip saves nothing, and U says what it took back
+    assert skip_said == f"skipped: {fifth} (no decision; it comes back later)"
+    assert undo_said == f"taken back: {fifth} (no decision now)"
     assert "--data" in hint and "next-labels.csv" in hint
     proc = _start(nxt, port)
     try:
@@ -268,7 +273,8 @@ def test_suggest_ranks_detection_crops_and_their_labels_train_as_crops(project: 
     labelled.write_text(f"path,label,box\n{pool / 'f0.png'},cat,0.1000 0.1000 0.4000 0.4000\n")
     r = suggest(project["model"], [str(pool)], n=5, out=tmp_path / "next.csv", detections=pool / "md.json",
                 labelled=[str(labelled)], show_progress=False)  # fmt: skip
-    assert r.crops and r.blank == 1 and r.labelled == 1
+    assert r.crops and r.blank == 1 and r.labelled == 1 and r.unlisted == 1
+    assert r.pool == 3 and r.scored_now == 3  # the 3 crops, not the frame the file does not list
     assert [Path(p).name for p, _ in r.skipped] == ["f3.png"] and "not in the detections file" in r.skipped[0][1]
     rows = _rows(tmp_path / "next.csv")
     assert sorted((Path(x["path"]).name, x["box"]) for x in rows) == [
@@ -317,6 +323,9 @@ def test_digit_classes_are_chosen_by_their_own_key(tmp_path: Path) -> None:
             page.keyboard.press("Enter")
             page.keyboard.press("Enter")
             page.wait_for_selector("#kind:text('3 / 3')")
+            page.reload()  # the new class is among the classes now: the keys must not change meaning
+            page.wait_for_selector("#kind:text('3 / 3')")
+            keys_after = page.locator("#choices kbd").all_inner_texts()
             page.keyboard.press("0")  # ... and a digit still means its digit
             page.wait_for_selector("#done")
             browser.close()
@@ -324,6 +333,7 @@ def test_digit_classes_are_chosen_by_their_own_key(tmp_path: Path) -> None:
         proc.kill()
         out, _ = proc.communicate()
     assert keys == ["3", "8", "0", "1", "2", "4", "5", "6", "7", "9"]  # the guess first, each on its own digit
+    assert keys_after == keys  # (reviewed: after a reload with the new class, 1 was the guess, 5 the 5th class)
     assert legend_first == "0–9"
     assert [(r["label"], r["action"]) for r in _rows(tmp_path / "next-labels.csv")] == [
         ("7", "relabel"), ("unknown", "relabel"), ("0", "relabel")]  # fmt: skip

@@ -178,6 +178,22 @@ def test_a_hand_edit_of_the_file_is_kept_and_a_kill_between_the_writes_loses_not
     assert ("/elsewhere/w.jpg", "") in read_corrections(s.out)
 
 
+def test_a_hand_edit_while_the_page_runs_is_kept_by_the_next_decision(audit_folder: Path) -> None:
+    """The file was rewritten from the log at each decision: a row added or changed by hand while
+    the page ran vanished at the next one, without a word (found by a new user)."""
+    s = open_session(audit=audit_folder)
+    s.decide(0, "relabel", "cat")
+    path0 = s.items[0].path
+    s.out.write_text(
+        s.out.read_text().replace(f"{path0},cat,relabel", f"{path0},fox,relabel") + "/elsewhere/h.jpg,dog,\n"
+    )
+    s.decide(1, "accept")
+    assert s.decision(s.items[0].key) == ("relabel", "fox") and s.adopted == 2
+    fixes = read_corrections(s.out)
+    assert fixes[(path0, "")] == ("relabel", ["fox"]) and fixes[("/elsewhere/h.jpg", "")] == ("relabel", ["dog"])
+    assert fixes[(s.items[1].path, "")][0] == "accept"
+
+
 @pytest.mark.parametrize(
     ("line", "why"),
     [("not json at all", "line 3: not a JSON object"), ('{"action": "accept", "path": "/x"}', "line 3: no 'key'"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from imgcls.cli.options import _add, sequence_gap
@@ -66,7 +67,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         crop_margin=args.crop_margin, aggregate=args.aggregate, gap=gap,
     )  # fmt: skip
     what = "item" if r.crops else "image"
-    blank = f" ({_count(r.blank, 'frame')} without a detection left out as blank)" if r.crops else ""
+    unlisted = f"; {_count(r.unlisted, 'frame')} not in {Path(args.detections).name}, skipped" if r.unlisted else ""
+    blank = f" ({_count(r.blank, 'frame')} without a detection left out as blank{unlisted})" if r.crops else ""
     print(f"pool: {_count(r.pool, 'detection crop' if r.crops else 'image')}{blank}; scored {r.scored_now} now, "
           f"{r.pool - r.scored_now} from the scores kept")  # fmt: skip
     near = f", {r.near_known} near-duplicates of those" if r.near_known else ""

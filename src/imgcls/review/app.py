@@ -67,7 +67,7 @@ def create_review_app(session: Session, *, hint: str = "", host: str | None = No
         return {"items": [it.public(i, cwd) for i, it in enumerate(session.items)], "classes": session.classes,
                 "decisions": session.decisions(), "position": session.position(), "counts": session.counts(),
                 "out": str(session.out), "multilabel": session.multilabel, "hint": hint, "mode": session.mode,
-                "hint_note": session.hint_note,
+                "hint_note": session.hint_note, "given_classes": session.given_classes,
                 "keys": public_keys(LABEL_KEYS if session.mode == "label" else KEYS)}  # fmt: skip
 
     @app.get("/api/image/{index}", responses={200: {"content": {"image/jpeg": {}}}, **problems})

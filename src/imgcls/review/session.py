@@ -62,6 +62,7 @@ class Session:
         self.out = Path(out)
         self.log = self.out.with_name(f"{self.out.stem}-progress.jsonl")
         self.classes = list(classes)  # the labels a relabel may take without making a new class
+        self.given_classes = list(classes)  # those it opened with (the model's): what the keys are decided on
         self.data_root = data_root
         self.margin = margin
         self.multilabel = multilabel
@@ -202,6 +203,7 @@ class Session:
         entry = {"key": item.key, "path": item.path, "box": item.box, "action": action, "label": label,
                  "time": _now()}  # fmt: skip
         with self.lock:
+            self._adopt_edits()
             if action == "skip" and self.decision(item.key) is not None:
                 return self.state_after(index)  # skipping a decided (or skipped) image keeps its decision
             self._append(entry)
@@ -223,6 +225,7 @@ class Session:
     def undo(self) -> dict[str, Any]:
         """Take back the last decision; the page goes back to its image."""
         with self.lock:
+            self._adopt_edits()
             if not self.undo_stack:
                 raise UserError("nothing to undo")
             key = self.undo_stack[-1]
@@ -265,6 +268,13 @@ class Session:
         boxes = any(e.box for e in standing)
         header = ["path", "label", "action"] + (["box"] if boxes else [])
         return csv_text(header, ([e.path, e.label, e.action] + ([e.box] if boxes else []) for e in standing))
+
+    def _adopt_edits(self) -> None:
+        """Rows a person changed, added or deleted in the file while the page runs are taken over
+        before the next decision rewrites it (they were lost: the file was rewritten from the log)."""
+        text = _text_or_none(self.out)
+        if text is not None and text != self._corrections_text():
+            self._adopt_rows(self.out, self._changes(self.out, deleted=True))
 
     def _write_corrections(self) -> None:
         from imgcls.io import atomic_write_text

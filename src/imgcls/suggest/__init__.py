@@ -35,7 +35,7 @@ COLUMNS = ["rank", "path", "guess", "p_guess", "guess2", "p_guess2", "uncertaint
 class SuggestResult:
     out: Path
     rows: list[dict[str, Any]]
-    pool: int  # images named by the inputs
+    pool: int  # images named by the inputs (with detections: their crops, and crops that failed)
     eligible: int  # of them: decoded, not trained on, not labelled (nor, under auto, a near-duplicate of one)
     in_training: int
     labelled: int
@@ -44,6 +44,7 @@ class SuggestResult:
     near_known: int = 0  # left out as near-duplicates of images trained on or labelled (auto)
     blank: int = 0  # with detections: frames without a detection to crop, left out
     crops: bool = False  # the items are detection crops
+    unlisted: int = 0  # with detections: frames the detections file does not list, skipped (not in ``pool``)
 
 
 def check_options(n: int, strategy: str, measure: str, dedup: float, aggregate: str = "none", gap: float = 30) -> None:
@@ -252,9 +253,10 @@ def suggest(
     rows = _rows(picks, paths, probs, names, strategy if strategy in UNCERTAINTIES else uncertainty_measure, shown)
     _write(out_path, rows, picks, paths, emb, scores.errors, _columns(rows, picks, crops is not None, events))
     _write_about(out_path, {"model": str(Path(model).resolve()), "classes": names, "strategy": strategy, "n": n})
-    return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors), len(rows_at), in_training,
+    unlisted = len(crops.skipped) if crops else 0  # frames, not crops: never scored
+    return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors) - unlisted, len(rows_at), in_training,
                          is_labelled, scores.errors, scores.scored_now, near,
-                         blank=crops.blank if crops else 0, crops=crops is not None)  # fmt: skip
+                         blank=crops.blank if crops else 0, crops=crops is not None, unlisted=unlisted)  # fmt: skip
 
 
 def _columns(rows: list[dict[str, Any]], picks: list[Pick], crops: bool, events: list[str] | None) -> list[str]:
