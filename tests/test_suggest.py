@@ -221,7 +221,7 @@ def test_a_copy_of_a_training_image_is_left_out_by_auto(trained: dict, tmp_path:
 
 
 def test_a_suggestions_csv_is_the_next_rounds_labelled_list(
-    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _pool(tmp_path)
     monkeypatch.chdir(tmp_path)  # a relative pool, the CSV in another folder: paths still match
@@ -230,6 +230,10 @@ def test_a_suggestions_csv_is_the_next_rounds_labelled_list(
                      strategy="margin", show_progress=False)  # fmt: skip
     assert second.labelled == 3 and len(second.rows) == 3
     assert {r["path"] for r in first.rows}.isdisjoint(r["path"] for r in second.rows)
+    (tmp_path / "elsewhere.csv").write_text("path,label\n/nowhere/a.jpg,cat\n")  # paths of another machine
+    assert main(["suggest", "--model", str(trained["model"]), "pool", "--n", "2", "--out", "round3/next.csv",
+                 "--labelled", "elsewhere.csv"]) == 0  # fmt: skip
+    assert "note: no image --labelled names is in the pool (check its paths: elsewhere.csv)" in capsys.readouterr().out
 
 
 def test_copies_of_a_file_collapse_with_the_real_model(trained: dict, tmp_path: Path) -> None:

@@ -225,7 +225,7 @@ def _label(args: argparse.Namespace, classes: list[str]) -> int:
     print(f"  then train: {session.hint}")
     print(f"  ({session.hint_note})")
     if session.adopted:
-        print(f"  {session.adopted} labels found in {session.out} are kept")
+        print(f"  {session.adopted} label{'' if session.adopted == 1 else 's'} found in {session.out} kept")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"warning: anyone who can reach {args.host}:{args.port} can change the labels\n")
     serve_review(session, host=args.host, port=args.port, hint=session.hint, allowed_hosts=args.allowed_host or [])

@@ -73,6 +73,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
           f"{r.pool - r.scored_now} from the scores kept")  # fmt: skip
     near = f", {r.near_known} near-duplicates of those" if r.near_known else ""
     print(f"left out: {r.in_training} in the model's training data, {r.labelled} already labelled{near}")
+    if args.labelled and not r.labelled:
+        print(f"  note: no image --labelled names is in the pool (check its paths: {' '.join(args.labelled)})")
     if r.skipped:
         listed = beside(r.out, "skipped")
         why = "could not be used" if r.crops else "could not be read"
