@@ -187,11 +187,54 @@ def test_a_hand_edit_while_the_page_runs_is_kept_by_the_next_decision(audit_fold
     s.out.write_text(
         s.out.read_text().replace(f"{path0},cat,relabel", f"{path0},fox,relabel") + "/elsewhere/h.jpg,dog,\n"
     )
-    s.decide(1, "accept")
+    assert s.decide(1, "accept")["edited"] == 2
     assert s.decision(s.items[0].key) == ("relabel", "fox") and s.adopted == 2
     fixes = read_corrections(s.out)
     assert fixes[(path0, "")] == ("relabel", ["fox"]) and fixes[("/elsewhere/h.jpg", "")] == ("relabel", ["dog"])
     assert fixes[(s.items[1].path, "")][0] == "accept"
+    # a write that fails leaves the file behind the decisions: no edit, the next write catches up
+    # (reviewed: the next decision took the stale file for an edit and unset the one before)
+    import imgcls.io
+
+    real = imgcls.io.atomic_write_text
+
+    def full(*a: object, **k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    imgcls.io.atomic_write_text = full  # type: ignore[assignment]
+    try:
+        with pytest.raises(OSError):
+            s.decide(2, "reject")
+    finally:
+        imgcls.io.atomic_write_text = real
+    assert s.decide(3, "accept")["edited"] == 0 and s.decision(s.items[2].key)[0] == "reject"
+    assert read_corrections(s.out)[(s.items[2].path, "")][0] == "reject"
+    # a kill after an edit was taken over, before the decision's own write: the edit was written
+    # at once, so a restart finds no edit to take over again and keeps the decision (from the log)
+    lines = s.out.read_text().splitlines()
+    lines = [f"{s.items[3].path},fox-edited,accept" if ln.startswith(f"{s.items[3].path},") else ln for ln in lines]
+    s.out.write_text("\n".join(lines) + "\n")
+    calls: list[int] = []
+
+    def killed_at_second(*a: object, **k: object) -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # the kill
+        real(*a, **k)  # type: ignore[arg-type]
+
+    imgcls.io.atomic_write_text = killed_at_second  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            s.decide(0, "reject")
+    finally:
+        imgcls.io.atomic_write_text = real
+    again = open_session(audit=audit_folder)
+    assert again.decision(again.items[0].key)[0] == "reject" and again.adopted == 0
+    assert again.decision(again.items[3].key) == ("accept", "fox-edited")
+    # a spreadsheet's save in another encoding is a one-line error, not a file written over
+    again.out.write_bytes("path,label,action\n/x/caf\xe9.jpg,dog,relabel\n".encode("cp1252"))
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        again.decide(1, "accept")
 
 
 @pytest.mark.parametrize(

@@ -69,10 +69,13 @@ def test_cache_info_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def _pid_pixels(real: Any) -> Any:
-    """A decode_square that paints the square with the decoding process's id (mod 251)."""
+    """A decode_square that writes the decoding process's id, whole, in the square's first bytes
+    (the rest 0): pid % 251 could match a worker's (a 1-in-125 failure)."""
 
     def decode(*args: Any, **kwargs: Any) -> np.ndarray:
-        return np.full_like(real(*args, **kwargs), os.getpid() % 251)
+        out = np.zeros_like(real(*args, **kwargs))
+        out.reshape(-1)[:8] = np.frombuffer(os.getpid().to_bytes(8, "little"), np.uint8)
+        return out
 
     return decode
 
@@ -96,6 +99,7 @@ def test_the_store_is_decoded_by_worker_processes_into_one_shared_array(
     monkeypatch.setattr(store_module, "decode_square", _pid_pixels(store_module.decode_square))
     seen: list[int] = []
     store, _ = build_store(table, CFG, cache="memory", workers=2, progress=seen.append)
-    decoders = set(np.unique(np.asarray(store.array)[store.ok]).tolist())
-    assert decoders and os.getpid() % 251 not in decoders  # every square came from a worker
+    squares = np.asarray(store.array)[store.ok].reshape(int(store.ok.sum()), -1)[:, :8]
+    decoders = {int.from_bytes(sq.astype(np.uint8).tobytes(), "little") for sq in squares}
+    assert decoders and 0 not in decoders and os.getpid() not in decoders  # every square came from a worker
     assert seen[-1] == len(table) and seen == sorted(seen)

@@ -67,18 +67,20 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         crop_margin=args.crop_margin, aggregate=args.aggregate, gap=gap,
     )  # fmt: skip
     what = "item" if r.crops else "image"
-    unlisted = f"; {_count(r.unlisted, 'frame')} not in {Path(args.detections).name}, skipped" if r.unlisted else ""
+    unlisted = f"; {_count(r.unlisted, 'frame')} not in {Path(args.detections).name}" if r.unlisted else ""
     blank = f" ({_count(r.blank, 'frame')} without a detection left out as blank{unlisted})" if r.crops else ""
     print(f"pool: {_count(r.pool, 'detection crop' if r.crops else 'image')}{blank}; scored {r.scored_now} now, "
           f"{r.pool - r.scored_now} from the scores kept")  # fmt: skip
     near = f", {r.near_known} near-duplicates of those" if r.near_known else ""
     print(f"left out: {r.in_training} in the model's training data, {r.labelled} already labelled{near}")
-    if args.labelled and not r.labelled:
+    if args.labelled and not r.labelled_named:
         print(f"  note: no image --labelled names is in the pool (check its paths: {' '.join(args.labelled)})")
     if r.skipped:
         listed = beside(r.out, "skipped")
         why = "could not be used" if r.crops else "could not be read"
-        print(f"skipped: {_count(len(r.skipped), what)} that {why} (listed in {listed})")
+        frames = f"the {_count(r.unlisted, 'frame')} not in the detections file and " if r.unlisted else ""
+        failed = len(r.skipped) - r.unlisted
+        print(f"skipped: {frames}{_count(failed, what)} that {why} (listed in {listed})")
     if not r.rows:
         print(f"nothing to suggest: no image of the pool is readable and new to the model; wrote {r.out} (empty)")
         return 0

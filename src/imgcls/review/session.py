@@ -74,6 +74,7 @@ class Session:
         self._seq = 0
         self._sources: set[str] = set()  # files whose decisions were all adopted (ADOPTED marks)
         self.adopted = 0  # decisions taken over from a corrections file at this start
+        self._written: str | None = None  # the file's text as last written or found: what an edit is told from
         self._load(inherit)
         # U takes back decisions about this queue's images only: a file kept round after round
         # holds earlier rounds' decisions, which are not on any page now
@@ -100,6 +101,7 @@ class Session:
             self._adopt_rows(self.out, self._changes(self.out, deleted=True))  # a person edited the file
         if (self.history or text is not None) and self._corrections_text() != _text_or_none(self.out):
             self._write_corrections()  # a kill came between the log and the file: the file catches up
+        self._written = _text_or_none(self.out)
 
     def _replay(self, e: dict[str, Any]) -> None:
         if e["action"] == "undo":
@@ -113,11 +115,7 @@ class Session:
     def _changes(self, source: Path, *, deleted: bool = False) -> list[dict[str, Any]]:
         """The decisions of a corrections file that differ from the standing ones, as log entries;
         with ``deleted``, a standing decision the file no longer has is unset."""
-        from imgcls.data.corrections import read_corrections
-
-        found = {}
-        for (path, box), (action, labels) in read_corrections(source).items():
-            found[item_key(path, box)] = {"path": path, "box": box, "action": action, "label": ";".join(labels)}
+        found = _decisions_in(source)
         out = [{"key": k, **d} for k, d in found.items() if (d["action"], d["label"]) != self.decision(k)]
         if deleted:
             for key, entries in self.history.items():
@@ -203,14 +201,14 @@ class Session:
         entry = {"key": item.key, "path": item.path, "box": item.box, "action": action, "label": label,
                  "time": _now()}  # fmt: skip
         with self.lock:
-            self._adopt_edits()
+            edited = self._adopt_edits()
             if action == "skip" and self.decision(item.key) is not None:
-                return self.state_after(index)  # skipping a decided (or skipped) image keeps its decision
+                return {**self.state_after(index), "edited": edited}  # a skip of a decided image keeps it
             self._append(entry)
             self._record(item.key, item.path, item.box, action, label)
             if action != "skip":
                 self._write_corrections()
-        return self.state_after(index)
+        return {**self.state_after(index), "edited": edited}
 
     def _check_label(self, label: str, new_class: bool) -> None:
         if not label:
@@ -225,7 +223,7 @@ class Session:
     def undo(self) -> dict[str, Any]:
         """Take back the last decision; the page goes back to its image."""
         with self.lock:
-            self._adopt_edits()
+            edited = self._adopt_edits()
             if not self.undo_stack:
                 raise UserError("nothing to undo")
             key = self.undo_stack[-1]
@@ -233,7 +231,7 @@ class Session:
             self._undo(key)
             self._write_corrections()
         index = next((i for i, it in enumerate(self.items) if it.key == key), self.position())
-        return {**self.state_after(index), "position": index}
+        return {**self.state_after(index), "position": index, "edited": edited}
 
     def state_after(self, index: int) -> dict[str, Any]:
         """The next item after ``index`` (wrapping to the first) with no decision and not skipped
@@ -269,17 +267,31 @@ class Session:
         header = ["path", "label", "action"] + (["box"] if boxes else [])
         return csv_text(header, ([e.path, e.label, e.action] + ([e.box] if boxes else []) for e in standing))
 
-    def _adopt_edits(self) -> None:
+    def _adopt_edits(self) -> int:
         """Rows a person changed, added or deleted in the file while the page runs are taken over
-        before the next decision rewrites it (they were lost: the file was rewritten from the log)."""
+        before the next decision rewrites it (they were lost: the file was rewritten from the log);
+        how many. An edit is what differs from the text this session last wrote or found (not from
+        its decisions: a write that failed leaves the file behind them, which is no edit), and only
+        the rows the edit changed count; the file is rewritten at once, so a kill next loses nothing."""
         text = _text_or_none(self.out)
-        if text is not None and text != self._corrections_text():
-            self._adopt_rows(self.out, self._changes(self.out, deleted=True))
+        if text is None or self._written is None or text == self._written:
+            return 0
+        base, now = _decisions_of_text(self.out, self._written), _decisions_in(self.out)
+        changes = [{"key": k, **d} for k, d in now.items()
+                   if base.get(k) != d and (d["action"], d["label"]) != self.decision(k)]  # fmt: skip
+        for k, d in base.items():
+            if k not in now and (e := self.decision(k)) is not None and e[0] not in ("skip", UNSET):
+                changes.append({"key": k, "path": d["path"], "box": d["box"], "action": UNSET, "label": ""})
+        self._adopt_rows(self.out, changes)
+        self._write_corrections()
+        return len(changes)
 
     def _write_corrections(self) -> None:
         from imgcls.io import atomic_write_text
 
-        atomic_write_text(self.out, self._corrections_text())
+        text = self._corrections_text()
+        atomic_write_text(self.out, text)
+        self._written = text
 
     # ----------------------------------------------------------------- images
     def image(self, index: int, which: str = "a") -> bytes:
@@ -355,10 +367,35 @@ def _not_a_decision(e: Any) -> str:
 
 
 def _text_or_none(path: Path) -> str | None:
+    """The file's text, None if there is none; a file that is not UTF-8 (a spreadsheet's save) is
+    a one-line error rather than a file the next decision would write over."""
     try:
-        return path.read_text(encoding="utf-8")
-    except (FileNotFoundError, UnicodeDecodeError):
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise UserError(
+            f"{path} is not UTF-8 text (saved by a spreadsheet?): save it as CSV UTF-8, then go on; nothing was changed"
+        ) from None
+
+
+def _decisions_in(path: Path) -> dict[str, dict[str, Any]]:
+    """A corrections (or labels) file's standing decisions by item key."""
+    from imgcls.data.corrections import read_corrections
+
+    return {item_key(p, box): {"path": p, "box": box, "action": action, "label": ";".join(labels)}
+            for (p, box), (action, labels) in read_corrections(path).items()}  # fmt: skip
+
+
+def _decisions_of_text(out: Path, text: str) -> dict[str, dict[str, Any]]:
+    """:func:`_decisions_in` of ``text`` as if it were ``out`` (read beside it: relative paths
+    resolve alike)."""
+    base = out.with_name(f".{out.name}.written")
+    base.write_text(text, encoding="utf-8")
+    try:
+        return _decisions_in(base)
+    finally:
+        base.unlink(missing_ok=True)
 
 
 def _now() -> str:

@@ -45,6 +45,7 @@ class SuggestResult:
     blank: int = 0  # with detections: frames without a detection to crop, left out
     crops: bool = False  # the items are detection crops
     unlisted: int = 0  # with detections: frames the detections file does not list, skipped (not in ``pool``)
+    labelled_named: int = 0  # pool items ``--labelled`` names, trained on or not
 
 
 def check_options(n: int, strategy: str, measure: str, dedup: float, aggregate: str = "none", gap: float = 30) -> None:
@@ -239,14 +240,13 @@ def suggest(
                         margin=crops.margin if crops else None)  # fmt: skip
     scores.errors = (crops.skipped if crops else []) + scores.errors
     cent = centred(scores.emb)
-    keep, in_training, is_labelled, near = _eligible(clf, scores, cent, known, dedup if strategy == "auto" else None)
+    keep, in_training, is_labelled, near, named = _eligible(clf, scores, cent, known,
+                                                            dedup if strategy == "auto" else None)  # fmt: skip
     rows_at = np.nonzero(keep)[0]
     shown, emb = scores.probs[rows_at], cent[rows_at]
     probs = at_threshold(clf, shown)  # what the ranking reads: a binary model's own decision boundary at 0.5
     names = list(clf.label_names)
-    # events over every scored item: a labelled frame in the middle of a burst does not cut it in two
-    every = event_ids(scores.paths, gap) if aggregate == "sequence" else None
-    events = [every[i] for i in rows_at] if every is not None else None
+    events = _events(scores.paths, rows_at, gap) if aggregate == "sequence" else None
     picks = select_by(probs, emb, names, n, events, strategy=strategy, measure=uncertainty_measure, dedup=dedup,
                       seed=seed)  # fmt: skip
     paths = [os.path.abspath(scores.paths[i]) for i in rows_at]  # the CSV is a list wherever it is read
@@ -255,8 +255,15 @@ def suggest(
     _write_about(out_path, {"model": str(Path(model).resolve()), "classes": names, "strategy": strategy, "n": n})
     unlisted = len(crops.skipped) if crops else 0  # frames, not crops: never scored
     return SuggestResult(out_path, rows, len(scores.paths) + len(scores.errors) - unlisted, len(rows_at), in_training,
-                         is_labelled, scores.errors, scores.scored_now, near,
-                         blank=crops.blank if crops else 0, crops=crops is not None, unlisted=unlisted)  # fmt: skip
+                         is_labelled, scores.errors, scores.scored_now, near, blank=crops.blank if crops else 0,
+                         crops=crops is not None, unlisted=unlisted, labelled_named=named)  # fmt: skip
+
+
+def _events(paths: list[str], rows_at: np.ndarray, gap: float) -> list[str]:
+    """The event of each eligible row, the events drawn over every scored item: a labelled frame
+    in the middle of a burst does not cut it in two."""
+    every = event_ids(paths, gap)
+    return [every[i] for i in rows_at]
 
 
 def _columns(rows: list[dict[str, Any]], picks: list[Pick], crops: bool, events: list[str] | None) -> list[str]:
@@ -278,10 +285,10 @@ def _columns(rows: list[dict[str, Any]], picks: list[Pick], crops: bool, events:
 
 def _eligible(
     clf: Any, scores: Any, cent: np.ndarray, known: set[str], dedup: float | None
-) -> tuple[np.ndarray, int, int, int]:
+) -> tuple[np.ndarray, int, int, int, int]:
     """Which scored rows may be suggested: not trained on, not labelled and (``dedup`` given: auto)
     no near-duplicate of a pool image that was (by the centred embeddings ``cent``); with the
-    counts of each kind left out."""
+    counts of each kind left out, and how many pool items the labelled files name at all."""
     from imgcls.suggest.rank import near_any
     from imgcls.suggest.score import split_key
 
@@ -289,15 +296,15 @@ def _eligible(
     trained = training_paths(clf)
     image = [split_key(r)[0] for r in resolved]  # a whole image trained on or labelled: each of its crops too
     in_training = np.array([r in trained or i in trained for r, i in zip(resolved, image, strict=True)], dtype=bool)
-    is_labelled = np.array([r in known or i in known for r, i in zip(resolved, image, strict=True)],
-                           dtype=bool) & ~in_training  # fmt: skip
+    named = np.array([r in known or i in known for r, i in zip(resolved, image, strict=True)], dtype=bool)
+    is_labelled = named & ~in_training
     keep = ~(in_training | is_labelled)
     near = 0
     if dedup is not None and keep.any() and not keep.all():
         copies = near_any(cent[keep], cent[~keep], dedup)
         near = int(copies.sum())
         keep[np.nonzero(keep)[0][copies]] = False
-    return keep, int(in_training.sum()), int(is_labelled.sum()), near
+    return keep, int(in_training.sum()), int(is_labelled.sum()), near, int(named.sum())
 
 
 def at_threshold(clf: Any, probs: np.ndarray) -> np.ndarray:
