@@ -126,18 +126,29 @@ def labels_to_reach(curve: list[tuple[int, float]], target: float) -> float | No
     return float(curve[0][0]) if curve and curve[0][1] >= target and len(curve) == 1 else None
 
 
+def add_data_options(ap: argparse.ArgumentParser) -> None:
+    """The options that decide the data, the start sets and the recipe's length (and so the
+    folders the rounds are kept in): shared with ``bench_suggest_bursts.py``."""
+    ap.add_argument("--start", type=int, default=500)
+    ap.add_argument("--pool", type=int, default=20000)
+    ap.add_argument("--test", type=int, default=10000)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--work", type=Path, default=BENCH / "label-less")
+    ap.add_argument("--json", type=Path)
+
+
+def run_tag(args: argparse.Namespace, per_round: int) -> str:
+    """The folder of one benchmark's settings under ``--work`` (each seed's rounds below it)."""
+    return f"p{args.pool}-s{args.start}-r{per_round}-e{args.epochs}-t{args.test}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--per-round", type=int, default=500)
-    ap.add_argument("--start", type=int, default=500)
-    ap.add_argument("--pool", type=int, default=20000)
-    ap.add_argument("--test", type=int, default=10000)
-    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--strategies", nargs="+", default=["auto", "random"])
-    ap.add_argument("--work", type=Path, default=BENCH / "label-less")
-    ap.add_argument("--json", type=Path)
+    add_data_options(ap)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "log.txt"
@@ -146,7 +157,7 @@ def main() -> None:
     t0 = time.perf_counter()
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {s: {} for s in args.strategies}
     seconds: dict[str, float] = {s: 0.0 for s in args.strategies}
-    tag = f"p{args.pool}-s{args.start}-r{args.per_round}-e{args.epochs}-t{args.test}"
+    tag = run_tag(args, args.per_round)
     for k, seed in enumerate(args.seeds):
         folder = args.work / tag / f"seed{seed}"
         folder.mkdir(parents=True, exist_ok=True)

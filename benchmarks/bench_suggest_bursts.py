@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench_label_less import labels_csv, train_and_test, write_pngs
-from common import BENCH, BIN, report
+from bench_label_less import add_data_options, labels_csv, run_tag, train_and_test, write_pngs
+from common import BIN, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -86,16 +86,11 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=2.0, help="grey levels of pixel noise (default 2)")
     ap.add_argument("--brightness", type=float, default=0.03, help="brightness change, a share (default 0.03)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pool", type=int, default=20000)
-    ap.add_argument("--start", type=int, default=500)
-    ap.add_argument("--test", type=int, default=10000)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--work", type=Path, default=BENCH / "label-less")
-    ap.add_argument("--json", type=Path)
+    add_data_options(ap)
     args = ap.parse_args()
     args.seeds = [args.seed]
     pool, truth, starts = write_pngs(args.work / "data", args)
-    folder = args.work / f"p{args.pool}-s{args.start}-r500-e{args.epochs}-t{args.test}" / f"seed{args.seed}"
+    folder = args.work / run_tag(args, 500) / f"seed{args.seed}"  # bench_label_less's default rounds' start model
     folder.mkdir(parents=True, exist_ok=True)
     start = labels_csv(folder / "start.csv", starts[0], truth)
     test, log = args.work / "data" / "test", args.work / "log.txt"
