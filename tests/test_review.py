@@ -201,12 +201,9 @@ def test_a_hand_edit_while_the_page_runs_is_kept_by_the_next_decision(audit_fold
     def full(*a: object, **k: object) -> None:
         raise OSError(28, "No space left on device")
 
-    imgcls.io.atomic_write_text = full  # type: ignore[assignment]
-    try:
-        with pytest.raises(OSError):
-            s.decide(2, "reject")
-    finally:
-        imgcls.io.atomic_write_text = real
+    with pytest.MonkeyPatch.context() as m, pytest.raises(OSError):
+        m.setattr(imgcls.io, "atomic_write_text", full)
+        s.decide(2, "reject")
     assert s.decide(3, "accept")["edited"] == 0 and s.decision(s.items[2].key)[0] == "reject"
     assert read_corrections(s.out)[(s.items[2].path, "")][0] == "reject"
     # a kill after an edit was taken over, before the decision's own write: the edit was written
@@ -222,12 +219,9 @@ def test_a_hand_edit_while_the_page_runs_is_kept_by_the_next_decision(audit_fold
             raise KeyboardInterrupt  # the kill
         real(*a, **k)  # type: ignore[arg-type]
 
-    imgcls.io.atomic_write_text = killed_at_second  # type: ignore[assignment]
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            s.decide(0, "reject")
-    finally:
-        imgcls.io.atomic_write_text = real
+    with pytest.MonkeyPatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(imgcls.io, "atomic_write_text", killed_at_second)
+        s.decide(0, "reject")
     again = open_session(audit=audit_folder)
     assert again.decision(again.items[0].key)[0] == "reject" and again.adopted == 0
     assert again.decision(again.items[3].key) == ("accept", "fox-edited")
