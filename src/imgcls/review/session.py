@@ -99,9 +99,10 @@ class Session:
         text = _text_or_none(self.out)
         if text is not None and text not in (self._corrections_text(), before_last):
             self._adopt_rows(self.out, self._changes(self.out, deleted=True))  # a person edited the file
-        if (self.history or text is not None) and self._corrections_text() != _text_or_none(self.out):
+        if (self.history or text is not None) and self._corrections_text() != text:
             self._write_corrections()  # a kill came between the log and the file: the file catches up
-        self._written = _text_or_none(self.out)
+        else:
+            self._written = text  # (adopting writes only the log: the file is as it was read)
 
     def _replay(self, e: dict[str, Any]) -> None:
         if e["action"] == "undo":
